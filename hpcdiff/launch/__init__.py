@@ -1,0 +1,34 @@
+"""Backends that execute runs: what runs (``hpcdiff train RUN_DIR``) is kept apart from how.
+
+Every backend implements ``Executor.launch(sweep_dir, run_dirs) -> LaunchReport``. The
+choice is made by name; ``auto`` picks SLURM where ``sbatch`` is on PATH and a SLURM
+backend is installed, local processes otherwise.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+from .base import Executor, LaunchReport
+from .debug import DebugExecutor
+from .local import LocalExecutor
+
+BACKENDS: dict[str, type] = {"local": LocalExecutor, "debug": DebugExecutor}
+CHOICES = ("auto", "local", "debug", "slurm")
+
+
+def resolve_executor_name(name: str) -> str:
+    if name == "auto":
+        return "slurm" if shutil.which("sbatch") and "slurm" in BACKENDS else "local"
+    return name
+
+
+def get_executor(name: str, **options) -> Executor:
+    name = resolve_executor_name(name)
+    if name not in BACKENDS:
+        raise ValueError(f"executor {name!r} is not available in this version of hpcdiff; "
+                         f"available: {', '.join(sorted(BACKENDS))}")
+    return BACKENDS[name](**options)
+
+
+__all__ = ["Executor", "LaunchReport", "get_executor", "resolve_executor_name", "CHOICES", "BACKENDS"]

@@ -1,0 +1,24 @@
+"""In-process execution, one run after another: for debugging (breakpoints, tracebacks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..rundir import RunDir
+from .base import Executor, LaunchReport
+
+
+class DebugExecutor(Executor):
+    name = "debug"
+
+    def __init__(self, show_progress: bool = True, **_ignored):
+        self.show_progress = show_progress
+
+    def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+        from ..train import train
+
+        report = LaunchReport(self.name)
+        for rd in run_dirs:
+            report.launched.append(rd.run_id)
+            report.results[rd.run_id] = train(rd.path, show_progress=self.show_progress)
+        return report

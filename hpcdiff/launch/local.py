@@ -1,0 +1,104 @@
+"""Local execution: each run is a `hpcdiff train RUN_DIR` subprocess, N at a time.
+
+Subprocesses, not threads, so that a crash, a kill or a hung run only affects its own run
+and the same command is what a SLURM job executes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..rundir import RunDir
+from .base import Executor, LaunchReport
+
+POLL_SECONDS = 0.5
+
+
+def train_command(run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "hpcdiff", "train", str(run_dir)]
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(self, concurrency: int = 1, show_progress: bool = True, **_ignored):
+        self.concurrency = max(1, concurrency)
+        self.show_progress = show_progress
+
+    def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+        report = LaunchReport(self.name)
+        queue = list(run_dirs)
+        running: dict[str, tuple[subprocess.Popen, RunDir]] = {}
+        env = dict(os.environ)
+        if self.concurrency > 1 and "OMP_NUM_THREADS" not in env:
+            # Share the cores instead of oversubscribing them.
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.concurrency))
+        with _SweepProgress(self.show_progress, run_dirs) as progress:
+            while queue or running:
+                while queue and len(running) < self.concurrency:
+                    rd = queue.pop(0)
+                    out = open(rd.path / "stdout.txt", "ab")
+                    proc = subprocess.Popen(train_command(rd.path), stdout=out, stderr=subprocess.STDOUT,
+                                            env=env, start_new_session=True)
+                    out.close()
+                    running[rd.run_id] = (proc, rd)
+                    report.launched.append(rd.run_id)
+                for run_id, (proc, rd) in list(running.items()):
+                    code = proc.poll()
+                    if code is not None:
+                        del running[run_id]
+                        state = rd.read_status().get("state", "failed")
+                        report.results[run_id] = state if code == 0 else "failed"
+                progress.refresh(running, report.results)
+                if running:
+                    try:
+                        # Wakes when the oldest child exits; the timeout only paces the display.
+                        next(iter(running.values()))[0].wait(timeout=POLL_SECONDS)
+                    except subprocess.TimeoutExpired:
+                        pass
+        return report
+
+
+class _SweepProgress:
+    """One bar per run (epochs from status.json) and one for the sweep."""
+
+    def __init__(self, enabled: bool, run_dirs: list[RunDir]):
+        self.enabled = enabled
+        self.run_dirs = run_dirs
+        self._p = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+            self._p.__enter__()
+            self._sweep = self._p.add_task("[bold]sweep", total=len(self.run_dirs), info="")
+            self._tasks = {}
+        return self
+
+    def __exit__(self, *exc):
+        if self._p is not None:
+            self._p.__exit__(*exc)
+
+    def refresh(self, running, results):
+        if self._p is None:
+            return
+        for run_id, (_proc, rd) in running.items():
+            st = rd.read_status()
+            if run_id not in self._tasks:
+                self._tasks[run_id] = self._p.add_task(f"run {run_id}", total=st.get("epochs", 1), info="")
+            loss = st.get("last_loss")
+            info = f"loss {loss:.4f}" if isinstance(loss, float) else st.get("state", "")
+            self._p.update(self._tasks[run_id], completed=st.get("epoch", 0), total=st.get("epochs", 1), info=info)
+        for run_id, state in results.items():
+            if run_id in self._tasks:
+                self._p.update(self._tasks[run_id], info=state, completed=self._p.tasks[self._tasks[run_id]].total)
+        done = len(results)
+        self._p.update(self._sweep, completed=done,
+                       info=f"{sum(1 for s in results.values() if s == 'done')} done, "
+                            f"{sum(1 for s in results.values() if s == 'failed')} failed")

@@ -1,0 +1,89 @@
+"""Denoising networks. No diffusion logic here: a model maps (x, t/n_T) -> image."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .spec import ModelSpec
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "tanh": nn.Tanh,
+}
+
+
+class CNNBlock(nn.Module):
+    def __init__(self, c_in, c_out, *, image_hw, kernel_size, act, dropout=0.0):
+        super().__init__()
+        layers = [
+            nn.Conv2d(c_in, c_out, kernel_size, padding=kernel_size // 2),
+            # LayerNorm over (C, H, W), as in the coursework starter.
+            nn.LayerNorm((c_out, *image_hw)),
+            act(),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout2d(dropout))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class CNN(nn.Module):
+    """The coursework starter's denoiser: conv blocks, a sinusoidal time embedding passed
+    through an MLP and added after the first block, a final 3x3 conv back to the input
+    channels."""
+
+    def __init__(self, spec: ModelSpec, image_shape=(1, 28, 28), time_embeddings: int = 16):
+        super().__init__()
+        channels, h, w = image_shape
+        act = ACTIVATIONS[spec.activation]
+        self.blocks = nn.ModuleList()
+        last = channels
+        for hidden in spec.hidden:
+            self.blocks.append(CNNBlock(last, hidden, image_hw=(h, w), kernel_size=spec.kernel_size,
+                                        act=act, dropout=spec.dropout))
+            last = hidden
+        self.blocks.append(nn.Conv2d(last, channels, spec.last_kernel_size,
+                                     padding=spec.last_kernel_size // 2))
+        self.time_embed = nn.Sequential(
+            nn.Linear(time_embeddings * 2, 128), act(),
+            nn.Linear(128, 128), act(),
+            nn.Linear(128, 128), act(),
+            nn.Linear(128, spec.hidden[0]),
+        )
+        frequencies = torch.tensor([0.0] + [2 * math.pi * 1.5**i for i in range(time_embeddings - 1)])
+        self.register_buffer("frequencies", frequencies, persistent=False)
+
+    def time_encoding(self, t: torch.Tensor) -> torch.Tensor:
+        phases = t[:, None].float() * self.frequencies[None, :]
+        # cos - 1 (as in the starter) so that the t = 0 encoding is all zeros.
+        feats = torch.cat((torch.sin(phases), torch.cos(phases) - 1), dim=1)
+        return self.time_embed(feats)[:, :, None, None]
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        h = self.blocks[0](x) + self.time_encoding(t)
+        for block in self.blocks[1:]:
+            h = block(h)
+        return h
+
+
+def build_model(spec: ModelSpec, image_shape=(1, 28, 28)) -> CNN:
+    return CNN(spec, image_shape)
+
+
+def conv_flops_per_image(model: CNN, image_shape=(1, 28, 28)) -> int:
+    """Multiply-adds x 2 of the model's convolutions for one image (forward)."""
+    _, h, w = image_shape
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            kh, kw = m.kernel_size
+            total += 2 * m.in_channels * m.out_channels * kh * kw * h * w
+    return total

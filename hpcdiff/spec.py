@@ -1,0 +1,331 @@
+"""Typed, frozen run specifications and their strict validation.
+
+A ``RunSpec`` is everything that defines one training run. It is built only through
+``RunSpec.from_dict``, which rejects unknown keys (naming the nearest valid one), wrong
+types and out-of-range values, so that a typo in a sweep file never silently falls back to
+a default. Stdlib only: the CLI validates a sweep before importing torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .registry import nearest
+
+
+class SpecError(ValueError):
+    """Invalid configuration. ``str(err)`` names the source file and the key path."""
+
+    def __init__(self, message: str, *, path: str = "", source: str | None = None):
+        self.message = message
+        self.path = path
+        self.source = source
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.source:
+            where.append(str(self.source))
+        if self.path:
+            where.append(f"key '{self.path}'")
+        return (": ".join([", ".join(where), self.message]) if where else self.message)
+
+    def with_source(self, source: str) -> "SpecError":
+        return SpecError(self.message, path=self.path, source=source)
+
+
+DATASETS = ("mnist", "fashion-mnist", "mnist-5k", "idx")
+ACTIVATIONS = ("gelu", "relu", "silu", "leaky_relu", "tanh")
+OPTIMIZERS = ("adam", "adamw")
+LOSSES = ("mse", "l1", "l2")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _check(cond: bool, path: str, message: str) -> None:
+    if not cond:
+        raise SpecError(message, path=path)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = "mnist-5k"
+    # Where torchvision datasets live / are downloaded to, or the IDX directory for name="idx".
+    root: str = "~/.cache/hpcdiff/data"
+    # Downloading is for login nodes; compute nodes have no internet, so it is opt-in.
+    download: bool = False
+    # Use only the first N training images (after a seeded shuffle) for quick runs; 0 = all.
+    subset: int = 0
+    val_fraction: float = 0.2
+
+    def validate(self, p: str) -> None:
+        _check(self.name in DATASETS, f"{p}.name", _choice_msg(self.name, DATASETS))
+        _check(self.subset >= 0, f"{p}.subset", f"must be >= 0, got {self.subset}")
+        _check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction",
+               f"must be in [0, 1), got {self.val_fraction}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    hidden: tuple[int, ...] = (16, 32, 32, 16)
+    activation: str = "gelu"
+    kernel_size: int = 7
+    last_kernel_size: int = 3
+    # Spatial dropout (Dropout2d) after each block; 0 disables it.
+    dropout: float = 0.0
+
+    def validate(self, p: str) -> None:
+        _check(len(self.hidden) >= 1 and all(h > 0 for h in self.hidden), f"{p}.hidden",
+               f"must be a non-empty list of positive channel counts, got {list(self.hidden)}")
+        _check(self.activation in ACTIVATIONS, f"{p}.activation",
+               _choice_msg(self.activation, ACTIVATIONS))
+        for name in ("kernel_size", "last_kernel_size"):
+            k = getattr(self, name)
+            _check(k > 0 and k % 2 == 1, f"{p}.{name}", f"must be a positive odd integer, got {k}")
+        _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class DiffusionSpec:
+    n_T: int = 1000
+    beta1: float = 1e-4
+    beta2: float = 0.02
+    loss: str = "mse"
+    sampler: str = "ancestral"
+    # Sampler steps for samplers that can skip (DDIM); 0 = n_T.
+    sample_steps: int = 0
+
+    def validate(self, p: str) -> None:
+        _check(self.n_T >= 2, f"{p}.n_T", f"must be >= 2, got {self.n_T}")
+        _check(0.0 < self.beta1 < self.beta2 < 1.0, f"{p}.beta1",
+               f"need 0 < beta1 < beta2 < 1, got beta1={self.beta1}, beta2={self.beta2}")
+        _check(self.loss in LOSSES, f"{p}.loss", _choice_msg(self.loss, LOSSES))
+        _check(self.sample_steps >= 0, f"{p}.sample_steps", f"must be >= 0, got {self.sample_steps}")
+
+
+@dataclass(frozen=True)
+class DegradationSpec:
+    name: str = "gaussian"
+    schedule: str = "linear"
+    # Degradation-specific keyword arguments, checked against the registered function.
+    params: dict = field(default_factory=dict)
+
+    def validate(self, p: str) -> None:
+        _check(isinstance(self.params, dict), f"{p}.params", "must be a table")
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-4
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    seed: int = 0
+    # Early stopping on validation loss; patience 0 disables it.
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    # ReduceLROnPlateau on validation loss; patience 0 disables it.
+    lr_plateau_patience: int = 0
+    lr_plateau_factor: float = 0.5
+    checkpoint_every: int = 1
+    keep_checkpoints: int = 2
+    sample_every: int = 1
+    n_samples: int = 16
+    device: str = "auto"
+
+    def validate(self, p: str) -> None:
+        for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every"):
+            v = getattr(self, name)
+            _check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
+        _check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
+        _check(self.optimizer in OPTIMIZERS, f"{p}.optimizer", _choice_msg(self.optimizer, OPTIMIZERS))
+        _check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.early_stopping_patience >= 0, f"{p}.early_stopping_patience",
+               f"must be >= 0, got {self.early_stopping_patience}")
+        _check(self.lr_plateau_patience >= 0, f"{p}.lr_plateau_patience",
+               f"must be >= 0, got {self.lr_plateau_patience}")
+        _check(0 < self.lr_plateau_factor < 1, f"{p}.lr_plateau_factor",
+               f"must be in (0, 1), got {self.lr_plateau_factor}")
+        _check(self.n_samples >= 1, f"{p}.n_samples", f"must be >= 1, got {self.n_samples}")
+        _check(self.device in DEVICES, f"{p}.device", _choice_msg(self.device, DEVICES))
+
+
+@dataclass(frozen=True)
+class SlurmSpec:
+    """Resources for the SLURM backend. Not part of a run's identity (see ``run_identity``)."""
+
+    partition: str = ""
+    account: str = ""
+    qos: str = ""
+    time_min: int = 60
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 2
+    mem_gb: int = 0
+    constraint: str = ""
+    mail_user: str = ""
+    mail_type: str = ""
+    array_parallelism: int = 16
+    max_requeues: int = 3
+    extra_sbatch: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+
+    def validate(self, p: str) -> None:
+        for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
+            v = getattr(self, name)
+            _check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
+        for name in ("gpus_per_node", "mem_gb", "max_requeues"):
+            v = getattr(self, name)
+            _check(v >= 0, f"{p}.{name}", f"must be >= 0, got {v}")
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "diffusion": DiffusionSpec,
+    "degradation": DegradationSpec,
+    "train": TrainSpec,
+    "slurm": SlurmSpec,
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    data: DataSpec = DataSpec()
+    model: ModelSpec = ModelSpec()
+    diffusion: DiffusionSpec = DiffusionSpec()
+    degradation: DegradationSpec = DegradationSpec()
+    train: TrainSpec = TrainSpec()
+    slurm: SlurmSpec = SlurmSpec()
+
+    @classmethod
+    def from_dict(cls, raw: dict, *, source: str | None = None) -> "RunSpec":
+        try:
+            return _build_run_spec(raw)
+        except SpecError as err:
+            raise err.with_source(source) if source else err
+
+    def to_dict(self) -> dict:
+        return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
+
+    def run_identity(self) -> dict:
+        """The part of the config that defines what is computed (SLURM resources excluded,
+        so that asking for more time and re-running a sweep finds the same runs)."""
+        d = self.to_dict()
+        d.pop("slurm")
+        return d
+
+    def replace(self, **sections) -> "RunSpec":
+        return dataclasses.replace(self, **sections)
+
+
+def _choice_msg(value: str, choices) -> str:
+    msg = f"unknown value {value!r}"
+    guess = nearest(str(value), choices)
+    if guess:
+        msg += f" (did you mean {guess!r}?)"
+    return msg + f"; valid: {', '.join(choices)}"
+
+
+def _unknown_key_msg(key: str, valid) -> str:
+    msg = f"unknown key {key!r}"
+    guess = nearest(key, valid)
+    if guess:
+        msg += f" (did you mean {guess!r}?)"
+    return msg + f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _section_to_dict(section) -> dict:
+    out = {}
+    for f in fields(section):
+        v = getattr(section, f.name)
+        if isinstance(v, tuple):
+            v = list(v)
+        elif isinstance(v, dict):
+            v = {k: (list(x) if isinstance(x, tuple) else x) for k, x in sorted(v.items())}
+        out[f.name] = v
+    return out
+
+
+def _build_run_spec(raw: dict) -> RunSpec:
+    if not isinstance(raw, dict):
+        raise SpecError("the run config must be a table")
+    for key in raw:
+        if key not in SECTIONS:
+            raise SpecError(_unknown_key_msg(key, SECTIONS), path=key)
+    sections = {}
+    for name, cls in SECTIONS.items():
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise SpecError(f"must be a table, got {type(value).__name__}", path=name)
+        section = _build_section(cls, value, name)
+        section.validate(name)
+        sections[name] = section
+    return RunSpec(**sections)
+
+
+def _build_section(cls, raw: dict, prefix: str):
+    hints = typing.get_type_hints(cls)
+    valid = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        path = f"{prefix}.{key}"
+        if key not in valid:
+            raise SpecError(_unknown_key_msg(key, valid), path=path)
+        kwargs[key] = _coerce(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, path: str):
+    """Check ``value`` against the annotation ``tp``; the only conversions are lossless ones
+    (int -> float, list -> tuple). Anything else is an error naming the value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, path)
+            except SpecError as e:
+                errors.append(e.message)
+        raise SpecError(f"invalid value {value!r}: {'; '.join(errors)}", path=path)
+    if tp is type(None):
+        if value is None:
+            return None
+        raise SpecError(f"expected nothing, got {value!r}", path=path)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"expected a list, got {value!r}", path=path)
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        return tuple(_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise SpecError(f"expected a table, got {value!r}", path=path)
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise SpecError(f"expected true or false, got {value!r}", path=path)
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise SpecError(f"expected an integer, got {value!r}", path=path)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise SpecError(f"expected a number, got {value!r}", path=path)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise SpecError(f"expected a string, got {value!r}", path=path)
+    raise SpecError(f"unsupported type {_type_name(tp)}", path=path)

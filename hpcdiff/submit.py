@@ -1,0 +1,90 @@
+"""Sweep file -> run directories -> executor. What `hpcdiff sweep` does.
+
+The decision for each run comes from the files on disk, so re-running a sweep never
+duplicates or overwrites finished work:
+    done                      -> skip
+    being trained right now   -> skip
+    anything else             -> launch (resumes from its latest checkpoint, if any)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .launch import get_executor, resolve_executor_name
+from .launch.base import LaunchReport
+from .rundir import RunDir, update_manifest, write_run_config
+from .sweep import Sweep, load_sweep
+
+
+@dataclass
+class PlannedRun:
+    run_dir: RunDir
+    axes: dict
+    label: str
+    action: str  # "new", "resume", "skip-done", "skip-running"
+
+
+@dataclass
+class SweepPlan:
+    sweep: Sweep
+    sweep_dir: Path
+    runs: list[PlannedRun] = field(default_factory=list)
+
+    @property
+    def to_launch(self) -> list[PlannedRun]:
+        return [r for r in self.runs if r.action in ("new", "resume", "rerun")]
+
+
+def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides=(),
+               force: bool = False) -> SweepPlan:
+    """Validate and expand; touches nothing on disk."""
+    sweep = load_sweep(sweep_file, overrides)
+    sweep_dir = Path(output) / sweep.name
+    plan = SweepPlan(sweep=sweep, sweep_dir=sweep_dir)
+    for run in sweep.runs:
+        rd = RunDir(sweep_dir / run.run_id)
+        if not rd.exists():
+            action = "new"
+        else:
+            state = rd.effective_state()
+            if rd.is_locked():
+                action = "skip-running"
+            elif state == "done":
+                action = "rerun" if force else "skip-done"
+            else:
+                action = "resume"
+        plan.runs.append(PlannedRun(rd, run.axes, run.label, action))
+    return plan
+
+
+def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 1,
+                 show_progress: bool = True) -> LaunchReport:
+    """Write the run directories and hand the runs to the executor."""
+    source_text = Path(plan.sweep.source).read_text() if plan.sweep.source else ""
+    update_manifest(plan.sweep_dir, plan.sweep, source_text)
+    by_id = {r.run_id: r for r in plan.sweep.runs}
+    for pr in plan.runs:
+        run = by_id[pr.run_dir.run_id]
+        write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name,
+                         axes=run.axes, label=run.label)
+        if pr.action == "rerun":
+            _archive_previous(pr.run_dir)
+    backend = get_executor(executor, concurrency=concurrency, show_progress=show_progress)
+    return backend.launch(plan.sweep_dir, [pr.run_dir for pr in plan.to_launch])
+
+
+def _archive_previous(rd: RunDir) -> None:
+    """--force: move the finished results aside (never delete them) and start afresh."""
+    import time
+
+    dest = rd.path / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir()
+    for name in ("checkpoints", "archive.h5", "log.txt", "stdout.txt"):
+        if (rd.path / name).exists():
+            (rd.path / name).rename(dest / name)
+    rd.write_status(state="pending", epoch=0, error=None, traceback=None, elapsed=0.0, early_stopped=None)
+
+
+__all__ = ["plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]

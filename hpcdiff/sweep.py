@@ -1,0 +1,286 @@
+"""Sweep files -> lists of runs.
+
+A sweep file is a base run config (the sections of ``RunSpec``) plus a ``[sweep]`` table:
+
+    [sweep]
+    name = "quick"                 # default: the file's stem
+    seeds = [0, 1]                 # one run per seed (sets train.seed)
+    [sweep.product]                # cartesian product of named axes
+    train.lr = [1e-3, 2e-4]
+    [[sweep.zip]]                  # a group of axes that vary together
+    model.hidden = [[16, 32, 32, 16], [32, 64, 64, 32]]
+    train.lr = [2e-4, 5e-4]
+    [[sweep.cases]]                # hand-written variants, each a partial config
+    label = "impulse"
+    degradation = { name = "impulse", params = { rho_end = 0.25 } }
+
+Runs = cases x product x zip groups x seeds. Each run's id is a short hash of its resolved
+config (``RunSpec.run_identity``), so the same sweep file always finds the same runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from . import tomlio
+from .registry import nearest
+from .spec import SECTIONS, RunSpec, SpecError
+
+SWEEP_KEYS = ("name", "seeds", "product", "zip", "cases")
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    spec: RunSpec
+    # The values that distinguish this run within its sweep, by dotted key path.
+    axes: dict = field(default_factory=dict)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    name: str
+    source: str
+    runs: tuple[Run, ...]
+    # Dotted key paths whose values differ between runs (the columns worth showing).
+    varying: tuple[str, ...] = ()
+
+
+def run_id(spec: RunSpec) -> str:
+    blob = json.dumps(spec.run_identity(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise SpecError(f"sweep file not found: {path}")
+    try:
+        raw = tomlio.load(path)
+    except Exception as err:  # tomllib's message has the line and column
+        raise SpecError(f"not valid TOML: {err}", source=source) from None
+    try:
+        apply_overrides(raw, overrides)
+        return expand(raw, name_default=path.stem, source=source)
+    except SpecError as err:
+        raise err if err.source else err.with_source(source)
+
+
+def apply_overrides(raw: dict, overrides) -> None:
+    """``--set section.key=value``: replaces the base value and removes that key from the
+    axes, so the override holds for every run."""
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        parts = key.split(".")
+        if len(parts) < 2:
+            raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        if parts[0] != "sweep":
+            _check_key_path(key, f"--set {key}")
+        _set_path(raw, parts, tomlio.parse_value(text.strip()))
+        sweep = raw.get("sweep", {})
+        if parts[0] != "sweep" and isinstance(sweep, dict):
+            if isinstance(sweep.get("product"), dict):
+                _drop_path(sweep["product"], parts)
+            for group in sweep.get("zip", []) or []:
+                if isinstance(group, dict):
+                    _drop_path(group, parts)
+
+
+def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None) -> Sweep:
+    raw = copy.deepcopy(raw)
+    sweep_table = raw.pop("sweep", {})
+    if not isinstance(sweep_table, dict):
+        raise SpecError("must be a table", path="sweep")
+    for key in raw:
+        if key not in SECTIONS:
+            valid = list(SECTIONS) + ["sweep"]
+            guess = nearest(key, valid)
+            hint = f" (did you mean {guess!r}?)" if guess else ""
+            raise SpecError(f"unknown section {key!r}{hint}; valid: {', '.join(valid)}", path=key)
+    for key in sweep_table:
+        if key not in SWEEP_KEYS:
+            guess = nearest(key, SWEEP_KEYS)
+            hint = f" (did you mean {guess!r}?)" if guess else ""
+            raise SpecError(f"unknown key {key!r}{hint}; valid keys: {', '.join(SWEEP_KEYS)}",
+                            path=f"sweep.{key}")
+
+    name = sweep_table.get("name", name_default)
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise SpecError(f"must be letters, digits, '-', '_' or '.', got {name!r}", path="sweep.name")
+
+    axes = _axes(sweep_table)
+    seeds = sweep_table.get("seeds")
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds
+        ):
+            raise SpecError(f"must be a non-empty list of integers, got {seeds!r}", path="sweep.seeds")
+        axes.append([{"train.seed": s} for s in seeds])
+
+    cases = sweep_table.get("cases", [{}]) or [{}]
+    if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
+        raise SpecError("must be an array of tables ([[sweep.cases]])", path="sweep.cases")
+
+    runs: list[Run] = []
+    seen: set[str] = set()
+    for case_index, case in enumerate(cases):
+        case = dict(case)
+        label = case.pop("label", "")
+        if not isinstance(label, str):
+            raise SpecError(f"must be a string, got {label!r}", path=f"sweep.cases[{case_index}].label")
+        for combo in itertools.product(*axes) if axes else [()]:
+            assignment: dict = {}
+            for part in combo:
+                assignment.update(part)
+            merged = _deep_merge(raw, case)
+            for key, value in assignment.items():
+                _set_path(merged, key.split("."), copy.deepcopy(value))
+            try:
+                spec = RunSpec.from_dict(merged)
+            except SpecError as err:
+                where = f" (in sweep.cases[{case_index}])" if len(cases) > 1 else ""
+                raise SpecError(err.message + where, path=err.path) from None
+            _validate_components(spec)
+            rid = run_id(spec)
+            if rid in seen:
+                continue
+            seen.add(rid)
+            shown = dict(_flatten(case, ""))
+            shown.update(assignment)
+            runs.append(Run(run_id=rid, spec=spec, axes=shown, label=label))
+
+    varying = _varying([r.spec for r in runs])
+    return Sweep(name=name, source=str(source or ""), runs=tuple(runs), varying=tuple(varying))
+
+
+def _validate_components(spec: RunSpec) -> None:
+    """Names resolved through registries (degradation, its parameters, schedule, sampler).
+    Imported lazily: these modules need torch."""
+    from .diffusion import validate_spec
+
+    validate_spec(spec)
+
+
+def _axes(sweep_table: dict) -> list[list[dict]]:
+    axes: list[list[dict]] = []
+    product = sweep_table.get("product", {})
+    if not isinstance(product, dict):
+        raise SpecError("must be a table", path="sweep.product")
+    for key, values in _flatten_axes(product, "").items():
+        _check_key_path(key, f"sweep.product.{key}")
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"an axis must be a non-empty list of values, got {values!r}",
+                            path=f"sweep.product.{key}")
+        axes.append([{key: v} for v in values])
+    groups = sweep_table.get("zip", [])
+    if not isinstance(groups, list):
+        raise SpecError("must be an array of tables ([[sweep.zip]])", path="sweep.zip")
+    for i, group in enumerate(groups):
+        flat = _flatten_axes(group, "")
+        lengths = set()
+        for key, values in flat.items():
+            _check_key_path(key, f"sweep.zip[{i}].{key}")
+            if not isinstance(values, list) or not values:
+                raise SpecError(f"an axis must be a non-empty list of values, got {values!r}",
+                                path=f"sweep.zip[{i}].{key}")
+            lengths.add(len(values))
+        if len(lengths) > 1:
+            detail = ", ".join(f"{k}: {len(v)}" for k, v in flat.items())
+            raise SpecError(f"zipped axes must have equal lengths, got {detail}", path=f"sweep.zip[{i}]")
+        if flat:
+            n = lengths.pop()
+            axes.append([{k: v[j] for k, v in flat.items()} for j in range(n)])
+    return axes
+
+
+def _flatten_axes(table: dict, prefix: str) -> dict:
+    """Nested axis tables -> dotted paths. A list ends a path; so does degradation.params.X,
+    whose values may themselves be tables."""
+    out = {}
+    for key, value in table.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and not path.startswith("degradation.params."):
+            out.update(_flatten_axes(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _check_key_path(key: str, where: str) -> None:
+    parts = key.split(".")
+    section = parts[0]
+    if section not in SECTIONS:
+        guess = nearest(section, SECTIONS)
+        hint = f" (did you mean {guess!r}?)" if guess else ""
+        raise SpecError(f"unknown section {section!r}{hint}", path=where)
+    valid = [f.name for f in fields(SECTIONS[section])]
+    if len(parts) < 2 or parts[1] not in valid:
+        bad = parts[1] if len(parts) > 1 else ""
+        guess = nearest(bad, valid)
+        hint = f" (did you mean '{section}.{guess}'?)" if guess else ""
+        raise SpecError(f"unknown key {key!r}{hint}", path=where)
+    if len(parts) > 2 and not (section == "degradation" and parts[1] == "params" and len(parts) == 3):
+        raise SpecError(f"{key!r} is not a settable key", path=where)
+
+
+def _set_path(d: dict, parts: list[str], value) -> None:
+    for p in parts[:-1]:
+        nxt = d.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            d[p] = nxt
+        d = nxt
+    d[parts[-1]] = value
+
+
+def _drop_path(d: dict, parts: list[str]) -> None:
+    dotted = ".".join(parts)
+    if dotted in d:
+        del d[dotted]
+        return
+    for p in parts[:-1]:
+        d = d.get(p)
+        if not isinstance(d, dict):
+            return
+    d.pop(parts[-1], None)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "params":
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _flatten(d: dict, prefix: str):
+    for k, v in d.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict) and v and path != "degradation.params":
+            yield from _flatten(v, path + ".")
+        else:
+            yield path, v
+
+
+def _varying(specs: list[RunSpec]) -> list[str]:
+    if len(specs) < 2:
+        return []
+    flat = [dict(_flatten(s.run_identity(), "")) for s in specs]
+    keys = []
+    for key in flat[0]:
+        values = {json.dumps(f.get(key), sort_keys=True) for f in flat}
+        if len(values) > 1:
+            keys.append(key)
+    return keys

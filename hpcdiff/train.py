@@ -1,0 +1,331 @@
+"""train(run_dir): the training loop of one run, resumable from its latest checkpoint.
+
+Read it top to bottom: load the resolved config, build data/model/diffusion/optimiser,
+resume if a checkpoint exists, then epochs of (shuffle, steps, validation, samples,
+archive row, checkpoint). Everything a restarted process needs to continue exactly where
+the last checkpoint left off is in the checkpoint: weights, optimiser, scheduler, early
+stopping counters and every RNG state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import signal
+import socket
+import time
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__, archive, checkpoint, tomlio
+from .data import load_splits, to_model_range, to_uint8
+from .diffusion import build_diffusion
+from .models import build_model
+from .rundir import RunDir
+from .spec import RunSpec
+
+log = logging.getLogger("hpcdiff.train")
+
+# Signals that mean "the job is about to be stopped": SLURM sends SIGTERM before killing a
+# job at its time limit or on preemption (and USR1/USR2 when asked to warn early).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class StopRequested(Exception):
+    pass
+
+
+def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
+    """Train or resume the run in ``run_dir``. Returns the final state ("done" or "timeout")."""
+    rd = RunDir(Path(run_dir))
+    spec = rd.load_spec()
+    lock = rd.lock()
+    handler = _attach_log(rd)
+    try:
+        if rd.read_status().get("state") == "done":
+            log.info("run %s is already done; nothing to do", rd.run_id)
+            return "done"
+        return _train_locked(rd, spec, show_progress)
+    except StopRequested:
+        rd.write_status(state="timeout")
+        log.warning("stop requested: state saved at the last checkpoint")
+        return "timeout"
+    except BaseException as err:
+        rd.write_status(state="failed", error=f"{type(err).__name__}: {err}",
+                        traceback=traceback.format_exc()[-4000:])
+        log.error("run failed: %s", traceback.format_exc())
+        raise
+    finally:
+        logging.getLogger("hpcdiff").removeHandler(handler)
+        handler.close()
+        lock.close()
+
+
+def _attach_log(rd: RunDir) -> logging.Handler:
+    handler = logging.FileHandler(rd.log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger("hpcdiff")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    return handler
+
+
+def make_accelerator(spec: RunSpec):
+    from accelerate import Accelerator
+
+    use_cpu = spec.train.device == "cpu" or not torch.cuda.is_available()
+    return Accelerator(cpu=use_cpu, mixed_precision="no")
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def _stop_on_signals(flag: dict):
+    def handler(signum, frame):
+        flag["stop"] = signum
+
+    previous = {}
+    for sig in STOP_SIGNALS:
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. the debug executor in a thread)
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
+    t = spec.train
+    accelerator = make_accelerator(spec)
+    device = accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+
+    from accelerate.utils import set_seed
+
+    set_seed(t.seed)
+    splits = load_splits(spec.data)
+    image_shape = splits.train.image_shape
+    train_images = splits.train.images.to(device)
+    val_images = splits.val.images.to(device)
+
+    model = build_model(spec.model, image_shape)
+    diffusion = build_diffusion(spec, model).to(device)
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
+    optimizer = opt_cls(diffusion.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.lr_plateau_factor,
+                                                          patience=t.lr_plateau_patience)
+               if t.lr_plateau_patience else None)
+
+    start_epoch, step = 1, 0
+    stopper = {"best": math.inf, "best_epoch": 0, "bad_epochs": 0}
+    resumed = checkpoint.load_latest(rd.checkpoints)
+    if resumed is not None:
+        epoch_done, state = resumed
+        diffusion.gt.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if plateau is not None and state.get("plateau"):
+            plateau.load_state_dict(state["plateau"])
+        stopper = dict(state["stopper"])
+        step = state["step"]
+        start_epoch = epoch_done + 1
+        _set_rng_state(state["rng"])
+        log.info("resuming run %s from the checkpoint of epoch %d", rd.run_id, epoch_done)
+    if resumed is None:
+        log.info("starting run %s (%d epochs, %d training images)", rd.run_id, t.epochs, len(splits.train))
+    diffusion, optimizer = accelerator.prepare(diffusion, optimizer)
+    core = accelerator.unwrap_model(diffusion)
+
+    if main:
+        archive.create(rd.archive, {
+            "config": tomlio.dumps(spec.to_dict()), "run_id": rd.run_id,
+            "hpcdiff_version": __version__, "torch_version": str(torch.__version__),
+            "created": time.time(), "world_size": world, "image_shape": list(image_shape),
+        })
+        # Rows after the checkpoint came from epochs whose checkpoint was never written.
+        archive.truncate_after(rd.archive, start_epoch - 1)
+        rd.write_status(state="running", epoch=start_epoch - 1, epochs=t.epochs, host=socket.gethostname(),
+                        error=None, traceback=None, restarts=rd.read_status().get("restarts", -1) + 1)
+
+    n_train = len(train_images)
+    global_batch = t.batch_size
+    local_batch = max(1, global_batch // world)
+    steps_per_epoch = max(1, n_train // global_batch) if n_train >= global_batch else 1
+    elapsed = float(rd.read_status().get("elapsed", 0.0)) if resumed is not None else 0.0
+
+    progress = _Progress(show_progress and main, total_epochs=t.epochs, steps=steps_per_epoch, run_id=rd.run_id)
+    flag: dict = {}
+    final_state = "done"
+    with _stop_on_signals(flag), progress:
+        for epoch in range(start_epoch, t.epochs + 1):
+            diffusion.train()
+            tic = time.perf_counter()
+            # The permutation depends on (seed, epoch) only: a resumed run sees the same order.
+            g = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
+            perm = torch.randperm(n_train, generator=g).to(device)
+            loss_sum = torch.zeros((), device=device)
+            progress.start_epoch(epoch)
+            for i in range(steps_per_epoch):
+                idx = perm[i * global_batch: (i + 1) * global_batch]
+                idx = idx[rank * local_batch: (rank + 1) * local_batch]
+                x = to_model_range(train_images[idx])
+                loss = diffusion(x)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                optimizer.step()
+                loss_sum += loss.detach()
+                step += 1
+                progress.advance(loss)
+                if flag.get("stop"):
+                    raise StopRequested()
+            train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_per_epoch
+            seconds = time.perf_counter() - tic
+            elapsed += seconds
+            val_loss = _validation_loss(core, val_images, t.seed, global_batch, device)
+            if plateau is not None:
+                plateau.step(val_loss if not math.isnan(val_loss) else train_loss)
+            watched = val_loss if not math.isnan(val_loss) else train_loss
+            if watched < stopper["best"] - t.early_stopping_min_delta:
+                stopper.update(best=watched, best_epoch=epoch, bad_epochs=0)
+            else:
+                stopper["bad_epochs"] += 1
+            early_stop = bool(t.early_stopping_patience) and stopper["bad_epochs"] >= t.early_stopping_patience
+            last = epoch == t.epochs or early_stop
+
+            metrics = {
+                "train_loss": train_loss, "val_loss": val_loss,
+                "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
+                "elapsed_seconds": elapsed, "images_per_second": steps_per_epoch * global_batch / seconds,
+            }
+            samples = None
+            if main and (epoch % t.sample_every == 0 or last):
+                samples = _draw_samples(core, t, image_shape, device)
+            if main:
+                archive.append_epoch(rd.archive, epoch, metrics, samples,
+                                     attrs={"best_epoch": stopper["best_epoch"], "best_loss": stopper["best"]})
+            if main and (epoch % t.checkpoint_every == 0 or last):
+                checkpoint.save({
+                    "format": 1, "hpcdiff_version": __version__, "epoch": epoch, "step": step,
+                    "model": core.gt.state_dict(), "optimizer": optimizer.state_dict(),
+                    "plateau": plateau.state_dict() if plateau is not None else None,
+                    "stopper": stopper, "rng": _rng_state(), "config": spec.to_dict(),
+                }, rd.checkpoints, epoch, keep=t.keep_checkpoints)
+            if main:
+                rd.write_status(state="running", epoch=epoch, last_loss=train_loss, val_loss=val_loss,
+                                elapsed=elapsed, best_epoch=stopper["best_epoch"])
+            log.info("epoch %d/%d train_loss %.5f val_loss %.5f %.0f img/s", epoch, t.epochs,
+                     train_loss, val_loss, metrics["images_per_second"])
+            progress.end_epoch(epoch, train_loss, val_loss)
+            if early_stop:
+                log.info("early stopping at epoch %d (best epoch %d)", epoch, stopper["best_epoch"])
+                if main:
+                    rd.write_status(early_stopped=True)
+                break
+    accelerator.wait_for_everyone()
+    if main:
+        rd.write_status(state=final_state)
+        archive.set_attrs(rd.archive, {"finished": True})
+    return final_state
+
+
+@torch.no_grad()
+def _validation_loss(core, val_images, seed, batch, device) -> float:
+    if len(val_images) == 0:
+        return float("nan")
+    core.eval()
+    total, n = 0.0, 0
+    # Same noise every epoch (so the curve measures the model, not the draw) without
+    # disturbing the training RNG stream.
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed + 1_000_003)
+        for i in range(0, len(val_images), batch):
+            x = to_model_range(val_images[i: i + batch])
+            total += core(x).item() * len(x)
+            n += len(x)
+    core.train()
+    return total / n
+
+
+@torch.no_grad()
+def _draw_samples(core, t, image_shape, device) -> dict:
+    core.eval()
+    g = torch.Generator().manual_seed(t.seed + 2_000_003)
+    x = core.sample(t.n_samples, image_shape, generator=g, device=device)
+    core.train()
+    images = to_uint8(x).cpu().numpy()[:, 0]
+    return {"images": images, "attrs": {"start": "gaussian-noise"}}
+
+
+class _Progress:
+    """A rich progress bar per epoch (loss, img/s, ETA) when asked for; silent otherwise."""
+
+    def __init__(self, enabled: bool, *, total_epochs: int, steps: int, run_id: str):
+        self.enabled = enabled
+        self.total_epochs, self.steps, self.run_id = total_epochs, steps, run_id
+        self._progress = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                TimeRemainingColumn(),
+            )
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def start_epoch(self, epoch):
+        if self._progress is not None:
+            self._task = self._progress.add_task(f"{self.run_id} epoch {epoch}/{self.total_epochs}",
+                                                 total=self.steps, loss="-", speed="")
+            self._tic = time.perf_counter()
+            self._n = 0
+
+    def advance(self, loss):
+        if self._progress is not None:
+            self._n += 1
+            if self._n % 10 == 0 or self._n == self.steps:
+                rate = self._n / max(time.perf_counter() - self._tic, 1e-9)
+                self._progress.update(self._task, advance=10 if self._n % 10 == 0 else self._n % 10,
+                                      loss=f"{loss.item():.4f}", speed=f"{rate:.1f} it/s")
+
+    def end_epoch(self, epoch, train_loss, val_loss):
+        if self._progress is not None:
+            self._progress.update(self._task, completed=self.steps,
+                                  loss=f"{train_loss:.4f} (val {val_loss:.4f})")

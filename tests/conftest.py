@@ -1,0 +1,50 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+# Tests run on 2 cores; keep torch from oversubscribing when pytest spawns trainings.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture
+def fashion_dir():
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_DIR
+
+
+TINY_BASE = """
+[data]
+name = "idx"
+root = "{root}"
+subset = {subset}
+
+[model]
+hidden = [8, 8]
+
+[diffusion]
+n_T = 20
+
+[train]
+epochs = {epochs}
+batch_size = 64
+n_samples = 4
+sample_every = 1
+seed = 0
+"""
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path, fashion_dir):
+    """Write a tiny real sweep on Fashion-MNIST IDX files; returns a function(extra, **fmt)."""
+
+    def make(extra: str = "", *, epochs: int = 2, subset: int = 320, name: str = "tiny") -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(TINY_BASE.format(root=fashion_dir, epochs=epochs, subset=subset) + extra)
+        return path
+
+    return make

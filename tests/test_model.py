@@ -1,0 +1,86 @@
+"""The starter's exact formulas: network shapes, time encoding, schedule, loss, sampler."""
+
+import math
+
+import pytest
+import torch
+
+from hpcdiff.diffusion import GaussianDDPM, ddpm_schedules
+from hpcdiff.models import CNN, build_model, conv_flops_per_image
+from hpcdiff.spec import ModelSpec
+
+
+def test_cnn_shapes_and_layers():
+    model = build_model(ModelSpec(hidden=(16, 32, 32, 16)))
+    x = torch.randn(5, 1, 28, 28)
+    assert model(x, torch.rand(5)).shape == (5, 1, 28, 28)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.kernel_size for c in convs] == [(7, 7)] * 4 + [(3, 3)]
+    assert [c.out_channels for c in convs] == [16, 32, 32, 16, 1]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
+    assert [tuple(n.normalized_shape) for n in norms] == [(16, 28, 28), (32, 28, 28), (32, 28, 28), (16, 28, 28)]
+    linears = [m for m in model.time_embed if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(32, 128), (128, 128), (128, 128), (128, 16)]
+
+
+def test_time_encoding_frequencies():
+    model = CNN(ModelSpec())
+    expected = [0.0] + [2 * math.pi * 1.5**i for i in range(15)]
+    assert torch.allclose(model.frequencies, torch.tensor(expected))
+    t = torch.tensor([0.3])
+    phases = t[:, None] * torch.tensor(expected)[None]
+    feats = torch.cat([torch.sin(phases), torch.cos(phases) - 1], dim=1)
+    assert torch.allclose(model.time_encoding(t), model.time_embed(feats)[:, :, None, None])
+
+
+def test_flops_of_default_model():
+    flops = conv_flops_per_image(CNN(ModelSpec()))
+    assert abs(flops / 1e6 - 159) < 1  # ~159 MFLOP per image forward
+
+
+def test_schedule_is_the_starters():
+    s = ddpm_schedules(1e-4, 0.02, 1000)
+    assert s["beta_t"].shape == (1001,)
+    assert s["beta_t"][0].item() == pytest.approx(1e-4)
+    assert s["beta_t"][-1].item() == pytest.approx(0.02)
+    alpha = torch.cumprod(1 - s["beta_t"].double(), 0)
+    assert torch.allclose(s["alpha_t"].double(), alpha, rtol=1e-4)
+    with pytest.raises(ValueError):
+        ddpm_schedules(0.02, 1e-4, 10)
+
+
+def test_loss_draws_t_in_1_to_nT_minus_1():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, z, t):
+            seen.append(t.clone())
+            return torch.zeros_like(z)
+
+    ddpm = GaussianDDPM(Spy(), beta1=1e-4, beta2=0.02, n_T=5)
+    torch.manual_seed(0)
+    x = torch.zeros(4000, 1, 2, 2)
+    loss = ddpm(x)
+    t = torch.cat(seen) * 5
+    assert set(t.round().long().tolist()) == {1, 2, 3, 4}
+    # With a zero prediction, MSE(eps, 0) = E[eps^2] = 1.
+    assert loss.item() == pytest.approx(1.0, abs=0.05)
+
+
+def test_ancestral_sampler_follows_the_starter():
+    """A model that always predicts 0 makes the sampler a known recursion."""
+
+    class Zero(torch.nn.Module):
+        def forward(self, z, t):
+            return torch.zeros_like(z)
+
+    ddpm = GaussianDDPM(Zero(), beta1=1e-4, beta2=0.02, n_T=10)
+    g = torch.Generator().manual_seed(3)
+    out = ddpm.sample(2, (1, 2, 2), generator=g, device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 1, 2, 2, generator=g)
+    for i in range(10, 0, -1):
+        z = z / torch.sqrt(1 - ddpm.beta_t[i])
+        if i > 1:
+            z = z + torch.sqrt(ddpm.beta_t[i]) * torch.randn(z.shape, generator=g)
+    assert torch.allclose(out, z)
