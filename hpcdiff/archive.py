@@ -3,7 +3,8 @@
 Layout of ``archive.h5``:
     attrs:   config (resolved TOML), run_id, hpcdiff_version, torch_version, created, ...
     metrics/<name>   float64 [n_epochs]; metrics/epoch int64 [n_epochs]
-    samples/epoch_NNNN  uint8 [n, H, W] (attrs: epoch, start)
+    samples/epoch_NNNN  uint8 [n, H, W] (attrs: epoch, start = where sampling started)
+    sample_starts/epoch_NNNN  uint8 [n, H, W]: the x_T each sample started from
 
 HDF5 files can be corrupted by a kill in the middle of a write, so every update goes to a
 copy that is fsynced and renamed over the archive: a reader (or a resumed run) always sees
@@ -95,6 +96,14 @@ def append_epoch(path: Path, epoch: int, metrics: dict[str, float], samples: dic
             ds.attrs["epoch"] = epoch
             for k, v in samples.get("attrs", {}).items():
                 ds.attrs[k] = v
+            if samples.get("starts") is not None:
+                # What sampling started from (noise or degraded test images), for the figures.
+                starts = f.require_group("sample_starts")
+                if key in starts:
+                    del starts[key]
+                sds = starts.create_dataset(key, data=np.asarray(samples["starts"], dtype=np.uint8),
+                                            compression="gzip")
+                sds.attrs["epoch"] = epoch
         for k, v in (attrs or {}).items():
             f.attrs[k] = v
 
@@ -115,10 +124,11 @@ def _truncate(f: h5py.File, epoch: int) -> None:
         if keep < len(epochs):
             for name in group:
                 group[name].resize((keep,))
-    sgroup = f.require_group("samples")
-    for key in list(sgroup):
-        if int(sgroup[key].attrs.get("epoch", 0)) > epoch:
-            del sgroup[key]
+    for group_name in ("samples", "sample_starts"):
+        sgroup = f.require_group(group_name)
+        for key in list(sgroup):
+            if int(sgroup[key].attrs.get("epoch", 0)) > epoch:
+                del sgroup[key]
 
 
 def read(path: Path) -> dict:
@@ -129,7 +139,10 @@ def read(path: Path) -> dict:
         samples = {}
         for key in f.get("samples", {}):
             ds = f["samples"][key]
-            samples[int(ds.attrs["epoch"])] = {"images": ds[:], "attrs": {k: _plain(v) for k, v in ds.attrs.items()}}
+            entry = {"images": ds[:], "attrs": {k: _plain(v) for k, v in ds.attrs.items()}}
+            if key in f.get("sample_starts", {}):
+                entry["starts"] = f["sample_starts"][key][:]
+            samples[int(ds.attrs["epoch"])] = entry
     return {"attrs": attrs, "metrics": metrics, "samples": dict(sorted(samples.items()))}
 
 

@@ -19,7 +19,8 @@ EXIT_INVALID = 2
 def _console():
     from rich.console import Console
 
-    return Console()
+    # Piped output (logs, CI) gets wide tables instead of rich's 80-column default.
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _fail_invalid(err: Exception) -> None:

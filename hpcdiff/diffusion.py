@@ -3,19 +3,48 @@
 ``build_diffusion(spec, model)`` returns an ``nn.Module`` whose ``forward(x0)`` is the
 training loss (so Accelerate/DDP can wrap the whole thing) and whose ``sample(...)`` draws
 images with the sampler named in ``spec.diffusion.sampler``.
+
+Two processes:
+  GaussianDDPM   the coursework starter's DDPM: the network predicts the noise.
+  ColdDiffusion  Bansal et al. 2022: any registered degradation D(x0, t); the network
+                 restores x0 from x_t and the samplers alternate restoring and degrading.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .registry import Registry
+from .degradations import DEGRADATION_INFO, DEGRADATIONS, degradation_params, default_schedule, degrade
+from .registry import Registry, nearest, unknown_name_message
+from .schedules import SCHEDULES
 from .spec import RunSpec, SpecError
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
+# Which process each sampler belongs to.
+SAMPLER_KIND: dict[str, str] = {}
+
+
+def _sampler(name: str, kind: str):
+    def decorator(fn):
+        SAMPLERS.register(name)(fn)
+        SAMPLER_KIND[name] = kind
+        return fn
+
+    return decorator
+
+
+def _randn(shape, generator, device):
+    # Draw on the generator's device (a CPU generator gives the same images on any device).
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device).to(device)
+
+
+# --------------------------------------------------------------------------- Gaussian DDPM
 
 
 def ddpm_schedules(beta1: float, beta2: float, n_T: int) -> dict[str, torch.Tensor]:
@@ -30,6 +59,8 @@ def ddpm_schedules(beta1: float, beta2: float, n_T: int) -> dict[str, torch.Tens
 
 class GaussianDDPM(nn.Module):
     """DDPM exactly as the coursework starter: the network predicts the noise eps."""
+
+    kind = "gaussian"
 
     def __init__(self, model: nn.Module, *, beta1: float, beta2: float, n_T: int,
                  loss: str = "mse", sampler: str = "ancestral", sample_steps: int = 0):
@@ -51,51 +82,203 @@ class GaussianDDPM(nn.Module):
         z_t = torch.sqrt(alpha_t) * x + torch.sqrt(1 - alpha_t) * eps
         return self.criterion(self.gt(z_t, t / self.n_T), eps)
 
+    def start(self, n: int, size, *, generator=None, device=None, **_):
+        """x_T: standard normal noise (the known prior)."""
+        return _randn((n, *size), generator, device), "noise"
+
     @torch.no_grad()
-    def sample(self, n: int, size, *, generator: torch.Generator | None = None, device=None):
-        device = device or self.beta_t.device
-        return SAMPLERS.get(self.sampler)(self, n, tuple(size), generator=generator, device=device)
+    def sample(self, x_T: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        return SAMPLERS.get(self.sampler)(self, x_T, generator=generator)
 
 
-def _randn(shape, generator, device):
-    # Draw on the generator's device (a CPU generator gives the same images on any device).
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device).to(device)
-
-
-@SAMPLERS.register("ancestral")
-def ancestral(ddpm: GaussianDDPM, n: int, size, *, generator, device):
+@_sampler("ancestral", "gaussian")
+def ancestral(ddpm: GaussianDDPM, x_T, *, generator):
     """The starter's ancestral sampler, from t = n_T down to 1."""
-    one = torch.ones(n, device=device)
-    z_t = _randn((n, *size), generator, device)
+    one = torch.ones(x_T.shape[0], device=x_T.device)
+    z_t = x_T
     for i in range(ddpm.n_T, 0, -1):
         alpha_t = ddpm.alpha_t[i]
         beta_t = ddpm.beta_t[i]
         z_t = z_t - (beta_t / torch.sqrt(1 - alpha_t)) * ddpm.gt(z_t, (i / ddpm.n_T) * one)
         z_t = z_t / torch.sqrt(1 - beta_t)
         if i > 1:
-            z_t = z_t + torch.sqrt(beta_t) * _randn(z_t.shape, generator, device)
+            z_t = z_t + torch.sqrt(beta_t) * _randn(z_t.shape, generator, z_t.device)
     return z_t
 
 
+@_sampler("ddim", "gaussian")
+def ddim(ddpm: GaussianDDPM, x_T, *, generator):
+    """Deterministic DDIM (eta = 0) on ``sample_steps`` evenly spaced steps of the same
+    schedule; the last step returns the predicted x0."""
+    steps = ddpm.sample_steps or ddpm.n_T
+    times = torch.linspace(ddpm.n_T, 1, steps).round().long().unique_consecutive().tolist()
+    one = torch.ones(x_T.shape[0], device=x_T.device)
+    z = x_T
+    for k, t in enumerate(times):
+        a_t = ddpm.alpha_t[t]
+        eps = ddpm.gt(z, (t / ddpm.n_T) * one)
+        x0_hat = (z - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t)
+        if k + 1 == len(times):
+            return x0_hat
+        a_prev = ddpm.alpha_t[times[k + 1]]
+        z = torch.sqrt(a_prev) * x0_hat + torch.sqrt(1 - a_prev) * eps
+    return z
+
+
+# --------------------------------------------------------------------------- cold diffusion
+
+
+class ColdDiffusion(nn.Module):
+    """Cold diffusion: x_t = D(x0, t) for a registered degradation; R(x_t, t/T) ~ x0."""
+
+    kind = "cold"
+
+    def __init__(self, model: nn.Module, *, degradation: str, schedule: str, params: dict, n_T: int,
+                 loss: str = "l1", sampler: str = "cold_alg2", sample_start: str = "degraded_test",
+                 start_noise: float = 0.002, noise_seed: int = 0):
+        super().__init__()
+        self.gt = model
+        self.degradation, self.schedule, self.params = degradation, schedule, dict(params)
+        self.n_T = n_T
+        self.criterion = LOSSES[loss]
+        self.sampler = sampler
+        self.sample_start = sample_start
+        self.start_noise = start_noise
+        self.noise_seed = noise_seed
+
+    def degrade(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> torch.Tensor:
+        return degrade(self.degradation, x0, t, n_steps=self.n_T, schedule=self.schedule,
+                       generator=generator, **self.params)
+
+    def restore(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        return self.gt(x_t, torch.full((x_t.shape[0],), t / self.n_T, device=x_t.device))
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        # t ~ U{1, ..., T}: every level the sampler visits is trained.
+        t = torch.randint(1, self.n_T + 1, (x0.shape[0],), device=x0.device)
+        x_t = self.degrade(x0, t)
+        return self.criterion(self.gt(x_t, t / self.n_T), x0)
+
+    def level_generator(self, s: int) -> torch.Generator:
+        """The same random draw for level s every time it is asked for, so that Algorithm 2's
+        D(x0_hat, s) terms telescope for stochastic degradations too."""
+        return torch.Generator().manual_seed(self.noise_seed * 1_000_003 + s)
+
+    def start(self, n: int, size, *, generator=None, device=None, test_images=None):
+        """x_T and a word saying where it came from (recorded in the archive)."""
+        start = self.sample_start
+        if start == "noise":
+            return _randn((n, *size), generator, device), "noise"
+        if test_images is None or len(test_images) == 0:
+            raise ValueError("sampling cold diffusion needs held-out test images to start from")
+        idx = torch.randint(0, len(test_images), (n,), generator=generator).to(test_images.device)
+        x0 = test_images[idx].to(device)
+        if start == "channel_mean":
+            mean = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)
+            return mean + self.start_noise * _randn(x0.shape, generator, device), "channel-mean test images + noise"
+        t = torch.full((n,), self.n_T, dtype=torch.long, device=device)
+        return self.degrade(x0, t, generator), "maximally degraded test images"
+
+    @torch.no_grad()
+    def sample(self, x_T: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        return SAMPLERS.get(self.sampler)(self, x_T, generator=generator)
+
+    def reconstruct_direct(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        """One restoration step (the reports' 'direct reconstruction')."""
+        return self.restore(x_t, t)
+
+
+@_sampler("cold_alg1", "cold")
+def cold_alg1(cd: ColdDiffusion, x_T, *, generator, restorer=None):
+    """Bansal et al. Algorithm 1: x_{s-1} = D(R(x_s, s), s - 1)."""
+    restore = restorer or cd.restore
+    x = x_T
+    for s in range(cd.n_T, 0, -1):
+        x0_hat = restore(x, s)
+        x = cd.degrade(x0_hat, s - 1, cd.level_generator(s - 1))
+    return x
+
+
+@_sampler("cold_alg2", "cold")
+def cold_alg2(cd: ColdDiffusion, x_T, *, generator, restorer=None):
+    """Bansal et al. Algorithm 2: x_{s-1} = x_s - D(x0_hat, s) + D(x0_hat, s - 1).
+    With a perfect restorer it returns x0 exactly (the D terms telescope)."""
+    restore = restorer or cd.restore
+    x = x_T
+    for s in range(cd.n_T, 0, -1):
+        x0_hat = restore(x, s)
+        x = x - cd.degrade(x0_hat, s, cd.level_generator(s)) + cd.degrade(x0_hat, s - 1, cd.level_generator(s - 1))
+    return x
+
+
+# --------------------------------------------------------------------------- building
+
+
 def build_diffusion(spec: RunSpec, model: nn.Module) -> nn.Module:
-    d = spec.diffusion
-    if spec.degradation.name == "gaussian":
+    spec = resolve_spec(spec)
+    d, deg = spec.diffusion, spec.degradation
+    if deg.name == "gaussian":
         return GaussianDDPM(model, beta1=d.beta1, beta2=d.beta2, n_T=d.n_T, loss=d.loss,
                             sampler=d.sampler, sample_steps=d.sample_steps)
-    raise SpecError(f"degradation {spec.degradation.name!r} is not available",
-                    path="degradation.name")
+    return ColdDiffusion(model, degradation=deg.name, schedule=deg.schedule, params=deg.params,
+                         n_T=d.n_T, loss=d.loss, sampler=d.sampler, sample_start=d.sample_start,
+                         start_noise=d.start_noise, noise_seed=spec.train.seed)
 
 
-def validate_spec(spec: RunSpec) -> None:
-    """Checks that need the registries (and so torch)."""
-    if spec.diffusion.sampler not in SAMPLERS:
-        from .registry import unknown_name_message
+def resolve_spec(spec: RunSpec) -> RunSpec:
+    """Fill the "use the recipe" values (n_T = 0, schedule "", sampler/start "auto") with
+    what they mean for this degradation, so the saved config is explicit."""
+    name = spec.degradation.name
+    d = spec.diffusion
+    gaussian = name == "gaussian"
+    n_T = d.n_T or DEGRADATION_INFO[name].n_steps
+    sampler = d.sampler if d.sampler != "auto" else ("ancestral" if gaussian else "cold_alg2")
+    start = d.sample_start
+    if start == "auto":
+        start = "noise" if gaussian else "degraded_test"
+    schedule = spec.degradation.schedule or default_schedule(name)
+    return spec.replace(
+        diffusion=dataclasses.replace(d, n_T=n_T, sampler=sampler, sample_start=start),
+        degradation=dataclasses.replace(spec.degradation, schedule=schedule),
+    )
 
-        raise SpecError(unknown_name_message("sampler", spec.diffusion.sampler, SAMPLERS.names()),
-                        path="diffusion.sampler")
-    if spec.degradation.name != "gaussian":
-        from .registry import unknown_name_message
 
-        raise SpecError(unknown_name_message("degradation", spec.degradation.name, ["gaussian"]),
+def validate_spec(spec: RunSpec) -> RunSpec:
+    """Checks that need the registries; returns the resolved spec."""
+    deg = spec.degradation
+    if deg.name not in DEGRADATIONS:
+        raise SpecError(unknown_name_message("degradation", deg.name, DEGRADATIONS.names()),
                         path="degradation.name")
+    if deg.schedule and deg.schedule not in SCHEDULES:
+        raise SpecError(unknown_name_message("schedule", deg.schedule, SCHEDULES.names()),
+                        path="degradation.schedule")
+    valid = degradation_params(deg.name)
+    if deg.name == "gaussian" and deg.params:
+        raise SpecError("the gaussian degradation takes its betas from diffusion.beta1/beta2",
+                        path=f"degradation.params.{next(iter(deg.params))}")
+    for key, value in deg.params.items():
+        if key not in valid:
+            guess = nearest(key, valid)
+            hint = f" (did you mean {guess!r}?)" if guess else ""
+            raise SpecError(f"unknown parameter {key!r} of degradation {deg.name!r}{hint}; "
+                            f"valid: {', '.join(sorted(valid)) or '(none)'}", path=f"degradation.params.{key}")
+        default = valid[key]
+        ok = (isinstance(value, bool) == isinstance(default, bool)) and (
+            isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)))
+        if default is not None and not ok:
+            raise SpecError(f"expected {type(default).__name__}, got {value!r}", path=f"degradation.params.{key}")
+    d = spec.diffusion
+    if d.sampler != "auto":
+        if d.sampler not in SAMPLERS:
+            raise SpecError(unknown_name_message("sampler", d.sampler, ["auto", *SAMPLERS.names()]),
+                            path="diffusion.sampler")
+        kind = "gaussian" if deg.name == "gaussian" else "cold"
+        if SAMPLER_KIND[d.sampler] != kind:
+            fitting = [n for n, k in SAMPLER_KIND.items() if k == kind]
+            raise SpecError(f"sampler {d.sampler!r} does not apply to degradation {deg.name!r}; "
+                            f"use one of: {', '.join(fitting)}", path="diffusion.sampler")
+    if deg.name == "gaussian" and d.sample_start not in ("auto", "noise"):
+        raise SpecError("the gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
+    if d.sample_start == "channel_mean" and not DEGRADATION_INFO[deg.name].has_known_prior:
+        raise SpecError(f"'channel_mean' is a start for blur, not {deg.name!r}", path="diffusion.sample_start")
+    return resolve_spec(spec)

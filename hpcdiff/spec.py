@@ -88,28 +88,45 @@ class ModelSpec:
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
+SAMPLE_STARTS = ("auto", "noise", "degraded_test", "channel_mean")
+
+
 @dataclass(frozen=True)
 class DiffusionSpec:
-    n_T: int = 1000
+    # Number of steps T; 0 = the degradation's recipe (1000 for gaussian, Bansal's for blur...).
+    # Resolved to a number when the sweep is expanded, so config.toml always holds it.
+    n_T: int = 0
+    # The Gaussian DDPM's linear beta schedule (ignored by cold diffusion).
     beta1: float = 1e-4
     beta2: float = 0.02
+    # "mse"/"l2" or "l1". Gaussian: on the predicted noise; cold: on the restored x0.
     loss: str = "mse"
-    sampler: str = "ancestral"
-    # Sampler steps for samplers that can skip (DDIM); 0 = n_T.
+    # "auto": ancestral for gaussian, cold_alg2 (Bansal's Algorithm 2) otherwise.
+    sampler: str = "auto"
+    # Steps for samplers that can skip (ddim); 0 = n_T.
     sample_steps: int = 0
+    # Where sampling starts: "auto" is noise for gaussian and maximally degraded held-out
+    # test images for degradations without a known prior; "channel_mean" is Bansal's
+    # blur start (each channel's mean of a test image plus start_noise).
+    sample_start: str = "auto"
+    start_noise: float = 0.002
 
     def validate(self, p: str) -> None:
-        _check(self.n_T >= 2, f"{p}.n_T", f"must be >= 2, got {self.n_T}")
+        _check(self.n_T == 0 or self.n_T >= 2, f"{p}.n_T", f"must be >= 2 (or 0 for the recipe), got {self.n_T}")
         _check(0.0 < self.beta1 < self.beta2 < 1.0, f"{p}.beta1",
                f"need 0 < beta1 < beta2 < 1, got beta1={self.beta1}, beta2={self.beta2}")
         _check(self.loss in LOSSES, f"{p}.loss", _choice_msg(self.loss, LOSSES))
         _check(self.sample_steps >= 0, f"{p}.sample_steps", f"must be >= 0, got {self.sample_steps}")
+        _check(self.sample_start in SAMPLE_STARTS, f"{p}.sample_start",
+               _choice_msg(self.sample_start, SAMPLE_STARTS))
+        _check(self.start_noise >= 0, f"{p}.start_noise", f"must be >= 0, got {self.start_noise}")
 
 
 @dataclass(frozen=True)
 class DegradationSpec:
     name: str = "gaussian"
-    schedule: str = "linear"
+    # "" = the degradation's own default schedule.
+    schedule: str = ""
     # Degradation-specific keyword arguments, checked against the registered function.
     params: dict = field(default_factory=dict)
 

@@ -150,7 +150,7 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None)
             except SpecError as err:
                 where = f" (in sweep.cases[{case_index}])" if len(cases) > 1 else ""
                 raise SpecError(err.message + where, path=err.path) from None
-            _validate_components(spec)
+            spec = _validate_components(spec)
             rid = run_id(spec)
             if rid in seen:
                 continue
@@ -163,12 +163,12 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None)
     return Sweep(name=name, source=str(source or ""), runs=tuple(runs), varying=tuple(varying))
 
 
-def _validate_components(spec: RunSpec) -> None:
-    """Names resolved through registries (degradation, its parameters, schedule, sampler).
-    Imported lazily: these modules need torch."""
+def _validate_components(spec: RunSpec) -> RunSpec:
+    """Names resolved through registries (degradation, its parameters, schedule, sampler),
+    and "recipe" defaults made explicit. Imported lazily: these modules need torch."""
     from .diffusion import validate_spec
 
-    validate_spec(spec)
+    return validate_spec(spec)
 
 
 def _axes(sweep_table: dict) -> list[list[dict]]:

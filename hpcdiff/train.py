@@ -136,6 +136,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     image_shape = splits.train.image_shape
     train_images = splits.train.images.to(device)
     val_images = splits.val.images.to(device)
+    # Held-out images that cold-diffusion sampling starts from (degraded to level T).
+    start_images = to_model_range(splits.test.images[:2048], device)
 
     model = build_model(spec.model, image_shape)
     diffusion = build_diffusion(spec, model).to(device)
@@ -227,7 +229,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
             }
             samples = None
             if main and (epoch % t.sample_every == 0 or last):
-                samples = _draw_samples(core, t, image_shape, device)
+                samples = _draw_samples(core, t, image_shape, device, start_images)
             if main:
                 archive.append_epoch(rd.archive, epoch, metrics, samples,
                                      attrs={"best_epoch": stopper["best_epoch"], "best_loss": stopper["best"]})
@@ -276,13 +278,15 @@ def _validation_loss(core, val_images, seed, batch, device) -> float:
 
 
 @torch.no_grad()
-def _draw_samples(core, t, image_shape, device) -> dict:
+def _draw_samples(core, t, image_shape, device, start_images) -> dict:
     core.eval()
+    # The same starts every epoch, so grids show the model changing, not the draw.
     g = torch.Generator().manual_seed(t.seed + 2_000_003)
-    x = core.sample(t.n_samples, image_shape, generator=g, device=device)
+    x_T, start = core.start(t.n_samples, image_shape, generator=g, device=device, test_images=start_images)
+    x = core.sample(x_T, generator=g)
     core.train()
     images = to_uint8(x).cpu().numpy()[:, 0]
-    return {"images": images, "attrs": {"start": "gaussian-noise"}}
+    return {"images": images, "attrs": {"start": start}, "starts": to_uint8(x_T).cpu().numpy()[:, 0]}
 
 
 class _Progress:

@@ -93,6 +93,14 @@ logfile_of() {
     esac
 }
 
+# A dead process not yet reaped (the init here reaps orphans lazily) still has a comm.
+is_zombie() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 0
+    stat="${stat##*) }"
+    [[ "${stat%% *}" == Z ]]
+}
+
 # Prints the pid of daemon $1 if its pid file names a live process of that name.
 daemon_pid() {
     local name="$1" pf pid comm
@@ -102,6 +110,7 @@ daemon_pid() {
     [[ -n "$pid" ]] || return 1
     comm="$(cat "/proc/$pid/comm" 2>/dev/null || true)"
     [[ "$comm" == "$name" ]] || return 1
+    is_zombie "$pid" && return 1
     printf '%s\n' "$pid"
 }
 
@@ -333,6 +342,9 @@ make_dirs() {
         chmod 400 "$tmp"
         mv -f "$tmp" "$MUNGE_KEY"
     fi
+    runuser -u munge -- test -r "$MUNGE_KEY" \
+        || die "the munge user cannot reach $MUNGE_KEY: every parent of $S must be" \
+            "searchable by others (pytest's tmp dirs, for one, are mode 0700)"
 }
 
 # Environment for every daemon and client call made from here. The marker lets `stop`
@@ -355,7 +367,7 @@ start_munged() {
         --key-file="$MUNGE_KEY" --socket="$MUNGE_SOCKET" \
         --pid-file="$(pidfile_of munged)" --log-file="$(logfile_of munged)" \
         --seed-file="$MUNGE_DIR/munged.seed" --num-threads=2 \
-        </dev/null >>"$(logfile_of munged)" 2>&1 \
+        </dev/null >>"$(logfile_of munged)" 2>&1 9>&- \
         || fail_daemon munged "munged failed to start"
     wait_pidfile munged
     wait_for munged "munge socket answers" \
@@ -382,7 +394,7 @@ start_mariadbd() {
         --tmpdir="$MYSQL_TMP" --log-error="$(logfile_of mariadbd)" \
         --skip-networking --skip-name-resolve \
         --innodb-buffer-pool-size=64M --innodb-log-file-size=16M --innodb-lock-wait-timeout=900 \
-        </dev/null >>"$(logfile_of mariadbd)" 2>&1 &
+        </dev/null >>"$(logfile_of mariadbd)" 2>&1 9>&- &
     local launched=$!
     # mariadbd does not daemonize: wait for its pid file while the launched process lives.
     while ! is_up mariadbd; do
@@ -397,7 +409,7 @@ sacctmgr_answers() { sacctmgr -n -P list cluster format=cluster; }
 
 start_slurmdbd() {
     rm -f "$(pidfile_of slurmdbd)"
-    slurmdbd </dev/null >>"$(logfile_of slurmdbd)" 2>&1 || fail_daemon slurmdbd "slurmdbd failed to start"
+    slurmdbd </dev/null >>"$(logfile_of slurmdbd)" 2>&1 9>&- || fail_daemon slurmdbd "slurmdbd failed to start"
     wait_pidfile slurmdbd
     wait_for slurmdbd "sacctmgr answers" sacctmgr_answers
 }
@@ -413,7 +425,7 @@ ctld_up() { scontrol ping | grep -q 'is UP'; }
 
 start_slurmctld() {
     rm -f "$(pidfile_of slurmctld)"
-    slurmctld -f "$SLURM_CONF_FILE" </dev/null >>"$(logfile_of slurmctld)" 2>&1 \
+    slurmctld -f "$SLURM_CONF_FILE" </dev/null >>"$(logfile_of slurmctld)" 2>&1 9>&- \
         || fail_daemon slurmctld "slurmctld failed to start"
     wait_pidfile slurmctld
     wait_for slurmctld "scontrol ping reports UP" ctld_up
@@ -422,7 +434,7 @@ start_slurmctld() {
 start_slurmd() {
     rm -f "$(pidfile_of slurmd)"
     SLURMD_T0="$(date +%s)"
-    slurmd -f "$SLURM_CONF_FILE" </dev/null >>"$(logfile_of slurmd)" 2>&1 \
+    slurmd -f "$SLURM_CONF_FILE" </dev/null >>"$(logfile_of slurmd)" 2>&1 9>&- \
         || fail_daemon slurmd "slurmd failed to start"
     wait_pidfile slurmd
 }
@@ -499,7 +511,8 @@ cmd_stop_one() {
     local name="$1" pid waited=0
     pid="$(daemon_pid "$name")" || return 0
     kill -TERM "$pid" 2>/dev/null || true
-    while kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]]; do
+    while kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$name" ]] \
+        && ! is_zombie "$pid"; do
         if ((waited >= 300)); then
             log "warning: $name (pid $pid) ignored SIGTERM for 30s; sending SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
@@ -528,15 +541,22 @@ cancel_all_jobs() {
     done
 }
 
+kill_tree() {
+    local child
+    kill -STOP "$1" 2>/dev/null || true
+    for child in $(ps -o pid= --ppid "$1" 2>/dev/null); do kill_tree "$child"; done
+    kill -KILL "$1" 2>/dev/null || true
+}
+
 # slurmstepd processes of this cluster (they inherit slurmd's environment marker).
 kill_stray_stepds() {
     local p pid
     for p in /proc/[0-9]*; do
         pid="${p#/proc/}"
         [[ "$(cat "$p/comm" 2>/dev/null)" == slurmstepd ]] || continue
-        if tr '\0' '\n' <"$p/environ" 2>/dev/null | grep -qxF "HPCDIFF_SLURM_STATE=$S"; then
-            log "killing leftover slurmstepd $pid"
-            kill -KILL "$pid" 2>/dev/null || true
+        if { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qxF "HPCDIFF_SLURM_STATE=$S"; then
+            log "killing leftover slurmstepd $pid and its job processes"
+            kill_tree "$pid"
         fi
     done
 }

@@ -76,7 +76,9 @@ def test_ancestral_sampler_follows_the_starter():
 
     ddpm = GaussianDDPM(Zero(), beta1=1e-4, beta2=0.02, n_T=10)
     g = torch.Generator().manual_seed(3)
-    out = ddpm.sample(2, (1, 2, 2), generator=g, device=torch.device("cpu"))
+    x_T, start = ddpm.start(2, (1, 2, 2), generator=g, device=torch.device("cpu"))
+    assert start == "noise"
+    out = ddpm.sample(x_T, generator=g)
     g = torch.Generator().manual_seed(3)
     z = torch.randn(2, 1, 2, 2, generator=g)
     for i in range(10, 0, -1):
