@@ -85,7 +85,10 @@ def _print_plan(console, plan) -> None:
 
     varying = list(plan.sweep.varying)
     table = Table(title=f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}")
+    labels = any(r.label for r in plan.sweep.runs)
     table.add_column("run id")
+    if labels:
+        table.add_column("label")
     for key in varying:
         table.add_column(key)
     table.add_column("action")
@@ -98,7 +101,7 @@ def _print_plan(console, plan) -> None:
             for part in key.split("."):
                 node = node.get(part) if isinstance(node, dict) else None
             values.append(str(node))
-        table.add_row(pr.run_dir.run_id, *values, pr.action)
+        table.add_row(pr.run_dir.run_id, *([run.label] if labels else []), *values, pr.action)
     console.print(table)
 
 

@@ -67,15 +67,15 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     except Exception as err:  # tomllib's message has the line and column
         raise SpecError(f"not valid TOML: {err}", source=source) from None
     try:
-        apply_overrides(raw, overrides)
-        return expand(raw, name_default=path.stem, source=source)
+        return expand(raw, name_default=path.stem, source=source, overrides=overrides)
     except SpecError as err:
         raise err if err.source else err.with_source(source)
 
 
-def apply_overrides(raw: dict, overrides) -> None:
-    """``--set section.key=value``: replaces the base value and removes that key from the
-    axes, so the override holds for every run."""
+def parse_overrides(overrides) -> list[tuple[list[str], object]]:
+    """``--set section.key=value`` -> (key path, value). They are applied last, over the
+    base, the cases and the axes, so an override holds for every run."""
+    parsed = []
     for item in overrides:
         if "=" not in item:
             raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
@@ -84,23 +84,24 @@ def apply_overrides(raw: dict, overrides) -> None:
         parts = key.split(".")
         if len(parts) < 2:
             raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        if parts[0] != "sweep":
+        if parts[0] == "sweep":
+            if len(parts) != 2 or parts[1] not in ("name", "seeds"):
+                raise SpecError(f"only sweep.name and sweep.seeds can be set, got {key!r}", path=f"--set {key}")
+        else:
             _check_key_path(key, f"--set {key}")
-        _set_path(raw, parts, tomlio.parse_value(text.strip()))
-        sweep = raw.get("sweep", {})
-        if parts[0] != "sweep" and isinstance(sweep, dict):
-            if isinstance(sweep.get("product"), dict):
-                _drop_path(sweep["product"], parts)
-            for group in sweep.get("zip", []) or []:
-                if isinstance(group, dict):
-                    _drop_path(group, parts)
+        parsed.append((parts, tomlio.parse_value(text.strip())))
+    return parsed
 
 
-def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None) -> Sweep:
+def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None, overrides=()) -> Sweep:
     raw = copy.deepcopy(raw)
     sweep_table = raw.pop("sweep", {})
     if not isinstance(sweep_table, dict):
         raise SpecError("must be a table", path="sweep")
+    settings = parse_overrides(overrides)
+    for parts, value in settings:
+        if parts[0] == "sweep":
+            sweep_table[parts[1]] = value
     for key in raw:
         if key not in SECTIONS:
             valid = list(SECTIONS) + ["sweep"]
@@ -145,6 +146,10 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None)
             merged = _deep_merge(raw, case)
             for key, value in assignment.items():
                 _set_path(merged, key.split("."), copy.deepcopy(value))
+            for parts, value in settings:
+                if parts[0] != "sweep":
+                    _set_path(merged, parts, copy.deepcopy(value))
+                    assignment.pop(".".join(parts), None)
             try:
                 spec = RunSpec.from_dict(merged)
             except SpecError as err:
@@ -157,6 +162,8 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None)
             seen.add(rid)
             shown = dict(_flatten(case, ""))
             shown.update(assignment)
+            for parts, _value in settings:
+                shown.pop(".".join(parts), None)
             runs.append(Run(run_id=rid, spec=spec, axes=shown, label=label))
 
     varying = _varying([r.spec for r in runs])
@@ -241,18 +248,6 @@ def _set_path(d: dict, parts: list[str], value) -> None:
             d[p] = nxt
         d = nxt
     d[parts[-1]] = value
-
-
-def _drop_path(d: dict, parts: list[str]) -> None:
-    dotted = ".".join(parts)
-    if dotted in d:
-        del d[dotted]
-        return
-    for p in parts[:-1]:
-        d = d.get(p)
-        if not isinstance(d, dict):
-            return
-    d.pop(parts[-1], None)
 
 
 def _deep_merge(base: dict, over: dict) -> dict:

@@ -504,6 +504,11 @@ cmd_start() {
     is_up slurmd || start_slurmd
     wait_for slurmd "node $NODE_NAME idle and registered by the new slurmd" node_ready "$SLURMD_T0"
     wait_for slurmdbd "sacct answers" sacct_answers
+    if [[ -e "$RUN/cancel-jobs-on-start" ]]; then
+        log "cancelling jobs whose processes a previous stop had to kill"
+        cancel_all_jobs
+        rm -f "$RUN/cancel-jobs-on-start"
+    fi
     log "up in $((SECONDS - t_start))s: node $NODE_NAME, partition $PARTITION_NAME; eval \"\$($0 env $S)\""
 }
 
@@ -557,6 +562,9 @@ kill_stray_stepds() {
         if { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qxF "HPCDIFF_SLURM_STATE=$S"; then
             log "killing leftover slurmstepd $pid and its job processes"
             kill_tree "$pid"
+            # slurmctld was not there to cancel the job: do it at the next start, or the
+            # saved state keeps a ghost job holding resources.
+            : >"$RUN/cancel-jobs-on-start"
         fi
     done
 }

@@ -1,0 +1,48 @@
+"""The shipped sweep files: they expand, validate, and every run trains for one epoch."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hpcdiff import archive
+from hpcdiff.cli import main
+from hpcdiff.sweep import load_sweep
+
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
+# One epoch on a few real MNIST digits; everything that defines the experiment stays as shipped.
+SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_samples=2"]
+
+
+@pytest.mark.parametrize("name,count", [("quick", 4), ("part1", 5), ("part2", 8)])
+def test_job_file_dry_run(name, count, tmp_path):
+    result = CliRunner().invoke(main, ["sweep", str(JOBS / f"{name}.toml"), "--dry-run", "--output", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"{count} runs" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_part2_covers_every_cold_degradation():
+    from hpcdiff.degradations import DEGRADATIONS
+
+    names = {r.spec.degradation.name for r in load_sweep(JOBS / "part2.toml").runs}
+    assert names == set(DEGRADATIONS.names()) - {"gaussian"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["part1", "part2"])
+def test_every_run_trains_one_epoch(name, tmp_path):
+    args = ["sweep", str(JOBS / f"{name}.toml"), "--executor", "debug", "--output", str(tmp_path)]
+    for s in SMOKE:
+        args += ["--set", s]
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    sweep = load_sweep(JOBS / f"{name}.toml", SMOKE)
+    for run in sweep.runs:
+        data = archive.read(tmp_path / name / run.run_id / "archive.h5")
+        assert data["metrics"]["epoch"].tolist() == [1], run.label
+        sample = data["samples"][1]
+        assert sample["images"].shape == (2, 28, 28)
+        expected_start = "noise" if run.spec.degradation.name == "gaussian" else (
+            "channel-mean" if run.spec.diffusion.sample_start == "channel_mean" else "degraded")
+        assert expected_start in sample["attrs"]["start"], run.label
