@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import signal
 import socket
@@ -37,7 +38,11 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopRequested(Exception):
-    pass
+    """Raised at a batch boundary after a stop signal, once the checkpoint is written."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by signal {signal.Signals(signum).name}")
+        self.signum = signum
 
 
 def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
@@ -51,9 +56,10 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
             log.info("run %s is already done; nothing to do", rd.run_id)
             return "done"
         return _train_locked(rd, spec, show_progress)
-    except StopRequested:
+    except StopRequested as stop:
         rd.write_status(state="timeout")
-        log.warning("stop requested: state saved at the last checkpoint")
+        log.warning("%s: checkpoint written, stopping", stop)
+        _hand_on_to_submitit(stop.signum)
         return "timeout"
     except BaseException as err:
         rd.write_status(state="failed", error=f"{type(err).__name__}: {err}",
@@ -64,6 +70,21 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
         logging.getLogger("hpcdiff").removeHandler(handler)
         handler.close()
         lock.close()
+
+
+def _hand_on_to_submitit(signum: int) -> None:
+    """Under submitit, USR2 means "time limit or preemption": its own handler (restored by
+    now) calls TrainJob.checkpoint and requeues the job, then exits the process."""
+    handler = signal.getsignal(signum)
+    if signum == signal.SIGUSR2 and callable(handler) and "submitit" in getattr(handler, "__module__", ""):
+        handler(signum, None)
+
+
+def slurm_job_id() -> str | None:
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
 
 
 def _attach_log(rd: RunDir) -> logging.Handler:
@@ -147,7 +168,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                                                           patience=t.lr_plateau_patience)
                if t.lr_plateau_patience else None)
 
-    start_epoch, step = 1, 0
+    start_epoch, start_batch, step, elapsed = 1, 0, 0, 0.0
+    partial_loss = 0.0
     stopper = {"best": math.inf, "best_epoch": 0, "bad_epochs": 0}
     resumed = checkpoint.load_latest(rd.checkpoints)
     if resumed is not None:
@@ -157,31 +179,47 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
         if plateau is not None and state.get("plateau"):
             plateau.load_state_dict(state["plateau"])
         stopper = dict(state["stopper"])
-        step = state["step"]
+        step, elapsed = state["step"], float(state.get("elapsed", 0.0))
         start_epoch = epoch_done + 1
+        if state.get("partial"):
+            # Stopped mid-epoch by a signal: continue that epoch at the next batch.
+            start_batch = int(state["partial"]["batch"])
+            partial_loss = float(state["partial"]["loss_sum"])
         _set_rng_state(state["rng"])
-        log.info("resuming run %s from the checkpoint of epoch %d", rd.run_id, epoch_done)
-    if resumed is None:
+        log.info("resuming run %s from the checkpoint of epoch %d%s", rd.run_id, epoch_done,
+                 f" (+{start_batch} batches of epoch {start_epoch})" if start_batch else "")
+    else:
         log.info("starting run %s (%d epochs, %d training images)", rd.run_id, t.epochs, len(splits.train))
     diffusion, optimizer = accelerator.prepare(diffusion, optimizer)
     core = accelerator.unwrap_model(diffusion)
+
+    def save_checkpoint(epoch_done: int, partial: dict | None = None) -> None:
+        checkpoint.save({
+            "format": 1, "hpcdiff_version": __version__, "epoch": epoch_done, "step": step,
+            "elapsed": elapsed, "partial": partial,
+            "model": core.gt.state_dict(), "optimizer": optimizer.state_dict(),
+            "plateau": plateau.state_dict() if plateau is not None else None,
+            "stopper": stopper, "rng": _rng_state(), "config": spec.to_dict(),
+        }, rd.checkpoints, epoch_done, keep=t.keep_checkpoints)
 
     if main:
         archive.create(rd.archive, {
             "config": tomlio.dumps(spec.to_dict()), "run_id": rd.run_id,
             "hpcdiff_version": __version__, "torch_version": str(torch.__version__),
-            "created": time.time(), "world_size": world, "image_shape": list(image_shape),
+            "created": time.time(), "image_shape": list(image_shape),
         })
         # Rows after the checkpoint came from epochs whose checkpoint was never written.
         archive.truncate_after(rd.archive, start_epoch - 1)
+        archive.set_attrs(rd.archive, {"world_size": world})
         rd.write_status(state="running", epoch=start_epoch - 1, epochs=t.epochs, host=socket.gethostname(),
-                        error=None, traceback=None, restarts=rd.read_status().get("restarts", -1) + 1)
+                        error=None, traceback=None, restarts=rd.read_status().get("restarts", -1) + 1,
+                        job_id=slurm_job_id() or rd.read_status().get("job_id"),
+                        requeues=int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0), world_size=world)
 
     n_train = len(train_images)
     global_batch = t.batch_size
     local_batch = max(1, global_batch // world)
     steps_per_epoch = max(1, n_train // global_batch) if n_train >= global_batch else 1
-    elapsed = float(rd.read_status().get("elapsed", 0.0)) if resumed is not None else 0.0
 
     progress = _Progress(show_progress and main, total_epochs=t.epochs, steps=steps_per_epoch, run_id=rd.run_id)
     flag: dict = {}
@@ -193,9 +231,10 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
             # The permutation depends on (seed, epoch) only: a resumed run sees the same order.
             g = torch.Generator().manual_seed(t.seed * 100_003 + epoch)
             perm = torch.randperm(n_train, generator=g).to(device)
-            loss_sum = torch.zeros((), device=device)
-            progress.start_epoch(epoch)
-            for i in range(steps_per_epoch):
+            first = start_batch if epoch == start_epoch else 0
+            loss_sum = torch.full((), partial_loss if first else 0.0, device=device)
+            progress.start_epoch(epoch, first)
+            for i in range(first, steps_per_epoch):
                 idx = perm[i * global_batch: (i + 1) * global_batch]
                 idx = idx[rank * local_batch: (rank + 1) * local_batch]
                 x = to_model_range(train_images[idx])
@@ -206,8 +245,13 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 loss_sum += loss.detach()
                 step += 1
                 progress.advance(loss)
-                if flag.get("stop"):
-                    raise StopRequested()
+                if _stop_agreed(flag, accelerator):
+                    elapsed += time.perf_counter() - tic
+                    if main:
+                        save_checkpoint(epoch - 1, partial={"epoch": epoch, "batch": i + 1,
+                                                            "loss_sum": float(loss_sum)})
+                    accelerator.wait_for_everyone()
+                    raise StopRequested(flag["stop"])
             train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_per_epoch
             seconds = time.perf_counter() - tic
             elapsed += seconds
@@ -225,7 +269,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
             metrics = {
                 "train_loss": train_loss, "val_loss": val_loss,
                 "lr": optimizer.param_groups[0]["lr"], "epoch_seconds": seconds,
-                "elapsed_seconds": elapsed, "images_per_second": steps_per_epoch * global_batch / seconds,
+                "elapsed_seconds": elapsed,
+                "images_per_second": (steps_per_epoch - first) * global_batch / seconds,
             }
             samples = None
             if main and (epoch % t.sample_every == 0 or last):
@@ -234,12 +279,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 archive.append_epoch(rd.archive, epoch, metrics, samples,
                                      attrs={"best_epoch": stopper["best_epoch"], "best_loss": stopper["best"]})
             if main and (epoch % t.checkpoint_every == 0 or last):
-                checkpoint.save({
-                    "format": 1, "hpcdiff_version": __version__, "epoch": epoch, "step": step,
-                    "model": core.gt.state_dict(), "optimizer": optimizer.state_dict(),
-                    "plateau": plateau.state_dict() if plateau is not None else None,
-                    "stopper": stopper, "rng": _rng_state(), "config": spec.to_dict(),
-                }, rd.checkpoints, epoch, keep=t.keep_checkpoints)
+                save_checkpoint(epoch)
             if main:
                 rd.write_status(state="running", epoch=epoch, last_loss=train_loss, val_loss=val_loss,
                                 elapsed=elapsed, best_epoch=stopper["best_epoch"])
@@ -256,6 +296,17 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
         rd.write_status(state=final_state)
         archive.set_attrs(rd.archive, {"finished": True})
     return final_state
+
+
+def _stop_agreed(flag: dict, accelerator) -> bool:
+    """Whether any rank was signalled; every rank then stops after the same batch."""
+    if accelerator.num_processes == 1:
+        return bool(flag.get("stop"))
+    signalled = torch.tensor([int(flag.get("stop", 0))], device=accelerator.device)
+    torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)
+    if signalled.item():
+        flag["stop"] = int(signalled.item())
+    return bool(signalled.item())
 
 
 @torch.no_grad()
@@ -314,20 +365,21 @@ class _Progress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def start_epoch(self, epoch):
+    def start_epoch(self, epoch, first_batch=0):
         if self._progress is not None:
             self._task = self._progress.add_task(f"{self.run_id} epoch {epoch}/{self.total_epochs}",
-                                                 total=self.steps, loss="-", speed="")
+                                                 total=self.steps, loss="-", speed="", completed=first_batch)
             self._tic = time.perf_counter()
-            self._n = 0
+            self._n, self._done = first_batch, 0
 
     def advance(self, loss):
         if self._progress is not None:
             self._n += 1
+            self._done += 1
             if self._n % 10 == 0 or self._n == self.steps:
-                rate = self._n / max(time.perf_counter() - self._tic, 1e-9)
-                self._progress.update(self._task, advance=10 if self._n % 10 == 0 else self._n % 10,
-                                      loss=f"{loss.item():.4f}", speed=f"{rate:.1f} it/s")
+                rate = self._done / max(time.perf_counter() - self._tic, 1e-9)
+                self._progress.update(self._task, completed=self._n, loss=f"{loss.item():.4f}",
+                                      speed=f"{rate:.1f} it/s")
 
     def end_epoch(self, epoch, train_loss, val_loss):
         if self._progress is not None:

@@ -143,3 +143,50 @@ def test_failed_run_is_reported_and_rerun(tiny_sweep, tmp_path):
     assert status["state"] == "failed" and "DataError" in status["error"]
     assert "failed" in run_cli("status", out / "fail").output
 
+
+
+def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path):
+    """SLURM's warning signal (here SIGTERM, as a local kill sends) stops training at the
+    next batch boundary with a mid-epoch checkpoint; the rerun continues that epoch."""
+    sweep_file = tiny_sweep("[sweep]\nname = \"term\"\n", epochs=3, subset=1000)
+    ref = run_cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
+    assert ref.exit_code == 0, ref.output
+    ref_dir = next(p for p in (tmp_path / "ref" / "term").iterdir() if p.is_dir())
+    reference = archive.read(ref_dir / "archive.h5")["metrics"]
+
+    from hpcdiff.rundir import update_manifest, write_run_config
+    from hpcdiff.submit import plan_sweep
+
+    out = tmp_path / "runs"
+    plan = plan_sweep(sweep_file, output=out)
+    run = plan.sweep.runs[0]
+    rd = RunDir(out / "term" / run.run_id)
+    write_run_config(rd, run.spec, run_id=run.run_id, sweep="term", axes={}, label="")
+    update_manifest(out / "term", plan.sweep, sweep_file.read_text())
+    proc = subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        # Stop inside epoch 2: after epoch 1's row exists.
+        _wait_for(lambda: rd.read_status().get("epoch", 0) >= 1 or proc.poll() is not None, 300, "epoch 1")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    status = rd.read_status()
+    if status["epoch"] >= 3:
+        pytest.skip("training finished before the signal arrived")
+    assert status["state"] == "timeout"
+    from hpcdiff import checkpoint
+
+    epoch_done, state = checkpoint.load_latest(rd.checkpoints)
+    assert state["partial"] is not None and state["partial"]["epoch"] == epoch_done + 1
+    assert 1 <= state["partial"]["batch"]
+
+    result = run_cli("sweep", sweep_file, "--output", out, "--executor", "local")
+    assert result.exit_code == 0, result.output
+    assert rd.read_status()["state"] == "done"
+    assert "batches of epoch" in rd.log.read_text()
+    metrics = archive.read(rd.archive)["metrics"]
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    np.testing.assert_allclose(metrics["train_loss"], reference["train_loss"], rtol=1e-5)

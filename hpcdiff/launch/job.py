@@ -1,0 +1,37 @@
+"""What a SLURM job runs: a picklable, checkpointable call of ``train(run_dir)``.
+
+submitit pickles this object, runs it on the compute node and, when SLURM warns that the
+job is about to hit its time limit or is preempted (USR2), asks ``checkpoint()`` for what to
+run after the requeue. The answer holds only the run directory: the requeued job resumes
+from the latest complete checkpoint found on disk, never from state pickled at submission.
+"""
+
+from __future__ import annotations
+
+
+class TrainJob:
+    def __init__(self, run_dir: str):
+        self.run_dir = str(run_dir)
+
+    def __call__(self) -> str:
+        from ..train import train
+
+        return train(self.run_dir)
+
+    def checkpoint(self, *args, **kwargs):
+        # train() has already written a checkpoint at a batch boundary before handing the
+        # signal on to submitit, which calls this and then requeues the job.
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(TrainJob(self.run_dir))
+
+    def __repr__(self) -> str:
+        return f"TrainJob({self.run_dir!r})"
+
+
+def analyze_job(sweep_dir: str) -> str:
+    """The --then-analyze job: runs after every array of the sweep has ended."""
+    from ..analysis import analyze
+
+    result = analyze(sweep_dir)
+    return str(result.out_dir)

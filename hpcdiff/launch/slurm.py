@@ -1,0 +1,211 @@
+"""The SLURM backend: runs go out as submitit job arrays.
+
+- One array per distinct ``[slurm]`` section (cases may ask for different resources), split
+  into several arrays when a sweep is larger than the cluster's MaxArraySize, each throttled
+  to ``array_parallelism`` tasks at a time (``--array=0-N%P``).
+- Each task runs ``TrainJob(run_dir)``; on SLURM's warning signal the training loop writes
+  a checkpoint and submitit requeues the task, which resumes from disk.
+- The job id of each run is written to its status.json; whether a run is still queued is
+  read from ``squeue`` (never ``sacct``: accounting differs between clusters).
+"""
+
+from __future__ import annotations
+
+import getpass
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..rundir import RunDir
+from ..spec import SlurmSpec
+from .base import Executor, LaunchReport
+from .job import TrainJob, analyze_job
+
+# squeue states of a job that will still run (or is running).
+ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
+                 "REQUEUE_FED", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED"}
+DEFAULT_MAX_ARRAY_SIZE = 1001
+
+
+class SlurmError(RuntimeError):
+    pass
+
+
+def sbatch_available() -> bool:
+    return shutil.which("sbatch") is not None
+
+
+def max_array_size() -> int:
+    """MaxArraySize from `scontrol show config` (array indices must stay below it)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return DEFAULT_MAX_ARRAY_SIZE
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+
+
+def queue_states() -> dict[str, str]:
+    """job id (array tasks as ARRAY_TASK) -> state, for this user's jobs in squeue."""
+    if shutil.which("squeue") is None:
+        return {}
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if proc.returncode != 0:
+        return {}
+    states = {}
+    for line in proc.stdout.splitlines():
+        if "|" in line:
+            job_id, state = line.strip().split("|", 1)
+            states[job_id] = state
+    return states
+
+
+def is_queued(status: dict, states: dict[str, str]) -> bool:
+    job_id = status.get("job_id")
+    return bool(job_id) and states.get(str(job_id)) in ACTIVE_STATES
+
+
+def executor_parameters(s: SlurmSpec, job_name: str) -> dict:
+    """[slurm] section -> submitit.SlurmExecutor parameters (sbatch flags)."""
+    p: dict = {
+        "job_name": job_name, "time": s.time_min, "nodes": s.nodes, "ntasks_per_node": s.tasks_per_node,
+        "cpus_per_task": s.cpus_per_task, "array_parallelism": s.array_parallelism,
+        "signal_delay_s": s.signal_delay_s,
+    }
+    for key in ("partition", "account", "qos", "constraint", "mail_user", "mail_type"):
+        value = getattr(s, key)
+        if value:
+            p[key] = value
+    if s.gpus_per_node:
+        p["gres"] = f"gpu:{s.gpus_per_node}"
+    if s.mem_gb:
+        p["mem"] = f"{s.mem_gb}GB"
+    if s.setup:
+        p["setup"] = list(s.setup)
+    extra = dict(parse_extra_sbatch(line) for line in s.extra_sbatch)
+    if extra:
+        p["additional_parameters"] = extra
+    return p
+
+
+def parse_extra_sbatch(line: str) -> tuple[str, object]:
+    """'--exclusive' -> ('exclusive', True); '--gpu-bind=closest' -> ('gpu-bind', 'closest')."""
+    body = line.strip()[2:]
+    if "=" in body:
+        key, value = body.split("=", 1)
+        return key, value
+    return body, True
+
+
+def render_script(s: SlurmSpec, *, job_name: str, folder: Path, n_tasks_in_array: int,
+                  python: str | None = None) -> str:
+    """The sbatch script submitit submits for an array of this section (pure function)."""
+    import shlex
+
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    python = python or shlex.quote(sys.executable)
+    command = " ".join([python, "-u -m submitit.core._submit", shlex.quote(str(folder))])
+    params = executor_parameters(s, job_name)
+    return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks_in_array, **params)
+
+
+def test_only(script: str) -> str:
+    """`sbatch --test-only`: asks the scheduler whether and when the job would run; submits nothing."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sbatch", delete=False) as f:
+        f.write(script)
+        path = f.name
+    try:
+        proc = subprocess.run(["sbatch", "--test-only", path], capture_output=True, text=True, timeout=60)
+    finally:
+        Path(path).unlink(missing_ok=True)
+    return (proc.stdout + proc.stderr).strip()
+
+
+@dataclass
+class _Group:
+    spec: SlurmSpec
+    runs: list[RunDir]
+
+
+def _groups(run_dirs: list[RunDir]) -> list[_Group]:
+    groups: dict[SlurmSpec, _Group] = {}
+    for rd in run_dirs:
+        s = rd.load_spec().slurm
+        groups.setdefault(s, _Group(s, [])).runs.append(rd)
+    return list(groups.values())
+
+
+def submitit_folder(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / "slurm" / "%j"
+
+
+class SlurmExecutor(Executor):
+    name = "slurm"
+    blocking = False
+
+    def __init__(self, then_analyze: bool = False, **_ignored):
+        if not sbatch_available():
+            raise SlurmError("the slurm executor needs sbatch on PATH (run on a login node, "
+                             "or use --executor local)")
+        self.then_analyze = then_analyze
+
+    def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+        import submitit
+
+        report = LaunchReport(self.name)
+        limit = max(1, max_array_size() - 1)
+        folder = submitit_folder(sweep_dir)
+        array_ids = []
+        for group in _groups(run_dirs):
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=group.spec.max_requeues)
+            executor.update_parameters(**executor_parameters(group.spec, f"hpcdiff-{Path(sweep_dir).name}"))
+            for start in range(0, len(group.runs), limit):
+                chunk = group.runs[start:start + limit]
+                with executor.batch():
+                    jobs = [executor.submit(TrainJob(str(rd.path))) for rd in chunk]
+                for rd, job in zip(chunk, jobs):
+                    rd.write_status(state="pending", job_id=job.job_id, submitted=time.time(),
+                                    error=None, traceback=None)
+                    report.launched.append(rd.run_id)
+                    report.job_ids[rd.run_id] = job.job_id
+                if jobs:
+                    array_ids.append(jobs[0].job_id.split("_")[0])
+        if self.then_analyze and array_ids:
+            report.job_ids["analyze"] = submit_analysis(sweep_dir, run_dirs, array_ids)
+        return report
+
+
+def submit_analysis(sweep_dir: Path, run_dirs: list[RunDir], array_ids: list[str]) -> str:
+    """A CPU job that runs `hpcdiff analyze` once every array has ended (afterany)."""
+    import submitit
+
+    s = run_dirs[0].load_spec().slurm
+    executor = submitit.SlurmExecutor(folder=submitit_folder(sweep_dir), max_num_timeout=0)
+    params = {"job_name": f"hpcdiff-analyze-{Path(sweep_dir).name}", "time": 30, "cpus_per_task": 2,
+              "nodes": 1, "ntasks_per_node": 1,
+              "additional_parameters": {"dependency": "afterany:" + ":".join(array_ids)}}
+    partition = s.cpu_partition or s.partition
+    if partition:
+        params["partition"] = partition
+    for key in ("account", "qos"):
+        if getattr(s, key):
+            params[key] = getattr(s, key)
+    if s.setup:
+        params["setup"] = list(s.setup)
+    executor.update_parameters(**params)
+    return executor.submit(analyze_job, str(sweep_dir)).job_id
+
+
+def cancel(job_ids: list[str]) -> None:
+    if job_ids:
+        subprocess.run(["scancel", *job_ids], check=False, timeout=60)

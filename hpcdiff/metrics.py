@@ -1,0 +1,415 @@
+"""Sample-quality metrics, registered by name: ``compute_metrics(names, ctx)``.
+
+Every metric is a function ``fn(ctx: MetricContext) -> dict[str, float]``. Images are
+float tensors N x 1 x 28 x 28 in the model range [-0.5, 0.5].
+
+- ``fid_classifier`` / ``kid_classifier`` / ``inception_score`` / ``class_histogram`` use
+  the per-dataset CNN of ``hpcdiff.classifier`` (always available offline).
+- ``fid_inception`` uses torchmetrics' FrechetInceptionDistance (torch-fidelity's
+  Inception-v3) only when its weights file is already on disk (``hpcdiff prepare``
+  fetches it); it never downloads.
+- Statistics of the real images (features, mean, covariance) are cached in a
+  ``StatsCache`` keyed by what produced them: the classifier's key, the identity of the
+  real set and its size (never by a file name).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
+from .data import to_uint8
+from .registry import Registry
+
+__all__ = [
+    "METRICS", "DEFAULT_METRICS", "MetricContext", "StatsCache", "MissingAssetError", "compute_metrics",
+    "reconstruction_metrics", "frechet_distance", "gaussian_fit", "kernel_inception_distance",
+    "inception_score_from_logits", "to_inception_input", "to_unit_range", "find_inception_weights",
+    "inception_weights_candidates", "INCEPTION_WEIGHTS_FILE",
+]
+
+METRICS: Registry[Callable[["MetricContext"], dict[str, float]]] = Registry("metric")
+
+# What a run computes per evaluated epoch unless configured otherwise: cheap (one classifier
+# pass over the samples; the real statistics are cached) and needing nothing downloaded.
+DEFAULT_METRICS = ("fid_classifier", "inception_score", "class_histogram", "diversity")
+
+# torch-fidelity's Inception-v3 (the weights torchmetrics' FID uses). torch-fidelity fetches it
+# with torch.hub.load_state_dict_from_url, which stores it as
+# ``<torch.hub.get_dir()>/checkpoints/<basename of the URL>`` (torch.hub.get_dir() is
+# ``$TORCH_HOME/hub``, default ``~/.cache/torch/hub``). ``hpcdiff prepare`` copies it into
+# ``<hpcdiff cache>/inception/`` as well, so a cache directory on shared storage is enough.
+INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+                         "weights-inception-2015-12-05-6726825d.pth")
+INCEPTION_WEIGHTS_FILE = INCEPTION_WEIGHTS_URL.rsplit("/", 1)[-1]
+
+
+# ------------------------------------------------------------------------- context and cache
+
+class StatsCache:
+    """Real-data statistics keyed by a description of what produced them.
+
+    ``get(info, compute)`` hashes the JSON of ``info`` (e.g. classifier key + real-set identity
+    + n); tensors are kept in memory and, with a ``directory``, in ``stats-<hash>.pt`` files
+    that also hold ``info`` (checked on load). ``memo(info, build)`` keeps arbitrary objects
+    (e.g. a torchmetrics FID holding the real Inception features) in memory only."""
+
+    def __init__(self, directory=None):
+        self.directory = Path(directory).expanduser() if directory is not None else None
+        self._mem: dict[str, object] = {}
+        self.computed = 0  # how many times a value had to be computed (tests, logs)
+
+    def get(self, info: dict, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        info_json = json.dumps(info, sort_keys=True)
+        key = hash_key(info, 16)
+        if key in self._mem:
+            return self._mem[key]  # type: ignore[return-value]
+        path = self.directory / f"stats-{key}.pt" if self.directory is not None else None
+        if path is not None and path.is_file():
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            if blob.get("info_json") == info_json:
+                self._mem[key] = blob["tensors"]
+                return blob["tensors"]
+        value = {k: v.detach().cpu() for k, v in compute().items()}
+        self.computed += 1
+        self._mem[key] = value
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            torch.save({"info_json": info_json, "tensors": value}, tmp)
+            os.replace(tmp, path)
+        return value
+
+    def memo(self, info: dict, build: Callable[[], object]) -> object:
+        key = "obj-" + hash_key(info, 16)
+        if key not in self._mem:
+            self._mem[key] = build()
+            self.computed += 1
+        return self._mem[key]
+
+
+@dataclass
+class MetricContext:
+    samples: torch.Tensor                       # N x 1 x 28 x 28 in [-0.5, 0.5]
+    real: torch.Tensor | None = None            # held-out real images, same format
+    real_labels: torch.Tensor | None = None
+    classifier: Classifier | None = None        # get_classifier(...) or None
+    device: str | torch.device = "cpu"
+    stats_cache: StatsCache = field(default_factory=StatsCache)
+    # Identity of the real set (e.g. "<classifier key>/test"); None = a hash of its content.
+    real_id: str | None = None
+    # Where fid_inception looks for weights; None = $HPCDIFF_CACHE or ~/.cache/hpcdiff.
+    cache_dir: str | Path | None = None
+    seed: int = 0                               # for IS splits and KID subsets
+    _memo: dict = field(default_factory=dict, repr=False)
+
+    def need_classifier(self, metric: str) -> Classifier:
+        if self.classifier is None:
+            raise ValueError(f"metric {metric!r} needs the dataset's classifier "
+                             f"(hpcdiff.classifier.get_classifier); MetricContext.classifier is None")
+        return self.classifier
+
+    def need_real(self, metric: str) -> torch.Tensor:
+        if self.real is None:
+            raise ValueError(f"metric {metric!r} needs real images; MetricContext.real is None")
+        return self.real
+
+    def sample_outputs(self, metric: str = "") -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, logits) of the samples; computed once per context."""
+        if "samples" not in self._memo:
+            clf = self.need_classifier(metric)
+            self._memo["samples"] = clf.outputs(self.samples.to(self.device))
+        return self._memo["samples"]
+
+    def real_identity(self) -> str:
+        if self.real_id is not None:
+            return self.real_id
+        if "real_id" not in self._memo:
+            real = self.need_real("real identity").detach().float().cpu().contiguous()
+            h = hashlib.sha256(str(tuple(real.shape)).encode())
+            h.update(real.numpy().tobytes())
+            self._memo["real_id"] = "sha256:" + h.hexdigest()[:16]
+        return self._memo["real_id"]
+
+    def classifier_identity(self) -> str:
+        clf = self.need_classifier("classifier identity")
+        if clf.cache_key:
+            return clf.cache_key
+        if "clf_id" not in self._memo:  # an uncached classifier: identified by its weights
+            h = hashlib.sha256()
+            for k, v in sorted(clf.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().float().cpu().contiguous().numpy().tobytes())
+            self._memo["clf_id"] = "weights:" + h.hexdigest()[:16]
+        return self._memo["clf_id"]
+
+    def real_feature_stats(self, metric: str = "") -> dict[str, torch.Tensor]:
+        """Classifier features of the real set with their Gaussian fit, via the stats cache."""
+        real = self.need_real(metric)
+        clf = self.need_classifier(metric)
+        info = {"kind": "classifier_features", "classifier": self.classifier_identity(),
+                "real": self.real_identity(), "n": int(real.shape[0])}
+
+        def compute():
+            feats, _ = clf.outputs(real.to(self.device))
+            mu, sigma = gaussian_fit(feats)
+            return {"features": feats.float(), "mu": mu, "sigma": sigma}
+
+        return self.stats_cache.get(info, compute)
+
+
+def compute_metrics(names, ctx: MetricContext) -> dict[str, float]:
+    """Run the named metrics (unknown names fail before anything is computed)."""
+    fns = [METRICS.get(n) for n in names]
+    out: dict[str, float] = {}
+    for fn in fns:
+        out.update({k: float(v) for k, v in fn(ctx).items()})
+    return out
+
+
+# ------------------------------------------------------------------------------ pure maths
+
+def gaussian_fit(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance, float64."""
+    f = features.detach().double()
+    if f.shape[0] < 2:
+        raise ValueError(f"a Gaussian fit needs at least 2 feature vectors, got {f.shape[0]}")
+    mu = f.mean(0)
+    c = f - mu
+    return mu, c.T @ c / (f.shape[0] - 1)
+
+
+def _sym(a: torch.Tensor) -> torch.Tensor:
+    return (a + a.T) / 2
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2).
+
+    Both covariances are symmetric PSD, so the matrix square roots come from eigh (no scipy,
+    no complex parts): tr((S1 S2)^1/2) = sum of sqrt(eigenvalues of S1^1/2 S2 S1^1/2)."""
+    mu1, mu2, s1, s2 = (t.detach().double().cpu() for t in (mu1, mu2, sigma1, sigma2))
+    w, v = torch.linalg.eigh(_sym(s1))
+    s1_half = (v * w.clamp(min=0).sqrt()) @ v.T
+    m = _sym(s1_half @ s2 @ s1_half)
+    tr_covmean = torch.linalg.eigvalsh(m).clamp(min=0).sqrt().sum()
+    d = (mu1 - mu2).square().sum() + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean
+    return float(d)
+
+
+def kernel_inception_distance(f1: torch.Tensor, f2: torch.Tensor, *, n_subsets: int = 100,
+                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Unbiased MMD^2 with the polynomial kernel (x.y/d + 1)^3 (Binkowski et al. 2018),
+    mean and std over random subsets, as torchmetrics' KID."""
+    f1, f2 = f1.detach().double().cpu(), f2.detach().double().cpu()
+    m = min(subset_size, f1.shape[0], f2.shape[0])
+    if m < 2:
+        raise ValueError("KID needs at least 2 samples in each set")
+    d = f1.shape[1]
+    g = torch.Generator().manual_seed(seed)
+    vals = []
+    for _ in range(n_subsets):
+        x = f1[torch.randperm(f1.shape[0], generator=g)[:m]]
+        y = f2[torch.randperm(f2.shape[0], generator=g)[:m]]
+        kxx = (x @ x.T / d + 1) ** 3
+        kyy = (y @ y.T / d + 1) ** 3
+        kxy = (x @ y.T / d + 1) ** 3
+        mmd = ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+               + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+        vals.append(mmd)
+    t = torch.stack(vals)
+    return float(t.mean()), float(t.std()) if len(vals) > 1 else 0.0
+
+
+def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """exp(E_x KL(p(y|x) || p(y))) per split of a seeded shuffle (so that class-sorted inputs
+    do not give one class per split); mean and std over splits. In [1, n_classes]."""
+    logits = logits.detach().double().cpu()
+    perm = torch.randperm(logits.shape[0], generator=torch.Generator().manual_seed(seed))
+    logp = F.log_softmax(logits[perm], dim=1)
+    scores = []
+    for chunk in logp.chunk(splits):
+        p = chunk.exp()
+        log_py = torch.logsumexp(chunk, 0) - math.log(chunk.shape[0])
+        scores.append((p * (chunk - log_py)).sum(1).mean().exp())
+    t = torch.stack(scores)
+    return float(t.mean()), float(t.std()) if len(scores) > 1 else 0.0
+
+
+def to_unit_range(x: torch.Tensor) -> torch.Tensor:
+    """[-0.5, 0.5] model range -> [0, 1], clamped (samples overshoot)."""
+    return (x.detach().float() + 0.5).clamp(0.0, 1.0)
+
+
+def to_inception_input(x: torch.Tensor) -> torch.Tensor:
+    """[-0.5, 0.5] N x 1 x H x W -> uint8 N x 3 x H x W, what torch-fidelity's Inception takes
+    (torchmetrics FID with normalize=False; it resizes to 299 itself). Shift, clamp, then
+    round: casting the model range straight to uint8 wraps negatives (the public-code bug)."""
+    u8 = to_uint8(x)
+    if u8.shape[1] == 1:
+        u8 = u8.repeat(1, 3, 1, 1)
+    return u8
+
+
+# ------------------------------------------------------------------------------- metrics
+
+@METRICS.register("fid_classifier")
+def fid_classifier(ctx: MetricContext) -> dict[str, float]:
+    """Frechet distance between Gaussian fits of the classifier's 128-d penultimate features
+    of the samples and of the real set (real statistics cached)."""
+    feats, _ = ctx.sample_outputs("fid_classifier")
+    real = ctx.real_feature_stats("fid_classifier")
+    mu, sigma = gaussian_fit(feats)
+    return {"fid_classifier": frechet_distance(mu, sigma, real["mu"], real["sigma"])}
+
+
+@METRICS.register("kid_classifier")
+def kid_classifier(ctx: MetricContext) -> dict[str, float]:
+    feats, _ = ctx.sample_outputs("kid_classifier")
+    real = ctx.real_feature_stats("kid_classifier")
+    mean, std = kernel_inception_distance(feats, real["features"], seed=ctx.seed)
+    return {"kid_classifier": mean, "kid_classifier_std": std}
+
+
+@METRICS.register("inception_score")
+def inception_score(ctx: MetricContext) -> dict[str, float]:
+    """Inception Score with the dataset classifier's logits, 10 splits."""
+    _, logits = ctx.sample_outputs("inception_score")
+    mean, std = inception_score_from_logits(logits, splits=10, seed=ctx.seed)
+    return {"inception_score": mean, "inception_score_std": std}
+
+
+@METRICS.register("class_histogram")
+def class_histogram(ctx: MetricContext) -> dict[str, float]:
+    """Fraction of samples per predicted class, and the histogram's entropy / log(n_classes)
+    (1 = uniform over classes, 0 = every sample the same class: mode collapse)."""
+    _, logits = ctx.sample_outputs("class_histogram")
+    n_classes = logits.shape[1]
+    counts = torch.bincount(logits.argmax(1).cpu(), minlength=n_classes).double()
+    p = counts / counts.sum().clamp(min=1)
+    nz = p[p > 0]
+    entropy = float(-(nz * nz.log()).sum() / math.log(n_classes))
+    out = {f"class_{c}": float(p[c]) for c in range(n_classes)}
+    out["class_entropy"] = entropy
+    return out
+
+
+@METRICS.register("diversity")
+def diversity(ctx: MetricContext) -> dict[str, float]:
+    """Trace of the sample covariance of the flattened images (report B's diversity): the sum
+    over the 784 pixels of each pixel's variance across samples. Units: squared intensity
+    with the full intensity range = 1 (the [-0.5, 0.5] model range and [0, 1] give the same
+    value; uint8 pixels would give 255^2 times more). Copies of one image give 0; real
+    MNIST digits give ~52."""
+    x = ctx.samples.detach().double().flatten(1)
+    if x.shape[0] < 2:
+        raise ValueError("diversity needs at least 2 samples")
+    return {"diversity_trace": float(((x - x.mean(0)) ** 2).sum() / (x.shape[0] - 1))}
+
+
+@METRICS.register("ssim")
+def ssim(ctx: MetricContext) -> dict[str, float]:
+    """Mean SSIM between each sample and the real image paired with it (same index), on
+    [0, 1] images with data_range 1; for reconstructions against their ground truth."""
+    from torchmetrics.functional import structural_similarity_index_measure
+
+    real = ctx.need_real("ssim")
+    if real.shape != ctx.samples.shape:
+        raise ValueError(f"ssim pairs samples with real images: shapes {tuple(ctx.samples.shape)} and "
+                         f"{tuple(real.shape)} differ")
+    val = structural_similarity_index_measure(to_unit_range(ctx.samples), to_unit_range(real), data_range=1.0)
+    return {"ssim": float(val)}
+
+
+# ---------------------------------------------------------------------------- Inception FID
+
+def inception_weights_candidates(cache_dir=None) -> list[Path]:
+    """Where fid_inception looks, in order: the hpcdiff cache, then torch hub's checkpoint
+    directory (where torch-fidelity's own download puts it)."""
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    return [cache / "inception" / INCEPTION_WEIGHTS_FILE,
+            Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE]
+
+
+def find_inception_weights(cache_dir=None) -> Path:
+    """The Inception weights file on disk, or MissingAssetError; never downloads."""
+    candidates = inception_weights_candidates(cache_dir)
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise MissingAssetError(
+        "fid_inception needs torch-fidelity's Inception-v3 weights, which are not cached (looked for "
+        + " and ".join(str(p) for p in candidates)
+        + "). Compute nodes have no internet: run `hpcdiff prepare` with Inception enabled on a login node, "
+        "or drop fid_inception (fid_classifier needs no download).")
+
+
+def _require_torch_fidelity() -> None:
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        raise MissingAssetError("fid_inception needs the package torch-fidelity (pip install torch-fidelity, "
+                                "or torchmetrics[image]), then `hpcdiff prepare` for its weights") from None
+
+
+@METRICS.register("fid_inception")
+def fid_inception(ctx: MetricContext) -> dict[str, float]:
+    """torchmetrics' FrechetInceptionDistance (2048-d pool features) on uint8 3-channel
+    copies of the images. The weights path is passed explicitly, so nothing is downloaded;
+    the metric object with the real features is kept in the stats cache."""
+    path = find_inception_weights(ctx.cache_dir)  # before anything could trigger a download
+    _require_torch_fidelity()
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    real = ctx.need_real("fid_inception")
+    batch = 100
+    info = {"kind": "inception_fid", "weights": path.name, "real": ctx.real_identity(),
+            "n": int(real.shape[0]), "device": str(ctx.device)}
+
+    def build():
+        metric = FrechetInceptionDistance(feature=2048, reset_real_features=False, normalize=False,
+                                          feature_extractor_weights_path=str(path)).to(ctx.device)
+        for i in range(0, real.shape[0], batch):
+            metric.update(to_inception_input(real[i: i + batch]).to(ctx.device), real=True)
+        return metric
+
+    metric = ctx.stats_cache.memo(info, build)
+    metric.reset()  # clears the fake features only (reset_real_features=False)
+    for i in range(0, ctx.samples.shape[0], batch):
+        metric.update(to_inception_input(ctx.samples[i: i + batch]).to(ctx.device), real=False)
+    return {"fid_inception": float(metric.compute())}
+
+
+# --------------------------------------------------------------------------- reconstruction
+
+def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor | None = None,
+                           *, n_classes: int = 10) -> dict[str, float]:
+    """MSE and SSIM of reconstructions against their ground truth, overall and per class
+    (``mse_class_3``, ``ssim_class_3``, ... for the classes present), e.g. for cold
+    diffusion's direct (one-step) vs full-sampler table. MSE is the mean per-pixel squared
+    error with the intensity range = 1 (model range or [0, 1]; after clamping to it)."""
+    from torchmetrics.functional import structural_similarity_index_measure
+
+    if recon.shape != truth.shape:
+        raise ValueError(f"recon {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in shape")
+    r, t = to_unit_range(recon), to_unit_range(truth)
+    mse = (r - t).double().square().flatten(1).mean(1)
+    ssim_each = structural_similarity_index_measure(r, t, data_range=1.0, reduction="none").double()
+    out = {"mse": float(mse.mean()), "ssim": float(ssim_each.mean())}
+    if labels is not None:
+        labels = labels.detach().cpu()
+        for c in range(n_classes):
+            sel = labels == c
+            if sel.any():
+                out[f"mse_class_{c}"] = float(mse.cpu()[sel].mean())
+                out[f"ssim_class_{c}"] = float(ssim_each.cpu()[sel].mean())
+    return out
