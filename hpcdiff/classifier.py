@@ -77,12 +77,14 @@ class Classifier(nn.Module):
 
     @torch.no_grad()
     def outputs(self, x: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, logits) of a whole float tensor in eval mode, batched, on x's device."""
+        """(features, logits) of a whole float tensor in eval mode, batched; each batch is
+        moved to the model's device (results stay there)."""
         was_training = self.training
         self.eval()
+        device = next(self.parameters()).device
         feats, logits = [], []
         for i in range(0, x.shape[0], batch_size):
-            f = self.features(x[i: i + batch_size])
+            f = self.features(x[i: i + batch_size].to(device, torch.float32))
             feats.append(f)
             logits.append(self.head(f))
         self.train(was_training)
@@ -140,6 +142,14 @@ def train_classifier(data_spec: DataSpec, *, epochs: int | None = None, batch_si
 
 def _train(train: Dataset, test: Dataset, *, epochs, batch_size, device, seed, lr, max_shift, log):
     device = torch.device(device)
+    # Seeded without touching the caller's RNG state: a run that trains the classifier on
+    # first need must draw the same numbers as one that found it cached.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        return _train_seeded(train, test, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
+                             lr=lr, max_shift=max_shift, log=log)
+
+
+def _train_seeded(train, test, *, epochs, batch_size, device, seed, lr, max_shift, log):
     epochs = epochs if epochs is not None else default_epochs(len(train))
     torch.manual_seed(seed)
     model = Classifier().to(device).to(memory_format=torch.channels_last)
@@ -155,7 +165,7 @@ def _train(train: Dataset, test: Dataset, *, epochs, batch_size, device, seed, l
     for epoch in range(epochs):
         tic = time.perf_counter()
         perm = torch.randperm(n, generator=g).to(device)
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size: (i + 1) * batch_size]
             x = random_shift(to_model_range(images[idx]), max_shift, g)
@@ -164,9 +174,9 @@ def _train(train: Dataset, test: Dataset, *, epochs, batch_size, device, seed, l
             loss.backward()
             opt.step()
             sched.step()
-            loss_sum += loss.item()
+            loss_sum += loss.detach()
         if log is not None:
-            log(f"classifier epoch {epoch + 1}/{epochs}: loss {loss_sum / steps_per_epoch:.4f} "
+            log(f"classifier epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f} "
                 f"({steps_per_epoch * batch_size / (time.perf_counter() - tic):.0f} img/s)")
     model.eval()
     acc = evaluate_accuracy(model, test, device)

@@ -46,9 +46,11 @@ def main():
 @click.option("--concurrency", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs trained at once by the local executor.")
 @click.option("--force", is_flag=True, help="Rerun finished runs too (their results are moved aside).")
-def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, force):
+@click.option("--then-analyze", is_flag=True,
+              help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
+def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, force, then_analyze):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
-    from .submit import execute_plan, plan_sweep, resolve_executor_name
+    from .submit import dry_run_report, execute_plan, plan_sweep, resolve_executor_name
 
     try:
         plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
@@ -58,19 +60,34 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, force):
     _print_plan(console, plan)
     failed: list[str] = []
     if dry_run:
+        backend = resolve_executor_name(executor)
+        if backend == "slurm" and plan.to_launch:
+            report = dry_run_report(plan)
+            for script in report.scripts:
+                console.print("[bold]submission script[/]:", markup=True)
+                console.print(script, markup=False, highlight=False, soft_wrap=True)
+            for answer in report.test_only:
+                console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False)
+            console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
+                          f"({report.runs} runs x nodes x GPUs x time limit)")
         console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
-                      f"with the {resolve_executor_name(executor)} executor; nothing written.")
+                      f"with the {backend} executor; nothing written or submitted.")
         return
     if not plan.to_launch:
         console.print("Nothing to do: every run is finished or running. (--force reruns finished runs.)")
     else:
         try:
-            report = execute_plan(plan, executor=executor, concurrency=concurrency)
+            report = execute_plan(plan, executor=executor, concurrency=concurrency, then_analyze=then_analyze)
         except (SpecError, ValueError) as err:
             _fail_invalid(err)
         failed = [r for r, s in report.results.items() if s == "failed"]
         console.print(f"{report.executor}: launched {len(report.launched)} runs"
                       + (f", [red]{len(failed)} failed[/]: {', '.join(failed)}" if failed else ""))
+        if report.job_ids:
+            arrays = sorted({j.split("_")[0] for k, j in report.job_ids.items() if k != "analyze"})
+            console.print(f"submitted SLURM job array(s) {', '.join(arrays)}"
+                          + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else ""))
+            console.print(f"  hpcdiff status {plan.sweep_dir} --watch")
         if failed:
             console.print(f"See {plan.sweep_dir}/<run_id>/log.txt; rerunning the same command resumes them.")
     console.print(f"Results: [bold]{plan.sweep_dir}[/]")
@@ -127,29 +144,37 @@ def train(run_dir, progress):
 
 @main.command()
 @click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-def status(sweep_dir):
-    """Table of the runs of SWEEP_DIR and their states."""
-    from rich.table import Table
+@click.option("--watch", is_flag=True, help="Refresh until every run has ended (Ctrl-C to stop).")
+@click.option("--interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True)
+def status(sweep_dir, watch, interval):
+    """Table of the runs of SWEEP_DIR: state, epoch, losses, SLURM job and requeues."""
+    from .status import collect_status, is_finished, status_table
 
-    from .status import collect_status, summary
-
-    varying, rows = collect_status(sweep_dir)
-    colours = {"done": "green", "running": "cyan", "failed": "red", "timeout": "yellow",
-               "interrupted": "yellow", "pending": "white"}
-    table = Table(title=f"{sweep_dir}")
-    for col in ["run id", "label", *varying, "state", "epoch", "last loss", "val loss", "restarts", "error"]:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r.run_id, r.label, *[str(r.axes.get(k, "")) for k in varying],
-            f"[{colours.get(r.state, 'white')}]{r.state}[/]", f"{r.epoch}/{r.epochs}",
-            f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
-            f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else "",
-            str(r.restarts), (r.error or "")[:60],
-        )
     console = _console()
-    console.print(table)
-    console.print(", ".join(f"{n} {s}" for s, n in sorted(summary(rows).items())) + f" ({len(rows)} runs)")
+    if not watch:
+        console.print(status_table(sweep_dir, *collect_status(sweep_dir)))
+        return
+    from rich.live import Live
+
+    import time as _time
+
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            varying, rows = collect_status(sweep_dir)
+            live.update(status_table(sweep_dir, varying, rows), refresh=True)
+            if is_finished(rows):
+                break
+            _time.sleep(interval)  # display refresh period, not synchronisation
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+def cancel(sweep_dir):
+    """Cancel the SLURM jobs of SWEEP_DIR's unfinished runs (they keep their checkpoints)."""
+    from .status import cancel_sweep
+
+    cancelled = cancel_sweep(sweep_dir)
+    click.echo(f"cancelled {len(cancelled)} jobs" + (f": {' '.join(cancelled)}" if cancelled else ""))
 
 
 @main.command()

@@ -103,7 +103,7 @@ class MetricContext:
     real: torch.Tensor | None = None            # held-out real images, same format
     real_labels: torch.Tensor | None = None
     classifier: Classifier | None = None        # get_classifier(...) or None
-    device: str | torch.device = "cpu"
+    device: str | torch.device = "cpu"       # for fid_inception; classifier metrics run where the classifier is
     stats_cache: StatsCache = field(default_factory=StatsCache)
     # Identity of the real set (e.g. "<classifier key>/test"); None = a hash of its content.
     real_id: str | None = None
@@ -127,7 +127,7 @@ class MetricContext:
         """(features, logits) of the samples; computed once per context."""
         if "samples" not in self._memo:
             clf = self.need_classifier(metric)
-            self._memo["samples"] = clf.outputs(self.samples.to(self.device))
+            self._memo["samples"] = clf.outputs(self.samples)
         return self._memo["samples"]
 
     def real_identity(self) -> str:
@@ -160,7 +160,7 @@ class MetricContext:
                 "real": self.real_identity(), "n": int(real.shape[0])}
 
         def compute():
-            feats, _ = clf.outputs(real.to(self.device))
+            feats, _ = clf.outputs(real)
             mu, sigma = gaussian_fit(feats)
             return {"features": feats.float(), "mu": mu, "sigma": sigma}
 
@@ -297,7 +297,7 @@ def class_histogram(ctx: MetricContext) -> dict[str, float]:
     counts = torch.bincount(logits.argmax(1).cpu(), minlength=n_classes).double()
     p = counts / counts.sum().clamp(min=1)
     nz = p[p > 0]
-    entropy = float(-(nz * nz.log()).sum() / math.log(n_classes))
+    entropy = max(0.0, float(-(nz * nz.log()).sum() / math.log(n_classes)))
     out = {f"class_{c}": float(p[c]) for c in range(n_classes)}
     out["class_entropy"] = entropy
     return out
@@ -320,7 +320,7 @@ def diversity(ctx: MetricContext) -> dict[str, float]:
 def ssim(ctx: MetricContext) -> dict[str, float]:
     """Mean SSIM between each sample and the real image paired with it (same index), on
     [0, 1] images with data_range 1; for reconstructions against their ground truth."""
-    from torchmetrics.functional import structural_similarity_index_measure
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
     real = ctx.need_real("ssim")
     if real.shape != ctx.samples.shape:
@@ -397,7 +397,7 @@ def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, labels: tor
     (``mse_class_3``, ``ssim_class_3``, ... for the classes present), e.g. for cold
     diffusion's direct (one-step) vs full-sampler table. MSE is the mean per-pixel squared
     error with the intensity range = 1 (model range or [0, 1]; after clamping to it)."""
-    from torchmetrics.functional import structural_similarity_index_measure
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
     if recon.shape != truth.shape:
         raise ValueError(f"recon {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in shape")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .launch import get_executor, resolve_executor_name
+from .launch import get_executor, resolve_executor_name, slurm
 from .launch.base import LaunchReport
 from .rundir import RunDir, update_manifest, write_run_config
 from .sweep import Sweep, load_sweep
@@ -23,7 +23,7 @@ class PlannedRun:
     run_dir: RunDir
     axes: dict
     label: str
-    action: str  # "new", "resume", "skip-done", "skip-running"
+    action: str  # "new", "resume", "rerun", "skip-done", "skip-running", "skip-queued"
 
 
 @dataclass
@@ -43,6 +43,7 @@ def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides
     sweep = load_sweep(sweep_file, overrides)
     sweep_dir = Path(output) / sweep.name
     plan = SweepPlan(sweep=sweep, sweep_dir=sweep_dir)
+    queue = slurm.queue_states() if sweep_dir.is_dir() else {}
     for run in sweep.runs:
         rd = RunDir(sweep_dir / run.run_id)
         if not rd.exists():
@@ -51,6 +52,8 @@ def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides
             state = rd.effective_state()
             if rd.is_locked():
                 action = "skip-running"
+            elif slurm.is_queued(rd.read_status(), queue):
+                action = "skip-queued"
             elif state == "done":
                 action = "rerun" if force else "skip-done"
             else:
@@ -60,7 +63,7 @@ def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides
 
 
 def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 1,
-                 show_progress: bool = True) -> LaunchReport:
+                 show_progress: bool = True, then_analyze: bool = False) -> LaunchReport:
     """Write the run directories and hand the runs to the executor."""
     source_text = Path(plan.sweep.source).read_text() if plan.sweep.source else ""
     update_manifest(plan.sweep_dir, plan.sweep, source_text)
@@ -71,7 +74,8 @@ def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 
                          axes=run.axes, label=run.label)
         if pr.action == "rerun":
             _archive_previous(pr.run_dir)
-    backend = get_executor(executor, concurrency=concurrency, show_progress=show_progress)
+    backend = get_executor(executor, concurrency=concurrency, show_progress=show_progress,
+                           then_analyze=then_analyze)
     return backend.launch(plan.sweep_dir, [pr.run_dir for pr in plan.to_launch])
 
 
@@ -87,4 +91,30 @@ def _archive_previous(rd: RunDir) -> None:
     rd.write_status(state="pending", epoch=0, error=None, traceback=None, elapsed=0.0, early_stopped=None)
 
 
-__all__ = ["plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]
+@dataclass
+class DryRun:
+    scripts: list[str]
+    test_only: list[str]
+    gpu_hours: float
+    runs: int
+
+
+def dry_run_report(plan: SweepPlan) -> DryRun:
+    """The submission script(s) that would be sent, sbatch --test-only's answer where sbatch
+    exists, and the GPU-hours asked for (runs x nodes x GPUs x time limit). Submits nothing."""
+    groups: dict = {}
+    for pr in plan.to_launch:
+        run = next(r for r in plan.sweep.runs if r.run_id == pr.run_dir.run_id)
+        groups.setdefault(run.spec.slurm, []).append(run)
+    scripts, answers, gpu_hours = [], [], 0.0
+    for s, runs in groups.items():
+        script = slurm.render_script(s, job_name=f"hpcdiff-{plan.sweep.name}",
+                                     folder=slurm.submitit_folder(plan.sweep_dir), n_tasks_in_array=len(runs))
+        scripts.append(script)
+        if slurm.sbatch_available():
+            answers.append(slurm.sbatch_test_only(script))
+        gpu_hours += len(runs) * s.nodes * s.gpus_per_node * s.time_min / 60
+    return DryRun(scripts, answers, gpu_hours, len(plan.to_launch))
+
+
+__all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]

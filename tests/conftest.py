@@ -48,3 +48,17 @@ def tiny_sweep(tmp_path, fashion_dir):
         return path
 
     return make
+
+
+# The real one-node SLURM cluster (slurm/dev-cluster.sh), started once per session by the
+# tests that ask for it.
+from slurm_cluster import slurm_cluster_fixture  # noqa: E402
+
+slurm_cluster = pytest.fixture(scope="session")(slurm_cluster_fixture)
+
+
+@pytest.fixture
+def slurm_env(slurm_cluster, monkeypatch):
+    for key, value in slurm_cluster.items():
+        monkeypatch.setenv(key, value)
+    return slurm_cluster

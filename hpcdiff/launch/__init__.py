@@ -12,8 +12,9 @@ import shutil
 from .base import Executor, LaunchReport
 from .debug import DebugExecutor
 from .local import LocalExecutor
+from .slurm import SlurmExecutor
 
-BACKENDS: dict[str, type] = {"local": LocalExecutor, "debug": DebugExecutor}
+BACKENDS: dict[str, type] = {"local": LocalExecutor, "debug": DebugExecutor, "slurm": SlurmExecutor}
 CHOICES = ("auto", "local", "debug", "slurm")
 
 

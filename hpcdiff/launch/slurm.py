@@ -119,7 +119,7 @@ def render_script(s: SlurmSpec, *, job_name: str, folder: Path, n_tasks_in_array
     return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks_in_array, **params)
 
 
-def test_only(script: str) -> str:
+def sbatch_test_only(script: str) -> str:
     """`sbatch --test-only`: asks the scheduler whether and when the job would run; submits nothing."""
     with tempfile.NamedTemporaryFile("w", suffix=".sbatch", delete=False) as f:
         f.write(script)
@@ -146,7 +146,7 @@ def _groups(run_dirs: list[RunDir]) -> list[_Group]:
 
 
 def submitit_folder(sweep_dir: Path) -> Path:
-    return Path(sweep_dir) / "slurm" / "%j"
+    return Path(sweep_dir).absolute() / "slurm" / "%j"
 
 
 class SlurmExecutor(Executor):

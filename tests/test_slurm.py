@@ -1,0 +1,182 @@
+"""SLURM for real: submitit job arrays on the one-node test cluster (slurm/dev-cluster.sh)."""
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hpcdiff import archive
+from hpcdiff.cli import main
+from hpcdiff.launch.slurm import render_script
+from hpcdiff.rundir import RunDir, sweep_run_dirs
+from hpcdiff.spec import RunSpec
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def squeue_ids() -> set[str]:
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+def wait_until_ended(sweep_dir: Path, n_runs: int, timeout: float):
+    """Poll the run files (what hpcdiff status reads) until every run has ended and its job
+    has left the queue."""
+    from hpcdiff.status import collect_status, is_finished
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, rows = collect_status(sweep_dir)
+        if len(rows) == n_runs and is_finished(rows):
+            return rows
+        time.sleep(1)
+    _, rows = collect_status(sweep_dir)
+    logs = "\n".join(p.read_text()[-2000:] for p in sweep_dir.glob("slurm/*/*.err"))
+    raise AssertionError(f"sweep did not end in {timeout}s: {[(r.run_id, r.state, r.job_state) for r in rows]}\n{logs}")
+
+
+def test_rendered_script_matches_golden_file():
+    spec = RunSpec.from_dict({"slurm": {
+        "partition": "ampere", "account": "MYPROJ-SL3-GPU", "time_min": 720, "gpus_per_node": 1,
+        "cpus_per_task": 8, "mem_gb": 32, "array_parallelism": 4, "setup": ["module load rhel8/default-amp"],
+        "extra_sbatch": ["--exclusive"], "qos": "normal"}})
+    script = render_script(spec.slurm, job_name="hpcdiff-part2", folder=Path("/rds/user/me/runs/part2/slurm/%j"),
+                           n_tasks_in_array=8, python="python3")
+    assert script == (GOLDEN / "array.sbatch").read_text()
+
+
+SWEEP = """
+[sweep]
+name = "{name}"
+{axes}
+[data]
+name = "idx"
+root = "/usr/share/datasets/fashion-mnist"
+subset = {subset}
+[model]
+hidden = [8, 8]
+[diffusion]
+n_T = 20
+[train]
+epochs = {epochs}
+batch_size = 64
+n_samples = 4
+[slurm]
+array_parallelism = 2
+cpus_per_task = 1
+time_min = {time_min}
+{slurm_extra}
+"""
+
+
+def write_sweep(tmp_path, name, *, axes="", subset=320, epochs=2, time_min=10, slurm_extra=""):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(SWEEP.format(name=name, axes=axes, subset=subset, epochs=epochs, time_min=time_min,
+                                 slurm_extra=slurm_extra))
+    return path
+
+
+@pytest.mark.slurm
+def test_array_of_four_finishes_and_rerun_submits_nothing(slurm_env, tmp_path):
+    sweep_file = write_sweep(tmp_path, "four", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\ntrain.seed = [0, 1]\n")
+    out = tmp_path / "runs"
+    result = cli("sweep", sweep_file, "--output", out)  # auto -> slurm: sbatch is on PATH
+    assert result.exit_code == 0, result.output
+    assert "slurm: launched 4 runs" in result.output
+    sweep_dir = out / "four"
+    job_ids = {RunDir(p.path).read_status()["job_id"] for p in sweep_run_dirs(sweep_dir)}
+    assert len({j.split("_")[0] for j in job_ids}) == 1 and len(job_ids) == 4  # one array of 4 tasks
+
+    # Re-running while the array is queued or running submits nothing either.
+    again = cli("sweep", sweep_file, "--output", out)
+    assert "launched" not in again.output
+
+    rows = wait_until_ended(sweep_dir, 4, timeout=300)
+    assert [r.state for r in rows] == ["done"] * 4
+    status = cli("status", sweep_dir)
+    assert "4 done" in status.output
+
+    before = squeue_ids()
+    rerun = cli("sweep", sweep_file, "--output", out)
+    assert rerun.exit_code == 0 and "Nothing to do" in rerun.output
+    assert squeue_ids() == before
+
+
+@pytest.mark.slurm
+def test_time_limit_requeues_and_resumes_without_duplicate_rows(slurm_env, tmp_path):
+    # ~6 s per epoch here: 6 epochs outlast a 1-minute limit. SLURM checks limits every
+    # 30 s, so the warning (asked for 15 s early) comes 15-45 s early.
+    sweep_file = write_sweep(tmp_path, "limit", subset=30000, epochs=6, time_min=1,
+                             slurm_extra="signal_delay_s = 15\nmax_requeues = 8")
+    out = tmp_path / "runs"
+    result = cli("sweep", sweep_file, "--output", out, "--executor", "slurm")
+    assert result.exit_code == 0, result.output
+    rows = wait_until_ended(out / "limit", 1, timeout=600)
+    rd = sweep_run_dirs(out / "limit")[0]
+    status = rd.read_status()
+    assert rows[0].state == "done", (status, rd.log.read_text())
+    assert status["requeues"] >= 1 and status["restarts"] >= 1
+    assert "stopped by signal SIGUSR2" in rd.log.read_text()
+    metrics = archive.read(rd.archive)["metrics"]
+    assert metrics["epoch"].tolist() == list(range(1, 7))
+    assert np.isfinite(metrics["train_loss"]).all()
+
+
+@pytest.mark.slurm
+def test_failed_run_shows_error_and_rerun_resubmits_only_it(slurm_env, tmp_path):
+    cases = ('[[sweep.cases]]\nlabel = "ok"\n'
+             '[[sweep.cases]]\nlabel = "broken"\ndata = { root = "/nonexistent/fashion" }\n')
+    sweep_file = write_sweep(tmp_path, "failing", axes=cases, epochs=1)
+    out = tmp_path / "runs"
+    assert cli("sweep", sweep_file, "--output", out).exit_code == 0
+    rows = {r.label: r for r in wait_until_ended(out / "failing", 2, timeout=300)}
+    assert rows["ok"].state == "done"
+    assert rows["broken"].state == "failed" and "DataError" in rows["broken"].error
+    assert "failed" in cli("status", out / "failing").output
+
+    rerun = cli("sweep", sweep_file, "--output", out)
+    assert "slurm: launched 1 runs" in rerun.output
+    broken = RunDir(out / "failing" / rows["broken"].run_id)
+    assert broken.read_status()["job_id"] != rows["broken"].job_id
+    wait_until_ended(out / "failing", 2, timeout=300)
+
+
+@pytest.mark.slurm
+def test_dry_run_prints_script_and_submits_nothing(slurm_env, tmp_path):
+    sweep_file = write_sweep(tmp_path, "dry", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\n")
+    before = squeue_ids()
+    result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "#SBATCH --array=0-1%2" in result.output
+    assert "sbatch --test-only" in result.output and "to start at" in result.output
+    assert "GPU-hours requested: 0.0" in result.output
+    assert squeue_ids() == before
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slurm
+def test_injection_is_rejected_or_inert(slurm_env, tmp_path):
+    for bad in ['setup = ["module load x; touch {p}"]', 'partition = "debug\\n#SBATCH --wrap=touch {p}"',
+                'extra_sbatch = ["--comment=$(touch {p})"]']:
+        marker = tmp_path / "pwned"
+        path = write_sweep(tmp_path, "inject", slurm_extra=bad.format(p=marker))
+        result = cli("sweep", path, "--output", tmp_path / "runs")
+        assert result.exit_code == 2, result.output
+        assert "slurm." in result.output
+    # A run directory whose path holds shell metacharacters is quoted, never executed.
+    marker = tmp_path / "pwned2"
+    out = tmp_path / f"out $(touch {marker}) `touch {marker}`"
+    sweep_file = write_sweep(tmp_path, "quoted", epochs=1)
+    result = cli("sweep", sweep_file, "--output", out)
+    assert result.exit_code == 0, result.output
+    rows = wait_until_ended(out / "quoted", 1, timeout=300)
+    assert rows[0].state == "done"
+    assert not marker.exists() and not (tmp_path / "pwned").exists()
