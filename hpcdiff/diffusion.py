@@ -281,4 +281,9 @@ def validate_spec(spec: RunSpec) -> RunSpec:
         raise SpecError("the gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
     if d.sample_start == "channel_mean" and not DEGRADATION_INFO[deg.name].has_known_prior:
         raise SpecError(f"'channel_mean' is a start for blur, not {deg.name!r}", path="diffusion.sample_start")
+    from .metrics import METRICS
+
+    for i, name in enumerate(spec.eval.metrics):
+        if name not in METRICS:
+            raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")
     return resolve_spec(spec)

@@ -172,6 +172,31 @@ class TrainSpec:
         _check(self.device in DEVICES, f"{p}.device", _choice_msg(self.device, DEVICES))
 
 
+@dataclass(frozen=True)
+class EvalSpec:
+    """Quality metrics computed during training (not part of a run's identity: changing
+    them never retrains a finished run)."""
+
+    # Names in hpcdiff.metrics.METRICS.
+    metrics: tuple[str, ...] = ("fid_classifier", "inception_score", "class_histogram", "diversity")
+    # Evaluate every N epochs; 0 = only at the last epoch.
+    every: int = 0
+    # Generated samples per evaluation (and held-out images for reconstructions).
+    samples: int = 500
+    # Epochs of the feature classifier when it has to be trained; 0 = hpcdiff's default.
+    classifier_epochs: int = 0
+    # Train the classifier on first need (data are local); false = require `hpcdiff prepare`.
+    train_classifier: bool = True
+    # Cold diffusion: MSE/SSIM of direct (one step) and full-sampler reconstructions.
+    reconstruction: bool = True
+
+    def validate(self, p: str) -> None:
+        _check(self.every >= 0, f"{p}.every", f"must be >= 0, got {self.every}")
+        _check(self.samples >= 2, f"{p}.samples", f"must be >= 2, got {self.samples}")
+        _check(self.classifier_epochs >= 0, f"{p}.classifier_epochs",
+               f"must be >= 0, got {self.classifier_epochs}")
+
+
 # Values that end up in a submission script. #SBATCH values are quoted by submitit, but a
 # newline would still start a shell line, and setup lines are run by bash: both are held to
 # character sets in which nothing can execute (no ; & | $ ` < > ( ) quotes or newlines).
@@ -237,6 +262,7 @@ SECTIONS: dict[str, type] = {
     "diffusion": DiffusionSpec,
     "degradation": DegradationSpec,
     "train": TrainSpec,
+    "eval": EvalSpec,
     "slurm": SlurmSpec,
 }
 
@@ -248,6 +274,7 @@ class RunSpec:
     diffusion: DiffusionSpec = DiffusionSpec()
     degradation: DegradationSpec = DegradationSpec()
     train: TrainSpec = TrainSpec()
+    eval: EvalSpec = EvalSpec()
     slurm: SlurmSpec = SlurmSpec()
 
     @classmethod
@@ -261,10 +288,12 @@ class RunSpec:
         return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
 
     def run_identity(self) -> dict:
-        """The part of the config that defines what is computed (SLURM resources excluded,
-        so that asking for more time and re-running a sweep finds the same runs)."""
+        """The part of the config that defines what is trained (SLURM resources and
+        evaluation settings excluded, so that asking for more time or another metric and
+        re-running a sweep finds the same runs)."""
         d = self.to_dict()
         d.pop("slurm")
+        d.pop("eval")
         return d
 
     def replace(self, **sections) -> "RunSpec":

@@ -26,6 +26,7 @@ import torch
 from . import __version__, archive, checkpoint, tomlio
 from .data import load_splits, to_model_range, to_uint8
 from .diffusion import build_diffusion
+from .evaluate import Evaluator
 from .models import build_model
 from .rundir import RunDir
 from .spec import RunSpec
@@ -160,6 +161,9 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     # Held-out images that cold-diffusion sampling starts from (degraded to level T).
     start_images = to_model_range(splits.test.images[:2048], device)
 
+    # Built before training so that a missing classifier fails now, not after the last epoch.
+    evaluator = Evaluator(spec, splits.test, device) if main else None
+
     model = build_model(spec.model, image_shape)
     diffusion = build_diffusion(spec, model).to(device)
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
@@ -272,6 +276,11 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 "elapsed_seconds": elapsed,
                 "images_per_second": (steps_per_epoch - first) * global_batch / seconds,
             }
+            if main and evaluator.enabled and (last or (spec.eval.every and epoch % spec.eval.every == 0)):
+                metrics.update(evaluator(core, t.seed))
+                log.info("epoch %d metrics: %s", epoch, ", ".join(
+                    f"{k} {v:.4g}" for k, v in metrics.items() if not k.startswith(("class_", "recon_"))
+                    and k not in ("lr", "epoch_seconds", "elapsed_seconds")))
             samples = None
             if main and (epoch % t.sample_every == 0 or last):
                 samples = _draw_samples(core, t, image_shape, device, start_images)

@@ -10,6 +10,19 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def hpcdiff_cache(tmp_path_factory):
+    """Classifiers and real-data statistics go to a per-session cache, not ~/.cache."""
+    path = tmp_path_factory.mktemp("hpcdiff-cache")
+    old = os.environ.get("HPCDIFF_CACHE")
+    os.environ["HPCDIFF_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("HPCDIFF_CACHE", None)
+    else:
+        os.environ["HPCDIFF_CACHE"] = old
+
+
 @pytest.fixture
 def fashion_dir():
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
@@ -35,6 +48,10 @@ batch_size = 64
 n_samples = 4
 sample_every = 1
 seed = 0
+
+[eval]
+metrics = []
+reconstruction = false
 """
 
 

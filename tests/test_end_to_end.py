@@ -190,3 +190,18 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
     metrics = archive.read(rd.archive)["metrics"]
     assert metrics["epoch"].tolist() == [1, 2, 3]
     np.testing.assert_allclose(metrics["train_loss"], reference["train_loss"], rtol=1e-5)
+
+
+def test_missing_classifier_fails_early_naming_prepare(tmp_path, monkeypatch):
+    """Offline compute node: the classifier is not cached and may not be trained there."""
+    monkeypatch.setenv("HPCDIFF_CACHE", str(tmp_path / "empty-cache"))
+    sweep_file = tmp_path / "offline.toml"
+    sweep_file.write_text("[sweep]\nname = \"offline\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
+                          "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 3\n"
+                          "[eval]\ntrain_classifier = false\n")
+    result = run_cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
+    assert result.exit_code == 1
+    rd = next(RunDir(p) for p in (tmp_path / "runs" / "offline").iterdir() if p.is_dir())
+    status = rd.read_status()
+    assert status["state"] == "failed" and "hpcdiff prepare" in status["error"]
+    assert status.get("epoch", 0) == 0  # nothing was trained before the check

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -11,7 +12,8 @@ from hpcdiff.sweep import load_sweep
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 # One epoch on a few real MNIST digits; everything that defines the experiment stays as shipped.
-SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_samples=2"]
+SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_samples=2",
+         "eval.samples=8", "eval.classifier_epochs=2"]
 
 
 @pytest.mark.parametrize("name,count", [("quick", 4), ("part1", 5), ("part2", 8)])
@@ -30,7 +32,7 @@ def test_part2_covers_every_cold_degradation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["part1", "part2"])
+@pytest.mark.parametrize("name", ["quick", "part1", "part2"])
 def test_every_run_trains_one_epoch(name, tmp_path):
     args = ["sweep", str(JOBS / f"{name}.toml"), "--executor", "debug", "--output", str(tmp_path)]
     for s in SMOKE:
@@ -43,6 +45,10 @@ def test_every_run_trains_one_epoch(name, tmp_path):
         assert data["metrics"]["epoch"].tolist() == [1], run.label
         sample = data["samples"][1]
         assert sample["images"].shape == (2, 28, 28)
+        assert np.isfinite(data["metrics"]["fid_classifier"]).all(), run.label
+        assert 1.0 <= data["metrics"]["inception_score"][0] <= 10.0
+        if run.spec.degradation.name != "gaussian":
+            assert {"recon_direct_mse", "recon_full_mse", "recon_degraded_mse"} <= set(data["metrics"])
         expected_start = "noise" if run.spec.degradation.name == "gaussian" else (
             "channel-mean" if run.spec.diffusion.sample_start == "channel_mean" else "degraded")
         assert expected_start in sample["attrs"]["start"], run.label

@@ -69,6 +69,8 @@ n_T = 20
 epochs = {epochs}
 batch_size = 64
 n_samples = 4
+[eval]
+metrics = []
 [slurm]
 array_parallelism = 2
 cpus_per_task = 1
