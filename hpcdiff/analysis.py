@@ -529,6 +529,7 @@ def _loss_curves(fw: _Figures, runs: list[_Run], varying) -> None:
         ax.set_title(_run_title(r, varying), fontsize=8, color="black" if r.complete else "tab:red")
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
+        ax.xaxis.set_major_locator(_integer_ticks())
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(runs):]:
         ax.axis("off")
@@ -589,6 +590,12 @@ def _run_samples(fw: _Figures, r: _Run, varying) -> None:
     fw.save(fig, f"samples_{r.run_id}", "Samples of each run", f"{r.run_id}: {_short_title(r, varying)}")
 
 
+def _integer_ticks():
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(integer=True)
+
+
 def _legend(ax, n: int) -> None:
     if n:
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -614,6 +621,7 @@ def _metric_vs_epoch(fw: _Figures, runs: list[_Run], varying, metric: str) -> No
     direction = metric_direction(metric)
     ax.set_title(metric + {"min": " (lower is better)", "max": " (higher is better)"}.get(direction, ""), fontsize=9)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(_integer_ticks())
     ax.set_ylabel(metric)
     _legend(ax, drawn)
     fig.tight_layout()

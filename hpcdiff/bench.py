@@ -164,3 +164,33 @@ def format_report(r: dict):
                      f"floor runs the convs at {r['floor_gflops']:.0f} GFLOP/s "
                      f"({r['train_mflop_per_image']:.0f} MFLOP per training image)")
     return table
+
+
+def benchmark_degradations_vs_step(*, batch_size=128, device="cpu", steps=10) -> dict:
+    """Each degradation at batch 128 (per-sample t) against one training step of the
+    default CNN, measured in the same process; target: every degradation <= 5% of a step."""
+    from .bench_degradations import benchmark_degradations
+
+    device = torch.device(device)
+    images = load_splits(DataSpec(name="mnist-5k", val_fraction=0.0)).train.images
+    step = bench_hpcdiff(images, steps, 3, batch_size, device)
+    step_ms = 1000 * step.seconds / step.steps
+    rows = benchmark_degradations(batch=batch_size, device=device)
+    for row in rows:
+        row["fraction_of_step"] = row["ms_per_batch"] / step_ms
+    return {"device": str(device), "batch_size": batch_size, "step_ms": step_ms, "rows": rows}
+
+
+def format_degradation_report(r: dict):
+    from rich.table import Table
+
+    table = Table(title=f"degradations, batch {r['batch_size']} on {r['device']}; "
+                        f"one training step of the default CNN = {r['step_ms']:.1f} ms")
+    for col in ("degradation", "n_steps", "ms/batch", "% of a step", "speed-up vs loop"):
+        table.add_column(col, justify="left" if col == "degradation" else "right")
+    for row in r["rows"]:
+        speedup = row.get("speedup_vs_loop")
+        table.add_row(row["name"], str(row["n_steps"]), f"{row['ms_per_batch']:.2f}",
+                      f"{100 * row['fraction_of_step']:.2f}%", f"{speedup:,.0f}x" if speedup else "")
+    table.caption = "target: every degradation <= 5% of a step (the loop reference is for comparison only)"
+    return table

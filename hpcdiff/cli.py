@@ -218,5 +218,112 @@ def bench_train(steps, batch_size, device, data_name):
     _console().print(format_report(results))
 
 
+@bench.command("degradations")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def bench_degradations(batch_size, device):
+    """Time of each degradation vs one training step, and pixel_swap vs a per-pixel loop."""
+    from .bench import benchmark_degradations_vs_step, format_degradation_report
+
+    _console().print(format_degradation_report(benchmark_degradations_vs_step(batch_size=batch_size, device=device)))
+
+
+@main.command()
+@click.option("--list", "list_names", is_flag=True, help="Print the registered degradation names.")
+@click.option("--names", default="", help="Comma-separated degradations to draw (default: all).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("analysis/degradations"),
+              show_default=True)
+@click.option("--data", "data_name", default="mnist-5k", show_default=True,
+              help="Dataset whose held-out test images are degraded.")
+@click.option("--root", default=None, help="data.root (for mnist, fashion-mnist, idx).")
+def degrade(list_names, names, out, data_name, root):
+    """Strips of each degradation at several t on real test images (PNG)."""
+    from .degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
+
+    if list_names:
+        for name in DEGRADATIONS.names():
+            info = DEGRADATION_INFO[name]
+            click.echo(f"{name:16s} recipe T={info.n_steps:<5d} schedule={default_schedule(name):7s} "
+                       f"{'deterministic' if info.deterministic else 'stochastic'}")
+        return
+    from .spec import DataSpec
+    from .strips import degradation_strips
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()] or None
+    for n in chosen or []:
+        if n not in DEGRADATIONS:
+            from .registry import unknown_name_message
+
+            _fail_invalid(unknown_name_message("degradation", n, DEGRADATIONS.names()))
+    try:
+        data = DataSpec(name=data_name, **({"root": root} if root else {}))
+        data.validate("data")
+    except SpecError as err:
+        _fail_invalid(err)
+    files = degradation_strips(chosen, out, data_spec=data)
+    for f in files:
+        click.echo(str(f))
+
+
+@main.command()
+@click.argument("sweep_files", nargs=-1, type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--dataset", "datasets", multiple=True, help="Also prepare this dataset (mnist, fashion-mnist, ...).")
+@click.option("--root", default=None, help="data.root for --dataset.")
+@click.option("--inception/--no-inception", default=None,
+              help="Fetch the Inception weights for fid_inception (default: when a sweep asks for it).")
+@click.option("--device", default="cpu", show_default=True)
+def prepare(sweep_files, datasets, root, inception, device):
+    """On a login node (with internet): download the datasets and Inception weights the
+    sweeps need and train the feature classifiers, so jobs run offline."""
+    from .prepare import prepare as run_prepare
+    from .spec import DataSpec
+    from .sweep import load_sweep
+
+    specs: dict = {}
+    wants_inception = False
+    try:
+        for path in sweep_files:
+            for run in load_sweep(path).runs:
+                d = run.spec.data
+                specs[(d.name, d.root)] = DataSpec(name=d.name, root=d.root, download=d.name in ("mnist", "fashion-mnist"))
+                wants_inception |= "fid_inception" in run.spec.eval.metrics
+        for name in datasets:
+            d = DataSpec(name=name, download=name in ("mnist", "fashion-mnist"), **({"root": root} if root else {}))
+            d.validate("--dataset")
+            specs[(d.name, d.root)] = d
+    except SpecError as err:
+        _fail_invalid(err)
+    if not specs:
+        _fail_invalid(SpecError("name a sweep file or --dataset"))
+    report = run_prepare(list(specs.values()), inception=wants_inception if inception is None else inception,
+                         device=device, log=click.echo)
+    click.echo(f"prepared: {report}")
+
+
+@main.command("sbatch")
+@click.argument("target", type=click.Path(exists=True, path_type=Path))
+@click.option("--template", type=click.Choice(["csd3-ampere", "gpu", "cpu"]), default="csd3-ampere",
+              show_default=True)
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+              show_default=True, help="For a sweep file: where its runs go.")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE")
+def sbatch_cmd(target, template, output, overrides):
+    """Write a plain sbatch script for a run directory or a sweep file (submit it yourself)."""
+    from .rundir import RunDir
+    from .sbatch import render, write_for_sweep
+
+    try:
+        if target.is_dir():
+            rd = RunDir(target)
+            spec = rd.load_spec()
+            click.echo(render(template, spec.slurm, job_name=f"hpcdiff-{rd.run_id}",
+                              run_dirs=[str(target.absolute())], log_dir=str(target.absolute())))
+            return
+        path = write_for_sweep(target, template=template, output=output, overrides=overrides)
+    except SpecError as err:
+        _fail_invalid(err)
+    click.echo(f"wrote {path}\nsubmit it with: sbatch {path}")
+
+
 if __name__ == "__main__":
     main()

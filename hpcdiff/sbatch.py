@@ -1,0 +1,141 @@
+"""Plain sbatch scripts for users who submit by hand (`hpcdiff sbatch`).
+
+The same job as the submitit backend, written out: each task runs `hpcdiff train RUN_DIR`;
+SLURM's USR2 warning makes it checkpoint and stop, and the script then requeues itself
+(bounded by max_requeues). The files in slurm/ are these templates rendered with
+placeholder values (a test keeps them in step).
+
+Every value that reaches a script is either validated by SlurmSpec (no shell
+metacharacters) or quoted with shlex.quote.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from .spec import SlurmSpec, SpecError
+
+TEMPLATES = ("csd3-ampere", "gpu", "cpu")
+
+_REQUEUE = """\
+# Stopped by the time-limit warning (state "timeout")? Requeue: the next start resumes
+# from the checkpoint written before stopping.
+state=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"])' "$RUN_DIR/status.json")
+if [ "$state" = "timeout" ] && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
+    scontrol requeue "$SLURM_JOB_ID"
+fi
+"""
+
+
+def _hhmmss(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}:00"
+
+
+def check_csd3(s: SlurmSpec) -> None:
+    """Wilkes3 (ampere) rules: 1-4 GPUs per node, all 4 when a job spans nodes; 36 h at
+    most (12 h on the SL3 service level)."""
+    if not 1 <= s.gpus_per_node <= 4:
+        raise SpecError(f"CSD3 ampere nodes have 1-4 GPUs, got {s.gpus_per_node}", path="slurm.gpus_per_node")
+    if s.nodes > 1 and s.gpus_per_node != 4:
+        raise SpecError("a CSD3 job on several nodes must use all 4 GPUs of each", path="slurm.gpus_per_node")
+    limit = 12 * 60 if s.account.upper().endswith("-SL3-GPU") else 36 * 60
+    if s.time_min > limit:
+        raise SpecError(f"{s.time_min} min exceeds CSD3's {limit // 60} h limit for account {s.account!r}",
+                        path="slurm.time_min")
+    if not s.account:
+        raise SpecError("CSD3 needs an account such as MYPROJECT-SL3-GPU", path="slurm.account")
+
+
+def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], log_dir: str,
+           hpcdiff: str | None = None) -> str:
+    """One script: a single run, or a job array over ``run_dirs`` (one per task)."""
+    if template not in TEMPLATES:
+        raise SpecError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
+    if template == "csd3-ampere":
+        check_csd3(s)
+    hpcdiff = hpcdiff or f"{shlex.quote(sys.executable)} -m hpcdiff"
+    lines = ["#!/bin/bash", f"#SBATCH --job-name={shlex.quote(job_name)}"]
+    if s.account:
+        lines.append(f"#SBATCH --account={s.account}")
+    partition = "ampere" if template == "csd3-ampere" else s.partition
+    if partition:
+        lines.append(f"#SBATCH --partition={partition}")
+    if s.qos:
+        lines.append(f"#SBATCH --qos={s.qos}")
+    lines += [f"#SBATCH --nodes={s.nodes}", f"#SBATCH --time={_hhmmss(s.time_min)}"]
+    if template == "cpu":
+        lines += [f"#SBATCH --ntasks-per-node={s.tasks_per_node}", f"#SBATCH --cpus-per-task={s.cpus_per_task}"]
+    else:
+        gpus = max(1, s.gpus_per_node)
+        # One task per GPU: Accelerate binds rank i to GPU i of its node.
+        lines += [f"#SBATCH --gres=gpu:{gpus}", f"#SBATCH --ntasks-per-node={gpus}",
+                  f"#SBATCH --cpus-per-task={s.cpus_per_task}"]
+    if s.mem_gb:
+        lines.append(f"#SBATCH --mem={s.mem_gb}G")
+    if s.constraint:
+        lines.append(f"#SBATCH --constraint={shlex.quote(s.constraint)}")
+    if s.mail_user:
+        lines += [f"#SBATCH --mail-user={s.mail_user}", f"#SBATCH --mail-type={s.mail_type or 'END,FAIL'}"]
+    lines += [f"#SBATCH --signal=USR2@{s.signal_delay_s}", "#SBATCH --requeue",
+              f"#SBATCH --output={shlex.quote(log_dir + '/%x-%A_%a.out' if len(run_dirs) > 1 else log_dir + '/%x-%j.out')}"]
+    if len(run_dirs) > 1:
+        lines.append(f"#SBATCH --array=0-{len(run_dirs) - 1}%{min(s.array_parallelism, len(run_dirs))}")
+    lines += [f"#SBATCH {line}" for line in s.extra_sbatch]
+    lines += ["", "set -euo pipefail"]
+    if template == "csd3-ampere":
+        lines += [". /etc/profile.d/modules.sh", "module purge", "module load rhel8/default-amp"]
+    lines += list(s.setup)
+    lines.append("")
+    if len(run_dirs) > 1:
+        lines.append("RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")")
+        lines.append('RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"')
+    else:
+        lines.append(f"RUN_DIR={shlex.quote(run_dirs[0])}")
+    lines += ["", f'srun {hpcdiff} train --no-progress "$RUN_DIR"', "",
+              _REQUEUE.format(max_requeues=s.max_requeues)]
+    return "\n".join(lines)
+
+
+PLACEHOLDERS = {
+    "csd3-ampere": SlurmSpec(account="MYPROJECT-SL3-GPU", time_min=720, gpus_per_node=4, cpus_per_task=8,
+                             array_parallelism=8),
+    "gpu": SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32),
+    "cpu": SlurmSpec(partition="cpu", time_min=720, cpus_per_task=4, mem_gb=8),
+}
+
+
+def example(template: str) -> str:
+    """The file shipped as slurm/<template>.sbatch."""
+    return render(template, PLACEHOLDERS[template], job_name="hpcdiff-part2",
+                  run_dirs=["runs/part2/RUN_ID_1", "runs/part2/RUN_ID_2"], log_dir="runs/part2/slurm",
+                  hpcdiff="hpcdiff")
+
+
+def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path = "runs",
+                    overrides=()) -> Path:
+    """Write the sweep's run directories (as `hpcdiff sweep` would, launching nothing) and
+    an array script over the unfinished ones; returns the script's path."""
+    from .rundir import update_manifest, write_run_config
+    from .submit import plan_sweep
+
+    plan = plan_sweep(sweep_file, output=output, overrides=overrides)
+    runs = {r.run_id: r for r in plan.sweep.runs}
+    update_manifest(plan.sweep_dir, plan.sweep, Path(sweep_file).read_text())
+    todo = []
+    for pr in plan.runs:
+        run = runs[pr.run_dir.run_id]
+        write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes,
+                         label=run.label)
+        if pr.action in ("new", "resume"):
+            todo.append(str(pr.run_dir.path.absolute()))
+    if not todo:
+        raise SpecError("every run of this sweep is finished or queued: nothing to submit")
+    first = runs[Path(todo[0]).name].spec.slurm
+    log_dir = plan.sweep_dir.absolute() / "slurm"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    script = render(template, first, job_name=f"hpcdiff-{plan.sweep.name}", run_dirs=todo, log_dir=str(log_dir))
+    path = plan.sweep_dir / f"{template}.sbatch"
+    path.write_text(script)
+    return path

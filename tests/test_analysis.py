@@ -1,0 +1,318 @@
+"""`hpcdiff analyze` and the degradation strips, on real tiny runs of the real trainer on
+real Fashion-MNIST IDX files.
+
+One sweep (2 cases x 2 seeds) is trained once for the module: two runs finish, one is
+cut back to its first epoch and marked failed (a run killed mid-sweep), one is never
+launched (pending). Quality metrics that need a trained classifier (FID, IS, class
+histogram) are too slow for a unit test, so a copy of the sweep gets INJECTED rows of them,
+with known values, written through the real archive API; diversity_trace is real (the
+trainer computes it at the last epoch).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hpcdiff import archive
+from hpcdiff.analysis import analyze, metric_direction, tex_escape
+from hpcdiff.degradations import DEGRADATION_INFO, DEGRADATIONS
+from hpcdiff.rundir import RunDir
+from hpcdiff.spec import DataSpec
+from hpcdiff.strips import DPI, degradation_strips, strip_figure_size, strip_levels
+
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+SWEEP = """
+[sweep]
+name = "ana"
+seeds = [0, 1]
+
+[[sweep.cases]]
+label = "lr_lo & 50%"
+train = {{ lr = 1e-3 }}
+
+[[sweep.cases]]
+label = "lr_hi #2"
+train = {{ lr = 2e-3 }}
+
+[data]
+name = "idx"
+root = "{root}"
+subset = 256
+
+[model]
+hidden = [4, 4]
+
+[diffusion]
+n_T = 10
+
+[train]
+epochs = 2
+batch_size = 64
+n_samples = 4
+sample_every = 1
+
+[eval]
+metrics = ["diversity"]
+samples = 8
+reconstruction = false
+"""
+
+# INJECTED quality metrics (not computed by a model): fid_classifier per epoch, chosen so
+# that the best epoch differs between runs and the order is known.
+INJECTED_FID = {("lr_lo & 50%", 0): [30.0, 20.0], ("lr_lo & 50%", 1): [15.0, 25.0], ("lr_hi #2", 0): [40.0]}
+INJECTED_IS = {("lr_lo & 50%", 0): 3.0, ("lr_lo & 50%", 1): 5.0}
+
+
+def _data_spec() -> DataSpec:
+    return DataSpec(name="idx", root=str(FASHION_DIR))
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory) -> Path:
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    from hpcdiff.submit import execute_plan, plan_sweep
+
+    root = tmp_path_factory.mktemp("analysis")
+    sweep_file = root / "ana.toml"
+    sweep_file.write_text(SWEEP.format(root=FASHION_DIR))
+    plan = plan_sweep(sweep_file, output=root / "runs")
+    assert len(plan.runs) == 4
+    key = lambda pr: (pr.label, pr.axes["train.seed"])  # noqa: E731
+    never = next(pr for pr in plan.runs if key(pr) == ("lr_hi #2", 1))
+    never.action = "skip-done"  # its directory is written, but it is never trained
+    report = execute_plan(plan, executor="debug", show_progress=False)
+    assert sorted(report.results.values()) == ["done"] * 3
+    # A run killed after its first epoch: archive cut back to epoch 1, status failed.
+    cut = RunDir(next(pr for pr in plan.runs if key(pr) == ("lr_hi #2", 0)).run_dir.path)
+    archive.truncate_after(cut.archive, 1)
+    cut.write_status(state="failed", epoch=1)
+    return plan.sweep_dir
+
+
+def _run_keys(sweep_dir: Path) -> dict[str, tuple[str, int]]:
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    return {rid: (r["label"], r["axes"]["train.seed"]) for rid, r in manifest["runs"].items()}
+
+
+def _inject(path: Path, extra: dict[int, dict[str, float]]) -> None:
+    """Rewrite every epoch of an archive with the INJECTED metrics added (samples kept)."""
+    data = archive.read(path)
+    m = data["metrics"]
+    for i, epoch in enumerate(m["epoch"].tolist()):
+        row = {k: float(v[i]) for k, v in m.items() if k != "epoch"}
+        row.update(extra.get(epoch, {}))
+        s = data["samples"].get(epoch)
+        samples = None if s is None else {"images": s["images"], "attrs": s["attrs"], "starts": s.get("starts")}
+        archive.append_epoch(path, epoch, row, samples)
+
+
+@pytest.fixture(scope="module")
+def injected(sweep_dir, tmp_path_factory) -> Path:
+    """A copy of the sweep with INJECTED fid_classifier / inception_score / class_k rows."""
+    copy = tmp_path_factory.mktemp("injected") / "ana"
+    shutil.copytree(sweep_dir, copy)
+    for rid, key in _run_keys(copy).items():
+        path = copy / rid / "archive.h5"
+        if not path.exists():
+            continue
+        extra: dict[int, dict[str, float]] = {}
+        for i, fid in enumerate(INJECTED_FID.get(key, [])):
+            extra.setdefault(i + 1, {})["fid_classifier"] = fid
+        if key in INJECTED_IS:
+            p = np.full(10, 0.05)
+            p[key[1] + 3] = 0.55  # seed 0 -> class 3, seed 1 -> class 4
+            extra.setdefault(2, {}).update({"inception_score": INJECTED_IS[key], "inception_score_std": 0.1,
+                                            "class_entropy": 0.8, **{f"class_{c}": p[c] for c in range(10)}})
+        _inject(path, extra)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def full(injected, tmp_path_factory):
+    """analyze with every table and figure, on the injected copy."""
+    out = tmp_path_factory.mktemp("out")
+    return analyze(injected, out), _run_keys(injected)
+
+
+def _csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_runs_table_rows_columns_states_on_real_runs(sweep_dir, tmp_path):
+    result = analyze(sweep_dir, tmp_path, figures=False)
+    keys = _run_keys(sweep_dir)
+    rows = {r["run_id"]: r for r in _csv(tmp_path / "runs.csv")}
+    assert set(rows) == set(keys)
+    header = list(next(iter(rows.values())))
+    for col in ("run_id", "label", "train.lr", "train.seed", "state", "epochs", "final_train_loss",
+                "best_val_loss", "best_val_loss_epoch", "wall_seconds", "final_diversity_trace"):
+        assert col in header, col
+    assert "best_diversity_trace" not in header  # diversity has no "best" (direction: final)
+    by_key = {keys[rid]: r for rid, r in rows.items()}
+    assert by_key[("lr_lo & 50%", 0)]["state"] == "done" and by_key[("lr_lo & 50%", 0)]["epochs"] == "2/2"
+    assert by_key[("lr_hi #2", 0)]["state"] == "failed" and by_key[("lr_hi #2", 0)]["epochs"] == "1/2"
+    assert by_key[("lr_hi #2", 1)]["state"] == "pending" and by_key[("lr_hi #2", 1)]["epochs"] == "0/2"
+    assert by_key[("lr_hi #2", 1)]["best_val_loss"] == ""  # no archive: empty, not a crash
+    assert float(by_key[("lr_lo & 50%", 1)]["train.lr"]) == 1e-3
+    # Real diversity only where the last epoch was evaluated.
+    assert float(by_key[("lr_lo & 50%", 0)]["final_diversity_trace"]) > 0
+    assert by_key[("lr_hi #2", 0)]["final_diversity_trace"] == ""
+    assert sorted(result.incomplete) == sorted(rid for rid, k in keys.items() if k[0] == "lr_hi #2")
+    # Default sort without FID: best val loss ascending, the run without one last.
+    vals = [r["best_val_loss"] for r in _csv(tmp_path / "runs.csv")]
+    assert vals[-1] == "" and [float(v) for v in vals[:-1]] == sorted(float(v) for v in vals[:-1])
+    assert result.sort_by == "best_val_loss"
+
+
+def test_quality_columns_and_sort_order(full, injected, tmp_path):
+    result, keys = full
+    assert result.sort_by == "best_fid_classifier"
+    cols = result.columns
+    for col in ("best_fid_classifier", "best_fid_classifier_epoch", "final_fid_classifier", "best_inception_score",
+                "final_inception_score", "final_inception_score_std", "best_class_entropy", "final_diversity_trace"):
+        assert col in cols, col
+    assert not any(re.fullmatch(r"(best|final)_class_\d+", c) for c in cols)  # per-class -> per_class.csv
+    rows = _csv(result.out_dir / "runs.csv")
+    order = [keys[r["run_id"]] for r in rows]
+    # best FID: (lo,1)=15 @1, (lo,0)=20 @2, (hi,0)=40 @1, pending run last.
+    assert order == [("lr_lo & 50%", 1), ("lr_lo & 50%", 0), ("lr_hi #2", 0), ("lr_hi #2", 1)]
+    assert [r["best_fid_classifier"] for r in rows] == ["15", "20", "40", ""]
+    assert [r["final_fid_classifier"] for r in rows] == ["25", "20", "40", ""]
+    assert [r["best_fid_classifier_epoch"] for r in rows] == ["1", "2", "1", ""]
+
+    by_is = analyze(injected, tmp_path / "is", sort_by="best_inception_score", figures=False)
+    assert metric_direction("inception_score") == "max"
+    assert [keys[r["run_id"]] for r in by_is.rows][:2] == [("lr_lo & 50%", 1), ("lr_lo & 50%", 0)]  # 5 > 3
+    assert "best_inception_score_epoch" in by_is.columns
+    by_lr = analyze(injected, tmp_path / "lr", sort_by="train.lr", figures=False)
+    assert [r["train.lr"] for r in by_lr.rows] == [1e-3, 1e-3, 2e-3, 2e-3]
+
+    per_class = _csv(result.out_dir / "per_class.csv")
+    assert len(per_class) == 2 and {r["metric"] for r in per_class} == {"class"}
+    for r in per_class:
+        assert float(r[str(keys[r["run_id"]][1] + 3)]) == pytest.approx(0.55)
+
+
+def test_unknown_sort_column_raises_before_writing(injected, tmp_path):
+    with pytest.raises(ValueError, match=r"best_fid_classifier.*valid: .*best_val_loss"):
+        analyze(injected, tmp_path / "x", sort_by="best_fid")
+    assert not (tmp_path / "x").exists()
+
+
+def test_configs_table_mean_std_over_seeds(full):
+    result, keys = full
+    rows = _csv(result.out_dir / "configs.csv")
+    assert [r["label"] for r in rows] == ["lr_lo & 50%", "lr_hi #2"]  # sorted by best FID mean
+    lo, hi = rows
+    assert (lo["n_seeds"], lo["n_incomplete"], lo["seeds"]) == ("2", "0", "(0, 1)")
+    assert (hi["n_seeds"], hi["n_incomplete"]) == ("2", "2")
+    assert float(lo["best_fid_classifier_mean"]) == pytest.approx(17.5)
+    assert float(lo["best_fid_classifier_std"]) == pytest.approx(np.std([15.0, 20.0], ddof=1), rel=1e-4)
+    runs = [r for r in result.rows if r["label"] == "lr_lo & 50%"]
+    vals = [r["best_val_loss"] for r in runs]
+    assert float(lo["best_val_loss_mean"]) == pytest.approx(np.mean(vals), rel=1e-4)
+    assert float(lo["best_val_loss_std"]) == pytest.approx(np.std(vals, ddof=1), rel=1e-3)
+    # One seed with a value: a mean, no std.
+    assert float(hi["best_fid_classifier_mean"]) == 40.0 and hi["best_fid_classifier_std"] == ""
+    md = (result.out_dir / "configs.md").read_text()
+    assert "17.5 ± 3.5" in md
+
+
+def test_latex_tables_escape_special_characters(full):
+    result, _ = full
+    assert tex_escape("a_b & 50% #1 $x$") == r"a\_b \& 50\% \#1 \$x\$"
+    for stem in ("runs", "configs", "per_class"):
+        tex = (result.out_dir / f"{stem}.tex").read_text()
+        assert "\\begin{tabular}" in tex and "\\end{tabular}" in tex
+        body = [line for line in tex.splitlines() if line.endswith("\\\\")]
+        n_cols = body[0].count(" & ") + 1
+        for line in body:
+            assert line.count(" & ") == n_cols - 1, line  # the label's '&' is escaped, not a column
+            assert not re.search(r"(?<!\\)[_%#$]", line.replace("$\\pm$", "")), line
+    runs_tex = (result.out_dir / "runs.tex").read_text()
+    assert r"best\_val\_loss" in runs_tex and r"lr\_lo \& 50\%" in runs_tex and r"lr\_hi \#2" in runs_tex
+
+
+def test_figures_are_valid_pngs_with_pdfs_and_indexed(full):
+    result, keys = full
+    out = result.out_dir
+    pngs = {p.name for p in out.glob("*.png")}
+    with_archive = [rid for rid, k in keys.items() if k != ("lr_hi #2", 1)]
+    expected = {"loss_curves.png", "samples.png", "metric_fid_classifier.png", "metric_inception_score.png",
+                "metric_class_entropy.png", "metric_diversity_trace.png", "best_fid_classifier_vs_train.lr.png",
+                "best_val_loss_vs_train.lr.png", "class_histograms.png", "strip_gaussian.png",
+                "degradation_strips.png", *{f"samples_{rid}.png" for rid in with_archive}}
+    assert pngs == expected, pngs ^ expected
+    assert {p.name for p in result.files if p.suffix == ".png"} == expected
+    index = (out / "index.md").read_text()
+    for name in pngs:
+        data = (out / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 2000, name
+        w, h = Image.open(out / name).size
+        assert w > 100 and h > 100, name
+        pdf = (out / name).with_suffix(".pdf")
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000, pdf
+        assert f"]({name})" in index, name
+    # Every table is shown, the incomplete runs are named, and the real images were found.
+    for stem in ("runs", "configs", "per_class"):
+        assert (out / f"{stem}.md").read_text() in index
+    for rid in result.incomplete:
+        assert f"`{rid}`" in index
+    assert "real held-out images first" in index and not result.warnings
+
+
+def test_degradation_strips_one_png_per_degradation(tmp_path):
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    names = DEGRADATIONS.names()
+    files = degradation_strips(None, tmp_path, data_spec=_data_spec(), n_images=3, n_levels=5,
+                               n_steps={"blur": 10})
+    assert [p.name for p in files] == [f"strip_{n}.png" for n in names] + ["degradation_strips.png"]
+    width, height = strip_figure_size(3, 5)
+    for name, path in zip(names, files):
+        img = Image.open(path)
+        meta = json.loads(img.info["Description"])
+        T = 10 if name == "blur" else DEGRADATION_INFO[name].n_steps
+        assert meta["degradation"] == name and meta["rows"] == 3 and meta["n_steps"] == T
+        assert meta["levels"] == strip_levels(T, 5) and meta["levels"][0] == 0 and meta["levels"][-1] == T
+        assert len(meta["levels"]) == 5
+        assert img.size == (round(width * DPI), round(height * DPI))  # 3 x 5 panels
+        pixels = np.asarray(img.convert("L"), dtype=np.float64)
+        assert pixels.std() > 10  # not blank
+    combined = Image.open(files[-1])
+    meta = json.loads(combined.info["Description"])
+    assert meta["degradations"] == names and meta["rows"] == len(names)
+    w, h = strip_figure_size(len(names), 5)
+    assert combined.size == (round(w * DPI), round(h * DPI))
+
+    # A pure function of its inputs: same seed, same picture; another seed, other images.
+    again = degradation_strips(["impulse"], tmp_path / "again", data_spec=_data_spec(), n_images=3, n_levels=5)
+    assert again[0].read_bytes() == files[names.index("impulse")].read_bytes()
+    other = degradation_strips(["impulse"], tmp_path / "other", data_spec=_data_spec(), n_images=3, n_levels=5,
+                               seed=1)
+    assert other[0].read_bytes() != again[0].read_bytes()
+    with pytest.raises(KeyError, match="did you mean"):
+        degradation_strips(["impluse"], tmp_path, data_spec=_data_spec())
+
+
+def test_strip_levels_are_even_and_inclusive():
+    assert strip_levels(1000, 8) == [0, 143, 286, 429, 571, 714, 857, 1000]
+    assert strip_levels(20, 5) == [0, 5, 10, 15, 20]
+    assert strip_levels(3, 8) == [0, 1, 2, 3]
+    with pytest.raises(ValueError):
+        strip_levels(0, 8)
+    assert math.isclose(strip_figure_size(2, 4)[0] - strip_figure_size(2, 3)[0], strip_figure_size(3, 4)[1]
+                        - strip_figure_size(2, 4)[1])
