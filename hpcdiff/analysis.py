@@ -99,6 +99,7 @@ class _Run:
     config: dict
     metrics: dict
     samples: dict
+    axes: dict = field(default_factory=dict)  # the sweep axes the run was expanded with
 
     @property
     def complete(self) -> bool:
@@ -186,12 +187,13 @@ def _load_runs(sweep_dir: Path, varying: list[str], warnings: list[str]) -> list
             warnings.append(f"{rd.run_id}: unreadable config.toml ({err})")
             meta, config = {}, {}
         status = rd.read_status()
-        data = None
+        data, damaged = None, False
         if rd.archive.exists():
             try:
                 data = archive.read(rd.archive)
             except Exception as err:  # noqa: BLE001 - h5py raises several types on damage
                 warnings.append(f"{rd.run_id}: unreadable archive.h5 ({type(err).__name__}: {err})")
+                damaged = True
         metrics = data["metrics"] if data else {}
         samples = data["samples"] if data else {}
         row = {"run_id": rd.run_id, "label": meta.get("label", "")}
@@ -199,7 +201,8 @@ def _load_runs(sweep_dir: Path, varying: list[str], warnings: list[str]) -> list
             row[key] = _axis_value(meta.get("axes", {}), config, key)
         epochs = np.asarray(metrics.get("epoch", []))
         total = status.get("epochs") or config.get("train", {}).get("epochs") or 0
-        row["state"] = rd.effective_state()
+        # A damaged archive makes even a finished run incomplete: its numbers are missing.
+        row["state"] = rd.effective_state() + (" (archive unreadable)" if damaged else "")
         row["epochs"] = f"{int(epochs[-1]) if len(epochs) else 0}/{int(total)}"
         best, _, final = _summary(metrics, "train_loss", "min")
         row["final_train_loss"], row["best_train_loss"] = final, best
@@ -214,7 +217,7 @@ def _load_runs(sweep_dir: Path, varying: list[str], warnings: list[str]) -> list
             if direction != "final":
                 row[f"best_{name}"], row[f"best_{name}_epoch"] = best, best_epoch
             row[f"final_{name}"] = final
-        runs.append(_Run(rd.run_id, row, config, metrics, samples))
+        runs.append(_Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {}))))
     return runs
 
 
@@ -500,11 +503,11 @@ def _write_figures(fw: _Figures, runs: list[_Run], varying: list[str], quality: 
     for m in quality:
         if not m.endswith("_std") or m[: -len("_std")] not in quality:
             _metric_vs_epoch(fw, with_data, varying, m)
+    axes = _plot_axes(runs, varying)
     for column in dict.fromkeys([sort_by, "best_val_loss"]):
         if any(_is_num(r.row.get(column)) for r in runs):
-            for axis in varying:
-                if axis != "train.seed" and len({_fmt(r.row.get(axis)) for r in runs}) > 1:
-                    _metric_vs_axis(fw, runs, varying, column, axis)
+            for axis in axes:
+                _metric_vs_axis(fw, runs, varying, column, axis)
     _class_histograms(fw, with_data, varying)
     _degradation_strips(fw, runs, warnings)
     for r in with_samples:
@@ -628,6 +631,28 @@ def _metric_vs_epoch(fw: _Figures, runs: list[_Run], varying, metric: str) -> No
     fw.save(fig, f"metric_{metric}", "Quality metrics vs epoch", metric)
 
 
+def _determines(runs: list[_Run], a: str, b: str) -> bool:
+    """True when the value of axis ``a`` fixes the value of axis ``b`` in every run."""
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(_fmt(r.row.get(a)), _fmt(r.row.get(b))) == _fmt(r.row.get(b)) for r in runs)
+
+
+def _plot_axes(runs: list[_Run], varying: list[str]) -> list[str]:
+    """The varying axes worth a metric-vs-axis figure: more than one value, not the seed,
+    and not fixed by an axis already chosen (diffusion.sampler follows degradation.name when
+    the sweep varies the degradation). Axes written in the sweep file come first, then the
+    finer ones."""
+    in_sweep = {k for r in runs for k in r.axes}
+    n_values = {k: len({_fmt(r.row.get(k)) for r in runs}) for k in varying}
+    candidates = sorted((k for k in varying if k != "train.seed" and n_values[k] > 1),
+                        key=lambda k: (k not in in_sweep, -n_values[k]))
+    chosen: list[str] = []
+    for k in candidates:
+        if not any(_determines(runs, c, k) for c in chosen):
+            chosen.append(k)
+    return [k for k in varying if k in chosen]
+
+
 def _metric_vs_axis(fw: _Figures, runs: list[_Run], varying, column: str, axis: str) -> None:
     """Every run's value as a point (hollow: incomplete) and, per series (the other varying
     axes but the seed), the mean over seeds at each axis value as a line."""
@@ -640,10 +665,11 @@ def _metric_vs_axis(fw: _Figures, runs: list[_Run], varying, column: str, axis: 
         to_x = float
         labels = None
     else:
-        cats = list(dict.fromkeys(_fmt(x) for _, x, _ in points))
+        cats = list(dict.fromkeys(_fmt(r.row.get(axis)) for r in runs))  # every run's, even without a value
         to_x = lambda x: cats.index(_fmt(x))  # noqa: E731
         labels = cats
-    others = [k for k in varying if k not in (axis, "train.seed")]
+    # Series: the other axes, except those the plotted axis fixes (no series of one point).
+    others = [k for k in varying if k not in (axis, "train.seed") and not _determines(runs, axis, k)]
     series: dict[str, list] = {}
     for r, x, y in points:
         name = " ".join(f"{k.split('.')[-1]}={_fmt(r.row.get(k))}" for k in others) or column
@@ -655,8 +681,11 @@ def _metric_vs_axis(fw: _Figures, runs: list[_Run], varying, column: str, axis: 
             ax.scatter([x], [y], s=25, color=color, facecolors=color if r.complete else "none", zorder=3)
         xs = sorted({x for _, x, _ in pts})
         means = [float(np.mean([y for _, px, y in pts if px == x])) for x in xs]
-        ax.plot(xs, means, color=color, marker=None, label=f"{name} (mean over seeds)" if "train.seed" in varying
-                else name)
+        label = f"{name} (mean over seeds)" if "train.seed" in varying else name
+        if labels is None:
+            ax.plot(xs, means, color=color, label=label)
+        else:  # categories: no line between them, a bar at each mean
+            ax.scatter(xs, means, color=color, marker="_", s=400, label=label, zorder=2)
     if labels is not None:
         ax.set_xticks(range(len(labels)))
         ax.set_xticklabels(labels, rotation=30 if max(map(len, labels)) > 8 else 0, fontsize=8)

@@ -45,10 +45,12 @@ def main():
 @click.option("--dry-run", is_flag=True, help="Validate and list the runs; write and run nothing.")
 @click.option("--concurrency", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs trained at once by the local executor.")
+@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local executor: processes (DDP ranks) per run, the counterpart of GPUs per node.")
 @click.option("--force", is_flag=True, help="Rerun finished runs too (their results are moved aside).")
 @click.option("--then-analyze", is_flag=True,
               help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
-def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, force, then_analyze):
+def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
     from .submit import dry_run_report, execute_plan, plan_sweep, resolve_executor_name
 
@@ -77,7 +79,8 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, force, 
         console.print("Nothing to do: every run is finished or running. (--force reruns finished runs.)")
     else:
         try:
-            report = execute_plan(plan, executor=executor, concurrency=concurrency, then_analyze=then_analyze)
+            report = execute_plan(plan, executor=executor, concurrency=concurrency, then_analyze=then_analyze,
+                                  processes=processes)
         except (SpecError, ValueError) as err:
             _fail_invalid(err)
         failed = [r for r, s in report.results.items() if s == "failed"]

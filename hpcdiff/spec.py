@@ -44,6 +44,7 @@ ACTIVATIONS = ("gelu", "relu", "silu", "leaky_relu", "tanh")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("mse", "l1", "l2")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
 def _check(cond: bool, path: str, message: str) -> None:
@@ -154,6 +155,14 @@ class TrainSpec:
     sample_every: int = 1
     n_samples: int = 16
     device: str = "auto"
+    # "auto" = bf16 on GPU, fp32 ("no") on CPU, where bf16 convolutions are very slow.
+    mixed_precision: str = "auto"
+    # Clip the global gradient norm; 0 disables it.
+    grad_clip: float = 0.0
+    # Exponential moving average of the weights (used for samples and metrics); 0 disables it.
+    ema_decay: float = 0.0
+    # Optimiser step every N batches (the effective batch is batch_size x N).
+    grad_accumulation: int = 1
 
     def validate(self, p: str) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every"):
@@ -170,6 +179,12 @@ class TrainSpec:
                f"must be in (0, 1), got {self.lr_plateau_factor}")
         _check(self.n_samples >= 1, f"{p}.n_samples", f"must be >= 1, got {self.n_samples}")
         _check(self.device in DEVICES, f"{p}.device", _choice_msg(self.device, DEVICES))
+        _check(self.mixed_precision in PRECISIONS, f"{p}.mixed_precision",
+               _choice_msg(self.mixed_precision, PRECISIONS))
+        _check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        _check(0 <= self.ema_decay < 1, f"{p}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        _check(self.grad_accumulation >= 1, f"{p}.grad_accumulation",
+               f"must be >= 1, got {self.grad_accumulation}")
 
 
 @dataclass(frozen=True)

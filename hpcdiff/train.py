@@ -26,6 +26,7 @@ import torch
 from . import __version__, archive, checkpoint, tomlio
 from .data import load_splits, to_model_range, to_uint8
 from .diffusion import build_diffusion
+from .distributed import env_from_slurm, process_rank
 from .evaluate import Evaluator
 from .models import build_model
 from .rundir import RunDir
@@ -50,27 +51,34 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
     """Train or resume the run in ``run_dir``. Returns the final state ("done" or "timeout")."""
     rd = RunDir(Path(run_dir))
     spec = rd.load_spec()
-    lock = rd.lock()
-    handler = _attach_log(rd)
+    env_from_slurm()
+    # Only the main process owns the run directory: lock, log, status, archive, checkpoints.
+    main = process_rank() == 0
+    lock = rd.lock() if main else None
+    handler = _attach_log(rd) if main else None
     try:
         if rd.read_status().get("state") == "done":
             log.info("run %s is already done; nothing to do", rd.run_id)
             return "done"
         return _train_locked(rd, spec, show_progress)
     except StopRequested as stop:
-        rd.write_status(state="timeout")
-        log.warning("%s: checkpoint written, stopping", stop)
+        if main:
+            rd.write_status(state="timeout")
+            log.warning("%s: checkpoint written, stopping", stop)
         _hand_on_to_submitit(stop.signum)
         return "timeout"
     except BaseException as err:
-        rd.write_status(state="failed", error=f"{type(err).__name__}: {err}",
-                        traceback=traceback.format_exc()[-4000:])
-        log.error("run failed: %s", traceback.format_exc())
+        if main:
+            rd.write_status(state="failed", error=f"{type(err).__name__}: {err}",
+                            traceback=traceback.format_exc()[-4000:])
+            log.error("run failed: %s", traceback.format_exc())
         raise
     finally:
-        logging.getLogger("hpcdiff").removeHandler(handler)
-        handler.close()
-        lock.close()
+        if handler is not None:
+            logging.getLogger("hpcdiff").removeHandler(handler)
+            handler.close()
+        if lock is not None:
+            lock.close()
 
 
 def _hand_on_to_submitit(signum: int) -> None:
@@ -101,7 +109,11 @@ def make_accelerator(spec: RunSpec):
     from accelerate import Accelerator
 
     use_cpu = spec.train.device == "cpu" or not torch.cuda.is_available()
-    return Accelerator(cpu=use_cpu, mixed_precision="no")
+    precision = spec.train.mixed_precision
+    if precision == "auto":
+        precision = "no" if use_cpu else "bf16"
+    return Accelerator(cpu=use_cpu, mixed_precision=precision,
+                       gradient_accumulation_steps=spec.train.grad_accumulation)
 
 
 def _rng_state() -> dict:
@@ -153,6 +165,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
 
     from accelerate.utils import set_seed
 
+    # Same initial weights on every rank (DDP also broadcasts rank 0's), then a different
+    # noise stream per rank: otherwise every rank draws the same t and eps for its images.
     set_seed(t.seed)
     splits = load_splits(spec.data)
     image_shape = splits.train.image_shape
@@ -166,6 +180,9 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
 
     model = build_model(spec.model, image_shape)
     diffusion = build_diffusion(spec, model).to(device)
+    if rank:
+        set_seed(t.seed + 7919 * rank)
+    ema = EMA(diffusion.gt, t.ema_decay) if t.ema_decay else None
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
     optimizer = opt_cls(diffusion.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.lr_plateau_factor,
@@ -183,6 +200,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
         if plateau is not None and state.get("plateau"):
             plateau.load_state_dict(state["plateau"])
         stopper = dict(state["stopper"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
         step, elapsed = state["step"], float(state.get("elapsed", 0.0))
         start_epoch = epoch_done + 1
         if state.get("partial"):
@@ -190,6 +209,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
             start_batch = int(state["partial"]["batch"])
             partial_loss = float(state["partial"]["loss_sum"])
         _set_rng_state(state["rng"])
+        if rank:  # the checkpoint holds the main process's streams
+            set_seed(t.seed + 7919 * rank + step)
         log.info("resuming run %s from the checkpoint of epoch %d%s", rd.run_id, epoch_done,
                  f" (+{start_batch} batches of epoch {start_epoch})" if start_batch else "")
     else:
@@ -204,6 +225,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
             "model": core.gt.state_dict(), "optimizer": optimizer.state_dict(),
             "plateau": plateau.state_dict() if plateau is not None else None,
             "stopper": stopper, "rng": _rng_state(), "config": spec.to_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "world_size": world,
         }, rd.checkpoints, epoch_done, keep=t.keep_checkpoints)
 
     if main:
@@ -242,10 +264,15 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 idx = perm[i * global_batch: (i + 1) * global_batch]
                 idx = idx[rank * local_batch: (rank + 1) * local_batch]
                 x = to_model_range(train_images[idx])
-                loss = diffusion(x)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                optimizer.step()
+                with accelerator.accumulate(diffusion):
+                    loss = diffusion(x)
+                    accelerator.backward(loss)
+                    if t.grad_clip and accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(diffusion.parameters(), t.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                if ema is not None and accelerator.sync_gradients:
+                    ema.update(core.gt)
                 loss_sum += loss.detach()
                 step += 1
                 progress.advance(loss)
@@ -259,7 +286,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
             train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_per_epoch
             seconds = time.perf_counter() - tic
             elapsed += seconds
-            val_loss = _validation_loss(core, val_images, t.seed, global_batch, device)
+            val_loss = _validation_loss(core, val_images, t.seed, global_batch, device, accelerator)
             if plateau is not None:
                 plateau.step(val_loss if not math.isnan(val_loss) else train_loss)
             watched = val_loss if not math.isnan(val_loss) else train_loss
@@ -277,13 +304,15 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 "images_per_second": (steps_per_epoch - first) * global_batch / seconds,
             }
             if main and evaluator.enabled and (last or (spec.eval.every and epoch % spec.eval.every == 0)):
-                metrics.update(evaluator(core, t.seed))
+                with _ema_weights(core, ema):
+                    metrics.update(evaluator(core, t.seed))
                 log.info("epoch %d metrics: %s", epoch, ", ".join(
                     f"{k} {v:.4g}" for k, v in metrics.items() if not k.startswith(("class_", "recon_"))
                     and k not in ("lr", "epoch_seconds", "elapsed_seconds")))
             samples = None
             if main and (epoch % t.sample_every == 0 or last):
-                samples = _draw_samples(core, t, image_shape, device, start_images)
+                with _ema_weights(core, ema):
+                    samples = _draw_samples(core, t, image_shape, device, start_images)
             if main:
                 archive.append_epoch(rd.archive, epoch, metrics, samples,
                                      attrs={"best_epoch": stopper["best_epoch"], "best_loss": stopper["best"]})
@@ -319,22 +348,63 @@ def _stop_agreed(flag: dict, accelerator) -> bool:
 
 
 @torch.no_grad()
-def _validation_loss(core, val_images, seed, batch, device) -> float:
+def _validation_loss(core, val_images, seed, batch, device, accelerator) -> float:
+    """Mean loss over the validation images, each rank taking its share."""
     if len(val_images) == 0:
         return float("nan")
     core.eval()
-    total, n = 0.0, 0
+    rank, world = accelerator.process_index, accelerator.num_processes
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
     # Same noise every epoch (so the curve measures the model, not the draw) without
     # disturbing the training RNG stream.
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed + 1_000_003)
-        for i in range(0, len(val_images), batch):
+        torch.manual_seed(seed + 1_000_003 + rank)
+        for i in range(rank * batch, len(val_images), batch * world):
             x = to_model_range(val_images[i: i + batch])
-            total += core(x).item() * len(x)
-            n += len(x)
+            totals[0] += core(x).double() * len(x)
+            totals[1] += len(x)
+    if world > 1:
+        totals = accelerator.reduce(totals, reduction="sum")
     core.train()
-    return total / n
+    return float(totals[0] / totals[1])
+
+
+class EMA:
+    """Exponential moving average of a model's weights, kept in fp32 on its device."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {k: v.cpu() for k, v in self.shadow.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+
+@contextmanager
+def _ema_weights(core, ema: EMA | None):
+    """Samples and metrics come from the EMA weights when EMA is on."""
+    if ema is None:
+        yield
+        return
+    saved = {k: v.detach().clone() for k, v in core.gt.state_dict().items()}
+    core.gt.load_state_dict({k: v.to(saved[k].dtype) for k, v in ema.shadow.items()})
+    try:
+        yield
+    finally:
+        core.gt.load_state_dict(saved)
 
 
 @torch.no_grad()

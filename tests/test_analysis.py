@@ -316,3 +316,20 @@ def test_strip_levels_are_even_and_inclusive():
         strip_levels(0, 8)
     assert math.isclose(strip_figure_size(2, 4)[0] - strip_figure_size(2, 3)[0], strip_figure_size(3, 4)[1]
                         - strip_figure_size(2, 4)[1])
+
+
+def test_damaged_archive_and_nan_metrics_do_not_crash(sweep_dir, tmp_path):
+    copy = tmp_path / "ana"
+    shutil.copytree(sweep_dir, copy)
+    keys = _run_keys(copy)
+    damaged = next(rid for rid, k in keys.items() if k == ("lr_lo & 50%", 0))
+    (copy / damaged / "archive.h5").write_bytes(b"not an HDF5 file")
+    nan_run = next(rid for rid, k in keys.items() if k == ("lr_lo & 50%", 1))
+    _inject(copy / nan_run / "archive.h5", {1: {"fid_classifier": float("nan")}, 2: {"fid_classifier": float("nan")}})
+    result = analyze(copy, tmp_path / "out", sort_by="final_fid_classifier")
+    assert any(damaged in w and "archive" in w for w in result.warnings)
+    rows = {r["run_id"]: r for r in _csv(tmp_path / "out" / "runs.csv")}
+    assert len(rows) == 4 and rows[nan_run]["final_fid_classifier"] == "" and rows[damaged]["epochs"] == "0/2"
+    assert rows[damaged]["state"] == "done (archive unreadable)" and damaged in result.incomplete
+    assert f"`{damaged}`: done (archive unreadable)" in (tmp_path / "out" / "index.md").read_text()
+    assert (tmp_path / "out" / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC

@@ -17,31 +17,37 @@ from .base import Executor, LaunchReport
 POLL_SECONDS = 0.5
 
 
-def train_command(run_dir: Path) -> list[str]:
+def train_command(run_dir: Path, processes: int = 1) -> list[str]:
+    if processes > 1:
+        # torchrun sets RANK/WORLD_SIZE/MASTER_ADDR; Accelerate picks gloo on CPU, NCCL on GPU.
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                "-m", "hpcdiff", "train", str(run_dir)]
     return [sys.executable, "-m", "hpcdiff", "train", str(run_dir)]
 
 
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, concurrency: int = 1, show_progress: bool = True, **_ignored):
+    def __init__(self, concurrency: int = 1, show_progress: bool = True, processes: int = 1, **_ignored):
         self.concurrency = max(1, concurrency)
         self.show_progress = show_progress
+        self.processes = max(1, processes)
 
     def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
         report = LaunchReport(self.name)
         queue = list(run_dirs)
         running: dict[str, tuple[subprocess.Popen, RunDir]] = {}
         env = dict(os.environ)
-        if self.concurrency > 1 and "OMP_NUM_THREADS" not in env:
+        workers = self.concurrency * self.processes
+        if workers > 1 and "OMP_NUM_THREADS" not in env:
             # Share the cores instead of oversubscribing them.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.concurrency))
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         with _SweepProgress(self.show_progress, run_dirs) as progress:
             while queue or running:
                 while queue and len(running) < self.concurrency:
                     rd = queue.pop(0)
                     out = open(rd.path / "stdout.txt", "ab")
-                    proc = subprocess.Popen(train_command(rd.path), stdout=out, stderr=subprocess.STDOUT,
+                    proc = subprocess.Popen(train_command(rd.path, self.processes), stdout=out, stderr=subprocess.STDOUT,
                                             env=env, start_new_session=True)
                     out.close()
                     running[rd.run_id] = (proc, rd)
