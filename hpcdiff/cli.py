@@ -184,13 +184,17 @@ def cancel(sweep_dir):
 @click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: analysis/<sweep name>/).")
-def analyze(sweep_dir, out):
+@click.option("--sort-by", default=None, help="Table column to sort by (default: best FID, else best val loss).")
+def analyze(sweep_dir, out, sort_by):
     """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
     from rich.table import Table
 
     from .analysis import _fmt, analyze as run_analysis
 
-    result = run_analysis(sweep_dir, out)
+    try:
+        result = run_analysis(sweep_dir, out, sort_by=sort_by)
+    except ValueError as err:
+        _fail_invalid(err)
     table = Table(title=f"{sweep_dir}")
     for c in result.columns:
         table.add_column(c)

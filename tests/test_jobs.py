@@ -14,6 +14,9 @@ JOBS = Path(__file__).resolve().parent.parent / "jobs"
 # One epoch on a few real MNIST digits; everything that defines the experiment stays as shipped.
 SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_samples=2",
          "eval.samples=8", "eval.classifier_epochs=2"]
+# part1's chains are 100-2000 steps of the big CNN: its smoke run checks training and the
+# sampler, and leaves the metrics (checked on quick and part2) out.
+SMOKE_BY_JOB = {"quick": SMOKE, "part1": SMOKE + ["eval.metrics=[]"], "part2": SMOKE}
 
 
 @pytest.mark.parametrize("name,count", [("quick", 4), ("part1", 5), ("part2", 8)])
@@ -35,18 +38,19 @@ def test_part2_covers_every_cold_degradation():
 @pytest.mark.parametrize("name", ["quick", "part1", "part2"])
 def test_every_run_trains_one_epoch(name, tmp_path):
     args = ["sweep", str(JOBS / f"{name}.toml"), "--executor", "debug", "--output", str(tmp_path)]
-    for s in SMOKE:
+    for s in SMOKE_BY_JOB[name]:
         args += ["--set", s]
     result = CliRunner().invoke(main, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    sweep = load_sweep(JOBS / f"{name}.toml", SMOKE)
+    sweep = load_sweep(JOBS / f"{name}.toml", SMOKE_BY_JOB[name])
     for run in sweep.runs:
         data = archive.read(tmp_path / name / run.run_id / "archive.h5")
         assert data["metrics"]["epoch"].tolist() == [1], run.label
         sample = data["samples"][1]
         assert sample["images"].shape == (2, 28, 28)
-        assert np.isfinite(data["metrics"]["fid_classifier"]).all(), run.label
-        assert 1.0 <= data["metrics"]["inception_score"][0] <= 10.0
+        if run.spec.eval.metrics:
+            assert np.isfinite(data["metrics"]["fid_classifier"]).all(), run.label
+            assert 1.0 <= data["metrics"]["inception_score"][0] <= 10.0
         if run.spec.degradation.name != "gaussian":
             assert {"recon_direct_mse", "recon_full_mse", "recon_degraded_mse"} <= set(data["metrics"])
         expected_start = "noise" if run.spec.degradation.name == "gaussian" else (
