@@ -288,12 +288,14 @@ def prepare(sweep_files, datasets, root, inception, device):
 
     specs: dict = {}
     wants_inception = False
+    classifier_epochs = None
     try:
         for path in sweep_files:
             for run in load_sweep(path).runs:
                 d = run.spec.data
                 specs[(d.name, d.root)] = DataSpec(name=d.name, root=d.root, download=d.name in ("mnist", "fashion-mnist"))
                 wants_inception |= "fid_inception" in run.spec.eval.metrics
+                classifier_epochs = run.spec.eval.classifier_epochs or classifier_epochs
         for name in datasets:
             d = DataSpec(name=name, download=name in ("mnist", "fashion-mnist"), **({"root": root} if root else {}))
             d.validate("--dataset")
@@ -303,8 +305,12 @@ def prepare(sweep_files, datasets, root, inception, device):
     if not specs:
         _fail_invalid(SpecError("name a sweep file or --dataset"))
     report = run_prepare(list(specs.values()), inception=wants_inception if inception is None else inception,
-                         device=device, log=click.echo)
-    click.echo(f"prepared: {report}")
+                         device=device, classifier_epochs=classifier_epochs, log=click.echo)
+    for d in report["datasets"]:
+        click.echo(f"{d['name']}: classifier {d['classifier_path']} (test accuracy {d['test_accuracy']:.4f})")
+    if report["inception"]:
+        click.echo(f"inception weights: {report['inception']}")
+    click.echo(f"cache: {report['cache_dir']}; jobs can now run offline")
 
 
 @main.command("sbatch")

@@ -205,3 +205,21 @@ def test_missing_classifier_fails_early_naming_prepare(tmp_path, monkeypatch):
     status = rd.read_status()
     assert status["state"] == "failed" and "hpcdiff prepare" in status["error"]
     assert status.get("epoch", 0) == 0  # nothing was trained before the check
+
+
+def test_prepare_then_offline_run(tmp_path, monkeypatch):
+    """`hpcdiff prepare` builds the classifier a run needs; the run then works with
+    train_classifier = false (what a compute node without internet does)."""
+    monkeypatch.setenv("HPCDIFF_CACHE", str(tmp_path / "cache"))
+    sweep_file = tmp_path / "prep.toml"
+    sweep_file.write_text("[sweep]\nname = \"prep\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
+                          "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 1\n"
+                          "[eval]\ntrain_classifier = false\nclassifier_epochs = 1\nsamples = 16\n")
+    result = run_cli("prepare", sweep_file, "--no-inception")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and list((tmp_path / "cache").glob("classifier-mnist-5k-*.pt"))
+    result = run_cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
+    assert result.exit_code == 0, result.output
+    rd = next(RunDir(p) for p in (tmp_path / "runs" / "prep").iterdir() if p.is_dir())
+    assert rd.read_status()["state"] == "done"
+    assert np.isfinite(archive.read(rd.archive)["metrics"]["fid_classifier"]).all()

@@ -182,3 +182,46 @@ def test_injection_is_rejected_or_inert(slurm_env, tmp_path):
     rows = wait_until_ended(out / "quoted", 1, timeout=300)
     assert rows[0].state == "done"
     assert not marker.exists() and not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slurm
+def test_arrays_split_at_max_array_size_then_analyze(slurm_env, tmp_path, monkeypatch):
+    # The test cluster's MaxArraySize is 1001; pretend it is 3 so that 4 runs need 2 arrays.
+    import hpcdiff.launch.slurm as slurm_backend
+
+    monkeypatch.setattr(slurm_backend, "max_array_size", lambda: 3)
+    sweep_file = write_sweep(tmp_path, "split", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\ntrain.seed = [0, 1]\n",
+                             epochs=1)
+    out = tmp_path / "runs"
+    result = cli("sweep", sweep_file, "--output", out, "--then-analyze")
+    assert result.exit_code == 0, result.output
+    job_ids = [RunDir(p.path).read_status()["job_id"] for p in sweep_run_dirs(out / "split")]
+    arrays = {j.split("_")[0] for j in job_ids}
+    assert len(arrays) == 2 and sorted(int(j.split("_")[1]) for j in job_ids) == [0, 0, 1, 1]
+    assert "analysis job" in result.output
+    wait_until_ended(out / "split", 4, timeout=300)
+    index = tmp_path / "analysis" / "split" / "index.md"
+    deadline = time.monotonic() + 180
+    while not index.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert index.exists(), list((out / "split" / "slurm").glob("*/*.err"))
+    assert "4 runs, 4 done" in index.read_text()
+
+
+@pytest.mark.slurm
+def test_cancel_stops_jobs_which_keep_their_checkpoint(slurm_env, tmp_path):
+    sweep_file = write_sweep(tmp_path, "cancel", subset=30000, epochs=50)
+    out = tmp_path / "runs"
+    assert cli("sweep", sweep_file, "--output", out).exit_code == 0
+    rd = sweep_run_dirs(out / "cancel")[0]
+    deadline = time.monotonic() + 180
+    while rd.read_status().get("epoch", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    result = cli("cancel", out / "cancel")
+    assert "cancelled 1 jobs" in result.output
+    rows = wait_until_ended(out / "cancel", 1, timeout=180)
+    assert rows[0].state == "timeout"  # SIGTERM: checkpoint written, not marked failed
+    assert rd.read_status()["job_id"] not in squeue_ids()
+    from hpcdiff import checkpoint
+
+    assert checkpoint.list_epochs(rd.checkpoints)

@@ -31,7 +31,12 @@ class TrainJob:
 
 def analyze_job(sweep_dir: str) -> str:
     """The --then-analyze job: runs after every array of the sweep has ended."""
+    from pathlib import Path
+
     from ..analysis import analyze
 
-    result = analyze(sweep_dir)
+    # Where `hpcdiff analyze` would write when run beside the output folder:
+    # <output>/../analysis/<sweep name>/.
+    sweep = Path(sweep_dir).absolute()
+    result = analyze(sweep, sweep.parent.parent / "analysis" / sweep.name)
     return str(result.out_dir)
