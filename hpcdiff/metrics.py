@@ -332,6 +332,36 @@ def ssim(ctx: MetricContext) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- Inception FID
 
+@METRICS.register("tsne_kl")
+def tsne_kl(ctx: MetricContext) -> dict[str, float]:
+    """Report B's analysis: a 2-D t-SNE of the classifier features of up to 200 samples and
+    up to 2,000 real held-out images (embedded together), a 10-component Gaussian mixture
+    fitted to each embedded set, and KL(P_real || Q_samples) by Monte Carlo (nats).
+    An optional extra: needs scikit-learn (`pip install 'hpcdiff[tsne]'`); off by default."""
+    try:
+        from sklearn.manifold import TSNE
+        from sklearn.mixture import GaussianMixture
+    except ImportError:
+        raise MissingAssetError("tsne_kl needs scikit-learn: pip install 'hpcdiff[tsne]'") from None
+    import numpy as np
+
+    clf = ctx.need_classifier("tsne_kl")
+    sample_features, _ = ctx.sample_outputs("tsne_kl")
+    real = ctx.need_real("tsne_kl")[:2000]
+    real_features, _ = clf.outputs(real)
+    fs = sample_features[:200].double().cpu().numpy()
+    fr = real_features.double().cpu().numpy()
+    both = np.concatenate([fs, fr])
+    perplexity = float(min(30.0, (len(both) - 1) / 3))
+    embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=ctx.seed).fit_transform(both)
+    es, er = embedded[: len(fs)], embedded[len(fs):]
+    k = min(10, len(es), len(er))
+    p = GaussianMixture(k, random_state=ctx.seed, reg_covar=1e-3).fit(er)
+    q = GaussianMixture(k, random_state=ctx.seed, reg_covar=1e-3).fit(es)
+    draws, _ = p.sample(20_000)
+    return {"tsne_kl": float(np.mean(p.score_samples(draws) - q.score_samples(draws)))}
+
+
 def inception_weights_candidates(cache_dir=None) -> list[Path]:
     """Where fid_inception looks, in order: the hpcdiff cache, then torch hub's checkpoint
     directory (where torch-fidelity's own download puts it)."""

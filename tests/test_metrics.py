@@ -309,3 +309,13 @@ def test_training_a_classifier_leaves_the_callers_rng_alone(mnist):
 def _tiny(mnist):
     from hpcdiff.data import Dataset, to_uint8
     return Dataset(to_uint8(mnist["test"][:256]), mnist["test_labels"][:256])
+
+
+def test_tsne_kl_small_for_real_digits_and_large_for_noise(clf, mnist, stats):
+    """Report B's t-SNE + 10-component GMM KL: held-out real digits against real digits are
+    close; uniform noise images are far."""
+    real = compute_metrics(["tsne_kl"], ctx(mnist["train"][:200], mnist["test"], clf, stats))
+    noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(2)) - 0.5
+    fake = compute_metrics(["tsne_kl"], ctx(noise, mnist["test"], clf, stats))
+    assert real["tsne_kl"] >= -0.5  # a Monte Carlo estimate of a KL: >= 0 up to sampling error
+    assert fake["tsne_kl"] > 3 * max(real["tsne_kl"], 0.5)
