@@ -78,11 +78,16 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     if not plan.to_launch:
         console.print("Nothing to do: every run is finished or running. (--force reruns finished runs.)")
     else:
+        from .launch.slurm import SlurmError
+
         try:
             report = execute_plan(plan, executor=executor, concurrency=concurrency, then_analyze=then_analyze,
                                   processes=processes)
         except (SpecError, ValueError) as err:
             _fail_invalid(err)
+        except SlurmError as err:
+            click.echo(f"error: {err}", err=True)
+            sys.exit(1)
         failed = [r for r, s in report.results.items() if s == "failed"]
         console.print(f"{report.executor}: launched {len(report.launched)} runs"
                       + (f", [red]{len(failed)} failed[/]: {', '.join(failed)}" if failed else ""))

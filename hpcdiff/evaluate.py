@@ -31,9 +31,15 @@ class Evaluator:
 
             self.classifier = get_classifier(spec.data, device=device, train_if_missing=spec.eval.train_classifier,
                                              epochs=spec.eval.classifier_epochs or None)
-        n_real = min(len(test), max(REAL_IMAGES, spec.eval.samples))
+        # Two disjoint halves of the held-out set: the reference statistics, and the images
+        # cold-diffusion sampling and reconstructions start from (otherwise samples would be
+        # restorations of the very images they are compared with).
+        half = len(test) // 2
+        n_real = min(half, REAL_IMAGES)
         self.real = to_model_range(test.images[:n_real], device)
         self.real_labels = test.labels[:n_real].to(device)
+        self.starts = to_model_range(test.images[half:], device)
+        self.start_labels = test.labels[half:].to(device)
         self.stats_cache = StatsCache()
         key = getattr(self.classifier, "cache_key", "none")
         self.real_id = f"{key}/test/{n_real}"
@@ -71,15 +77,15 @@ class Evaluator:
         shape = tuple(self.real.shape[1:])
         for start in range(0, n, SAMPLE_BATCH):
             k = min(SAMPLE_BATCH, n - start)
-            x_T, _ = core.start(k, shape, generator=g, device=self.device, test_images=self.real)
+            x_T, _ = core.start(k, shape, generator=g, device=self.device, test_images=self.starts)
             parts.append(core.sample(x_T, generator=g))
         return torch.cat(parts)
 
     def _reconstructions(self, core, seed: int) -> dict[str, float]:
         """Held-out images degraded to level T, restored in one step (direct) and by the
         sampler (full), against the ground truth: the reports' per-digit table."""
-        n = min(self.spec.eval.samples, len(self.real))
-        x0, labels = self.real[:n], self.real_labels[:n]
+        n = min(self.spec.eval.samples, len(self.starts))
+        x0, labels = self.starts[:n], self.start_labels[:n]
         T = core.n_T
         out: dict[str, float] = {}
         direct, full, degraded = [], [], []

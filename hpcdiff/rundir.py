@@ -103,11 +103,18 @@ class RunDir:
         """An exclusive lock held for the whole training process (released by the OS when
         the process dies, so a killed run never stays locked)."""
         f = open(self.lock_path, "a")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.close()
-            raise RunBusyError(f"run {self.path} is being trained by another process") from None
+        # A status probe (is_locked) holds the lock for microseconds: retry briefly before
+        # concluding that another trainer owns the run.
+        deadline = time.monotonic() + 2.0
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    f.close()
+                    raise RunBusyError(f"run {self.path} is being trained by another process") from None
+                time.sleep(0.05)
         f.seek(0)
         f.truncate()
         f.write(f"{socket.gethostname()} {os.getpid()}\n")

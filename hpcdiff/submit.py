@@ -65,6 +65,9 @@ def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides
 def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 1,
                  show_progress: bool = True, then_analyze: bool = False, processes: int = 1) -> LaunchReport:
     """Write the run directories and hand the runs to the executor."""
+    # The executor first: one that cannot run here fails before anything is written.
+    backend = get_executor(executor, concurrency=concurrency, show_progress=show_progress,
+                           then_analyze=then_analyze, processes=processes)
     source_text = Path(plan.sweep.source).read_text() if plan.sweep.source else ""
     update_manifest(plan.sweep_dir, plan.sweep, source_text)
     by_id = {r.run_id: r for r in plan.sweep.runs}
@@ -74,8 +77,6 @@ def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 
                          axes=run.axes, label=run.label)
         if pr.action == "rerun":
             _archive_previous(pr.run_dir)
-    backend = get_executor(executor, concurrency=concurrency, show_progress=show_progress,
-                           then_analyze=then_analyze, processes=processes)
     return backend.launch(plan.sweep_dir, [pr.run_dir for pr in plan.to_launch])
 
 

@@ -116,8 +116,9 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
                             path=f"sweep.{key}")
 
     name = sweep_table.get("name", name_default)
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise SpecError(f"must be letters, digits, '-', '_' or '.', got {name!r}", path="sweep.name")
+    if (not isinstance(name, str) or not name or name.startswith(".")
+            or not all(c.isalnum() or c in "-_." for c in name)):
+        raise SpecError(f"must be letters, digits, '-', '_' or '.' (not first), got {name!r}", path="sweep.name")
 
     axes = _axes(sweep_table)
     seeds = sweep_table.get("seeds")

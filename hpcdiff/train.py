@@ -67,6 +67,11 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
             log.warning("%s: checkpoint written, stopping", stop)
         _hand_on_to_submitit(stop.signum)
         return "timeout"
+    except SystemExit:
+        # e.g. submitit's requeue handler exiting before training installed its own
+        if main:
+            rd.write_status(state="timeout")
+        raise
     except BaseException as err:
         if main:
             rd.write_status(state="failed", error=f"{type(err).__name__}: {err}",
@@ -125,7 +130,8 @@ def _rng_state() -> dict:
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's device only: a resume may see a different number of GPUs.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -135,13 +141,15 @@ def _set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 @contextmanager
 def _stop_on_signals(flag: dict):
     def handler(signum, frame):
-        flag["stop"] = signum
+        # USR2 (submitit's "checkpoint and requeue") wins over a SIGTERM arriving with it.
+        if signum == signal.SIGUSR2 or "stop" not in flag:
+            flag["stop"] = signum
 
     previous = {}
     for sig in STOP_SIGNALS:
@@ -276,7 +284,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 loss_sum += loss.detach()
                 step += 1
                 progress.advance(loss)
-                if _stop_agreed(flag, accelerator):
+                # Only at an optimiser step: gradients accumulated in between are not checkpointed.
+                if accelerator.sync_gradients and _stop_agreed(flag, accelerator):
                     elapsed += time.perf_counter() - tic
                     if main:
                         save_checkpoint(epoch - 1, partial={"epoch": epoch, "batch": i + 1,
@@ -340,10 +349,12 @@ def _stop_agreed(flag: dict, accelerator) -> bool:
     """Whether any rank was signalled; every rank then stops after the same batch."""
     if accelerator.num_processes == 1:
         return bool(flag.get("stop"))
-    signalled = torch.tensor([int(flag.get("stop", 0))], device=accelerator.device)
+    # 2 = USR2 (requeue), 1 = any other stop signal: the requeue wins on every rank.
+    mine = {0: 0, int(signal.SIGUSR2): 2}.get(int(flag.get("stop", 0)), 1)
+    signalled = torch.tensor([mine], device=accelerator.device)
     torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)
     if signalled.item():
-        flag["stop"] = int(signalled.item())
+        flag["stop"] = int(signal.SIGUSR2) if signalled.item() == 2 else flag.get("stop") or int(signal.SIGTERM)
     return bool(signalled.item())
 
 

@@ -1,17 +1,16 @@
 """Backends that execute runs: what runs (``hpcdiff train RUN_DIR``) is kept apart from how.
 
 Every backend implements ``Executor.launch(sweep_dir, run_dirs) -> LaunchReport``. The
-choice is made by name; ``auto`` picks SLURM where ``sbatch`` is on PATH and a SLURM
-backend is installed, local processes otherwise.
+choice is made by name; ``auto`` picks SLURM where ``sbatch`` is on PATH and a cluster
+answers, local processes otherwise.
 """
 
 from __future__ import annotations
 
-import shutil
-
 from .base import Executor, LaunchReport
 from .debug import DebugExecutor
 from .local import LocalExecutor
+from . import slurm
 from .slurm import SlurmExecutor
 
 BACKENDS: dict[str, type] = {"local": LocalExecutor, "debug": DebugExecutor, "slurm": SlurmExecutor}
@@ -20,7 +19,7 @@ CHOICES = ("auto", "local", "debug", "slurm")
 
 def resolve_executor_name(name: str) -> str:
     if name == "auto":
-        return "slurm" if shutil.which("sbatch") and "slurm" in BACKENDS else "local"
+        return "slurm" if slurm.cluster_reachable() else "local"
     return name
 
 

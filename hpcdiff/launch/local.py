@@ -38,34 +38,53 @@ class LocalExecutor(Executor):
         queue = list(run_dirs)
         running: dict[str, tuple[subprocess.Popen, RunDir]] = {}
         env = dict(os.environ)
+        # Inside a multi-task SLURM allocation each child would otherwise take itself for a
+        # rank of that step and wait for peers that never come.
+        for key in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_LOCALID"):
+            env.pop(key, None)
         workers = self.concurrency * self.processes
         if workers > 1 and "OMP_NUM_THREADS" not in env:
             # Share the cores instead of oversubscribing them.
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
         with _SweepProgress(self.show_progress, run_dirs) as progress:
-            while queue or running:
-                while queue and len(running) < self.concurrency:
-                    rd = queue.pop(0)
-                    out = open(rd.path / "stdout.txt", "ab")
-                    proc = subprocess.Popen(train_command(rd.path, self.processes), stdout=out, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True)
-                    out.close()
-                    running[rd.run_id] = (proc, rd)
-                    report.launched.append(rd.run_id)
-                for run_id, (proc, rd) in list(running.items()):
-                    code = proc.poll()
-                    if code is not None:
-                        del running[run_id]
-                        state = rd.read_status().get("state", "failed")
-                        report.results[run_id] = state if code == 0 else "failed"
-                progress.refresh(running, report.results)
-                if running:
+            try:
+                self._loop(queue, running, env, report, progress)
+            finally:
+                # Ctrl-C (or any error) here: stop the trainings too; SIGTERM makes each
+                # write a checkpoint, so rerunning the sweep resumes them.
+                for proc, _rd in running.values():
+                    if proc.poll() is None:
+                        proc.terminate()
+                for proc, _rd in running.values():
                     try:
-                        # Wakes when the oldest child exits; the timeout only paces the display.
-                        next(iter(running.values()))[0].wait(timeout=POLL_SECONDS)
+                        proc.wait(timeout=60)
                     except subprocess.TimeoutExpired:
-                        pass
+                        proc.kill()
         return report
+
+    def _loop(self, queue, running, env, report, progress) -> None:
+        while queue or running:
+            while queue and len(running) < self.concurrency:
+                rd = queue.pop(0)
+                out = open(rd.path / "stdout.txt", "ab")
+                proc = subprocess.Popen(train_command(rd.path, self.processes), stdout=out,
+                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                out.close()
+                running[rd.run_id] = (proc, rd)
+                report.launched.append(rd.run_id)
+            for run_id, (proc, rd) in list(running.items()):
+                code = proc.poll()
+                if code is not None:
+                    del running[run_id]
+                    state = rd.read_status().get("state", "failed")
+                    report.results[run_id] = state if code == 0 else "failed"
+            progress.refresh(running, report.results)
+            if running:
+                try:
+                    # Wakes when the oldest child exits; the timeout only paces the display.
+                    next(iter(running.values()))[0].wait(timeout=POLL_SECONDS)
+                except subprocess.TimeoutExpired:
+                    pass
 
 
 class _SweepProgress:

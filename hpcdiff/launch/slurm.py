@@ -40,6 +40,17 @@ def sbatch_available() -> bool:
     return shutil.which("sbatch") is not None
 
 
+def cluster_reachable() -> bool:
+    """sbatch is installed and a controller answers (slurm-client alone, with no cluster
+    configured, is common on workstations: there the local executor is the right default)."""
+    if not sbatch_available() or shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def max_array_size() -> int:
     """MaxArraySize from `scontrol show config` (array indices must stay below it)."""
     try:
@@ -171,11 +182,17 @@ class SlurmExecutor(Executor):
             executor.update_parameters(**executor_parameters(group.spec, f"hpcdiff-{Path(sweep_dir).name}"))
             for start in range(0, len(group.runs), limit):
                 chunk = group.runs[start:start + limit]
-                with executor.batch():
-                    jobs = [executor.submit(TrainJob(str(rd.path))) for rd in chunk]
+                # Before submitting: a task that starts and ends at once must not have its
+                # final state overwritten by this launcher afterwards.
+                for rd in chunk:
+                    rd.write_status(state="pending", submitted=time.time(), error=None, traceback=None)
+                try:
+                    with executor.batch():
+                        jobs = [executor.submit(TrainJob(str(rd.path))) for rd in chunk]
+                except submitit.core.utils.FailedJobError as err:
+                    raise SlurmError(f"sbatch refused the array: {err}") from None
                 for rd, job in zip(chunk, jobs):
-                    rd.write_status(state="pending", job_id=job.job_id, submitted=time.time(),
-                                    error=None, traceback=None)
+                    rd.write_status(job_id=job.job_id)
                     report.launched.append(rd.run_id)
                     report.job_ids[rd.run_id] = job.job_id
                 if jobs:
