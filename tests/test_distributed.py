@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from hpcdiff import archive, checkpoint
 from hpcdiff.cli import main
 from hpcdiff.distributed import env_from_slurm, first_host
-from hpcdiff.rundir import RunDir, sweep_run_dirs, update_manifest, write_run_config
-from hpcdiff.submit import plan_sweep
+from hpcdiff.rundir import sweep_run_dirs
+from helpers import make_run_dir
 
 # Per-epoch mean losses of a 2-process run vs a 1-process run with the same global batch:
 # the two draw different noise (one stream per rank), so they agree statistically, not bitwise.
@@ -31,15 +31,6 @@ def _env():
     env["PYTHONPATH"] = os.pathsep.join([str(__import__("pathlib").Path(__file__).parent.parent),
                                          env.get("PYTHONPATH", "")])
     return env
-
-
-def _make_run(sweep_file, out):
-    plan = plan_sweep(sweep_file, output=out)
-    run = plan.sweep.runs[0]
-    rd = RunDir(plan.sweep_dir / run.run_id)
-    write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes={}, label="")
-    update_manifest(plan.sweep_dir, plan.sweep, sweep_file.read_text())
-    return rd
 
 
 def _reference(sweep_file, tmp_path):
@@ -64,7 +55,7 @@ def test_env_from_slurm_derives_rendezvous():
 def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path):
     sweep_file = tiny_sweep("[sweep]\nname = \"ddp\"\n", epochs=3, subset=1280)
     reference = _reference(sweep_file, tmp_path)
-    rd = _make_run(sweep_file, tmp_path / "runs")
+    rd = make_run_dir(sweep_file, tmp_path / "runs")
     # accelerate 1.x starts several CPU processes through its multi-GPU (torchrun) launcher;
     # Accelerator(cpu=True) then uses gloo. (--cpu alone expects MPI for more than one.)
     proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
@@ -85,7 +76,7 @@ def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path):
 
 def test_resume_with_another_world_size(tiny_sweep, tmp_path):
     sweep_file = tiny_sweep("[sweep]\nname = \"ws\"\n", epochs=4, subset=1920)
-    rd = _make_run(sweep_file, tmp_path / "runs")
+    rd = make_run_dir(sweep_file, tmp_path / "runs")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                              "-m", "hpcdiff", "train", str(rd.path)], env=_env(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

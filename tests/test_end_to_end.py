@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from hpcdiff import archive
 from hpcdiff.cli import main
 from hpcdiff.rundir import RunDir
+from helpers import make_run_dir
 
 
 def run_cli(*args):
@@ -89,15 +90,7 @@ def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
     assert dry.exit_code == 2  # epochs=0 is invalid: nothing was written
     assert not out.exists()
 
-    # Create the run directory without training (a 0-run launch is not possible, so write it).
-    from hpcdiff.submit import plan_sweep
-    from hpcdiff.rundir import update_manifest, write_run_config
-
-    plan = plan_sweep(sweep_file, output=out)
-    run = plan.sweep.runs[0]
-    rd = RunDir(out / "kill" / run.run_id)
-    write_run_config(rd, run.spec, run_id=run.run_id, sweep="kill", axes={}, label="")
-    update_manifest(out / "kill", plan.sweep, sweep_file.read_text())
+    rd = make_run_dir(sweep_file, out)
 
     proc = subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -154,15 +147,8 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
     ref_dir = next(p for p in (tmp_path / "ref" / "term").iterdir() if p.is_dir())
     reference = archive.read(ref_dir / "archive.h5")["metrics"]
 
-    from hpcdiff.rundir import update_manifest, write_run_config
-    from hpcdiff.submit import plan_sweep
-
     out = tmp_path / "runs"
-    plan = plan_sweep(sweep_file, output=out)
-    run = plan.sweep.runs[0]
-    rd = RunDir(out / "term" / run.run_id)
-    write_run_config(rd, run.spec, run_id=run.run_id, sweep="term", axes={}, label="")
-    update_manifest(out / "term", plan.sweep, sweep_file.read_text())
+    rd = make_run_dir(sweep_file, out)
     proc = subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -1,0 +1,15 @@
+"""Small helpers shared by test modules (tests/ is on sys.path)."""
+
+from hpcdiff.rundir import RunDir, update_manifest, write_run_config
+from hpcdiff.submit import plan_sweep
+
+
+def make_run_dir(sweep_file, out) -> RunDir:
+    """Write the first run of a sweep to disk, as `hpcdiff sweep` would, without training it
+    (so a test can start `hpcdiff train` itself and signal or kill it)."""
+    plan = plan_sweep(sweep_file, output=out)
+    run = plan.sweep.runs[0]
+    rd = RunDir(plan.sweep_dir / run.run_id)
+    write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
+    update_manifest(plan.sweep_dir, plan.sweep, sweep_file.read_text())
+    return rd
