@@ -77,8 +77,9 @@ def _wait_for(predicate, timeout, what):
 
 
 def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
-    epochs = 6
-    sweep_file = tiny_sweep("[sweep]\nname = \"kill\"\n", epochs=epochs, subset=640)
+    # Enough epochs that the kill lands well before the end even on an idle machine.
+    epochs = 8
+    sweep_file = tiny_sweep("[sweep]\nname = \"kill\"\n", epochs=epochs, subset=1280)
     out = tmp_path / "runs"
     # Reference: the same run uninterrupted, elsewhere.
     ref = run_cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
