@@ -14,6 +14,8 @@ import click
 from .spec import SpecError
 
 EXIT_INVALID = 2
+# The names in hpcdiff.launch.CHOICES, spelled out so `--help` does not import the backends.
+EXECUTORS = ["auto", "local", "debug", "slurm"]
 
 
 def _console():
@@ -36,7 +38,7 @@ def main():
 
 @main.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--executor", type=click.Choice(["auto", "local", "debug", "slurm"]), default="auto",
+@click.option("--executor", type=click.Choice(EXECUTORS), default="auto",
               show_default=True, help="auto: slurm where sbatch exists, else local processes.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="Runs land in OUTPUT/<sweep name>/<run id>/.")

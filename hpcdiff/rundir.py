@@ -23,8 +23,6 @@ from . import tomlio
 from .checkpoint import atomic_write_bytes
 from .spec import RunSpec, SpecError
 
-STATES = ("pending", "running", "done", "failed", "timeout")
-FINISHED = ("done",)
 
 
 class RunBusyError(RuntimeError):

@@ -101,3 +101,10 @@ def test_int_accepted_for_float_but_not_bool():
     assert spec.train.lr == 1.0 and isinstance(spec.train.lr, float)
     with pytest.raises(SpecError, match="train.lr"):
         RunSpec.from_dict({"train": {"lr": True}})
+
+
+def test_cli_executor_names_match_the_backends():
+    from hpcdiff.cli import EXECUTORS
+    from hpcdiff.launch import BACKENDS, CHOICES
+
+    assert EXECUTORS == list(CHOICES) and set(CHOICES) - {"auto"} == set(BACKENDS)

@@ -16,8 +16,6 @@ class LaunchReport:
 
 class Executor:
     name = "base"
-    # True when launch() returns only after the runs finished (local, debug).
-    blocking = True
 
     def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
         raise NotImplementedError

@@ -162,7 +162,6 @@ def submitit_folder(sweep_dir: Path) -> Path:
 
 class SlurmExecutor(Executor):
     name = "slurm"
-    blocking = False
 
     def __init__(self, then_analyze: bool = False, **_ignored):
         if not sbatch_available():
