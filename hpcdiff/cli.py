@@ -242,6 +242,34 @@ def bench_degradations(batch_size, device):
     _console().print(format_degradation_report(benchmark_degradations_vs_step(batch_size=batch_size, device=device)))
 
 
+@bench.command("eval")
+@click.option("--degradations", default="gaussian,impulse,pixel_swap,blur", show_default=True,
+              help="Comma-separated degradations, each at its recipe n_T.")
+@click.option("--set", "overrides", multiple=True, metavar="eval.KEY=VALUE",
+              help="Override an [eval] setting, e.g. --set eval.samples=1000.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--data", "data_name", default="mnist-5k", show_default=True,
+              help="Dataset of the held-out images and the classifier.")
+def bench_eval(degradations, overrides, device, data_name):
+    """Time of one evaluation at the [eval] defaults vs one training epoch of full MNIST size."""
+    from .bench_eval import benchmark_eval, format_eval_report
+    from .spec import SpecError
+    from .sweep import parse_overrides
+
+    try:
+        eval_overrides = {}
+        for parts, value in parse_overrides(list(overrides)):
+            if parts[0] != "eval" or len(parts) != 2:
+                raise SpecError(f"bench eval takes eval.KEY overrides only, got {'.'.join(parts)!r}")
+            eval_overrides[parts[1]] = value
+        names = [n.strip() for n in degradations.split(",") if n.strip()]
+        results = benchmark_eval(degradations=names, device=device, data_name=data_name,
+                                 eval_overrides=eval_overrides, log=click.echo)
+    except SpecError as err:
+        _fail_invalid(err)
+    _console().print(format_eval_report(results))
+
+
 @main.command()
 @click.option("--list", "list_names", is_flag=True, help="Print the registered degradation names.")
 @click.option("--names", default="", help="Comma-separated degradations to draw (default: all).")
@@ -285,8 +313,11 @@ def degrade(list_names, names, out, data_name, root):
 @click.option("--root", default=None, help="data.root for --dataset.")
 @click.option("--inception/--no-inception", default=None,
               help="Fetch the Inception weights for fid_inception (default: when a sweep asks for it).")
+@click.option("--inception-url", default=None,
+              help="Where to fetch the Inception weights (a mirror URL, file:// URL or path); "
+                   "default $HPCDIFF_INCEPTION_URL or torch-fidelity's release.")
 @click.option("--device", default="cpu", show_default=True)
-def prepare(sweep_files, datasets, root, inception, device):
+def prepare(sweep_files, datasets, root, inception, inception_url, device):
     """On a login node (with internet): download the datasets and Inception weights the
     sweeps need and train the feature classifiers, so jobs run offline."""
     from .prepare import prepare as run_prepare
@@ -311,8 +342,16 @@ def prepare(sweep_files, datasets, root, inception, device):
         _fail_invalid(err)
     if not specs:
         _fail_invalid(SpecError("name a sweep file or --dataset"))
-    report = run_prepare(list(specs.values()), inception=wants_inception if inception is None else inception,
-                         device=device, classifier_epochs=classifier_epochs, log=click.echo)
+    from .classifier import MissingAssetError
+    from .data import DataError
+
+    try:
+        report = run_prepare(list(specs.values()), inception=wants_inception if inception is None else inception,
+                             device=device, classifier_epochs=classifier_epochs, inception_url=inception_url,
+                             log=click.echo)
+    except (MissingAssetError, DataError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
     for d in report["datasets"]:
         click.echo(f"{d['name']}: classifier {d['classifier_path']} (test accuracy {d['test_accuracy']:.4f})")
     if report["inception"]:

@@ -38,6 +38,14 @@ def _sampler(name: str, kind: str):
     return decorator
 
 
+def sampling_times(n_T: int, steps: int) -> list[int]:
+    """The timesteps (levels) a sampler visits, from n_T down to 1: all of them when
+    ``steps`` is 0 or >= n_T, otherwise ``steps`` evenly spaced ones (n_T and 1 included)."""
+    if not steps or steps >= n_T:
+        return list(range(n_T, 0, -1))
+    return torch.linspace(n_T, 1, max(steps, 2)).round().long().unique_consecutive().tolist()
+
+
 def _randn(shape, generator, device):
     # Draw on the generator's device (a CPU generator gives the same images on any device).
     gen_device = generator.device if generator is not None else device
@@ -57,7 +65,24 @@ def ddpm_schedules(beta1: float, beta2: float, n_T: int) -> dict[str, torch.Tens
     return {"beta_t": beta_t, "alpha_t": alpha_t}
 
 
-class GaussianDDPM(nn.Module):
+class _Sampling(nn.Module):
+    """What both processes share: ``n_T``, ``sampler`` and ``sample_steps`` pick the sampler."""
+
+    n_T: int
+    sampler: str
+    sample_steps: int
+
+    @torch.no_grad()
+    def sample(self, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
+               sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
+        """Images from x_T with the run's sampler and step count, or with the ones given
+        (evaluation samples with fewer steps than the run's own sampler)."""
+        name = sampler or self.sampler
+        times = sampling_times(self.n_T, self.sample_steps if steps is None else steps)
+        return SAMPLERS.get(name)(self, x_T, generator=generator, times=times)
+
+
+class GaussianDDPM(_Sampling):
     """DDPM exactly as the coursework starter: the network predicts the noise eps."""
 
     kind = "gaussian"
@@ -86,32 +111,35 @@ class GaussianDDPM(nn.Module):
         """x_T: standard normal noise (the known prior)."""
         return _randn((n, *size), generator, device), "noise"
 
-    @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        return SAMPLERS.get(self.sampler)(self, x_T, generator=generator)
-
 
 @_sampler("ancestral", "gaussian")
-def ancestral(ddpm: GaussianDDPM, x_T, *, generator):
-    """The starter's ancestral sampler, from t = n_T down to 1."""
+def ancestral(ddpm: GaussianDDPM, x_T, *, generator, times=None):
+    """The starter's ancestral sampler, from t = n_T down to 1. On a subsequence of the
+    timesteps it uses the respaced betas 1 - alpha_bar_t / alpha_bar_prev (Nichol & Dhariwal
+    2021), which are the starter's betas when no step is skipped."""
+    times = times or list(range(ddpm.n_T, 0, -1))
     one = torch.ones(x_T.shape[0], device=x_T.device)
+    full = len(times) == ddpm.n_T
     z_t = x_T
-    for i in range(ddpm.n_T, 0, -1):
+    for k, i in enumerate(times):
         alpha_t = ddpm.alpha_t[i]
-        beta_t = ddpm.beta_t[i]
+        if full:
+            beta_t = ddpm.beta_t[i]
+        else:
+            prev = times[k + 1] if k + 1 < len(times) else 0
+            beta_t = 1 - alpha_t / ddpm.alpha_t[prev]
         z_t = z_t - (beta_t / torch.sqrt(1 - alpha_t)) * ddpm.gt(z_t, (i / ddpm.n_T) * one)
         z_t = z_t / torch.sqrt(1 - beta_t)
-        if i > 1:
+        if k + 1 < len(times):
             z_t = z_t + torch.sqrt(beta_t) * _randn(z_t.shape, generator, z_t.device)
     return z_t
 
 
 @_sampler("ddim", "gaussian")
-def ddim(ddpm: GaussianDDPM, x_T, *, generator):
-    """Deterministic DDIM (eta = 0) on ``sample_steps`` evenly spaced steps of the same
-    schedule; the last step returns the predicted x0."""
-    steps = ddpm.sample_steps or ddpm.n_T
-    times = torch.linspace(ddpm.n_T, 1, steps).round().long().unique_consecutive().tolist()
+def ddim(ddpm: GaussianDDPM, x_T, *, generator, times=None):
+    """Deterministic DDIM (eta = 0) on evenly spaced steps of the same schedule
+    (``sample_steps``); the last step returns the predicted x0."""
+    times = times or list(range(ddpm.n_T, 0, -1))
     one = torch.ones(x_T.shape[0], device=x_T.device)
     z = x_T
     for k, t in enumerate(times):
@@ -128,15 +156,16 @@ def ddim(ddpm: GaussianDDPM, x_T, *, generator):
 # --------------------------------------------------------------------------- cold diffusion
 
 
-class ColdDiffusion(nn.Module):
+class ColdDiffusion(_Sampling):
     """Cold diffusion: x_t = D(x0, t) for a registered degradation; R(x_t, t/T) ~ x0."""
 
     kind = "cold"
 
     def __init__(self, model: nn.Module, *, degradation: str, schedule: str, params: dict, n_T: int,
                  loss: str = "l1", sampler: str = "cold_alg2", sample_start: str = "degraded_test",
-                 start_noise: float = 0.002, noise_seed: int = 0):
+                 start_noise: float = 0.002, noise_seed: int = 0, sample_steps: int = 0):
         super().__init__()
+        self.sample_steps = sample_steps
         self.gt = model
         self.degradation, self.schedule, self.params = degradation, schedule, dict(params)
         self.n_T = n_T
@@ -179,35 +208,37 @@ class ColdDiffusion(nn.Module):
         t = torch.full((n,), self.n_T, dtype=torch.long, device=device)
         return self.degrade(x0, t, generator), "maximally degraded test images"
 
-    @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-        return SAMPLERS.get(self.sampler)(self, x_T, generator=generator)
-
     def reconstruct_direct(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """One restoration step (the reports' 'direct reconstruction')."""
         return self.restore(x_t, t)
 
 
 @_sampler("cold_alg1", "cold")
-def cold_alg1(cd: ColdDiffusion, x_T, *, generator, restorer=None):
-    """Bansal et al. Algorithm 1: x_{s-1} = D(R(x_s, s), s - 1)."""
+def cold_alg1(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
+    """Bansal et al. Algorithm 1: x_{s'} = D(R(x_s, s), s') for the next level s' < s
+    (s' = s - 1 unless levels are skipped)."""
     restore = restorer or cd.restore
+    times = times or list(range(cd.n_T, 0, -1))
     x = x_T
-    for s in range(cd.n_T, 0, -1):
+    for k, s in enumerate(times):
+        nxt = times[k + 1] if k + 1 < len(times) else 0
         x0_hat = restore(x, s)
-        x = cd.degrade(x0_hat, s - 1, cd.level_generator(s - 1))
+        x = cd.degrade(x0_hat, nxt, cd.level_generator(nxt))
     return x
 
 
 @_sampler("cold_alg2", "cold")
-def cold_alg2(cd: ColdDiffusion, x_T, *, generator, restorer=None):
-    """Bansal et al. Algorithm 2: x_{s-1} = x_s - D(x0_hat, s) + D(x0_hat, s - 1).
-    With a perfect restorer it returns x0 exactly (the D terms telescope)."""
+def cold_alg2(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
+    """Bansal et al. Algorithm 2: x_{s'} = x_s - D(x0_hat, s) + D(x0_hat, s') for the next
+    level s' < s. With a perfect restorer it returns x0 exactly (the D terms telescope), for
+    any subsequence of levels."""
     restore = restorer or cd.restore
+    times = times or list(range(cd.n_T, 0, -1))
     x = x_T
-    for s in range(cd.n_T, 0, -1):
+    for k, s in enumerate(times):
+        nxt = times[k + 1] if k + 1 < len(times) else 0
         x0_hat = restore(x, s)
-        x = x - cd.degrade(x0_hat, s, cd.level_generator(s)) + cd.degrade(x0_hat, s - 1, cd.level_generator(s - 1))
+        x = x - cd.degrade(x0_hat, s, cd.level_generator(s)) + cd.degrade(x0_hat, nxt, cd.level_generator(nxt))
     return x
 
 
@@ -222,7 +253,7 @@ def build_diffusion(spec: RunSpec, model: nn.Module) -> nn.Module:
                             sampler=d.sampler, sample_steps=d.sample_steps)
     return ColdDiffusion(model, degradation=deg.name, schedule=deg.schedule, params=deg.params,
                          n_T=d.n_T, loss=d.loss, sampler=d.sampler, sample_start=d.sample_start,
-                         start_noise=d.start_noise, noise_seed=spec.train.seed)
+                         start_noise=d.start_noise, noise_seed=spec.train.seed, sample_steps=d.sample_steps)
 
 
 def resolve_spec(spec: RunSpec) -> RunSpec:
@@ -237,9 +268,13 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     if start == "auto":
         start = "noise" if gaussian else "degraded_test"
     schedule = spec.degradation.schedule or default_schedule(name)
+    eval_sampler = spec.eval.sampler
+    if eval_sampler == "auto":
+        eval_sampler = "ddim" if gaussian else sampler
     return spec.replace(
         diffusion=dataclasses.replace(d, n_T=n_T, sampler=sampler, sample_start=start),
         degradation=dataclasses.replace(spec.degradation, schedule=schedule),
+        eval=dataclasses.replace(spec.eval, sampler=eval_sampler),
     )
 
 
@@ -268,15 +303,16 @@ def validate_spec(spec: RunSpec) -> RunSpec:
         if default is not None and not ok:
             raise SpecError(f"expected {type(default).__name__}, got {value!r}", path=f"degradation.params.{key}")
     d = spec.diffusion
-    if d.sampler != "auto":
-        if d.sampler not in SAMPLERS:
-            raise SpecError(unknown_name_message("sampler", d.sampler, ["auto", *SAMPLERS.names()]),
-                            path="diffusion.sampler")
-        kind = "gaussian" if deg.name == "gaussian" else "cold"
-        if SAMPLER_KIND[d.sampler] != kind:
+    kind = "gaussian" if deg.name == "gaussian" else "cold"
+    for path, sampler in (("diffusion.sampler", d.sampler), ("eval.sampler", spec.eval.sampler)):
+        if sampler == "auto":
+            continue
+        if sampler not in SAMPLERS:
+            raise SpecError(unknown_name_message("sampler", sampler, ["auto", *SAMPLERS.names()]), path=path)
+        if SAMPLER_KIND[sampler] != kind:
             fitting = [n for n, k in SAMPLER_KIND.items() if k == kind]
-            raise SpecError(f"sampler {d.sampler!r} does not apply to degradation {deg.name!r}; "
-                            f"use one of: {', '.join(fitting)}", path="diffusion.sampler")
+            raise SpecError(f"sampler {sampler!r} does not apply to degradation {deg.name!r}; "
+                            f"use one of: {', '.join(fitting)}", path=path)
     if deg.name == "gaussian" and d.sample_start not in ("auto", "noise"):
         raise SpecError("the gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
     if d.sample_start == "channel_mean" and not DEGRADATION_INFO[deg.name].has_known_prior:

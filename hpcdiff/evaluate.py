@@ -3,6 +3,14 @@
 
 Built once per run before the first epoch, so a missing asset (a classifier that must come
 from `hpcdiff prepare`) fails the run at once instead of after hours of training.
+
+Cost. Drawing the samples is nearly all of an evaluation (the metrics take a fraction of a
+second), so evaluation samples use ``eval.sampler`` on ``eval.steps`` steps (DDIM on 50
+steps for a Gaussian DDPM by default) instead of the run's own sampler on all n_T steps, and
+every process of a multi-process run draws its share of them. The draws are split into
+fixed chunks, each with its own generator, so the sample set is the same whatever the
+number of processes. For cold diffusion started from degraded held-out images, the samples
+are also the full-sampler reconstructions of those images: one sampling pass serves both.
 """
 
 from __future__ import annotations
@@ -16,17 +24,31 @@ from .metrics import MetricContext, StatsCache, compute_metrics, reconstruction_
 from .spec import RunSpec
 
 CLASSIFIER_METRICS = {"fid_classifier", "kid_classifier", "inception_score", "class_histogram"}
-SAMPLE_BATCH = 250
 REAL_IMAGES = 2000
+HELD_OUT_SEED = 20_221_219
+# Images per forward pass while sampling: the starter CNN runs fastest per image on a CPU
+# at about 128 (its activations stay in cache); a GPU wants large batches.
+SAMPLE_BATCH = {"cpu": 128, "cuda": 1000}
+
+
+def sample_batch(device) -> int:
+    return SAMPLE_BATCH.get(torch.device(device).type, SAMPLE_BATCH["cpu"])
 
 
 class Evaluator:
-    def __init__(self, spec: RunSpec, test: Dataset, device):
+    """Every process of a run builds one and calls it at the same epochs (they share the
+    sampling); only the main process (``main=True``) loads the classifier and returns
+    metrics."""
+
+    def __init__(self, spec: RunSpec, test: Dataset, device, *, main: bool = True,
+                 rank: int = 0, world: int = 1):
         self.spec = spec
         self.device = device
+        self.main, self.rank, self.world = main, rank, world
         self.metrics = tuple(spec.eval.metrics)
+        self.batch = sample_batch(device)
         self.classifier = None
-        if CLASSIFIER_METRICS & set(self.metrics):
+        if main and CLASSIFIER_METRICS & set(self.metrics):
             from .classifier import get_classifier
 
             self.classifier = get_classifier(spec.data, device=device, train_if_missing=spec.eval.train_classifier,
@@ -34,15 +56,19 @@ class Evaluator:
         # Two disjoint halves of the held-out set: the reference statistics, and the images
         # cold-diffusion sampling and reconstructions start from (otherwise samples would be
         # restorations of the very images they are compared with).
+        # A fixed shuffle first: a held-out set may be sorted by label (mnist-5k's is), and
+        # each half must hold every class.
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(HELD_OUT_SEED))
+        images, labels = test.images[order], test.labels[order]
         half = len(test) // 2
         n_real = min(half, REAL_IMAGES)
-        self.real = to_model_range(test.images[:n_real], device)
-        self.real_labels = test.labels[:n_real].to(device)
-        self.starts = to_model_range(test.images[half:], device)
-        self.start_labels = test.labels[half:].to(device)
+        self.real = to_model_range(images[:n_real], device)
+        self.real_labels = labels[:n_real].to(device)
+        self.starts = to_model_range(images[half:], device)
+        self.start_labels = labels[half:].to(device)
         self.stats_cache = StatsCache()
         key = getattr(self.classifier, "cache_key", "none")
-        self.real_id = f"{key}/test/{n_real}"
+        self.real_id = f"{key}/test-shuffled-{HELD_OUT_SEED}/{n_real}"
 
     @property
     def enabled(self) -> bool:
@@ -52,51 +78,111 @@ class Evaluator:
     def _reconstructs(self) -> bool:
         return self.spec.eval.reconstruction and self.spec.degradation.name != "gaussian"
 
+    def _sampling_reconstructs(self, core) -> bool:
+        """Samples start from maximally degraded held-out images: they are reconstructions."""
+        return self._reconstructs and getattr(core, "sample_start", "") == "degraded_test"
+
     @torch.no_grad()
     def __call__(self, core, seed: int) -> dict[str, float]:
+        """Metrics of the current weights (main process; the others return {})."""
         tic = time.perf_counter()
         was_training = core.training
         core.eval()
         out: dict[str, float] = {}
-        if self.metrics:
-            samples = self._samples(core, seed)
-            ctx = MetricContext(samples=samples, real=self.real, real_labels=self.real_labels,
-                                classifier=self.classifier, device=self.device,
-                                stats_cache=self.stats_cache, real_id=self.real_id, seed=seed)
-            out.update(compute_metrics(self.metrics, ctx))
-        if self._reconstructs:
-            out.update(self._reconstructions(core, seed))
+        if self.metrics or self._sampling_reconstructs(core):
+            keys = ("samples", "degraded", "direct") if self._sampling_reconstructs(core) else ("samples",)
+            drawn = self._draw(core, seed, self.spec.eval.samples, self._sample_chunk, keys)
+            if self.main and self.metrics:
+                ctx = MetricContext(samples=drawn["samples"], real=self.real, real_labels=self.real_labels,
+                                    classifier=self.classifier, device=self.device,
+                                    stats_cache=self.stats_cache, real_id=self.real_id, seed=seed)
+                out.update(compute_metrics(self.metrics, ctx))
+            if self.main and self._sampling_reconstructs(core):
+                out.update(self._reconstruction_table(drawn))
+        if self._reconstructs and not self._sampling_reconstructs(core):
+            n = min(self.spec.eval.samples, len(self.starts))
+            drawn = self._draw(core, seed, n, self._reconstruction_chunk, ("samples", "degraded", "direct"))
+            if self.main:
+                out.update(self._reconstruction_table(drawn))
         core.train(was_training)
-        out["eval_seconds"] = time.perf_counter() - tic
+        if self.main:
+            out["eval_seconds"] = time.perf_counter() - tic
         return out
 
-    def _samples(self, core, seed: int) -> torch.Tensor:
-        # Fixed starts: epochs are compared on the same draws.
-        g = torch.Generator().manual_seed(seed + 3_000_017)
-        n, parts = self.spec.eval.samples, []
-        shape = tuple(self.real.shape[1:])
-        for start in range(0, n, SAMPLE_BATCH):
-            k = min(SAMPLE_BATCH, n - start)
-            x_T, _ = core.start(k, shape, generator=g, device=self.device, test_images=self.starts)
-            parts.append(core.sample(x_T, generator=g))
-        return torch.cat(parts)
+    # ------------------------------------------------------------------ drawing
 
-    def _reconstructions(self, core, seed: int) -> dict[str, float]:
+    @torch.no_grad()
+    def samples(self, core, seed: int) -> torch.Tensor:
+        """The evaluation samples of the current weights, on every process (each draws its
+        share): the images the metrics are computed on."""
+        was_training = core.training
+        core.eval()
+        try:
+            return self._draw(core, seed, self.spec.eval.samples, self._sample_chunk, ("samples",))["samples"]
+        finally:
+            core.train(was_training)
+
+    def _sample(self, core, x_T, generator):
+        return core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler, steps=self.spec.eval.steps)
+
+    def _draw(self, core, seed: int, n: int, chunk_fn, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Run ``chunk_fn`` over fixed chunks of ``n`` draws, this process taking every
+        world-th chunk, and assemble the results in chunk order on every process."""
+        chunks = [(c, start, min(self.batch, n - start)) for c, start in enumerate(range(0, n, self.batch))]
+        mine = {}
+        for c, start, k in chunks[self.rank::self.world]:
+            # One generator per chunk: the same draws whoever computes them, at every epoch.
+            g = torch.Generator().manual_seed(seed * 1_000_003 + 3_000_017 + c)
+            mine[c] = chunk_fn(core, start, k, g)
+        if self.world == 1:
+            return {key: torch.cat([mine[c][key] for c, _, _ in chunks]) for key in keys}
+        return self._gather(chunks, mine, keys)
+
+    def _gather(self, chunks, mine, keys) -> dict[str, torch.Tensor]:
+        import torch.distributed as dist
+
+        # One padded buffer per process (all_gather needs equal shapes); unpacked by chunk.
+        per_rank = -(-len(chunks) // self.world)
+        shape = tuple(self.real.shape[1:])
+        width = len(keys) * shape[0]
+        buf = torch.zeros(per_rank * self.batch, width, *shape[1:], device=self.device)
+        for j, (c, start, k) in enumerate(chunks[self.rank::self.world]):
+            buf[j * self.batch: j * self.batch + k] = torch.cat([mine[c][key] for key in keys], dim=1)
+        bufs = [torch.empty_like(buf) for _ in range(self.world)]
+        dist.all_gather(bufs, buf)
+        parts = []
+        for c, start, k in chunks:
+            j = c // self.world
+            parts.append(bufs[c % self.world][j * self.batch: j * self.batch + k])
+        packed = torch.cat(parts)
+        return dict(zip(keys, packed.split(shape[0], dim=1)))
+
+    def _sample_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        shape = tuple(self.real.shape[1:])
+        if self._sampling_reconstructs(core):
+            # Held-out images in a fixed order (cycled when more samples than images).
+            idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
+            x0 = self.starts[idx]
+            x_T = core.degrade(x0, torch.full((k,), core.n_T, dtype=torch.long, device=x0.device), g)
+            return {"samples": self._sample(core, x_T, g), "degraded": x_T,
+                    "direct": core.reconstruct_direct(x_T, core.n_T)}
+        x_T, _ = core.start(k, shape, generator=g, device=self.device, test_images=self.starts)
+        return {"samples": self._sample(core, x_T, g)}
+
+    def _reconstruction_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+        x0 = self.starts[start:start + k]
+        x_T = core.degrade(x0, torch.full((k,), core.n_T, dtype=torch.long, device=x0.device), g)
+        return {"samples": self._sample(core, x_T, g), "degraded": x_T,
+                "direct": core.reconstruct_direct(x_T, core.n_T)}
+
+    def _reconstruction_table(self, drawn: dict[str, torch.Tensor]) -> dict[str, float]:
         """Held-out images degraded to level T, restored in one step (direct) and by the
-        sampler (full), against the ground truth: the reports' per-digit table."""
-        n = min(self.spec.eval.samples, len(self.starts))
+        sampler (full), against the ground truth: the reports' per-digit table. Each
+        held-out image counts once."""
+        n = min(len(drawn["samples"]), len(self.starts))
         x0, labels = self.starts[:n], self.start_labels[:n]
-        T = core.n_T
         out: dict[str, float] = {}
-        direct, full, degraded = [], [], []
-        for start in range(0, n, SAMPLE_BATCH):
-            x = x0[start:start + SAMPLE_BATCH]
-            x_T = core.degrade(x, torch.full((len(x),), T, dtype=torch.long, device=x.device),
-                               core.level_generator(T))
-            degraded.append(x_T)
-            direct.append(core.reconstruct_direct(x_T, T))
-            full.append(core.sample(x_T))
-        for name, recon in (("degraded", degraded), ("direct", direct), ("full", full)):
-            for key, value in reconstruction_metrics(torch.cat(recon), x0, labels).items():
-                out[f"recon_{name}_{key}"] = value
+        for name, key in (("degraded", "degraded"), ("direct", "direct"), ("full", "samples")):
+            for metric, value in reconstruction_metrics(drawn[key][:n], x0, labels).items():
+                out[f"recon_{name}_{metric}"] = value
         return out

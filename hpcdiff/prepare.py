@@ -8,6 +8,7 @@ login node): torchvision datasets, torch-fidelity's Inception-v3 weights for
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shutil
 import time
@@ -17,13 +18,14 @@ import torch
 
 from .classifier import MissingAssetError, default_cache_dir, get_classifier
 from .data import load_splits
+from .metrics import INCEPTION_WEIGHTS_URL
 from .spec import DataSpec
 
 TORCHVISION_DATASETS = ("mnist", "fashion-mnist")
 
 
 def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device="cpu",
-            classifier_epochs: int | None = None, log=None) -> dict:
+            classifier_epochs: int | None = None, inception_url: str | None = None, log=None) -> dict:
     """Download the datasets (torchvision ones with ``download=True``), the Inception weights
     (if ``inception``) and train + cache each dataset's classifier.
 
@@ -48,37 +50,75 @@ def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device
         })
         say(f"{spec.name}: classifier test accuracy {model.test_accuracy:.4f}")
     if inception:
-        report["inception"] = prepare_inception(cache_dir, log=say)
+        report["inception"] = prepare_inception(cache_dir, url=inception_url, log=say)
     return report
 
 
-def prepare_inception(cache_dir=None, *, log=None) -> dict:
+def prepare_inception(cache_dir=None, *, url: str | None = None, log=None) -> dict:
     """Put torch-fidelity's Inception-v3 weights at ``<cache_dir>/inception/<file>``.
 
-    Instantiating torchmetrics' FrechetInceptionDistance makes torch-fidelity download them
-    (``torch.hub.load_state_dict_from_url``) into ``<torch.hub.get_dir()>/checkpoints/``;
-    they are then copied into the hpcdiff cache, which jobs may see on shared storage even
-    when ``~/.cache/torch`` differs. ``fid_inception`` looks in both places."""
+    Taken from torch hub's checkpoint directory when torch-fidelity already fetched them
+    there, otherwise downloaded from ``url`` (default: ``$HPCDIFF_INCEPTION_URL`` or
+    torch-fidelity's release; a ``file://`` URL or a local path serves an offline mirror).
+    The file is loaded into torchmetrics' Inception network before it is put in place, so
+    the cache never holds a truncated or wrong file; ``fid_inception`` looks in both places.
+
+    Returns {"path", "downloaded", "source", "sha256"}."""
     from .metrics import INCEPTION_WEIGHTS_FILE, _require_torch_fidelity
 
     say = log or (lambda msg: None)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache_dir / "inception" / INCEPTION_WEIGHTS_FILE
     if target.is_file():
-        return {"path": str(target), "downloaded": False}
+        return {"path": str(target), "downloaded": False, "source": str(target), "sha256": _sha256(target)}
     _require_torch_fidelity()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
+    try:
+        if hub_file.is_file():
+            source, downloaded = str(hub_file), False
+            shutil.copyfile(hub_file, tmp)
+        else:
+            source, downloaded = inception_url(url), True
+            say(f"downloading Inception-v3 weights from {source}")
+            if Path(source).is_file():  # a plain path to a mirror copy
+                shutil.copyfile(source, tmp)
+            else:
+                try:
+                    torch.hub.download_url_to_file(source, str(tmp), progress=log is not None)
+                except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
+                    raise MissingAssetError(
+                        f"could not download the Inception weights from {source}: {err}. On a machine "
+                        f"without internet, fetch {INCEPTION_WEIGHTS_URL} elsewhere and pass its path or "
+                        f"URL with `hpcdiff prepare --inception-url` (or $HPCDIFF_INCEPTION_URL).") from None
+        _check_inception_weights(tmp, source)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    say(f"Inception weights cached at {target}")
+    return {"path": str(target), "downloaded": downloaded, "source": source, "sha256": _sha256(target)}
+
+
+def inception_url(url: str | None = None) -> str:
+    return url or os.environ.get("HPCDIFF_INCEPTION_URL") or INCEPTION_WEIGHTS_URL
+
+
+def _check_inception_weights(path: Path, source: str) -> None:
+    """Load the file into torchmetrics' Inception feature extractor (a strict state-dict
+    load): a truncated download, an HTML error page or another network's weights fail here."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-    downloaded = not hub_file.is_file()
-    say(f"fetching Inception-v3 weights via torchmetrics/torch-fidelity into {hub_file.parent}")
-    FrechetInceptionDistance(feature=2048)  # the real download path (no-op when hub_file exists)
-    if not hub_file.is_file():
-        raise MissingAssetError(f"torchmetrics' FID was built but {hub_file} is not there; "
-                                f"torch-fidelity may store its weights elsewhere in this version")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    shutil.copyfile(hub_file, tmp)
-    os.replace(tmp, target)
-    say(f"Inception weights cached at {target}")
-    return {"path": str(target), "downloaded": downloaded}
+    try:
+        FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
+    except Exception as err:  # torch.load / load_state_dict raise many kinds
+        raise MissingAssetError(f"{source} did not give torch-fidelity's Inception-v3 weights "
+                                f"({type(err).__name__}: {str(err)[:300]}); nothing was cached") from None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -105,7 +105,8 @@ class DiffusionSpec:
     loss: str = "mse"
     # "auto": ancestral for gaussian, cold_alg2 (Bansal's Algorithm 2) otherwise.
     sampler: str = "auto"
-    # Steps for samplers that can skip (ddim); 0 = n_T.
+    # Steps (levels) the sampler visits, evenly spaced; 0 = all n_T. Skipping steps is exact
+    # for ddim and cold_alg2, and respaces the betas for ancestral.
     sample_steps: int = 0
     # Where sampling starts: "auto" is noise for gaussian and maximally degraded held-out
     # test images for degradations without a known prior; "channel_mean" is Bansal's
@@ -198,6 +199,12 @@ class EvalSpec:
     every: int = 0
     # Generated samples per evaluation (and held-out images for reconstructions).
     samples: int = 500
+    # Sampler of the evaluation samples: "auto" = ddim for the Gaussian DDPM (it can skip
+    # steps without losing quality), the run's own sampler for cold diffusion; or a name.
+    sampler: str = "auto"
+    # Denoising steps (levels) the evaluation samples take; 0 = all n_T. Sampling is nearly
+    # all of an evaluation's cost: this keeps it a fraction of an epoch.
+    steps: int = 50
     # Epochs of the feature classifier when it has to be trained; 0 = hpcdiff's default.
     classifier_epochs: int = 0
     # Train the classifier on first need (data are local); false = require `hpcdiff prepare`.
@@ -208,6 +215,7 @@ class EvalSpec:
     def validate(self, p: str) -> None:
         _check(self.every >= 0, f"{p}.every", f"must be >= 0, got {self.every}")
         _check(self.samples >= 2, f"{p}.samples", f"must be >= 2, got {self.samples}")
+        _check(self.steps >= 0, f"{p}.steps", f"must be >= 0 (0 = all n_T steps), got {self.steps}")
         _check(self.classifier_epochs >= 0, f"{p}.classifier_epochs",
                f"must be >= 0, got {self.classifier_epochs}")
 

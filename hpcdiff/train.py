@@ -9,6 +9,7 @@ stopping counters and every RNG state.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import math
 import os
@@ -37,6 +38,7 @@ log = logging.getLogger("hpcdiff.train")
 # Signals that mean "the job is about to be stopped": SLURM sends SIGTERM before killing a
 # job at its time limit or on preemption (and USR1/USR2 when asked to warn early).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+PROCESS_GROUP_TIMEOUT_S = 1800
 
 
 class StopRequested(Exception):
@@ -117,8 +119,14 @@ def make_accelerator(spec: RunSpec):
     precision = spec.train.mixed_precision
     if precision == "auto":
         precision = "no" if use_cpu else "bf16"
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # The other processes wait in the next collective while the main one computes metrics,
+    # writes the archive and checkpoints; t-SNE or Inception features on a big sample set can
+    # outlast NCCL's default 10-minute watchdog.
+    timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     return Accelerator(cpu=use_cpu, mixed_precision=precision,
-                       gradient_accumulation_steps=spec.train.grad_accumulation)
+                       gradient_accumulation_steps=spec.train.grad_accumulation, kwargs_handlers=[timeout])
 
 
 def _rng_state() -> dict:
@@ -184,7 +192,8 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     start_images = to_model_range(splits.test.images[:2048], device)
 
     # Built before training so that a missing classifier fails now, not after the last epoch.
-    evaluator = Evaluator(spec, splits.test, device) if main else None
+    # Every process draws a share of the evaluation samples; the main one computes metrics.
+    evaluator = Evaluator(spec, splits.test, device, main=main, rank=rank, world=world)
 
     model = build_model(spec.model, image_shape)
     diffusion = build_diffusion(spec, model).to(device)
@@ -312,9 +321,10 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 "elapsed_seconds": elapsed,
                 "images_per_second": (steps_per_epoch - first) * global_batch / seconds,
             }
-            if main and evaluator.enabled and (last or (spec.eval.every and epoch % spec.eval.every == 0)):
+            if evaluator.enabled and (last or (spec.eval.every and epoch % spec.eval.every == 0)):
                 with _ema_weights(core, ema):
                     metrics.update(evaluator(core, t.seed))
+            if main and "eval_seconds" in metrics:
                 log.info("epoch %d metrics: %s", epoch, ", ".join(
                     f"{k} {v:.4g}" for k, v in metrics.items() if not k.startswith(("class_", "recon_"))
                     and k not in ("lr", "epoch_seconds", "elapsed_seconds")))

@@ -6,7 +6,7 @@ import torch
 
 from hpcdiff.data import load_splits, to_model_range
 from hpcdiff.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
-from hpcdiff.diffusion import SAMPLERS, ColdDiffusion, build_diffusion, validate_spec
+from hpcdiff.diffusion import SAMPLERS, ColdDiffusion, build_diffusion, sampling_times, validate_spec
 from hpcdiff.models import build_model
 from hpcdiff.spec import DataSpec, ModelSpec, RunSpec, SpecError
 
@@ -118,3 +118,29 @@ def test_spec_resolves_recipes_and_rejects_bad_params():
     for raw, expected in cases:
         with pytest.raises(SpecError, match=expected):
             validate_spec(RunSpec.from_dict(raw))
+
+
+@pytest.mark.parametrize("name", COLD)
+def test_alg2_on_skipped_levels_recovers_x0(name, digits):
+    """Evaluation samples skip levels; Algorithm 2's terms still telescope."""
+    cd = _cold(name)
+    x_T = cd.degrade(digits, torch.full((len(digits),), cd.n_T), cd.level_generator(cd.n_T))
+    times = sampling_times(cd.n_T, 4)
+    assert len(times) == 4 and times[0] == cd.n_T and times[-1] == 1
+    seen = []
+    out = SAMPLERS.get("cold_alg2")(cd, x_T, generator=None, times=times,
+                                    restorer=lambda x, s: seen.append(s) or digits)
+    assert seen == times
+    torch.testing.assert_close(out, digits, atol=1e-5, rtol=0)
+
+
+def test_sample_takes_sampler_and_steps_overrides(digits):
+    cd = _cold("blur", n_T=20)
+    calls = []
+    cd.gt.register_forward_hook(lambda *_: calls.append(1))
+    x_T = cd.degrade(digits[:3], cd.n_T)
+    cd.sample(x_T, steps=5)
+    assert len(calls) == 5
+    calls.clear()
+    cd.sample(x_T, sampler="cold_alg1", steps=0)
+    assert len(calls) == 20

@@ -272,12 +272,13 @@ def test_fid_inception_without_weights_is_a_clear_error(mnist, no_downloads):
     assert not (no_downloads / "torch").exists()
 
 
-def test_fid_inception_uses_cached_weights_without_network(mnist, no_downloads):
-    """Stand-in weights (He-initialised, not the real ones) at the hpcdiff cache path: the
-    whole torchmetrics path runs offline, with the shifted uint8 3-channel input."""
+def _stand_in_inception_weights(path):
+    """He-initialised weights of torch-fidelity's Inception-v3 (not the real ones, which
+    cannot be downloaded here), saved as the real file is: a state dict."""
     fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     from unittest import mock
 
+    # Stand-in: building the network would fetch the real weights; skip that load.
     with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
             mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
@@ -285,9 +286,72 @@ def test_fid_inception_uses_cached_weights_without_network(mnist, no_downloads):
     for m in net.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
             torch.nn.init.kaiming_normal_(m.weight)
-    path = no_downloads / "hpcdiff" / "inception" / INCEPTION_WEIGHTS_FILE
-    path.parent.mkdir(parents=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A real HTTP server on loopback serving tmp_path/www."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_prepare_downloads_inception_weights_over_http(http_server, tmp_path, monkeypatch):
+    """The real download code (torch.hub over HTTP) from a mirror URL, checked by loading the
+    file into torchmetrics' network before it is cached; a second prepare reuses it."""
+    from hpcdiff.prepare import prepare_inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    root, base = http_server
+    served = _stand_in_inception_weights(root / "mirror" / INCEPTION_WEIGHTS_FILE)
+    cache = tmp_path / "cache"
+    report = prepare_inception(cache, url=f"{base}/mirror/{INCEPTION_WEIGHTS_FILE}")
+    target = cache / "inception" / INCEPTION_WEIGHTS_FILE
+    assert report["downloaded"] and report["path"] == str(target)
+    assert target.read_bytes() == served.read_bytes()
+    assert sorted(p.name for p in target.parent.iterdir()) == [INCEPTION_WEIGHTS_FILE]
+    again = prepare_inception(cache, url=f"{base}/gone")
+    assert not again["downloaded"] and again["sha256"] == report["sha256"]
+
+
+@pytest.mark.parametrize("problem", ["not found", "not weights", "truncated"])
+def test_prepare_inception_failures_cache_nothing(problem, http_server, tmp_path, monkeypatch):
+    from hpcdiff.prepare import prepare_inception
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    root, base = http_server
+    name = "weights.pth"
+    if problem == "not weights":
+        (root / name).write_text("<html>rate limited</html>")
+    elif problem == "truncated":
+        full = _stand_in_inception_weights(tmp_path / "full.pth").read_bytes()
+        (root / name).write_bytes(full[: len(full) // 2])
+    cache = tmp_path / "cache"
+    with pytest.raises(MissingAssetError) as err:
+        prepare_inception(cache, url=f"{base}/{name}")
+    assert f"{base}/{name}" in str(err.value)
+    if problem == "not found":
+        assert "--inception-url" in str(err.value)
+    assert not any(p.is_file() for p in cache.rglob("*"))
+
+
+def test_fid_inception_uses_cached_weights_without_network(mnist, no_downloads):
+    """Stand-in weights at the hpcdiff cache path: the whole torchmetrics path runs
+    offline, with the shifted uint8 3-channel input."""
+    _stand_in_inception_weights(no_downloads / "hpcdiff" / "inception" / INCEPTION_WEIGHTS_FILE)
 
     real = mnist["test"][::50]  # 10 digits: Inception at 299x299 is slow on CPU
     noisy = (real + 0.4 * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(-0.5, 0.5)

@@ -86,3 +86,31 @@ def test_ancestral_sampler_follows_the_starter():
         if i > 1:
             z = z + torch.sqrt(ddpm.beta_t[i]) * torch.randn(z.shape, generator=g)
     assert torch.allclose(out, z)
+
+
+class _PointMassEps(torch.nn.Module):
+    """The exact noise prediction when the data distribution is one image c."""
+
+    def __init__(self, c, alpha_bar, n_T):
+        super().__init__()
+        self.c, self.alpha_bar, self.n_T = c, alpha_bar, n_T
+
+    def forward(self, z, t):
+        a = self.alpha_bar[(t * self.n_T).round().long()].view(-1, 1, 1, 1)
+        return (z - torch.sqrt(a) * self.c) / torch.sqrt(1 - a)
+
+
+@pytest.mark.parametrize("sampler,steps,tolerance", [
+    ("ancestral", 0, 0.02), ("ancestral", 50, 0.05), ("ddim", 50, 1e-4), ("ddim", 7, 1e-4)])
+def test_samplers_on_skipped_steps_reach_a_point_mass(sampler, steps, tolerance):
+    """With the exact noise prediction, DDIM lands on the image and the respaced ancestral
+    sampler close to it; ancestral steps with the unrespaced betas would leave most of x_T."""
+    c = torch.linspace(-0.5, 0.5, 16).reshape(1, 1, 4, 4)
+    ddpm = GaussianDDPM(torch.nn.Identity(), beta1=1e-4, beta2=0.02, n_T=1000)
+    ddpm.gt = _PointMassEps(c, ddpm.alpha_t, 1000)
+    calls = []
+    ddpm.gt.register_forward_hook(lambda *_: calls.append(1))
+    x_T = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    out = ddpm.sample(x_T, generator=torch.Generator().manual_seed(1), sampler=sampler, steps=steps)
+    assert (out - c).abs().mean().item() < tolerance
+    assert len(calls) == (steps or 1000)

@@ -1,0 +1,116 @@
+"""`hpcdiff bench eval`: what one evaluation costs against one epoch of training.
+
+Both are measured in one process on one device, with the starter CNN:
+  epoch      a training epoch at the default batch over a training set of ``train_images``
+             (48,000 = full MNIST at the default 20% validation split) plus its validation
+             pass, from timed steps (the time of a step does not depend on the images);
+  eval       one real Evaluator call at the [eval] defaults (samples, sampler, steps,
+             metrics, reconstructions for cold diffusion) per degradation at its recipe n_T;
+  full       the same samples drawn with the run's own sampler on all n_T steps (what
+             evaluation cost before eval.steps), extrapolated from one timed chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from .bench import _sync, bench_hpcdiff
+from .data import load_splits, to_model_range
+from .diffusion import build_diffusion, validate_spec
+from .evaluate import Evaluator, sample_batch
+from .models import build_model
+from .spec import RunSpec
+
+DEGRADATIONS = ("gaussian", "impulse", "pixel_swap", "blur")
+
+
+def _epoch_seconds(images, device, *, batch: int, train_images: int, val_images: int, steps: int) -> dict:
+    step = bench_hpcdiff(images, steps, 3, batch, device)
+    step_s = step.seconds / step.steps
+    spec = validate_spec(RunSpec())
+    core = build_diffusion(spec, build_model(spec.model)).to(device)
+    x = to_model_range(images[:1000], device)
+    with torch.no_grad():
+        core(x)
+        _sync(device)
+        tic = time.perf_counter()
+        core(x)
+        _sync(device)
+    val_s_per_image = (time.perf_counter() - tic) / len(x)
+    train_s = math.ceil(train_images / batch) * step_s
+    return {"step_seconds": step_s, "train_seconds": train_s, "val_seconds": val_images * val_s_per_image,
+            "seconds": train_s + val_images * val_s_per_image}
+
+
+def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-5k", eval_overrides=None,
+                   train_images: int = 48_000, val_images: int = 12_000, batch_size: int = 128,
+                   train_steps: int = 20, log=None) -> dict:
+    say = log or (lambda msg: None)
+    device = torch.device(device)
+    splits = load_splits(RunSpec.from_dict({"data": {"name": data_name}}).data)
+    epoch = _epoch_seconds(splits.train.images, device, batch=batch_size, train_images=train_images,
+                           val_images=val_images, steps=train_steps)
+    say(f"epoch of {train_images:,} + {val_images:,} images: {epoch['seconds']:.1f} s")
+    rows = []
+    for name in degradations:
+        spec = validate_spec(RunSpec.from_dict({"data": {"name": data_name}, "degradation": {"name": name},
+                                                "eval": dict(eval_overrides or {})}))
+        torch.manual_seed(0)
+        core = build_diffusion(spec, build_model(spec.model)).to(device)
+        evaluator = Evaluator(spec, splits.test, device)  # trains the classifier on first need
+        times = []
+        for _ in range(2):  # the first call also extracts the real images' features, once per run
+            _sync(device)
+            tic = time.perf_counter()
+            metrics = evaluator(core, seed=0)
+            _sync(device)
+            times.append(time.perf_counter() - tic)
+        first_s, eval_s = times
+        # The run's own sampler on all n_T steps, one chunk, scaled to the sample count.
+        k = min(sample_batch(device), spec.eval.samples)
+        x_T, _ = core.start(k, tuple(splits.test.image_shape), generator=torch.Generator().manual_seed(0),
+                            device=device, test_images=evaluator.starts)
+        tic = time.perf_counter()
+        core.eval()
+        core.sample(x_T, generator=torch.Generator().manual_seed(1), steps=0)
+        _sync(device)
+        full_sampling_s = (time.perf_counter() - tic) * spec.eval.samples / k
+        passes = 2 if (spec.degradation.name != "gaussian" and spec.eval.reconstruction
+                       and spec.diffusion.sample_start != "degraded_test") else 1
+        rows.append({
+            "degradation": name, "n_T": spec.diffusion.n_T, "sampler": spec.eval.sampler,
+            "steps": min(spec.eval.steps or spec.diffusion.n_T, spec.diffusion.n_T),
+            "samples": spec.eval.samples, "eval_seconds": eval_s, "fraction_of_epoch": eval_s / epoch["seconds"],
+            "first_eval_seconds": first_s,
+            "full_sampler": spec.diffusion.sampler, "full_seconds": full_sampling_s * passes,
+            "full_fraction_of_epoch": full_sampling_s * passes / epoch["seconds"],
+            "metrics": sorted(k for k in metrics if not k.startswith(("class_", "recon_"))),
+        })
+        say(f"{name}: evaluation {eval_s:.1f} s = {100 * eval_s / epoch['seconds']:.1f}% of an epoch")
+    return {"device": str(device), "data": data_name, "batch_size": batch_size, "train_images": train_images,
+            "val_images": val_images, "epoch": epoch, "rows": rows}
+
+
+def format_eval_report(r: dict):
+    from rich.table import Table
+
+    e = r["epoch"]
+    table = Table(title=f"evaluation vs one training epoch on {r['device']} (epoch = {r['train_images']:,} "
+                        f"training + {r['val_images']:,} validation images at batch {r['batch_size']}: "
+                        f"{e['seconds']:.1f} s)")
+    for col in ("degradation", "n_T", "eval sampler", "steps", "samples", "first eval s", "eval s", "% of epoch",
+                "all-steps sampling s", "% of epoch "):
+        table.add_column(col, justify="left" if col in ("degradation", "eval sampler") else "right")
+    for row in r["rows"]:
+        table.add_row(row["degradation"], str(row["n_T"]), row["sampler"], str(row["steps"]), str(row["samples"]),
+                      f"{row['first_eval_seconds']:.1f}", f"{row['eval_seconds']:.1f}",
+                      f"{100 * row['fraction_of_epoch']:.1f}%",
+                      f"{row['full_seconds']:.1f}", f"{100 * row['full_fraction_of_epoch']:.0f}%")
+    table.caption = ("target: an evaluation <= 20% of an epoch at the \\[eval] defaults. 'first' includes the "
+                     "real images' features (once per run). 'all-steps sampling' = drawing the same samples "
+                     "with the run's own sampler on all n_T steps (extrapolated from one chunk): what "
+                     "evaluation cost before eval.steps")
+    return table
