@@ -378,10 +378,12 @@ def sbatch_cmd(target, template, output, overrides):
             click.echo(render(template, spec.slurm, job_name=f"hpcdiff-{rd.run_id}",
                               run_dirs=[str(target.absolute())], log_dir=str(target.absolute())))
             return
-        path = write_for_sweep(target, template=template, output=output, overrides=overrides)
+        paths = write_for_sweep(target, template=template, output=output, overrides=overrides)
     except SpecError as err:
         _fail_invalid(err)
-    click.echo(f"wrote {path}\nsubmit it with: sbatch {path}")
+    for path in paths:
+        click.echo(f"wrote {path}")
+    click.echo("submit with: " + " && ".join(f"sbatch {path}" for path in paths))
 
 
 if __name__ == "__main__":

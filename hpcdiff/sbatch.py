@@ -114,28 +114,38 @@ def example(template: str) -> str:
 
 
 def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path = "runs",
-                    overrides=()) -> Path:
+                    overrides=()) -> list[Path]:
     """Write the sweep's run directories (as `hpcdiff sweep` would, launching nothing) and
-    an array script over the unfinished ones; returns the script's path."""
+    an array script over the unfinished ones; returns the scripts' paths. Runs whose
+    [slurm] sections differ (a sweep axis over slurm.time_min, say) get one script each,
+    as the submitit backend gives them one array each."""
     from .rundir import update_manifest, write_run_config
     from .submit import plan_sweep
 
     plan = plan_sweep(sweep_file, output=output, overrides=overrides)
     runs = {r.run_id: r for r in plan.sweep.runs}
     update_manifest(plan.sweep_dir, plan.sweep, Path(sweep_file).read_text())
-    todo = []
+    groups: dict[SlurmSpec, list[str]] = {}
     for pr in plan.runs:
         run = runs[pr.run_dir.run_id]
         write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes,
                          label=run.label)
         if pr.action in ("new", "resume"):
-            todo.append(str(pr.run_dir.path.absolute()))
-    if not todo:
+            groups.setdefault(run.spec.slurm, []).append(str(pr.run_dir.path.absolute()))
+    if not groups:
         raise SpecError("every run of this sweep is finished or queued: nothing to submit")
-    first = runs[Path(todo[0]).name].spec.slurm
+    # Checked before anything is written, so a bad section leaves no half set of scripts.
+    for slurm in groups:
+        if template == "csd3-ampere":
+            check_csd3(slurm)
     log_dir = plan.sweep_dir.absolute() / "slurm"
     log_dir.mkdir(parents=True, exist_ok=True)
-    script = render(template, first, job_name=f"hpcdiff-{plan.sweep.name}", run_dirs=todo, log_dir=str(log_dir))
-    path = plan.sweep_dir / f"{template}.sbatch"
-    path.write_text(script)
-    return path
+    paths = []
+    for k, (slurm, run_dirs) in enumerate(groups.items(), start=1):
+        suffix = f"-{k}" if len(groups) > 1 else ""
+        script = render(template, slurm, job_name=f"hpcdiff-{plan.sweep.name}{suffix}", run_dirs=run_dirs,
+                        log_dir=str(log_dir))
+        path = plan.sweep_dir / f"{template}{suffix}.sbatch"
+        path.write_text(script)
+        paths.append(path)
+    return paths

@@ -37,7 +37,8 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"{sweep_dir} is not a sweep directory")
     manifest = read_manifest(sweep_dir)
-    queue = slurm.queue_states()
+    answered = slurm.query_queue()
+    queue = answered or {}
     rows = []
     for rd in sweep_run_dirs(sweep_dir):
         st = rd.read_status()
@@ -47,6 +48,10 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
         state = rd.effective_state()
         if state in ("timeout", "pending") and job_state in slurm.ACTIVE_STATES:
             state = "queued"  # waiting for its (re)start
+        elif state == "running" and job_id and answered is not None and str(job_id) not in queue:
+            # Its job has left the queue without the run saying how it ended: killed without
+            # a signal it could handle (out of memory, node failure, scancel -s KILL).
+            state = "interrupted"
         rows.append(RunStatus(
             run_id=rd.run_id, label=meta.get("label", ""), axes=meta.get("axes", {}),
             state=state, epoch=int(st.get("epoch", 0)), epochs=int(st.get("epochs", 0)),

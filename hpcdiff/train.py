@@ -26,7 +26,7 @@ import torch
 
 from . import __version__, archive, checkpoint, tomlio
 from .data import load_splits, to_model_range, to_uint8
-from .diffusion import build_diffusion
+from .diffusion import build_diffusion, validate_spec
 from .distributed import env_from_slurm, process_rank
 from .evaluate import Evaluator
 from .models import build_model
@@ -52,7 +52,9 @@ class StopRequested(Exception):
 def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
     """Train or resume the run in ``run_dir``. Returns the final state ("done" or "timeout")."""
     rd = RunDir(Path(run_dir))
-    spec = rd.load_spec()
+    # Resolved again: a config written by an older hpcdiff (or edited by hand) may still say
+    # "auto" for a setting that later versions resolve when the sweep is expanded.
+    spec = validate_spec(rd.load_spec())
     env_from_slurm()
     # Only the main process owns the run directory: lock, log, status, archive, checkpoints.
     main = process_rank() == 0

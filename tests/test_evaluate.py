@@ -130,3 +130,22 @@ def test_two_processes_draw_the_same_samples_as_one(test_split):
     assert results[1][1] == {}
     # 300 samples = 3 chunks of 128: rank 0 draws two of them, rank 1 one (x 4 steps x 2 calls).
     assert (results[0][2], results[1][2]) == (2 * 4 * 2, 1 * 4 * 2)
+
+
+def test_a_config_that_still_says_auto_trains(tiny_sweep, tmp_path):
+    """Run directories written before eval.sampler existed (or edited by hand) hold "auto":
+    training resolves it instead of failing at the first evaluation."""
+    from helpers import make_run_dir
+
+    from hpcdiff import archive, tomlio
+    from hpcdiff.train import train
+
+    sweep = tiny_sweep(epochs=1)
+    sweep.write_text(sweep.read_text().replace("metrics = []", 'metrics = ["diversity"]\nsamples = 8'))
+    rd = make_run_dir(sweep, tmp_path / "runs")
+    config = tomlio.load(rd.config_path)
+    assert config["eval"]["sampler"] == "ddim"
+    config["eval"].pop("sampler")
+    rd.config_path.write_text(tomlio.dumps(config))
+    assert train(rd.path) == "done"
+    assert archive.read(rd.archive)["metrics"]["diversity_trace"][0] > 0

@@ -48,8 +48,23 @@ def test_rendered_sweep_script_passes_sbatch_test_only(slurm_env, tmp_path, fash
     sweep.write_text(f'[sweep]\nname = "hand"\n[sweep.product]\ntrain.lr = [1e-3, 2e-3]\n'
                      f'[data]\nname = "idx"\nroot = "{fashion_dir}"\nsubset = 200\n[train]\nepochs = 1\n'
                      f'[slurm]\ncpus_per_task = 1\ntime_min = 5\n')
-    path = write_for_sweep(sweep, template="cpu", output=tmp_path / "runs")
+    (path,) = write_for_sweep(sweep, template="cpu", output=tmp_path / "runs")
     text = path.read_text()
     assert "#SBATCH --array=0-1%2" in text and text.count("/runs/hand/") >= 2
     out = subprocess.run(["sbatch", "--test-only", str(path)], capture_output=True, text=True)
     assert out.returncode == 0 and "to start at" in (out.stdout + out.stderr)
+
+
+def test_runs_with_different_slurm_sections_get_one_script_each(tmp_path, fashion_dir):
+    """Cases with their own time limits (a slow and a fast model) x two learning rates."""
+    sweep = tmp_path / "mixed.toml"
+    sweep.write_text(f'[sweep]\nname = "mixed"\n[sweep.product]\ntrain.lr = [1e-3, 2e-3]\n'
+                     f'[[sweep.cases]]\nlabel = "wide"\nmodel = {{ hidden = [32, 32] }}\nslurm = {{ time_min = 90 }}\n'
+                     f'[[sweep.cases]]\nlabel = "narrow"\nmodel = {{ hidden = [8, 8] }}\nslurm = {{ time_min = 30 }}\n'
+                     f'[data]\nname = "idx"\nroot = "{fashion_dir}"\n[slurm]\ncpus_per_task = 1\n')
+    paths = write_for_sweep(sweep, template="cpu", output=tmp_path / "runs")
+    assert [p.name for p in paths] == ["cpu-1.sbatch", "cpu-2.sbatch"]
+    times = sorted(next(l for l in p.read_text().splitlines() if l.startswith("#SBATCH --time=")) for p in paths)
+    assert times == ["#SBATCH --time=00:30:00", "#SBATCH --time=01:30:00"]
+    for p in paths:  # each array holds the two learning rates of its case
+        assert "#SBATCH --array=0-1%" in p.read_text()

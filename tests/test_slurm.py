@@ -1,6 +1,8 @@
 """SLURM for real: submitit job arrays on the one-node test cluster (slurm/dev-cluster.sh)."""
 
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -209,15 +211,23 @@ def test_arrays_split_at_max_array_size_then_analyze(slurm_env, tmp_path, monkey
     assert "4 runs, 4 done" in index.read_text()
 
 
-@pytest.mark.slurm
-def test_cancel_stops_jobs_which_keep_their_checkpoint(slurm_env, tmp_path):
-    sweep_file = write_sweep(tmp_path, "cancel", subset=30000, epochs=50)
+def start_long_run(tmp_path, name):
+    """Submit a one-run sweep far longer than a test and wait until its first epoch is
+    written: (sweep file, output dir, run dir)."""
+    sweep_file = write_sweep(tmp_path, name, subset=30000, epochs=50)
     out = tmp_path / "runs"
     assert cli("sweep", sweep_file, "--output", out).exit_code == 0
-    rd = sweep_run_dirs(out / "cancel")[0]
+    rd = sweep_run_dirs(out / name)[0]
     deadline = time.monotonic() + 180
     while rd.read_status().get("epoch", 0) < 1 and time.monotonic() < deadline:
         time.sleep(0.5)
+    assert rd.read_status().get("epoch", 0) >= 1, rd.read_status()
+    return sweep_file, out, rd
+
+
+@pytest.mark.slurm
+def test_cancel_stops_jobs_which_keep_their_checkpoint(slurm_env, tmp_path):
+    _, out, rd = start_long_run(tmp_path, "cancel")
     result = cli("cancel", out / "cancel")
     assert "cancelled 1 jobs" in result.output
     rows = wait_until_ended(out / "cancel", 1, timeout=180)
@@ -226,3 +236,36 @@ def test_cancel_stops_jobs_which_keep_their_checkpoint(slurm_env, tmp_path):
     from hpcdiff import checkpoint
 
     assert checkpoint.list_epochs(rd.checkpoints)
+
+
+@pytest.mark.slurm
+def test_job_killed_without_a_signal_reads_interrupted_and_resumes(slurm_env, tmp_path):
+    """SIGKILL (what the OOM killer or a lost node amounts to): the run cannot write its end
+    state, so status.json keeps saying running; once its job has left the queue, status
+    says interrupted and a rerun resumes it."""
+    from hpcdiff.status import collect_status
+    from hpcdiff.submit import plan_sweep
+
+    sweep_file, out, rd = start_long_run(tmp_path, "killed")
+    job_id = rd.read_status()["job_id"]
+    # The login node cannot probe a compute node's lock: present the run as started on
+    # another host (the one stand-in here), so only the queue can tell that it is gone.
+    rd.write_status(host="compute-node-elsewhere")
+    assert collect_status(out / "killed")[1][0].state == "running"
+    # SIGKILL to every process of the job at once (scancel would SIGTERM the step first).
+    listed = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True, check=True).stdout
+    pids = [int(line.split()[0]) for line in listed.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
+    assert pids
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 120
+    while job_id in squeue_ids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert job_id not in squeue_ids()
+    assert rd.read_status()["state"] == "running"  # nobody could say otherwise
+    (row,) = collect_status(out / "killed")[1]
+    assert row.state == "interrupted" and row.job_state is None
+    assert [r.action for r in plan_sweep(sweep_file, output=out).runs] == ["resume"]

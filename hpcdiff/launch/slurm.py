@@ -62,16 +62,23 @@ def max_array_size() -> int:
 
 
 def queue_states() -> dict[str, str]:
-    """job id (array tasks as ARRAY_TASK) -> state, for this user's jobs in squeue."""
+    """job id (array tasks as ARRAY_TASK) -> state, for this user's jobs in squeue ({} when
+    there is no squeue or it does not answer)."""
+    return query_queue() or {}
+
+
+def query_queue() -> dict[str, str] | None:
+    """Like ``queue_states``, but None when squeue cannot answer: "no such job" can then be
+    told from "no answer"."""
     if shutil.which("squeue") is None:
-        return {}
+        return None
     try:
         proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return None
     if proc.returncode != 0:
-        return {}
+        return None
     states = {}
     for line in proc.stdout.splitlines():
         if "|" in line:
