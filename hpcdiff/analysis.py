@@ -90,6 +90,8 @@ class AnalysisResult:
     config_columns: list[str] = field(default_factory=list)
     configs: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # How the runs' metrics were computed (sample count, sampler, steps), one line per variant.
+    evaluation: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -293,7 +295,7 @@ def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: st
     out_dir.mkdir(parents=True, exist_ok=True)
     incomplete = [r["run_id"] for r in rows if r["state"] != "done"]
     result = AnalysisResult(out_dir=out_dir, columns=columns, rows=rows, incomplete=incomplete,
-                            sort_by=sort_by, warnings=warnings)
+                            sort_by=sort_by, warnings=warnings, evaluation=_evaluation_settings(runs))
     result.files += _write_tables(out_dir, "runs", columns, rows,
                                   caption=f"Runs of sweep {name}, sorted by {sort_by}")
     if "train.seed" in varying:
@@ -766,6 +768,25 @@ def _degradation_strips(fw: _Figures, runs: list[_Run], warnings) -> None:
 # --------------------------------------------------------------------------- index
 
 
+def _evaluation_settings(runs: list[_Run]) -> list[str]:
+    """One line per distinct evaluation setting among the runs that computed metrics: a
+    metric drawn with 50 DDIM steps is not comparable with one drawn with all 1000."""
+    variants: dict[str, int] = {}
+    for run in runs:
+        ev = run.config.get("eval", {})
+        if not ev.get("metrics") or not any(is_quality_metric(k) for k in run.metrics):
+            continue
+        n_T = run.config.get("diffusion", {}).get("n_T", 0)
+        steps = ev.get("steps", 0) or n_T
+        text = (f"{ev.get('samples', '?')} samples per evaluation, drawn with `{ev.get('sampler', '?')}` on "
+                f"{min(steps, n_T) if n_T else steps} of n_T = {n_T} steps; every "
+                + (f"{ev['every']} epochs" if ev.get("every") else "run at its last epoch only"))
+        variants[text] = variants.get(text, 0) + 1
+    if len(variants) == 1:
+        return list(variants)
+    return [f"{text} ({n} runs)" for text, n in variants.items()]
+
+
 def _write_index(out_dir: Path, name: str, result: AnalysisResult, figures: list[tuple[str, str, Path]]) -> Path:
     lines = [f"# Sweep `{name}`", ""]
     done = sum(1 for r in result.rows if r["state"] == "done")
@@ -775,6 +796,9 @@ def _write_index(out_dir: Path, name: str, result: AnalysisResult, figures: list
         lines += ["", "**Incomplete runs** (their numbers are from the epochs they finished):", ""]
         lines += [f"- `{r['run_id']}`: {r['state']}, epochs {r['epochs']}" for r in result.rows
                   if r["run_id"] in result.incomplete]
+    if result.evaluation:
+        lines += ["", "**How the metrics were computed** (the `[eval]` section):", ""]
+        lines += [f"- {line}" for line in result.evaluation]
     if result.warnings:
         lines += ["", "**Warnings**:", ""] + [f"- {w}" for w in result.warnings]
     tables = [("Runs", "runs"), ("Configs: mean ± std over seeds", "configs"),

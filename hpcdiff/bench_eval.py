@@ -20,7 +20,7 @@ import torch
 from .bench import _sync, bench_hpcdiff
 from .data import load_splits, to_model_range
 from .diffusion import build_diffusion, validate_spec
-from .evaluate import Evaluator, sample_batch
+from .evaluate import EVAL_CHUNK, Evaluator
 from .models import build_model
 from .spec import RunSpec
 
@@ -70,11 +70,12 @@ def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-
             times.append(time.perf_counter() - tic)
         first_s, eval_s = times
         # The run's own sampler on all n_T steps, one chunk, scaled to the sample count.
-        k = min(sample_batch(device), spec.eval.samples)
+        k = min(EVAL_CHUNK, spec.eval.samples)
         x_T, _ = core.start(k, tuple(splits.test.image_shape), generator=torch.Generator().manual_seed(0),
                             device=device, test_images=evaluator.starts)
-        tic = time.perf_counter()
         core.eval()
+        _sync(device)
+        tic = time.perf_counter()
         core.sample(x_T, generator=torch.Generator().manual_seed(1), steps=0)
         _sync(device)
         full_sampling_s = (time.perf_counter() - tic) * spec.eval.samples / k

@@ -43,7 +43,7 @@ def sampling_times(n_T: int, steps: int) -> list[int]:
     ``steps`` is 0 or >= n_T, otherwise ``steps`` evenly spaced ones (n_T and 1 included)."""
     if not steps or steps >= n_T:
         return list(range(n_T, 0, -1))
-    return torch.linspace(n_T, 1, max(steps, 2)).round().long().unique_consecutive().tolist()
+    return torch.linspace(n_T, 1, steps).round().long().unique_consecutive().tolist()
 
 
 def _randn(shape, generator, device):
@@ -205,8 +205,14 @@ class ColdDiffusion(_Sampling):
         if start == "channel_mean":
             mean = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)
             return mean + self.start_noise * _randn(x0.shape, generator, device), "channel-mean test images + noise"
-        t = torch.full((n,), self.n_T, dtype=torch.long, device=device)
-        return self.degrade(x0, t, generator), "maximally degraded test images"
+        return self.degrade_to_start(x0), "maximally degraded test images"
+
+    def degrade_to_start(self, x0: torch.Tensor) -> torch.Tensor:
+        """x0 degraded to level T with level T's fixed draw: the samplers' first step
+        subtracts D(x0_hat, T) with that same draw, so Algorithm 2 still telescopes for
+        stochastic degradations."""
+        t = torch.full((x0.shape[0],), self.n_T, dtype=torch.long, device=x0.device)
+        return self.degrade(x0, t, self.level_generator(self.n_T))
 
     def reconstruct_direct(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """One restoration step (the reports' 'direct reconstruction')."""

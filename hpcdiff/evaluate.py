@@ -26,13 +26,10 @@ from .spec import RunSpec
 CLASSIFIER_METRICS = {"fid_classifier", "kid_classifier", "inception_score", "class_histogram"}
 REAL_IMAGES = 2000
 HELD_OUT_SEED = 20_221_219
-# Images per forward pass while sampling: the starter CNN runs fastest per image on a CPU
-# at about 128 (its activations stay in cache); a GPU wants large batches.
-SAMPLE_BATCH = {"cpu": 128, "cuda": 1000}
-
-
-def sample_batch(device) -> int:
-    return SAMPLE_BATCH.get(torch.device(device).type, SAMPLE_BATCH["cpu"])
+# Draws per chunk: each chunk has its own generator, so this fixes the sample set (the same
+# on every device and number of processes). 128 is where the starter CNN runs fastest per
+# image on a CPU, and the default 500 samples spread over the 4 GPUs of a node.
+EVAL_CHUNK = 128
 
 
 class Evaluator:
@@ -46,7 +43,7 @@ class Evaluator:
         self.device = device
         self.main, self.rank, self.world = main, rank, world
         self.metrics = tuple(spec.eval.metrics)
-        self.batch = sample_batch(device)
+        self.batch = EVAL_CHUNK
         self.classifier = None
         if main and CLASSIFIER_METRICS & set(self.metrics):
             from .classifier import get_classifier
@@ -162,16 +159,14 @@ class Evaluator:
         if self._sampling_reconstructs(core):
             # Held-out images in a fixed order (cycled when more samples than images).
             idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
-            x0 = self.starts[idx]
-            x_T = core.degrade(x0, torch.full((k,), core.n_T, dtype=torch.long, device=x0.device), g)
+            x_T = core.degrade_to_start(self.starts[idx])
             return {"samples": self._sample(core, x_T, g), "degraded": x_T,
                     "direct": core.reconstruct_direct(x_T, core.n_T)}
         x_T, _ = core.start(k, shape, generator=g, device=self.device, test_images=self.starts)
         return {"samples": self._sample(core, x_T, g)}
 
     def _reconstruction_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        x0 = self.starts[start:start + k]
-        x_T = core.degrade(x0, torch.full((k,), core.n_T, dtype=torch.long, device=x0.device), g)
+        x_T = core.degrade_to_start(self.starts[start:start + k])
         return {"samples": self._sample(core, x_T, g), "degraded": x_T,
                 "direct": core.reconstruct_direct(x_T, core.n_T)}
 

@@ -76,10 +76,15 @@ def prepare_inception(cache_dir=None, *, url: str | None = None, log=None) -> di
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
     try:
+        source, downloaded = str(hub_file), False
         if hub_file.is_file():
-            source, downloaded = str(hub_file), False
             shutil.copyfile(hub_file, tmp)
-        else:
+            try:
+                _check_inception_weights(tmp, source)
+            except MissingAssetError as err:
+                say(f"ignoring {hub_file}: {err}")
+                tmp.unlink()
+        if not tmp.is_file():
             source, downloaded = inception_url(url), True
             say(f"downloading Inception-v3 weights from {source}")
             if Path(source).is_file():  # a plain path to a mirror copy
@@ -92,7 +97,7 @@ def prepare_inception(cache_dir=None, *, url: str | None = None, log=None) -> di
                         f"could not download the Inception weights from {source}: {err}. On a machine "
                         f"without internet, fetch {INCEPTION_WEIGHTS_URL} elsewhere and pass its path or "
                         f"URL with `hpcdiff prepare --inception-url` (or $HPCDIFF_INCEPTION_URL).") from None
-        _check_inception_weights(tmp, source)
+            _check_inception_weights(tmp, source)
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)

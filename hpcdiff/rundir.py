@@ -69,6 +69,13 @@ class RunDir:
             raise SpecError(f"no config.toml in {self.path}: not a run directory")
         raw = tomlio.load(self.config_path)
         raw.pop("run", None)
+        ev = raw.get("eval")
+        if isinstance(ev, dict) and "sampler" not in ev and "steps" not in ev:
+            # Written before eval.sampler/eval.steps existed: those runs evaluated with their
+            # own sampler on their own steps. Kept, so that one run's metric curve is never
+            # half one method and half another after a resume.
+            d = raw.get("diffusion", {})
+            ev.update(sampler=d.get("sampler", "auto"), steps=d.get("sample_steps", 0))
         return RunSpec.from_dict(raw, source=str(self.config_path))
 
     def read_status(self) -> dict:

@@ -93,7 +93,7 @@ def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], l
         lines.append('RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"')
     else:
         lines.append(f"RUN_DIR={shlex.quote(run_dirs[0])}")
-    lines += ["", f'srun {hpcdiff} train --no-progress "$RUN_DIR"', "",
+    lines += ["", f'srun --kill-on-bad-exit=1 {hpcdiff} train --no-progress "$RUN_DIR"', "",
               _REQUEUE.format(max_requeues=s.max_requeues)]
     return "\n".join(lines)
 
@@ -122,22 +122,28 @@ def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path
     from .rundir import update_manifest, write_run_config
     from .submit import plan_sweep
 
+    if template not in TEMPLATES:
+        raise SpecError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
     plan = plan_sweep(sweep_file, output=output, overrides=overrides)
     runs = {r.run_id: r for r in plan.sweep.runs}
-    update_manifest(plan.sweep_dir, plan.sweep, Path(sweep_file).read_text())
+    todo = [pr for pr in plan.runs if pr.action in ("new", "resume")]
+    if not todo:
+        raise SpecError("every run of this sweep is finished or queued: nothing to submit")
     groups: dict[SlurmSpec, list[str]] = {}
+    for pr in todo:
+        groups.setdefault(runs[pr.run_dir.run_id].spec.slurm, []).append(str(pr.run_dir.path.absolute()))
+    if template == "csd3-ampere":  # before anything is written
+        for slurm in groups:
+            check_csd3(slurm)
+    update_manifest(plan.sweep_dir, plan.sweep, Path(sweep_file).read_text())
     for pr in plan.runs:
         run = runs[pr.run_dir.run_id]
         write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes,
                          label=run.label)
-        if pr.action in ("new", "resume"):
-            groups.setdefault(run.spec.slurm, []).append(str(pr.run_dir.path.absolute()))
-    if not groups:
-        raise SpecError("every run of this sweep is finished or queued: nothing to submit")
-    # Checked before anything is written, so a bad section leaves no half set of scripts.
-    for slurm in groups:
-        if template == "csd3-ampere":
-            check_csd3(slurm)
+    # Scripts of an earlier call name runs that may since have been submitted: gone, so
+    # that only the current set can be submitted.
+    for old in [plan.sweep_dir / f"{template}.sbatch", *plan.sweep_dir.glob(f"{template}-[0-9]*.sbatch")]:
+        old.unlink(missing_ok=True)
     log_dir = plan.sweep_dir.absolute() / "slurm"
     log_dir.mkdir(parents=True, exist_ok=True)
     paths = []

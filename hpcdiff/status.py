@@ -48,7 +48,8 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
         state = rd.effective_state()
         if state in ("timeout", "pending") and job_state in slurm.ACTIVE_STATES:
             state = "queued"  # waiting for its (re)start
-        elif state == "running" and job_id and answered is not None and str(job_id) not in queue:
+        elif (state == "running" and job_id and answered is not None and str(job_id) not in queue
+              and not rd.is_locked()):
             # Its job has left the queue without the run saying how it ended: killed without
             # a signal it could handle (out of memory, node failure, scancel -s KILL).
             state = "interrupted"

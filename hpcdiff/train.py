@@ -258,7 +258,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
         archive.set_attrs(rd.archive, {"world_size": world})
         rd.write_status(state="running", epoch=start_epoch - 1, epochs=t.epochs, host=socket.gethostname(),
                         error=None, traceback=None, restarts=rd.read_status().get("restarts", -1) + 1,
-                        job_id=slurm_job_id() or rd.read_status().get("job_id"),
+                        job_id=slurm_job_id(),
                         requeues=int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0), world_size=world)
 
     n_train = len(train_images)

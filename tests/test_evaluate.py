@@ -81,6 +81,26 @@ def test_cold_samples_double_as_reconstructions(test_split):
     assert set(evaluator.real_labels.tolist()) == set(range(10))
 
 
+@pytest.mark.parametrize("name", ["impulse", "pixel_swap", "luminance_mask", "blur"])
+def test_a_perfect_restorer_reconstructs_exactly_through_the_evaluator(name, test_split):
+    """Stochastic degradations too: the start is degraded with level T's own draw, which
+    Algorithm 2's first step subtracts again, so with skipped levels the samples are x0."""
+    spec = _spec(degradation={"name": name}, eval={"metrics": [], "samples": 100, "steps": 7})
+    core, _ = _core(spec)
+    evaluator = Evaluator(spec, test_split, "cpu")
+    truth = evaluator.starts[:100]
+
+    class Oracle(torch.nn.Module):  # one chunk of 100: the starts in order
+        def forward(self, x, t):
+            return truth[: len(x)]
+
+    core.gt = Oracle()
+    out = evaluator(core, seed=0)
+    assert out["recon_degraded_mse"] > 1e-3
+    assert out["recon_direct_mse"] == pytest.approx(0.0, abs=1e-10)
+    assert out["recon_full_mse"] == pytest.approx(0.0, abs=1e-10)
+
+
 def _rank_samples(rank, world, port, spec_dict, queue):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
@@ -132,9 +152,10 @@ def test_two_processes_draw_the_same_samples_as_one(test_split):
     assert (results[0][2], results[1][2]) == (2 * 4 * 2, 1 * 4 * 2)
 
 
-def test_a_config_that_still_says_auto_trains(tiny_sweep, tmp_path):
-    """Run directories written before eval.sampler existed (or edited by hand) hold "auto":
-    training resolves it instead of failing at the first evaluation."""
+def test_configs_from_before_eval_steps_keep_their_method_and_auto_resolves(tiny_sweep, tmp_path):
+    """A run directory written before eval.sampler/eval.steps existed evaluated with the
+    run's own sampler on all steps: a resume keeps that, so one metric curve is one method.
+    A config that says "auto" (edited by hand) is resolved at train time."""
     from helpers import make_run_dir
 
     from hpcdiff import archive, tomlio
@@ -144,8 +165,13 @@ def test_a_config_that_still_says_auto_trains(tiny_sweep, tmp_path):
     sweep.write_text(sweep.read_text().replace("metrics = []", 'metrics = ["diversity"]\nsamples = 8'))
     rd = make_run_dir(sweep, tmp_path / "runs")
     config = tomlio.load(rd.config_path)
-    assert config["eval"]["sampler"] == "ddim"
-    config["eval"].pop("sampler")
+    assert (config["eval"]["sampler"], config["eval"]["steps"]) == ("ddim", 50)
+    del config["eval"]["sampler"], config["eval"]["steps"]
+    rd.config_path.write_text(tomlio.dumps(config))
+    legacy = rd.load_spec().eval
+    assert (legacy.sampler, legacy.steps) == ("ancestral", 0)
+
+    config["eval"]["sampler"] = "auto"
     rd.config_path.write_text(tomlio.dumps(config))
     assert train(rd.path) == "done"
     assert archive.read(rd.archive)["metrics"]["diversity_trace"][0] > 0

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import getpass
 import re
 import shutil
 import subprocess
@@ -62,7 +61,7 @@ def max_array_size() -> int:
 
 
 def queue_states() -> dict[str, str]:
-    """job id (array tasks as ARRAY_TASK) -> state, for this user's jobs in squeue ({} when
+    """job id (array tasks as ARRAY_TASK) -> state, for the jobs in squeue ({} when
     there is no squeue or it does not answer)."""
     return query_queue() or {}
 
@@ -73,7 +72,8 @@ def query_queue() -> dict[str, str] | None:
     if shutil.which("squeue") is None:
         return None
     try:
-        proc = subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i|%T"],
+        # Every user's jobs: a sweep directory may be shared, and job ids are cluster-wide.
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"],
                               capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -98,6 +98,9 @@ def executor_parameters(s: SlurmSpec, job_name: str) -> dict:
         "job_name": job_name, "time": s.time_min, "nodes": s.nodes, "ntasks_per_node": s.tasks_per_node,
         "cpus_per_task": s.cpus_per_task, "array_parallelism": s.array_parallelism,
         "signal_delay_s": s.signal_delay_s,
+        # A task that dies (an exception on rank 0, say) ends the step, instead of leaving
+        # the other ranks waiting in a collective until the process-group timeout.
+        "srun_args": ["--kill-on-bad-exit=1"],
     }
     for key in ("partition", "account", "qos", "constraint", "mail_user", "mail_type"):
         value = getattr(s, key)
