@@ -777,9 +777,10 @@ def _evaluation_settings(runs: list[_Run]) -> list[str]:
         if not ev.get("metrics") or not any(is_quality_metric(k) for k in run.metrics):
             continue
         n_T = run.config.get("diffusion", {}).get("n_T", 0)
-        steps = ev.get("steps", 0) or n_T
+        steps = ev.get("steps", 0)
+        on = "all n_T steps" if not steps or steps >= n_T else f"{steps} evenly spaced steps"
         text = (f"{ev.get('samples', '?')} samples per evaluation, drawn with `{ev.get('sampler', '?')}` on "
-                f"{min(steps, n_T) if n_T else steps} of n_T = {n_T} steps; every "
+                f"{on}; every "
                 + (f"{ev['every']} epochs" if ev.get("every") else "run at its last epoch only"))
         variants[text] = variants.get(text, 0) + 1
     if len(variants) == 1:

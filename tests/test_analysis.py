@@ -273,7 +273,7 @@ def test_figures_are_valid_pngs_with_pdfs_and_indexed(full):
         assert f"`{rid}`" in index
     assert "real held-out images first" in index and not result.warnings
     # Which samples the metrics came from, read off the runs' resolved configs.
-    assert result.evaluation == ["8 samples per evaluation, drawn with `ddim` on 10 of n_T = 10 steps; "
+    assert result.evaluation == ["8 samples per evaluation, drawn with `ddim` on all n_T steps; "
                                  "every run at its last epoch only"]
     assert result.evaluation[0] in index
 
