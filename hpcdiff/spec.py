@@ -239,7 +239,8 @@ class SlurmSpec:
     time_min: int = 60
     nodes: int = 1
     gpus_per_node: int = 0
-    tasks_per_node: int = 1
+    # Processes per node; 0 = one per GPU (1 without GPUs): each rank drives one GPU.
+    tasks_per_node: int = 0
     cpus_per_task: int = 2
     mem_gb: int = 0
     constraint: str = ""
@@ -257,11 +258,16 @@ class SlurmSpec:
     # Shell lines run before the job (e.g. "module load rhel8/default-amp"); plain words only.
     setup: tuple[str, ...] = ()
 
+    @property
+    def tasks(self) -> int:
+        """Processes per node: tasks_per_node, or one per GPU when it is 0."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
+
     def validate(self, p: str) -> None:
-        for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
+        for name in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
             v = getattr(self, name)
             _check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
-        for name in ("gpus_per_node", "mem_gb", "max_requeues", "signal_delay_s"):
+        for name in ("gpus_per_node", "tasks_per_node", "mem_gb", "max_requeues", "signal_delay_s"):
             v = getattr(self, name)
             _check(v >= 0, f"{p}.{name}", f"must be >= 0, got {v}")
         for name in ("partition", "account", "qos", "mail_user", "mail_type", "cpu_partition"):

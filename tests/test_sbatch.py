@@ -68,3 +68,16 @@ def test_runs_with_different_slurm_sections_get_one_script_each(tmp_path, fashio
     assert times == ["#SBATCH --time=00:30:00", "#SBATCH --time=01:30:00"]
     for p in paths:  # each array holds the two learning rates of its case
         assert "#SBATCH --array=0-1%" in p.read_text()
+
+
+@pytest.mark.parametrize("gpus,tasks,expected", [(4, 0, 4), (0, 0, 1), (4, 1, 1), (0, 3, 3)])
+def test_one_process_per_gpu_unless_told_otherwise(gpus, tasks, expected):
+    """A job asking for 4 GPUs runs 4 ranks, in the submitit backend and the templates alike
+    (one process would leave 3 of the GPUs idle)."""
+    from hpcdiff.launch.slurm import executor_parameters
+
+    s = SlurmSpec(gpus_per_node=gpus, tasks_per_node=tasks, partition="p")
+    assert executor_parameters(s, "j")["ntasks_per_node"] == expected
+    template = "gpu" if gpus else "cpu"
+    script = render(template, s, job_name="j", run_dirs=["r"], log_dir="l")
+    assert f"#SBATCH --ntasks-per-node={expected}" in script

@@ -95,7 +95,7 @@ def is_queued(status: dict, states: dict[str, str]) -> bool:
 def executor_parameters(s: SlurmSpec, job_name: str) -> dict:
     """[slurm] section -> submitit.SlurmExecutor parameters (sbatch flags)."""
     p: dict = {
-        "job_name": job_name, "time": s.time_min, "nodes": s.nodes, "ntasks_per_node": s.tasks_per_node,
+        "job_name": job_name, "time": s.time_min, "nodes": s.nodes, "ntasks_per_node": s.tasks,
         "cpus_per_task": s.cpus_per_task, "array_parallelism": s.array_parallelism,
         "signal_delay_s": s.signal_delay_s,
         # A task that dies (an exception on rank 0, say) ends the step, instead of leaving
