@@ -18,6 +18,7 @@ import signal
 import socket
 import time
 import traceback
+import contextlib
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -127,8 +128,9 @@ def make_accelerator(spec: RunSpec):
     # writes the archive and checkpoints; t-SNE or Inception features on a big sample set can
     # outlast NCCL's default 10-minute watchdog.
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
-    return Accelerator(cpu=use_cpu, mixed_precision=precision,
-                       gradient_accumulation_steps=spec.train.grad_accumulation, kwargs_handlers=[timeout])
+    # Gradient accumulation is done in the training loop, not by Accelerate: its windows
+    # would run across epoch ends, and a checkpoint written there would lose the gradients.
+    return Accelerator(cpu=use_cpu, mixed_precision=precision, kwargs_handlers=[timeout])
 
 
 def _rng_state() -> dict:
@@ -283,20 +285,26 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 idx = perm[i * global_batch: (i + 1) * global_batch]
                 idx = idx[rank * local_batch: (rank + 1) * local_batch]
                 x = to_model_range(train_images[idx])
-                with accelerator.accumulate(diffusion):
+                # Windows of grad_accumulation batches that start at every epoch's first batch
+                # (the last one may be shorter): an epoch end is always an optimiser step.
+                window_start = i - i % t.grad_accumulation
+                window = min(t.grad_accumulation, steps_per_epoch - window_start)
+                sync = i + 1 == window_start + window
+                with contextlib.nullcontext() if sync else accelerator.no_sync(diffusion):
                     loss = diffusion(x)
-                    accelerator.backward(loss)
-                    if t.grad_clip and accelerator.sync_gradients:
+                    accelerator.backward(loss / window if window > 1 else loss)
+                if sync:
+                    if t.grad_clip:
                         accelerator.clip_grad_norm_(diffusion.parameters(), t.grad_clip)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                if ema is not None and accelerator.sync_gradients:
-                    ema.update(core.gt)
+                    if ema is not None:
+                        ema.update(core.gt)
                 loss_sum += loss.detach()
                 step += 1
                 progress.advance(loss)
                 # Only at an optimiser step: gradients accumulated in between are not checkpointed.
-                if accelerator.sync_gradients and _stop_agreed(flag, accelerator):
+                if sync and _stop_agreed(flag, accelerator):
                     elapsed += time.perf_counter() - tic
                     if main:
                         save_checkpoint(epoch - 1, partial={"epoch": epoch, "batch": i + 1,
