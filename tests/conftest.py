@@ -9,6 +9,8 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Tests run on 2 cores; keep torch from oversubscribing when pytest spawns trainings.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
+from helpers import TINY_BASE  # noqa: E402  (imports torch: after OMP_NUM_THREADS)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def hpcdiff_cache(tmp_path_factory):
@@ -30,29 +32,6 @@ def fashion_dir():
     return FASHION_DIR
 
 
-TINY_BASE = """
-[data]
-name = "idx"
-root = "{root}"
-subset = {subset}
-
-[model]
-hidden = [8, 8]
-
-[diffusion]
-n_T = 20
-
-[train]
-epochs = {epochs}
-batch_size = 64
-n_samples = 4
-sample_every = 1
-seed = 0
-
-[eval]
-metrics = []
-reconstruction = false
-"""
 
 
 @pytest.fixture

@@ -3,6 +3,32 @@
 from hpcdiff.rundir import RunDir, update_manifest, write_run_config
 from hpcdiff.submit import plan_sweep
 
+# The smallest real run (Fashion-MNIST IDX files, a 2-layer CNN, 20 steps): every test that
+# trains starts from it. Fields: root, subset, epochs.
+TINY_BASE = """
+[data]
+name = "idx"
+root = "{root}"
+subset = {subset}
+
+[model]
+hidden = [8, 8]
+
+[diffusion]
+n_T = 20
+
+[train]
+epochs = {epochs}
+batch_size = 64
+n_samples = 4
+sample_every = 1
+seed = 0
+
+[eval]
+metrics = []
+reconstruction = false
+"""
+
 
 def make_run_dir(sweep_file, out) -> RunDir:
     """Write the first run of a sweep to disk, as `hpcdiff sweep` would, without training it

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from helpers import TINY_BASE
+
 from hpcdiff import archive
 from hpcdiff.cli import main
 from hpcdiff.launch.slurm import render_script
@@ -55,24 +57,7 @@ def test_rendered_script_matches_golden_file():
     assert script == (GOLDEN / "array.sbatch").read_text()
 
 
-SWEEP = """
-[sweep]
-name = "{name}"
-{axes}
-[data]
-name = "idx"
-root = "/usr/share/datasets/fashion-mnist"
-subset = {subset}
-[model]
-hidden = [8, 8]
-[diffusion]
-n_T = 20
-[train]
-epochs = {epochs}
-batch_size = 64
-n_samples = 4
-[eval]
-metrics = []
+SLURM_SECTION = """
 [slurm]
 array_parallelism = 2
 cpus_per_task = 1
@@ -83,8 +68,9 @@ time_min = {time_min}
 
 def write_sweep(tmp_path, name, *, axes="", subset=320, epochs=2, time_min=10, slurm_extra=""):
     path = tmp_path / f"{name}.toml"
-    path.write_text(SWEEP.format(name=name, axes=axes, subset=subset, epochs=epochs, time_min=time_min,
-                                 slurm_extra=slurm_extra))
+    path.write_text(f'[sweep]\nname = "{name}"\n{axes}\n'
+                    + TINY_BASE.format(root="/usr/share/datasets/fashion-mnist", subset=subset, epochs=epochs)
+                    + SLURM_SECTION.format(time_min=time_min, slurm_extra=slurm_extra))
     return path
 
 
