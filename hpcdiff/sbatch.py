@@ -65,13 +65,10 @@ def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], l
     if s.qos:
         lines.append(f"#SBATCH --qos={s.qos}")
     lines += [f"#SBATCH --nodes={s.nodes}", f"#SBATCH --time={_hhmmss(s.time_min)}"]
-    if template == "cpu":
-        lines += [f"#SBATCH --ntasks-per-node={s.tasks}", f"#SBATCH --cpus-per-task={s.cpus_per_task}"]
-    else:
-        gpus = max(1, s.gpus_per_node)
-        # One task per GPU unless set otherwise: Accelerate binds rank i to GPU i of its node.
-        lines += [f"#SBATCH --gres=gpu:{gpus}", f"#SBATCH --ntasks-per-node={s.tasks_per_node or gpus}",
-                  f"#SBATCH --cpus-per-task={s.cpus_per_task}"]
+    if template != "cpu":
+        lines.append(f"#SBATCH --gres=gpu:{max(1, s.gpus_per_node)}")
+    # One task per GPU unless set otherwise: Accelerate binds rank i to GPU i of its node.
+    lines += [f"#SBATCH --ntasks-per-node={s.tasks}", f"#SBATCH --cpus-per-task={s.cpus_per_task}"]
     if s.mem_gb:
         lines.append(f"#SBATCH --mem={s.mem_gb}G")
     if s.constraint:

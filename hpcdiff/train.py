@@ -18,8 +18,7 @@ import signal
 import socket
 import time
 import traceback
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -290,7 +289,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                 window_start = i - i % t.grad_accumulation
                 window = min(t.grad_accumulation, steps_per_epoch - window_start)
                 sync = i + 1 == window_start + window
-                with contextlib.nullcontext() if sync else accelerator.no_sync(diffusion):
+                with nullcontext() if sync else accelerator.no_sync(diffusion):
                     loss = diffusion(x)
                     accelerator.backward(loss / window if window > 1 else loss)
                 if sync:
