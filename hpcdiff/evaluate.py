@@ -16,6 +16,7 @@ are also the full-sampler reconstructions of those images: one sampling pass ser
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -32,6 +33,17 @@ HELD_OUT_SEED = 20_221_219
 EVAL_CHUNK = 128
 
 
+@contextmanager
+def eval_mode(model):
+    """The model in eval mode (dropout off) for the block, then back to the mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class Evaluator:
     """Every process of a run builds one and calls it at the same epochs (they share the
     sampling); only the main process (``main=True``) loads the classifier and returns
@@ -43,7 +55,6 @@ class Evaluator:
         self.device = device
         self.main, self.rank, self.world = main, rank, world
         self.metrics = tuple(spec.eval.metrics)
-        self.batch = EVAL_CHUNK
         self.classifier = None
         if main and CLASSIFIER_METRICS & set(self.metrics):
             from .classifier import get_classifier
@@ -83,25 +94,25 @@ class Evaluator:
     def __call__(self, core, seed: int) -> dict[str, float]:
         """Metrics of the current weights (main process; the others return {})."""
         tic = time.perf_counter()
-        was_training = core.training
-        core.eval()
         out: dict[str, float] = {}
-        if self.metrics or self._sampling_reconstructs(core):
-            keys = ("samples", "degraded", "direct") if self._sampling_reconstructs(core) else ("samples",)
-            drawn = self._draw(core, seed, self.spec.eval.samples, self._sample_chunk, keys)
-            if self.main and self.metrics:
-                ctx = MetricContext(samples=drawn["samples"], real=self.real, real_labels=self.real_labels,
-                                    classifier=self.classifier, device=self.device,
-                                    stats_cache=self.stats_cache, real_id=self.real_id, seed=seed)
-                out.update(compute_metrics(self.metrics, ctx))
-            if self.main and self._sampling_reconstructs(core):
-                out.update(self._reconstruction_table(drawn))
-        if self._reconstructs and not self._sampling_reconstructs(core):
-            n = min(self.spec.eval.samples, len(self.starts))
-            drawn = self._draw(core, seed, n, self._reconstruction_chunk, ("samples", "degraded", "direct"))
-            if self.main:
-                out.update(self._reconstruction_table(drawn))
-        core.train(was_training)
+        recon_keys = ("samples", "degraded", "direct")
+        with eval_mode(core):
+            shared = self._sampling_reconstructs(core)
+            if self.metrics or shared:
+                drawn = self._draw(core, seed, self.spec.eval.samples, self._sample_chunk,
+                                   recon_keys if shared else ("samples",))
+                if self.main and self.metrics:
+                    ctx = MetricContext(samples=drawn["samples"], real=self.real, real_labels=self.real_labels,
+                                        classifier=self.classifier, device=self.device,
+                                        stats_cache=self.stats_cache, real_id=self.real_id, seed=seed)
+                    out.update(compute_metrics(self.metrics, ctx))
+                if self.main and shared:
+                    out.update(self._reconstruction_table(drawn))
+            if self._reconstructs and not shared:
+                n = min(self.spec.eval.samples, len(self.starts))
+                drawn = self._draw(core, seed, n, self._reconstruction_chunk, recon_keys)
+                if self.main:
+                    out.update(self._reconstruction_table(drawn))
         if self.main:
             out["eval_seconds"] = time.perf_counter() - tic
         return out
@@ -112,12 +123,8 @@ class Evaluator:
     def samples(self, core, seed: int) -> torch.Tensor:
         """The evaluation samples of the current weights, on every process (each draws its
         share): the images the metrics are computed on."""
-        was_training = core.training
-        core.eval()
-        try:
+        with eval_mode(core):
             return self._draw(core, seed, self.spec.eval.samples, self._sample_chunk, ("samples",))["samples"]
-        finally:
-            core.train(was_training)
 
     def _sample(self, core, x_T, generator):
         return core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler, steps=self.spec.eval.steps)
@@ -125,7 +132,7 @@ class Evaluator:
     def _draw(self, core, seed: int, n: int, chunk_fn, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Run ``chunk_fn`` over fixed chunks of ``n`` draws, this process taking every
         world-th chunk, and assemble the results in chunk order on every process."""
-        chunks = [(c, start, min(self.batch, n - start)) for c, start in enumerate(range(0, n, self.batch))]
+        chunks = [(c, start, min(EVAL_CHUNK, n - start)) for c, start in enumerate(range(0, n, EVAL_CHUNK))]
         mine = {}
         for c, start, k in chunks[self.rank::self.world]:
             # One generator per chunk: the same draws whoever computes them, at every epoch.
@@ -142,31 +149,28 @@ class Evaluator:
         per_rank = -(-len(chunks) // self.world)
         shape = tuple(self.real.shape[1:])
         width = len(keys) * shape[0]
-        buf = torch.zeros(per_rank * self.batch, width, *shape[1:], device=self.device)
+        buf = torch.zeros(per_rank * EVAL_CHUNK, width, *shape[1:], device=self.device)
         for j, (c, start, k) in enumerate(chunks[self.rank::self.world]):
-            buf[j * self.batch: j * self.batch + k] = torch.cat([mine[c][key] for key in keys], dim=1)
+            buf[j * EVAL_CHUNK: j * EVAL_CHUNK + k] = torch.cat([mine[c][key] for key in keys], dim=1)
         bufs = [torch.empty_like(buf) for _ in range(self.world)]
         dist.all_gather(bufs, buf)
         parts = []
         for c, start, k in chunks:
             j = c // self.world
-            parts.append(bufs[c % self.world][j * self.batch: j * self.batch + k])
+            parts.append(bufs[c % self.world][j * EVAL_CHUNK: j * EVAL_CHUNK + k])
         packed = torch.cat(parts)
         return dict(zip(keys, packed.split(shape[0], dim=1)))
 
     def _sample_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        shape = tuple(self.real.shape[1:])
         if self._sampling_reconstructs(core):
-            # Held-out images in a fixed order (cycled when more samples than images).
-            idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
-            x_T = core.degrade_to_start(self.starts[idx])
-            return {"samples": self._sample(core, x_T, g), "degraded": x_T,
-                    "direct": core.reconstruct_direct(x_T, core.n_T)}
-        x_T, _ = core.start(k, shape, generator=g, device=self.device, test_images=self.starts)
+            return self._reconstruction_chunk(core, start, k, g)
+        x_T, _ = core.start(k, tuple(self.real.shape[1:]), generator=g, device=self.device, test_images=self.starts)
         return {"samples": self._sample(core, x_T, g)}
 
     def _reconstruction_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        x_T = core.degrade_to_start(self.starts[start:start + k])
+        # Held-out images in a fixed order (cycled when there are more samples than images).
+        idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
+        x_T = core.degrade_to_start(self.starts[idx])
         return {"samples": self._sample(core, x_T, g), "degraded": x_T,
                 "direct": core.reconstruct_direct(x_T, core.n_T)}
 

@@ -28,7 +28,7 @@ from . import __version__, archive, checkpoint, tomlio
 from .data import load_splits, to_model_range, to_uint8
 from .diffusion import build_diffusion, validate_spec
 from .distributed import env_from_slurm, process_rank
-from .evaluate import Evaluator
+from .evaluate import Evaluator, eval_mode
 from .models import build_model
 from .rundir import RunDir
 from .spec import RunSpec
@@ -439,12 +439,11 @@ def _ema_weights(core, ema: EMA | None):
 
 @torch.no_grad()
 def _draw_samples(core, t, image_shape, device, start_images) -> dict:
-    core.eval()
     # The same starts every epoch, so grids show the model changing, not the draw.
     g = torch.Generator().manual_seed(t.seed + 2_000_003)
-    x_T, start = core.start(t.n_samples, image_shape, generator=g, device=device, test_images=start_images)
-    x = core.sample(x_T, generator=g)
-    core.train()
+    with eval_mode(core):
+        x_T, start = core.start(t.n_samples, image_shape, generator=g, device=device, test_images=start_images)
+        x = core.sample(x_T, generator=g)
     images = to_uint8(x).cpu().numpy()[:, 0]
     return {"images": images, "attrs": {"start": start}, "starts": to_uint8(x_T).cpu().numpy()[:, 0]}
 
