@@ -22,27 +22,30 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .checkpoint import fsync_dir
+from .atomic import fsync_dir, storage_errors
 
 
 @contextmanager
 def _update(path: Path):
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    if path.exists():
-        shutil.copyfile(path, tmp)
-    else:
-        tmp.unlink(missing_ok=True)
-    try:
-        with h5py.File(tmp, "a") as f:
-            yield f
-            f.flush()
-        with open(tmp, "rb+") as raw:
-            os.fsync(raw.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # A full disk fails the copy, HDF5's writes or the flush: each leaves the archive as it
+    # was and surfaces as a StorageError naming it.
+    with storage_errors(path):
+        try:
+            if path.exists():
+                shutil.copyfile(path, tmp)
+            else:
+                tmp.unlink(missing_ok=True)
+            with h5py.File(tmp, "a") as f:
+                yield f
+                f.flush()
+            with open(tmp, "rb+") as raw:
+                os.fsync(raw.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def create(path: Path, attrs: dict) -> None:

@@ -1,17 +1,18 @@
 """Atomic full-state checkpoints and discovery of the latest complete one.
 
-A checkpoint is written to a temporary file, fsynced, then renamed into place (and the
-directory fsynced), so a kill at any moment leaves either the old set or the new one, never
-a torn file. Files are loaded with ``weights_only=True``: no pickled code is executed.
+A checkpoint is written through ``atomic.atomic_write``, so a kill or a full disk at any
+moment leaves either the old set or the new one, never a torn file. Files are loaded with ``weights_only=True``: no pickled code is executed.
 """
 
 from __future__ import annotations
 
-import os
+import io
 import re
 from pathlib import Path
 
 import torch
+
+from .atomic import atomic_write, storage_errors
 
 PATTERN = re.compile(r"^epoch_(\d{5})\.pt$")
 
@@ -20,35 +21,16 @@ def path_for(directory: Path, epoch: int) -> Path:
     return Path(directory) / f"epoch_{epoch:05d}.pt"
 
 
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """``write(file_object)`` into ``path.tmp``, fsync, rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fsync_dir(path.parent)
-
-
 def save(state: dict, directory: Path, epoch: int, keep: int) -> Path:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     target = path_for(directory, epoch)
-    atomic_write_bytes(target, lambda f: torch.save(state, f))
+    with storage_errors(directory):
+        directory.mkdir(parents=True, exist_ok=True)
+    # Serialised in memory first: torch.save straight into a file that hits a full disk ends
+    # in an unrelated RuntimeError from its zip writer instead of the OSError.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(target, lambda f: f.write(buffer.getbuffer()))
     for old in list_epochs(directory)[:-keep]:
         path_for(directory, old).unlink(missing_ok=True)
     return target

@@ -229,7 +229,9 @@ def _atomic_save(obj, path: Path) -> None:
 
 
 def load_classifier(path, device="cpu") -> Classifier:
-    blob = torch.load(path, map_location=device, weights_only=True)
+    # Loaded on the CPU, then moved: Accelerate's CPU device is ``cpu:0`` under DDP, a
+    # location torch.load cannot restore storages to.
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     arch = blob["arch"]
     model = Classifier(channels=tuple(arch["channels"]), feature_dim=arch["feature_dim"],
                        n_classes=arch["n_classes"], dropout=arch["dropout"])

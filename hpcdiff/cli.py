@@ -77,8 +77,12 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
         console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
                       f"with the {backend} executor; nothing written or submitted.")
         return
+    skipped_diverged = sum(1 for r in plan.runs if r.action == "skip-diverged")
+    if skipped_diverged:
+        console.print(f"[magenta]{skipped_diverged} diverged run(s) not relaunched[/] (the same config diverges "
+                      f"the same way; --force resumes them from their last good checkpoint).")
     if not plan.to_launch:
-        console.print("Nothing to do: every run is finished or running. (--force reruns finished runs.)")
+        console.print("Nothing to do: every run is finished, diverged or running. (--force reruns them.)")
     else:
         from .launch.slurm import SlurmError
 
@@ -90,16 +94,22 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
         except SlurmError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
-        failed = [r for r, s in report.results.items() if s == "failed"]
+        failed = [r for r, s in report.results.items() if s in ("failed", "diverged")]
+        diverged = [r for r, s in report.results.items() if s == "diverged"]
+        crashed = [r for r in failed if r not in diverged]
         console.print(f"{report.executor}: launched {len(report.launched)} runs"
-                      + (f", [red]{len(failed)} failed[/]: {', '.join(failed)}" if failed else ""))
+                      + (f", [red]{len(crashed)} failed[/]: {', '.join(crashed)}" if crashed else "")
+                      + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else ""))
         if report.job_ids:
             arrays = sorted({j.split("_")[0] for k, j in report.job_ids.items() if k != "analyze"})
             console.print(f"submitted SLURM job array(s) {', '.join(arrays)}"
                           + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else ""))
             console.print(f"  hpcdiff status {plan.sweep_dir} --watch")
-        if failed:
+        if crashed:
             console.print(f"See {plan.sweep_dir}/<run_id>/log.txt; rerunning the same command resumes them.")
+        if diverged:
+            console.print(f"Diverged runs say why in {plan.sweep_dir}/<run_id>/log.txt and `hpcdiff status`; "
+                          f"rerunning does not relaunch them.")
     console.print(f"Results: [bold]{plan.sweep_dir}[/]")
     console.print(f"  hpcdiff status {plan.sweep_dir}")
     console.print(f"  hpcdiff analyze {plan.sweep_dir}")
@@ -137,6 +147,8 @@ def _print_plan(console, plan) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
 def train(run_dir, progress):
     """Train (or resume) the run in RUN_DIR. This is what every job executes."""
+    from .atomic import StorageError
+    from .monitor import Diverged
     from .rundir import RunBusyError
     from .train import train as train_run
 
@@ -146,6 +158,10 @@ def train(run_dir, progress):
         state = train_run(run_dir, show_progress=progress)
     except SpecError as err:
         _fail_invalid(err)
+    except (Diverged, StorageError) as err:
+        # Expected failures with a full explanation: no traceback (log.txt has the details).
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
     except RunBusyError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(3)

@@ -15,14 +15,17 @@ are also the full-sampler reconstructions of those images: one sampling pass ser
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import contextmanager
 
 import torch
 
 from .data import Dataset, to_model_range
-from .metrics import MetricContext, StatsCache, compute_metrics, reconstruction_metrics
+from .metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, reconstruction_metrics
 from .spec import RunSpec
+
+log = logging.getLogger("hpcdiff.evaluate")
 
 CLASSIFIER_METRICS = {"fid_classifier", "kid_classifier", "inception_score", "class_histogram"}
 REAL_IMAGES = 2000
@@ -105,7 +108,13 @@ class Evaluator:
                     ctx = MetricContext(samples=drawn["samples"], real=self.real, real_labels=self.real_labels,
                                         classifier=self.classifier, device=self.device,
                                         stats_cache=self.stats_cache, real_id=self.real_id, seed=seed)
-                    out.update(compute_metrics(self.metrics, ctx))
+                    try:
+                        out.update(compute_metrics(self.metrics, ctx))
+                    except NonFiniteSamples as err:
+                        # The weights were finite (training checks them), so this is the
+                        # sampler: recorded and said, and the metrics of this epoch read NaN.
+                        log.warning("evaluation: %s; this epoch's metrics are recorded as NaN", err)
+                        out["nonfinite_samples"] = float(err.n_bad)
                 if self.main and shared:
                     out.update(self._reconstruction_table(drawn))
             if self._reconstructs and not shared:

@@ -31,7 +31,7 @@ from .data import to_uint8
 from .registry import Registry
 
 __all__ = [
-    "METRICS", "DEFAULT_METRICS", "MetricContext", "StatsCache", "MissingAssetError", "compute_metrics",
+    "METRICS", "DEFAULT_METRICS", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
     "reconstruction_metrics", "frechet_distance", "gaussian_fit", "kernel_inception_distance",
     "inception_score_from_logits", "to_inception_input", "to_unit_range", "find_inception_weights",
     "inception_weights_candidates", "INCEPTION_WEIGHTS_FILE",
@@ -167,9 +167,22 @@ class MetricContext:
         return self.stats_cache.get(info, compute)
 
 
+class NonFiniteSamples(ValueError):
+    """Samples holding NaN or infinity: no metric of them means anything."""
+
+    def __init__(self, n_bad: int, n: int, names):
+        self.n_bad, self.n = n_bad, n
+        super().__init__(f"{n_bad} of {n} samples are not finite (NaN or infinity), so "
+                         f"{', '.join(names)} cannot be computed: the model or its sampler diverged")
+
+
 def compute_metrics(names, ctx: MetricContext) -> dict[str, float]:
-    """Run the named metrics (unknown names fail before anything is computed)."""
+    """Run the named metrics (unknown names fail before anything is computed). Samples that
+    are not all finite raise ``NonFiniteSamples`` instead of failing deep in linear algebra."""
     fns = [METRICS.get(n) for n in names]
+    bad = int((~torch.isfinite(ctx.samples.flatten(1))).any(1).sum())
+    if bad:
+        raise NonFiniteSamples(bad, len(ctx.samples), names)
     out: dict[str, float] = {}
     for fn in fns:
         out.update({k: float(v) for k, v in fn(ctx).items()})
@@ -198,6 +211,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     Both covariances are symmetric PSD, so the matrix square roots come from eigh (no scipy,
     no complex parts): tr((S1 S2)^1/2) = sum of sqrt(eigenvalues of S1^1/2 S2 S1^1/2)."""
     mu1, mu2, s1, s2 = (t.detach().double().cpu() for t in (mu1, mu2, sigma1, sigma2))
+    if not all(bool(torch.isfinite(t).all()) for t in (mu1, mu2, s1, s2)):
+        raise ValueError("the Fréchet distance needs finite means and covariances; got NaN or infinity "
+                         "(features of non-finite images?)")
     w, v = torch.linalg.eigh(_sym(s1))
     s1_half = (v * w.clamp(min=0).sqrt()) @ v.T
     m = _sym(s1_half @ s2 @ s1_half)

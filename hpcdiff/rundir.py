@@ -3,7 +3,7 @@
     <output>/<sweep>/sweep.json            manifest: every run ever expanded from the sweep
     <output>/<sweep>/sweep.toml            copy of the sweep file as last launched
     <output>/<sweep>/<run_id>/config.toml  resolved config (rebuilds every object)
-                             status.json   pending -> running -> done | failed | timeout
+                             status.json   pending -> running -> done | failed | timeout | diverged
                              checkpoints/  atomic full-state checkpoints
                              archive.h5    metrics and samples
                              log.txt       training log
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import tomlio
-from .checkpoint import atomic_write_bytes
+from .atomic import atomic_write_bytes
 from .spec import RunSpec, SpecError
 
 
@@ -89,7 +89,7 @@ class RunDir:
         status.update(fields)
         status["updated"] = time.time()
         data = json.dumps(status, indent=2, sort_keys=True).encode()
-        atomic_write_bytes(self.status_path, lambda f: f.write(data))
+        atomic_write_bytes(self.status_path, data)
         return status
 
     def is_locked(self) -> bool:
@@ -153,7 +153,7 @@ def write_run_config(run_dir: RunDir, spec: RunSpec, *, run_id: str, sweep: str,
     text = tomlio.dumps({"run": {"id": run_id, "sweep": sweep, "label": label,
                                  "axes": json.dumps(axes, sort_keys=True)}, **content}, header=header)
     data = text.encode()
-    atomic_write_bytes(run_dir.config_path, lambda f: f.write(data))
+    atomic_write_bytes(run_dir.config_path, data)
     if not run_dir.status_path.exists():
         run_dir.write_status(state="pending", epoch=0, epochs=spec.train.epochs)
 
@@ -187,9 +187,9 @@ def update_manifest(sweep_dir: Path, sweep, source_text: str) -> None:
     varying = list(dict.fromkeys(list(manifest.get("varying", [])) + list(sweep.varying)))
     manifest.update({"name": sweep.name, "source": sweep.source, "runs": runs, "varying": varying})
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
-    atomic_write_bytes(manifest_path(sweep_dir), lambda f: f.write(data))
+    atomic_write_bytes(manifest_path(sweep_dir), data)
     src = source_text.encode()
-    atomic_write_bytes(sweep_dir / "sweep.toml", lambda f: f.write(src))
+    atomic_write_bytes(sweep_dir / "sweep.toml", src)
 
 
 def sweep_run_dirs(sweep_dir: Path) -> list[RunDir]:

@@ -9,8 +9,8 @@ from pathlib import Path
 from .launch import slurm
 from .rundir import read_manifest, read_run_meta, sweep_run_dirs
 
-ENDED = ("done", "failed", "timeout", "interrupted")
-COLOURS = {"done": "green", "running": "cyan", "failed": "red", "timeout": "yellow",
+ENDED = ("done", "failed", "timeout", "interrupted", "diverged")
+COLOURS = {"done": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timeout": "yellow",
            "interrupted": "yellow", "pending": "white", "queued": "white"}
 
 

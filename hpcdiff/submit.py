@@ -2,7 +2,9 @@
 
 The decision for each run comes from the files on disk, so re-running a sweep never
 duplicates or overwrites finished work:
-    done                      -> skip
+    done                      -> skip (--force: rerun from scratch, old results moved aside)
+    diverged                  -> skip: the same config diverges the same way (--force: resume
+                                 from its last good checkpoint)
     being trained right now   -> skip
     anything else             -> launch (resumes from its latest checkpoint, if any)
 """
@@ -23,7 +25,7 @@ class PlannedRun:
     run_dir: RunDir
     axes: dict
     label: str
-    action: str  # "new", "resume", "rerun", "skip-done", "skip-running", "skip-queued"
+    action: str  # "new", "resume", "rerun", "skip-done", "skip-diverged", "skip-running", "skip-queued"
 
 
 @dataclass
@@ -56,6 +58,8 @@ def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides
                 action = "skip-queued"
             elif state == "done":
                 action = "rerun" if force else "skip-done"
+            elif state == "diverged":
+                action = "resume" if force else "skip-diverged"
             else:
                 action = "resume"
         plan.runs.append(PlannedRun(rd, run.axes, run.label, action))

@@ -16,6 +16,7 @@ import os
 import random
 import signal
 import socket
+import sys
 import time
 import traceback
 from contextlib import contextmanager, nullcontext
@@ -25,11 +26,13 @@ import numpy as np
 import torch
 
 from . import __version__, archive, checkpoint, tomlio
+from .atomic import StorageError
 from .data import load_splits, to_model_range, to_uint8
 from .diffusion import build_diffusion, validate_spec
 from .distributed import env_from_slurm, process_rank
 from .evaluate import Evaluator, eval_mode
 from .models import build_model
+from .monitor import Diverged, TrainingMonitor, divergence_hints
 from .rundir import RunDir
 from .spec import RunSpec
 
@@ -50,7 +53,11 @@ class StopRequested(Exception):
 
 
 def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
-    """Train or resume the run in ``run_dir``. Returns the final state ("done" or "timeout")."""
+    """Train or resume the run in ``run_dir``. Returns the final state ("done" or "timeout").
+
+    Raises ``Diverged`` (state "diverged") when the loss or the weights stop being finite, and
+    ``StorageError`` (state "failed") when a run file cannot be written, e.g. on a full disk;
+    both leave the last complete checkpoint and archive as they were."""
     rd = RunDir(Path(run_dir))
     # Resolved again: a config written by an older hpcdiff (or edited by hand) may still say
     # "auto" for a setting that later versions resolve when the sweep is expanded.
@@ -74,12 +81,23 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
     except SystemExit:
         # e.g. submitit's requeue handler exiting before training installed its own
         if main:
-            rd.write_status(state="timeout")
+            _record_state(rd, state="timeout")
+        raise
+    except Diverged as err:
+        if main:
+            _record_state(rd, state="diverged", error=str(err), traceback=None)
+            log.error("%s", err)
+        raise
+    except StorageError as err:
+        # Not a bug: no traceback, the message names the file and the cause.
+        if main:
+            _record_state(rd, state="failed", error=str(err), traceback=None)
+            log.error("run failed: %s", err)
         raise
     except BaseException as err:
         if main:
-            rd.write_status(state="failed", error=f"{type(err).__name__}: {err}",
-                            traceback=traceback.format_exc()[-4000:])
+            _record_state(rd, state="failed", error=f"{type(err).__name__}: {err}",
+                          traceback=traceback.format_exc()[-4000:])
             log.error("run failed: %s", traceback.format_exc())
         raise
     finally:
@@ -88,6 +106,16 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
             handler.close()
         if lock is not None:
             lock.close()
+
+
+def _record_state(rd: RunDir, **fields) -> None:
+    """status.json, or, when it cannot be written (the disk that failed the run is full), a
+    line on stderr: the job's .err file under SLURM, the terminal or stdout.txt locally."""
+    try:
+        rd.write_status(**fields)
+    except OSError as err:
+        print(f"hpcdiff: run {rd.run_id} ended {fields.get('state')!r} but status.json could not record it "
+              f"({err}); reason: {fields.get('error') or '-'}", file=sys.stderr, flush=True)
 
 
 def _hand_on_to_submitit(signum: int) -> None:
@@ -105,8 +133,23 @@ def slurm_job_id() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
+class _RunLogHandler(logging.FileHandler):
+    """log.txt; a write that fails (a full disk) is reported once on stderr, not as a
+    logging traceback per line."""
+
+    _warned = False
+
+    def handleError(self, record):
+        if not self._warned:
+            self._warned = True
+            err = sys.exc_info()[1]
+            print(f"hpcdiff: cannot write {self.baseFilename}: {err}; log lines go to stderr only",
+                  file=sys.stderr, flush=True)
+        print(self.format(record), file=sys.stderr, flush=True)
+
+
 def _attach_log(rd: RunDir) -> logging.Handler:
-    handler = logging.FileHandler(rd.log)
+    handler = _RunLogHandler(rd.log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("hpcdiff")
     root.setLevel(logging.INFO)
@@ -156,11 +199,9 @@ def _set_rng_state(state: dict) -> None:
 
 
 @contextmanager
-def _stop_on_signals(flag: dict):
+def _stop_on_signals(monitor: TrainingMonitor):
     def handler(signum, frame):
-        # USR2 (submitit's "checkpoint and requeue") wins over a SIGTERM arriving with it.
-        if signum == signal.SIGUSR2 or "stop" not in flag:
-            flag["stop"] = signum
+        monitor.request_stop(signum)
 
     previous = {}
     for sig in STOP_SIGNALS:
@@ -268,9 +309,20 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     steps_per_epoch = max(1, n_train // global_batch) if n_train >= global_batch else 1
 
     progress = _Progress(show_progress and main, total_epochs=t.epochs, steps=steps_per_epoch, run_id=rd.run_id)
-    flag: dict = {}
+    monitor = TrainingMonitor(accelerator)
+
+    def weights():
+        return [*core.gt.parameters(), *(ema.shadow.values() if ema is not None else ())]
+
+    def diverged(epoch: int, verdict) -> Diverged:
+        what = ("the training loss is not finite" if not verdict.loss_finite
+                else "the weights are not finite")
+        epochs = checkpoint.list_epochs(rd.checkpoints)
+        return Diverged(epoch=epoch, step=step, what=what, hints=divergence_hints(t, str(accelerator.mixed_precision)),
+                        last_good=epochs[-1] if epochs else 0)
+
     final_state = "done"
-    with _stop_on_signals(flag), progress:
+    with _stop_on_signals(monitor), progress:
         for epoch in range(start_epoch, t.epochs + 1):
             diffusion.train()
             tic = time.perf_counter()
@@ -301,15 +353,22 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
                         ema.update(core.gt)
                 loss_sum += loss.detach()
                 step += 1
-                progress.advance(loss)
-                # Only at an optimiser step: gradients accumulated in between are not checkpointed.
-                if sync and _stop_agreed(flag, accelerator):
-                    elapsed += time.perf_counter() - tic
-                    if main:
-                        save_checkpoint(epoch - 1, partial={"epoch": epoch, "batch": i + 1,
-                                                            "loss_sum": float(loss_sum)})
-                    accelerator.wait_for_everyone()
-                    raise StopRequested(flag["stop"])
+                progress.advance()
+                # Checks only after an optimiser step (gradients accumulated in between are not
+                # checkpointed), every few steps and at the epoch's end: each one waits for
+                # the device, so never on every step.
+                if sync and monitor.optimizer_step_taken(epoch_end=i + 1 == steps_per_epoch):
+                    verdict = monitor.check(loss_sum, weights())
+                    progress.show_loss(verdict.loss_sum / (i + 1))  # the epoch's mean so far
+                    if not verdict.finite:
+                        raise diverged(epoch, verdict)
+                    if verdict.stop_signal:
+                        elapsed += time.perf_counter() - tic
+                        if main:
+                            save_checkpoint(epoch - 1, partial={"epoch": epoch, "batch": i + 1,
+                                                                "loss_sum": float(loss_sum)})
+                        accelerator.wait_for_everyone()
+                        raise StopRequested(verdict.stop_signal)
             train_loss = accelerator.reduce(loss_sum, reduction="mean").item() / steps_per_epoch
             seconds = time.perf_counter() - tic
             elapsed += seconds
@@ -362,19 +421,6 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
         rd.write_status(state=final_state)
         archive.set_attrs(rd.archive, {"finished": True})
     return final_state
-
-
-def _stop_agreed(flag: dict, accelerator) -> bool:
-    """Whether any rank was signalled; every rank then stops after the same batch."""
-    if accelerator.num_processes == 1:
-        return bool(flag.get("stop"))
-    # 2 = USR2 (requeue), 1 = any other stop signal: the requeue wins on every rank.
-    mine = {0: 0, int(signal.SIGUSR2): 2}.get(int(flag.get("stop", 0)), 1)
-    signalled = torch.tensor([mine], device=accelerator.device)
-    torch.distributed.all_reduce(signalled, op=torch.distributed.ReduceOp.MAX)
-    if signalled.item():
-        flag["stop"] = int(signal.SIGUSR2) if signalled.item() == 2 else flag.get("stop") or int(signal.SIGTERM)
-    return bool(signalled.item())
 
 
 @torch.no_grad()
@@ -480,14 +526,16 @@ class _Progress:
             self._tic = time.perf_counter()
             self._n, self._done = first_batch, 0
 
-    def advance(self, loss):
+    def advance(self):
         if self._progress is not None:
             self._n += 1
             self._done += 1
-            if self._n % 10 == 0 or self._n == self.steps:
-                rate = self._done / max(time.perf_counter() - self._tic, 1e-9)
-                self._progress.update(self._task, completed=self._n, loss=f"{loss.item():.4f}",
-                                      speed=f"{rate:.1f} it/s")
+
+    def show_loss(self, loss: float):
+        """At the training loop's checks, which have the loss on the host already."""
+        if self._progress is not None:
+            rate = self._done / max(time.perf_counter() - self._tic, 1e-9)
+            self._progress.update(self._task, completed=self._n, loss=f"{loss:.4f}", speed=f"{rate:.1f} it/s")
 
     def end_epoch(self, epoch, train_loss, val_loss):
         if self._progress is not None:

@@ -9,7 +9,7 @@ FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Tests run on 2 cores; keep torch from oversubscribing when pytest spawns trainings.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-from helpers import TINY_BASE  # noqa: E402  (imports torch: after OMP_NUM_THREADS)
+from helpers import TINY_BASE, TINY_DEFAULT_EVAL  # noqa: E402  (imports torch: after OMP_NUM_THREADS)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -34,13 +34,29 @@ def fashion_dir():
 
 
 
+@pytest.fixture(scope="session")
+def fashion_classifier(hpcdiff_cache):
+    """The Fashion-MNIST feature classifier that the default [eval] metrics of a tiny run need,
+    trained once per session into the session's cache (as a run's first evaluation would)."""
+    if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
+    from hpcdiff.classifier import get_classifier
+    from hpcdiff.spec import DataSpec
+
+    return get_classifier(DataSpec(name="idx", root=str(FASHION_DIR)), hpcdiff_cache, "cpu")
+
+
 @pytest.fixture
 def tiny_sweep(tmp_path, fashion_dir):
-    """Write a tiny real sweep on Fashion-MNIST IDX files; returns a function(extra, **fmt)."""
+    """Write a tiny real sweep on Fashion-MNIST IDX files; returns a function(extra, **fmt).
+    ``metrics=True`` keeps the default [eval] section (ask for ``fashion_classifier`` too, so
+    that the classifier is trained once per session rather than by the run)."""
 
-    def make(extra: str = "", *, epochs: int = 2, subset: int = 320, name: str = "tiny") -> Path:
+    def make(extra: str = "", *, epochs: int = 2, subset: int = 320, name: str = "tiny",
+             metrics: bool = False) -> Path:
         path = tmp_path / f"{name}.toml"
-        path.write_text(TINY_BASE.format(root=fashion_dir, epochs=epochs, subset=subset) + extra)
+        base = TINY_DEFAULT_EVAL if metrics else TINY_BASE
+        path.write_text(base.format(root=fashion_dir, epochs=epochs, subset=subset) + extra)
         return path
 
     return make

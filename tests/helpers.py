@@ -4,8 +4,10 @@ from hpcdiff.rundir import RunDir, update_manifest, write_run_config
 from hpcdiff.submit import plan_sweep
 
 # The smallest real run (Fashion-MNIST IDX files, a 2-layer CNN, 20 steps): every test that
-# trains starts from it. Fields: root, subset, epochs.
-TINY_BASE = """
+# trains starts from it. Fields: root, subset, epochs. TINY_DEFAULT_EVAL keeps the [eval]
+# section a user gets (metrics on, the classifier of conftest's fashion_classifier);
+# TINY_BASE switches metrics off for tests about something else.
+TINY_DEFAULT_EVAL = """
 [data]
 name = "idx"
 root = "{root}"
@@ -23,7 +25,8 @@ batch_size = 64
 n_samples = 4
 sample_every = 1
 seed = 0
-
+"""
+TINY_BASE = TINY_DEFAULT_EVAL + """
 [eval]
 metrics = []
 reconstruction = false

@@ -15,10 +15,14 @@ class DebugExecutor(Executor):
         self.show_progress = show_progress
 
     def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+        from ..monitor import Diverged
         from ..train import train
 
         report = LaunchReport(self.name)
         for rd in run_dirs:
             report.launched.append(rd.run_id)
-            report.results[rd.run_id] = train(rd.path, show_progress=self.show_progress)
+            try:
+                report.results[rd.run_id] = train(rd.path, show_progress=self.show_progress)
+            except Diverged:  # recorded in status.json and the log; the next run goes on
+                report.results[rd.run_id] = "diverged"
         return report

@@ -77,7 +77,8 @@ class LocalExecutor(Executor):
                 if code is not None:
                     del running[run_id]
                     state = rd.read_status().get("state", "failed")
-                    report.results[run_id] = state if code == 0 else "failed"
+                    # A diverged run exits non-zero too, but it is not a crash.
+                    report.results[run_id] = state if code == 0 or state == "diverged" else "failed"
             progress.refresh(running, report.results)
             if running:
                 try:
