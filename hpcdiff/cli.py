@@ -162,7 +162,7 @@ def status(sweep_dir, watch, interval):
 
     console = _console()
     if not watch:
-        console.print(status_table(sweep_dir, *collect_status(sweep_dir)))
+        console.print(status_table(sweep_dir, *collect_status(sweep_dir), width=console.width), soft_wrap=True)
         return
     from rich.live import Live
 
@@ -171,7 +171,7 @@ def status(sweep_dir, watch, interval):
     with Live(console=console, auto_refresh=False) as live:
         while True:
             varying, rows = collect_status(sweep_dir)
-            live.update(status_table(sweep_dir, varying, rows), refresh=True)
+            live.update(status_table(sweep_dir, varying, rows, width=console.width), refresh=True)
             if is_finished(rows):
                 break
             _time.sleep(interval)  # display refresh period, not synchronisation

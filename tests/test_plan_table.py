@@ -116,3 +116,24 @@ def test_render_keeps_only_columns_that_vary_and_switches_layout_by_width():
     assert table[4].split() == ["r2", "2", "j=0", "k=1", "skip-done"]
     blocks = render("t", rows, width=20).splitlines()
     assert blocks == ["t", "r1  new", "    a = 1", "    c = k=1", "r2  skip-done", "    a = 2", "    c = j=0 k=1"]
+
+
+def test_status_uses_the_same_layout(tmp_path, monkeypatch):
+    from hpcdiff.rundir import RunDir, update_manifest, write_run_config
+    from hpcdiff.submit import plan_sweep
+
+    monkeypatch.chdir(tmp_path)
+    plan = plan_sweep(JOBS / "part2.toml", output="runs")
+    update_manifest(plan.sweep_dir, plan.sweep, (JOBS / "part2.toml").read_text())
+    for run in plan.sweep.runs:
+        write_run_config(RunDir(plan.sweep_dir / run.run_id), run.spec, run_id=run.run_id,
+                         sweep=plan.sweep.name, axes=run.axes, label=run.label)
+    result = CliRunner(env={"COLUMNS": str(WIDTH)}).invoke(main, ["status", "runs/part2"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    assert all(len(line) <= WIDTH for line in result.output.splitlines()), result.output
+    _, expected = expected_values("part2")
+    blocks = parse_blocks(result.output)
+    for rid, values in expected.items():
+        assert {k: blocks[rid][k] for k in values} == values
+    assert "8 pending (8 runs)" in result.output
