@@ -89,7 +89,8 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
                 console.print("[bold]submission script[/]:", markup=True)
                 console.print(script, markup=False, highlight=False, soft_wrap=True)
             for answer in report.test_only:
-                console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False)
+                # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
+                console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
             console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
                           f"({report.runs} runs x nodes x GPUs x time limit)")
         console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
