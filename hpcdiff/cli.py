@@ -18,11 +18,29 @@ EXIT_INVALID = 2
 EXECUTORS = ["auto", "local", "debug", "slurm"]
 
 
+# Width of piped output when COLUMNS is not set: a log or a file is read later in an editor
+# or a CI log viewer, not in the terminal that started the command. 100 keeps such a line
+# readable without scrolling sideways; tables wider than that switch to a layout that fits
+# (the run table: one block per run) rather than being cut.
+PIPED_WIDTH = 100
+
+
 def _console():
+    import os
+    import shutil
+
     from rich.console import Console
 
-    # Piped output (logs, CI) gets wide tables instead of rich's 80-column default.
-    return Console() if sys.stdout.isatty() else Console(width=200)
+    # COLUMNS when set (a user's or a test's choice wins, piped or not), else the terminal's
+    # width, else PIPED_WIDTH.
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        width = int(columns)
+    elif sys.stdout.isatty():
+        width = shutil.get_terminal_size().columns
+    else:
+        width = PIPED_WIDTH
+    return Console(width=width)
 
 
 def _fail_invalid(err: Exception) -> None:
@@ -71,7 +89,8 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
                 console.print("[bold]submission script[/]:", markup=True)
                 console.print(script, markup=False, highlight=False, soft_wrap=True)
             for answer in report.test_only:
-                console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False)
+                # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
+                console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
             console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
                           f"({report.runs} runs x nodes x GPUs x time limit)")
         console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
@@ -118,28 +137,10 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
 
 
 def _print_plan(console, plan) -> None:
-    from rich.table import Table
+    from .run_table import plan_rows, render
 
-    varying = list(plan.sweep.varying)
-    table = Table(title=f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}")
-    labels = any(r.label for r in plan.sweep.runs)
-    table.add_column("run id")
-    if labels:
-        table.add_column("label")
-    for key in varying:
-        table.add_column(key)
-    table.add_column("action")
-    for pr in plan.runs:
-        run = next(r for r in plan.sweep.runs if r.run_id == pr.run_dir.run_id)
-        flat = run.spec.run_identity()
-        values = []
-        for key in varying:
-            node = flat
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
-            values.append(str(node))
-        table.add_row(pr.run_dir.run_id, *([run.label] if labels else []), *values, pr.action)
-    console.print(table)
+    title = f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}"
+    console.print(render(title, plan_rows(plan), console.width), markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -178,7 +179,7 @@ def status(sweep_dir, watch, interval):
 
     console = _console()
     if not watch:
-        console.print(status_table(sweep_dir, *collect_status(sweep_dir)))
+        console.print(status_table(sweep_dir, *collect_status(sweep_dir), width=console.width), soft_wrap=True)
         return
     from rich.live import Live
 
@@ -187,7 +188,7 @@ def status(sweep_dir, watch, interval):
     with Live(console=console, auto_refresh=False) as live:
         while True:
             varying, rows = collect_status(sweep_dir)
-            live.update(status_table(sweep_dir, varying, rows), refresh=True)
+            live.update(status_table(sweep_dir, varying, rows, width=console.width), refresh=True)
             if is_finished(rows):
                 break
             _time.sleep(interval)  # display refresh period, not synchronisation

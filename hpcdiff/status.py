@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import tomlio
 from .launch import slurm
 from .rundir import read_manifest, read_run_meta, sweep_run_dirs
+from .run_table import RunRow, lookup, render
 
 ENDED = ("done", "failed", "timeout", "interrupted", "diverged")
 COLOURS = {"done": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timeout": "yellow",
@@ -29,6 +31,9 @@ class RunStatus:
     job_id: str | None = None
     job_state: str | None = None
     requeues: int = 0
+    # The run's resolved value of each varying key (from its config.toml; its axes where
+    # that cannot be read).
+    values: dict | None = None
 
 
 def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
@@ -39,6 +44,7 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
     manifest = read_manifest(sweep_dir)
     answered = slurm.query_queue()
     queue = answered or {}
+    varying = list(manifest.get("varying", []))
     rows = []
     for rd in sweep_run_dirs(sweep_dir):
         st = rd.read_status()
@@ -58,9 +64,16 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
             state=state, epoch=int(st.get("epoch", 0)), epochs=int(st.get("epochs", 0)),
             last_loss=st.get("last_loss"), val_loss=st.get("val_loss"), error=st.get("error"),
             restarts=int(st.get("restarts", 0) or 0), job_id=job_id, job_state=job_state,
-            requeues=int(st.get("requeues", 0) or 0),
+            requeues=int(st.get("requeues", 0) or 0), values=_resolved_values(rd, varying, meta.get("axes", {})),
         ))
-    return list(manifest.get("varying", [])), rows
+    return varying, rows
+
+
+def _resolved_values(rd, varying: list[str], axes: dict) -> dict:
+    try:
+        return lookup(tomlio.load(rd.config_path), varying)
+    except (OSError, ValueError):  # no or unreadable config.toml (tomllib's error is a ValueError)
+        return {k: axes.get(k) for k in varying}
 
 
 def summary(rows: list[RunStatus]) -> dict[str, int]:
@@ -75,35 +88,31 @@ def is_finished(rows: list[RunStatus]) -> bool:
     return all(r.state in ENDED and r.job_state not in slurm.ACTIVE_STATES for r in rows)
 
 
-def status_table(sweep_dir, varying: list[str], rows: list[RunStatus]):
+def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: int = 100):
+    """The run table (hpcdiff.run_table: one block per run when a table would not fit in
+    `width`) and a summary line."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     slurm_cols = any(r.job_id for r in rows)
-    labels = any(r.label for r in rows)
-    table = Table(title=str(sweep_dir))
-    columns = ["run id", *(["label"] if labels else []), *varying, "state", "epoch", "last loss", "val loss"]
-    columns += ["job", "job state", "requeues"] if slurm_cols else ["restarts"]
-    columns.append("error")
-    for col in columns:
-        table.add_column(col)
+    table_rows = []
     for r in rows:
-        cells = [r.run_id, *([r.label] if labels else []), *[_short(r.axes.get(k, "")) for k in varying],
-                 f"[{COLOURS.get(r.state, 'white')}]{r.state}[/]", f"{r.epoch}/{r.epochs}",
-                 f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
-                 f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else ""]
-        cells += [r.job_id or "", r.job_state or "", str(r.requeues)] if slurm_cols else [str(r.restarts)]
-        cells.append((r.error or "")[:60])
-        table.add_row(*cells)
+        after = {"state": r.state, "epoch": f"{r.epoch}/{r.epochs}",
+                 "last loss": f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
+                 "val loss": f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else ""}
+        if slurm_cols:
+            after.update({"job": r.job_id or "", "job state": r.job_state or "", "requeues": str(r.requeues)})
+        else:
+            after["restarts"] = str(r.restarts)
+        after["error"] = " ".join((r.error or "").split())[:60]  # one line; status.json holds all of it
+        values = r.values if r.values is not None else {k: r.axes.get(k) for k in varying}
+        table_rows.append(RunRow(r.run_id, r.label, values, after))
+    text = Text(render(str(sweep_dir), table_rows, width))
+    for state, colour in COLOURS.items():
+        text.highlight_words([f"  {state}"], style=colour)
     counts = summary(rows)
     line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({len(rows)} runs)"
-    return Group(table, Text(line))
-
-
-def _short(v) -> str:
-    text = str(v)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return Group(text, Text(line))
 
 
 def cancel_sweep(sweep_dir: str | Path) -> list[str]:

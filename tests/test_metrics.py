@@ -388,6 +388,8 @@ def _tiny(mnist):
 def test_tsne_kl_small_for_real_digits_and_large_for_noise(clf, mnist, stats):
     """Report B's t-SNE + 10-component GMM KL: held-out real digits against real digits are
     close; uniform noise images are far."""
+    pytest.importorskip("sklearn", reason="scikit-learn (the test extra) is not installed: "
+                        "bash tests/run.sh installs it (or pip install -e '.[test]')")
     real = compute_metrics(["tsne_kl"], ctx(mnist["train"][:200], mnist["test"], clf, stats))
     noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(2)) - 0.5
     fake = compute_metrics(["tsne_kl"], ctx(noise, mnist["test"], clf, stats))
