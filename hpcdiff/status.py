@@ -104,7 +104,7 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
             after.update({"job": r.job_id or "", "job state": r.job_state or "", "requeues": str(r.requeues)})
         else:
             after["restarts"] = str(r.restarts)
-        after["error"] = " ".join((r.error or "").split())[:60]  # one line; status.json holds all of it
+        after["error"] = _headline(r.error)
         values = r.values if r.values is not None else {k: r.axes.get(k) for k in varying}
         table_rows.append(RunRow(r.run_id, r.label, values, after))
     text = Text(render(str(sweep_dir), table_rows, width))
@@ -113,6 +113,14 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
     counts = summary(rows)
     line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({len(rows)} runs)"
     return Group(text, Text(line))
+
+
+def _headline(error: str | None, limit: int = 100) -> str:
+    """An error's first sentence on one line (what went wrong and where); status.json and
+    log.txt hold all of it."""
+    text = " ".join((error or "").split())
+    first = text.split(". ", 1)[0]
+    return first if len(first) <= limit else first[:limit - 3] + "..."
 
 
 def cancel_sweep(sweep_dir: str | Path) -> list[str]:

@@ -52,8 +52,15 @@ def test_env_from_slurm_derives_rendezvous():
     assert first_host("gpu-q-[1,3-4],gpu-r-2") == "gpu-q-1"
 
 
-def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path):
-    sweep_file = tiny_sweep("[sweep]\nname = \"ddp\"\n", epochs=3, subset=1280)
+def _assert_default_metrics(data):
+    """The default [eval] metrics of the last epoch, computed by the main process."""
+    metrics = data["metrics"]
+    assert np.isfinite(metrics["fid_classifier"][-1]) and 1.0 <= metrics["inception_score"][-1] <= 10.0
+    assert np.isfinite(metrics["diversity"][-1])
+
+
+def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path, fashion_classifier):
+    sweep_file = tiny_sweep("[sweep]\nname = \"ddp\"\n", epochs=3, subset=1280, metrics=True)
     reference = _reference(sweep_file, tmp_path)
     rd = make_run_dir(sweep_file, tmp_path / "runs")
     # accelerate 1.x starts several CPU processes through its multi-GPU (torchrun) launcher;
@@ -68,6 +75,7 @@ def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path):
     assert data["metrics"]["epoch"].tolist() == [1, 2, 3]
     np.testing.assert_allclose(data["metrics"]["train_loss"], reference["train_loss"], rtol=LOSS_RTOL)
     np.testing.assert_allclose(data["metrics"]["val_loss"], reference["val_loss"], rtol=LOSS_RTOL)
+    _assert_default_metrics(data)
     # Exactly one set of outputs: one archive, one checkpoint per kept epoch, one log.
     assert sorted(p.name for p in rd.path.iterdir() if p.suffix in (".h5", ".tmp")) == ["archive.h5"]
     assert checkpoint.list_epochs(rd.checkpoints) == [2, 3]
@@ -105,19 +113,23 @@ def test_resume_with_another_world_size(tiny_sweep, tmp_path):
     assert "resuming run" in rd.log.read_text()
 
 
-def test_local_executor_processes_option(tiny_sweep, tmp_path):
-    sweep_file = tiny_sweep("[sweep]\nname = \"localddp\"\n", epochs=1, subset=640)
+def test_local_executor_processes_option(tiny_sweep, tmp_path, fashion_classifier):
+    """`--processes 2` with the [eval] a user gets: ranks on Accelerate's cpu:0 device load the
+    classifier and share the evaluation samples."""
+    sweep_file = tiny_sweep("[sweep]\nname = \"localddp\"\n", epochs=1, subset=640, metrics=True)
     result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local", "--processes", "2")
     assert result.exit_code == 0, result.output
     rd = sweep_run_dirs(tmp_path / "runs" / "localddp")[0]
     assert rd.read_status()["state"] == "done"
-    assert archive.read(rd.archive)["attrs"]["world_size"] == 2
+    data = archive.read(rd.archive)
+    assert data["attrs"]["world_size"] == 2
+    _assert_default_metrics(data)
 
 
 @pytest.mark.slurm
-def test_two_task_slurm_job_trains_one_run(slurm_env, tiny_sweep, tmp_path):
+def test_two_task_slurm_job_trains_one_run(slurm_env, tiny_sweep, tmp_path, fashion_classifier):
     sweep_file = tiny_sweep("[sweep]\nname = \"tasks\"\n[slurm]\ntasks_per_node = 2\ncpus_per_task = 1\n"
-                            "time_min = 10\n", epochs=3, subset=1280)
+                            "time_min = 10\n", epochs=3, subset=1280, metrics=True)
     reference = _reference(sweep_file, tmp_path)
     out = tmp_path / "runs"
     result = cli("sweep", sweep_file, "--output", out, "--executor", "slurm")
@@ -137,3 +149,4 @@ def test_two_task_slurm_job_trains_one_run(slurm_env, tiny_sweep, tmp_path):
     data = archive.read(rd.archive)
     assert data["attrs"]["world_size"] == 2
     np.testing.assert_allclose(data["metrics"]["train_loss"], reference["train_loss"], rtol=LOSS_RTOL)
+    _assert_default_metrics(data)

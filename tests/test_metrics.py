@@ -395,3 +395,14 @@ def test_tsne_kl_small_for_real_digits_and_large_for_noise(clf, mnist, stats):
     fake = compute_metrics(["tsne_kl"], ctx(noise, mnist["test"], clf, stats))
     assert real["tsne_kl"] >= -0.5  # a Monte Carlo estimate of a KL: >= 0 up to sampling error
     assert fake["tsne_kl"] > 3 * max(real["tsne_kl"], 0.5)
+
+
+def test_classifier_loads_onto_accelerates_cpu_device(clf, cache_dir):
+    """Under DDP without a GPU, Accelerate's device is ``cpu:0``: the cached classifier loads
+    there and gives the same outputs as on ``cpu``."""
+    from hpcdiff.classifier import load_classifier
+
+    path = clf_mod.classifier_path(cache_dir, clf.cache_key)
+    on_cpu0 = load_classifier(path, torch.device("cpu", 0))
+    x = torch.rand(4, 1, 28, 28) - 0.5
+    assert torch.equal(on_cpu0.outputs(x)[1], clf.outputs(x)[1])
