@@ -56,7 +56,7 @@ def _assert_default_metrics(data):
     """The default [eval] metrics of the last epoch, computed by the main process."""
     metrics = data["metrics"]
     assert np.isfinite(metrics["fid_classifier"][-1]) and 1.0 <= metrics["inception_score"][-1] <= 10.0
-    assert np.isfinite(metrics["diversity"][-1])
+    assert np.isfinite(metrics["diversity_trace"][-1])
 
 
 def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path, fashion_classifier):
