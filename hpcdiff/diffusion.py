@@ -332,7 +332,7 @@ def validate_spec(spec: RunSpec) -> RunSpec:
         # they are checked here, against the degradation's signature.
         if isinstance(value, float) and not math.isfinite(value):
             raise SpecError(f"must be a finite number, got {value}", path=f"degradation.params.{key}")
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_PIXEL_PARAM:
+        if type(default) is int and abs(value) > MAX_PIXEL_PARAM:
             raise SpecError(f"must be in [-{MAX_PIXEL_PARAM}, {MAX_PIXEL_PARAM}], got {value}",
                             path=f"degradation.params.{key}")
         if isinstance(value, str):
