@@ -513,6 +513,17 @@ def degradation_params(name: str) -> dict[str, Any]:
     return {k: v for k, v in _signature_defaults(name).items() if k not in COMMON_KWARGS}
 
 
+def check_params(name: str, *, n_steps: int, schedule: str | None = None, **params: Any) -> None:
+    """Degrade one blank 28x28 image with these parameters, so that a value the degradation
+    rejects (a density above 0.5, an even kernel, an unknown padding) fails while the sweep is
+    validated rather than in the first training step of every run. Each degradation checks
+    its own parameters; this only calls it. Levels 0 and 1 are enough to reach those checks
+    and keep the cost independent of ``n_steps``."""
+    x0 = torch.zeros(2, 1, 28, 28)
+    degrade(name, x0, torch.tensor([0, 1]), n_steps=n_steps, schedule=schedule,
+            generator=torch.Generator().manual_seed(0), **params)
+
+
 def default_schedule(name: str) -> str:
     """The schedule a degradation uses when none is given."""
     return _signature_defaults(name)["schedule"]

@@ -13,15 +13,17 @@ Two processes:
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .degradations import DEGRADATION_INFO, DEGRADATIONS, degradation_params, default_schedule, degrade
+from .degradations import (DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params, default_schedule,
+                           degrade)
 from .registry import Registry, nearest, unknown_name_message
 from .schedules import SCHEDULES
-from .spec import RunSpec, SpecError
+from .spec import RunSpec, SpecError, check_text
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
@@ -284,6 +286,24 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     )
 
 
+# The integer parameters of the degradations are pixel counts (kernel sizes, window widths,
+# pooling factors) on 28x28 images; a value past this allocates gigabytes for nothing.
+MAX_PIXEL_PARAM = 1024
+
+
+def _check_param_values(spec: RunSpec) -> None:
+    """Run the degradation once with the run's parameters: its own range checks raise here.
+    The error names the parameter it mentions, or the only one set."""
+    deg = spec.degradation
+    n_T = spec.diffusion.n_T or DEGRADATION_INFO[deg.name].n_steps
+    try:
+        check_params(deg.name, n_steps=n_T, schedule=deg.schedule or None, **deg.params)
+    except (ValueError, RuntimeError) as err:
+        named = [k for k in deg.params if k in str(err)] or list(deg.params)
+        path = f"degradation.params.{named[0]}" if len(named) == 1 else "degradation.params"
+        raise SpecError(f"rejected by degradation {deg.name!r}: {err}", path=path) from None
+
+
 def validate_spec(spec: RunSpec) -> RunSpec:
     """Checks that need the registries; returns the resolved spec."""
     deg = spec.degradation
@@ -308,6 +328,16 @@ def validate_spec(spec: RunSpec) -> RunSpec:
             isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)))
         if default is not None and not ok:
             raise SpecError(f"expected {type(default).__name__}, got {value!r}", path=f"degradation.params.{key}")
+        # The same rules as every other setting (spec._coerce): params are a free table, so
+        # they are checked here, against the degradation's signature.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"must be a finite number, got {value}", path=f"degradation.params.{key}")
+        if type(default) is int and abs(value) > MAX_PIXEL_PARAM:
+            raise SpecError(f"must be in [-{MAX_PIXEL_PARAM}, {MAX_PIXEL_PARAM}], got {value}",
+                            path=f"degradation.params.{key}")
+        if isinstance(value, str):
+            check_text(value, f"degradation.params.{key}")
+    _check_param_values(spec)
     d = spec.diffusion
     kind = "gaussian" if deg.name == "gaussian" else "cold"
     for path, sampler in (("diffusion.sampler", d.sampler), ("eval.sampler", spec.eval.sampler)):

@@ -9,6 +9,7 @@ a default. Stdlib only: the CLI validates a sweep before importing torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -47,6 +48,25 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
+# Upper bounds on sizes: a value past these would exhaust memory or never finish, and is
+# always a typo (an extra zero, a seconds/minutes mix-up) rather than an experiment.
+MAX_N_T = 100_000  # diffusion levels; the recipes use 20..2000
+MAX_IMAGES = 100_000  # images generated at once (n_samples, eval.samples); FID uses 10k-50k
+MAX_CHANNELS = 4096  # per model.hidden layer
+MAX_LAYERS = 64
+MAX_BATCH = 65_536
+MAX_EPOCHS = 1_000_000
+# Every dataset hpcdiff reads holds 28x28 images: a kernel wider than the image sees mostly
+# padding and costs (k/28)^2 times a useful one.
+MAX_KERNEL_SIZE = 27
+# Seeds are handed to numpy / accelerate's set_seed, which reject anything outside uint32.
+SEED_LIMIT = 2**32
+# Integers pass through torch, numpy and JSON as int64.
+INT64_MAX = 2**63 - 1
+# Any string setting (a path, a name): longer than PATH_MAX is never a real value.
+MAX_STRING = 4096
+
+
 def _check(cond: bool, path: str, message: str) -> None:
     if not cond:
         raise SpecError(message, path=path)
@@ -66,6 +86,7 @@ class DataSpec:
     def validate(self, p: str) -> None:
         _check(self.name in DATASETS, f"{p}.name", _choice_msg(self.name, DATASETS))
         _check(self.subset >= 0, f"{p}.subset", f"must be >= 0, got {self.subset}")
+        _check(self.root != "", f"{p}.root", "must not be empty")
         _check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction",
                f"must be in [0, 1), got {self.val_fraction}")
 
@@ -82,11 +103,17 @@ class ModelSpec:
     def validate(self, p: str) -> None:
         _check(len(self.hidden) >= 1 and all(h > 0 for h in self.hidden), f"{p}.hidden",
                f"must be a non-empty list of positive channel counts, got {list(self.hidden)}")
+        _check(len(self.hidden) <= MAX_LAYERS, f"{p}.hidden",
+               f"must have at most {MAX_LAYERS} layers, got {len(self.hidden)}")
+        for i, h in enumerate(self.hidden):
+            _check(h <= MAX_CHANNELS, f"{p}.hidden[{i}]", f"must be <= {MAX_CHANNELS} channels, got {h}")
         _check(self.activation in ACTIVATIONS, f"{p}.activation",
                _choice_msg(self.activation, ACTIVATIONS))
         for name in ("kernel_size", "last_kernel_size"):
             k = getattr(self, name)
             _check(k > 0 and k % 2 == 1, f"{p}.{name}", f"must be a positive odd integer, got {k}")
+            _check(k <= MAX_KERNEL_SIZE, f"{p}.{name}",
+                   f"must be <= {MAX_KERNEL_SIZE} (the images are 28x28), got {k}")
         _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
@@ -116,10 +143,12 @@ class DiffusionSpec:
 
     def validate(self, p: str) -> None:
         _check(self.n_T == 0 or self.n_T >= 2, f"{p}.n_T", f"must be >= 2 (or 0 for the recipe), got {self.n_T}")
+        _check(self.n_T <= MAX_N_T, f"{p}.n_T", f"must be <= {MAX_N_T}, got {self.n_T}")
         _check(0.0 < self.beta1 < self.beta2 < 1.0, f"{p}.beta1",
                f"need 0 < beta1 < beta2 < 1, got beta1={self.beta1}, beta2={self.beta2}")
         _check(self.loss in LOSSES, f"{p}.loss", _choice_msg(self.loss, LOSSES))
-        _check(self.sample_steps >= 0, f"{p}.sample_steps", f"must be >= 0, got {self.sample_steps}")
+        _check(0 <= self.sample_steps <= MAX_N_T, f"{p}.sample_steps",
+               f"must be in [0, {MAX_N_T}], got {self.sample_steps}")
         _check(self.sample_start in SAMPLE_STARTS, f"{p}.sample_start",
                _choice_msg(self.sample_start, SAMPLE_STARTS))
         _check(self.start_noise >= 0, f"{p}.start_noise", f"must be >= 0, got {self.start_noise}")
@@ -169,23 +198,30 @@ class TrainSpec:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every"):
             v = getattr(self, name)
             _check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
+        _check(self.epochs <= MAX_EPOCHS, f"{p}.epochs", f"must be <= {MAX_EPOCHS}, got {self.epochs}")
+        _check(self.batch_size <= MAX_BATCH, f"{p}.batch_size", f"must be <= {MAX_BATCH}, got {self.batch_size}")
+        _check(0 <= self.seed < SEED_LIMIT, f"{p}.seed", f"must be in [0, 2**32), got {self.seed}")
         _check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
         _check(self.optimizer in OPTIMIZERS, f"{p}.optimizer", _choice_msg(self.optimizer, OPTIMIZERS))
         _check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _check(self.early_stopping_patience >= 0, f"{p}.early_stopping_patience",
                f"must be >= 0, got {self.early_stopping_patience}")
+        _check(self.early_stopping_min_delta >= 0, f"{p}.early_stopping_min_delta",
+               f"must be >= 0 (an improvement smaller than it does not count), "
+               f"got {self.early_stopping_min_delta}")
         _check(self.lr_plateau_patience >= 0, f"{p}.lr_plateau_patience",
                f"must be >= 0, got {self.lr_plateau_patience}")
         _check(0 < self.lr_plateau_factor < 1, f"{p}.lr_plateau_factor",
                f"must be in (0, 1), got {self.lr_plateau_factor}")
-        _check(self.n_samples >= 1, f"{p}.n_samples", f"must be >= 1, got {self.n_samples}")
+        _check(1 <= self.n_samples <= MAX_IMAGES, f"{p}.n_samples",
+               f"must be in [1, {MAX_IMAGES}], got {self.n_samples}")
         _check(self.device in DEVICES, f"{p}.device", _choice_msg(self.device, DEVICES))
         _check(self.mixed_precision in PRECISIONS, f"{p}.mixed_precision",
                _choice_msg(self.mixed_precision, PRECISIONS))
         _check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
         _check(0 <= self.ema_decay < 1, f"{p}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        _check(self.grad_accumulation >= 1, f"{p}.grad_accumulation",
-               f"must be >= 1, got {self.grad_accumulation}")
+        _check(1 <= self.grad_accumulation <= MAX_BATCH, f"{p}.grad_accumulation",
+               f"must be in [1, {MAX_BATCH}], got {self.grad_accumulation}")
 
 
 @dataclass(frozen=True)
@@ -214,8 +250,15 @@ class EvalSpec:
 
     def validate(self, p: str) -> None:
         _check(self.every >= 0, f"{p}.every", f"must be >= 0, got {self.every}")
-        _check(self.samples >= 2, f"{p}.samples", f"must be >= 2, got {self.samples}")
-        _check(self.steps >= 0, f"{p}.steps", f"must be >= 0 (0 = all n_T steps), got {self.steps}")
+        _check(2 <= self.samples <= MAX_IMAGES, f"{p}.samples",
+               f"must be in [2, {MAX_IMAGES}], got {self.samples}")
+        _check(0 <= self.steps <= MAX_N_T, f"{p}.steps",
+               f"must be in [0, {MAX_N_T}] (0 = all n_T steps), got {self.steps}")
+        seen = set()
+        for i, name in enumerate(self.metrics):
+            # A repeated name would be computed twice and write the same archive series twice.
+            _check(name not in seen, f"{p}.metrics[{i}]", f"{name!r} is listed twice")
+            seen.add(name)
         _check(self.classifier_epochs >= 0, f"{p}.classifier_epochs",
                f"must be >= 0, got {self.classifier_epochs}")
 
@@ -329,6 +372,16 @@ class RunSpec:
         return dataclasses.replace(self, **sections)
 
 
+def check_text(value: str, path: str, *, max_len: int = MAX_STRING) -> None:
+    """Strings end up in paths, file names, TOML and log lines: no control characters (a NUL
+    ends a C path, a newline splits a log or config line) and no runaway length."""
+    if len(value) > max_len:
+        raise SpecError(f"must be at most {max_len} characters, got {len(value)}", path=path)
+    bad = next((c for c in value if not c.isprintable()), None)
+    if bad is not None:
+        raise SpecError(f"must hold printable characters only, got {bad!r} in {value[:60]!r}", path=path)
+
+
 def _choice_msg(value: str, choices) -> str:
     msg = f"unknown value {value!r}"
     guess = nearest(str(value), choices)
@@ -420,17 +473,26 @@ def _coerce(value: Any, tp, path: str):
             return value
         raise SpecError(f"expected true or false, got {value!r}", path=path)
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) > INT64_MAX:
+                digits = str(value)
+                shown = digits if len(digits) <= 24 else f"{digits[:12]}... ({len(digits)} digits)"
+                raise SpecError(f"must fit in a 64-bit integer, got {shown}", path=path)
+            return value
         raise SpecError(f"expected an integer, got {value!r}", path=path)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            # inf and nan pass every range check written as a comparison (nan fails them all,
+            # inf passes the open-ended ones): they are turned away here, for every setting.
+            if not math.isfinite(value):
+                raise SpecError(f"must be a finite number, got {value}", path=path)
             return float(value)
         raise SpecError(f"expected a number, got {value!r}", path=path)
     if tp is str:
         if isinstance(value, str):
+            check_text(value, path)
             return value
         raise SpecError(f"expected a string, got {value!r}", path=path)
     raise SpecError(f"unsupported type {_type_name(tp)}", path=path)

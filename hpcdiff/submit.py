@@ -11,13 +11,28 @@ duplicates or overwrites finished work:
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .launch import get_executor, resolve_executor_name, slurm
 from .launch.base import LaunchReport
-from .rundir import RunDir, update_manifest, write_run_config
+from .rundir import RunDir, manifest_path, update_manifest, write_run_config
+from .spec import SpecError
 from .sweep import Sweep, load_sweep
+
+
+class SweepWriteError(SpecError):
+    """The sweep directory cannot be written (read-only file system, full disk, quota, a file
+    in the way). Nothing this invocation wrote is left behind."""
+
+    def __init__(self, path: Path, err: OSError | str):
+        reason = err if isinstance(err, str) else (
+            f"[Errno {err.errno}] {err.strerror}" + (f": {err.filename!r}" if err.filename else "")
+            if err.strerror else str(err))
+        super().__init__(f"cannot write the sweep directory {path}: {reason}")
 
 
 @dataclass
@@ -44,6 +59,29 @@ def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides
     """Validate and expand; touches nothing on disk."""
     sweep = load_sweep(sweep_file, overrides)
     sweep_dir = Path(output) / sweep.name
+    try:
+        check_writable(sweep_dir)
+        return _plan(sweep, sweep_dir, force)
+    except OSError as err:  # e.g. a path too long, or a directory we may not read
+        raise SweepWriteError(sweep_dir, err) from None
+
+
+def check_writable(sweep_dir: Path) -> None:
+    """Fail before anything is written (and in a dry run) when the sweep directory could not
+    be created or written: its nearest existing ancestor must be a writable directory."""
+    existing = Path(sweep_dir)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SweepWriteError(sweep_dir, f"{existing} is not a directory")
+    # Root passes every permission check, but not a read-only mount: ask for that first.
+    if os.statvfs(existing).f_flag & os.ST_RDONLY:
+        raise SweepWriteError(sweep_dir, OSError(errno.EROFS, os.strerror(errno.EROFS), str(existing)))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SweepWriteError(sweep_dir, OSError(errno.EACCES, os.strerror(errno.EACCES), str(existing)))
+
+
+def _plan(sweep: Sweep, sweep_dir: Path, force: bool) -> SweepPlan:
     plan = SweepPlan(sweep=sweep, sweep_dir=sweep_dir)
     queue = slurm.queue_states() if sweep_dir.is_dir() else {}
     for run in sweep.runs:
@@ -73,15 +111,69 @@ def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 
     backend = get_executor(executor, concurrency=concurrency, show_progress=show_progress,
                            then_analyze=then_analyze, processes=processes)
     source_text = Path(plan.sweep.source).read_text() if plan.sweep.source else ""
-    update_manifest(plan.sweep_dir, plan.sweep, source_text)
-    by_id = {r.run_id: r for r in plan.sweep.runs}
+    undo = _Undo()
+    try:
+        check_writable(plan.sweep_dir)
+        undo.keep_dir(plan.sweep_dir)
+        undo.keep_file(manifest_path(plan.sweep_dir))
+        undo.keep_file(plan.sweep_dir / "sweep.toml")
+        update_manifest(plan.sweep_dir, plan.sweep, source_text)
+        by_id = {r.run_id: r for r in plan.sweep.runs}
+        for pr in plan.runs:
+            run = by_id[pr.run_dir.run_id]
+            undo.keep_dir(pr.run_dir.path)
+            undo.keep_file(pr.run_dir.config_path)
+            undo.keep_file(pr.run_dir.status_path, only_new=True)
+            write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name,
+                             axes=run.axes, label=run.label)
+    except OSError as err:
+        undo.rollback()
+        raise SweepWriteError(plan.sweep_dir, err) from None
+    except SpecError:  # a run directory holding another config: the others stay as they were
+        undo.rollback()
+        raise
     for pr in plan.runs:
-        run = by_id[pr.run_dir.run_id]
-        write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name,
-                         axes=run.axes, label=run.label)
         if pr.action == "rerun":
             _archive_previous(pr.run_dir)
     return backend.launch(plan.sweep_dir, [pr.run_dir for pr in plan.to_launch])
+
+
+class _Undo:
+    """What writing the sweep directory changed, so that a failure part-way (a full disk, a
+    quota) leaves the directory as it was: files are restored to their old bytes, and files
+    and directories that did not exist are removed (with their parents created on the way)."""
+
+    def __init__(self):
+        self._files: list[tuple[Path, bytes | None]] = []
+        self._new_dirs: list[Path] = []
+
+    def keep_file(self, path: Path, *, only_new: bool = False) -> None:
+        """Record a file before it is written. ``only_new``: one that exists is not restored
+        (status.json: a live run may be writing it)."""
+        if not path.exists():
+            self._files.append((path, None))
+        elif not only_new:
+            self._files.append((path, path.read_bytes()))
+
+    def keep_dir(self, path: Path) -> None:
+        """Record a directory before it is created (with its missing parents)."""
+        top, parent = None, path
+        while not parent.exists() and parent != parent.parent:
+            top, parent = parent, parent.parent
+        if top is not None:  # the outermost directory created: removing it removes the rest
+            self._new_dirs.append(top)
+
+    def rollback(self) -> None:
+        for path, old in reversed(self._files):
+            try:
+                if old is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    path.write_bytes(old)
+            except OSError:
+                pass  # the same failure that stopped the write; nothing more to do
+        for d in reversed(self._new_dirs):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _archive_previous(rd: RunDir) -> None:

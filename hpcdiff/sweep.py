@@ -29,9 +29,16 @@ from pathlib import Path
 
 from . import tomlio
 from .registry import nearest
-from .spec import SECTIONS, RunSpec, SpecError
+from .spec import SECTIONS, SEED_LIMIT, RunSpec, SpecError, check_text
 
 SWEEP_KEYS = ("name", "seeds", "product", "zip", "cases")
+# The sweep name is a directory name and a label lands in file names of the analysis; both
+# also carry suffixes (".tmp<pid>", "-<run id>.png"). 100 characters stays well under the
+# 255-byte NAME_MAX of every common file system, even at 2 bytes per character.
+MAX_NAME = 100
+# A sweep bigger than this is a mistake (an axis pasted with a range of thousands); checked
+# from the axis lengths before the cartesian product is built.
+MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
@@ -64,8 +71,18 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise SpecError(f"sweep file not found: {path}")
     try:
         raw = tomlio.load(path)
+    except UnicodeDecodeError as err:
+        raise SpecError(f"not valid TOML: not UTF-8 text ({err.reason} at byte {err.start})",
+                        source=source) from None
+    except OSError as err:
+        raise SpecError(f"cannot read the sweep file: {err.strerror or err}", source=source) from None
     except Exception as err:  # tomllib's message has the line and column
         raise SpecError(f"not valid TOML: {err}", source=source) from None
+    if not raw:
+        # Nothing but whitespace or comments: expanding it would launch one run of all
+        # defaults, which nobody asks for on purpose.
+        raise SpecError("the sweep file is empty (no settings, only whitespace or comments)",
+                        source=source)
     try:
         return expand(raw, name_default=path.stem, source=source, overrides=overrides)
     except SpecError as err:
@@ -78,12 +95,16 @@ def parse_overrides(overrides) -> list[tuple[list[str], object]]:
     parsed = []
     for item in overrides:
         if "=" not in item:
-            raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+            raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}", path="--set")
         key, text = item.split("=", 1)
         key = key.strip()
         parts = key.split(".")
-        if len(parts) < 2:
-            raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        if len(parts) < 2 or not all(parts):
+            raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}", path="--set")
+        if not text.strip():
+            # An empty value is almost always a shell variable that expanded to nothing.
+            raise SpecError(f"--set {key}= has no value (for an empty string write {key}='\"\"')",
+                            path=f"--set {key}")
         if parts[0] == "sweep":
             if len(parts) != 2 or parts[1] not in ("name", "seeds"):
                 raise SpecError(f"only sweep.name and sweep.seeds can be set, got {key!r}", path=f"--set {key}")
@@ -116,6 +137,10 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
                             path=f"sweep.{key}")
 
     name = sweep_table.get("name", name_default)
+    if isinstance(name, str) and len(name) > MAX_NAME:
+        raise SpecError(f"must be at most {MAX_NAME} characters (it names a directory), got {len(name)}"
+                        + ("" if "name" in sweep_table else " (the default is the file's name: set sweep.name)"),
+                        path="sweep.name")
     if (not isinstance(name, str) or not name or name.startswith(".")
             or not all(c.isalnum() or c in "-_." for c in name)):
         raise SpecError(f"must be letters, digits, '-', '_' or '.' (not first), got {name!r}", path="sweep.name")
@@ -127,19 +152,34 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
             isinstance(s, int) and not isinstance(s, bool) for s in seeds
         ):
             raise SpecError(f"must be a non-empty list of integers, got {seeds!r}", path="sweep.seeds")
+        for i, s in enumerate(seeds):
+            if not 0 <= s < SEED_LIMIT:
+                raise SpecError(f"must be in [0, 2**32), got {s}", path=f"sweep.seeds[{i}]")
         axes.append([{"train.seed": s} for s in seeds])
 
     cases = sweep_table.get("cases", [{}]) or [{}]
     if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
         raise SpecError("must be an array of tables ([[sweep.cases]])", path="sweep.cases")
+    for case_index, case in enumerate(cases):
+        label = case.get("label", "")
+        where = f"sweep.cases[{case_index}].label"
+        if not isinstance(label, str):
+            raise SpecError(f"must be a string, got {label!r}", path=where)
+        check_text(label, where, max_len=MAX_NAME)
+
+    count = len(cases)
+    for axis in axes:
+        count *= len(axis)
+    if count > MAX_RUNS:
+        sizes = " x ".join(str(len(a)) for a in axes)
+        raise SpecError(f"expands to {count} runs ({len(cases)} case(s) x axes of {sizes} values), "
+                        f"more than {MAX_RUNS}; split it into several sweeps", path="sweep")
 
     runs: list[Run] = []
     seen: set[str] = set()
     for case_index, case in enumerate(cases):
         case = dict(case)
         label = case.pop("label", "")
-        if not isinstance(label, str):
-            raise SpecError(f"must be a string, got {label!r}", path=f"sweep.cases[{case_index}].label")
         for combo in itertools.product(*axes) if axes else [()]:
             assignment: dict = {}
             for part in combo:
@@ -194,6 +234,8 @@ def _axes(sweep_table: dict) -> list[list[dict]]:
     if not isinstance(groups, list):
         raise SpecError("must be an array of tables ([[sweep.zip]])", path="sweep.zip")
     for i, group in enumerate(groups):
+        if not isinstance(group, dict):
+            raise SpecError(f"must be a table of axes, got {group!r}", path=f"sweep.zip[{i}]")
         flat = _flatten_axes(group, "")
         lengths = set()
         for key, values in flat.items():
