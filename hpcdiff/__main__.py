@@ -1,3 +1,3 @@
-from .cli import main
+from hpcdiff.cli import main
 
 main()

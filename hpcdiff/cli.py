@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from .spec import SpecError
+from hpcdiff.config.spec import SpecError
 
 EXIT_INVALID = 2
 # The names in hpcdiff.launch.CHOICES, spelled out so `--help` does not import the backends.
@@ -72,7 +72,7 @@ def main():
               help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
 def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
-    from .submit import dry_run_report, execute_plan, plan_sweep, resolve_executor_name
+    from hpcdiff.launch.plan import dry_run_report, execute_plan, plan_sweep, resolve_executor_name
 
     try:
         plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
@@ -103,7 +103,7 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     if not plan.to_launch:
         console.print("Nothing to do: every run is finished, diverged or running. (--force reruns them.)")
     else:
-        from .launch.slurm import SlurmError
+        from hpcdiff.launch.slurm import SlurmError
 
         try:
             report = execute_plan(plan, executor=executor, concurrency=concurrency, then_analyze=then_analyze,
@@ -137,7 +137,7 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
 
 
 def _print_plan(console, plan) -> None:
-    from .run_table import plan_rows, render
+    from hpcdiff.launch.run_table import plan_rows, render
 
     title = f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}"
     console.print(render(title, plan_rows(plan), console.width), markup=False, highlight=False, soft_wrap=True)
@@ -148,10 +148,10 @@ def _print_plan(console, plan) -> None:
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
 def train(run_dir, progress):
     """Train (or resume) the run in RUN_DIR. This is what every job executes."""
-    from .atomic import StorageError
-    from .monitor import Diverged
-    from .rundir import RunBusyError
-    from .train import train as train_run
+    from hpcdiff.storage.atomic import StorageError
+    from hpcdiff.training.monitor import Diverged
+    from hpcdiff.storage.rundir import RunBusyError
+    from hpcdiff.training.loop import train as train_run
 
     if progress is None:
         progress = sys.stdout.isatty()
@@ -175,7 +175,7 @@ def train(run_dir, progress):
 @click.option("--interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True)
 def status(sweep_dir, watch, interval):
     """Table of the runs of SWEEP_DIR: state, epoch, losses, SLURM job and requeues."""
-    from .status import collect_status, is_finished, status_table
+    from hpcdiff.launch.status import collect_status, is_finished, status_table
 
     console = _console()
     if not watch:
@@ -198,7 +198,7 @@ def status(sweep_dir, watch, interval):
 @click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 def cancel(sweep_dir):
     """Cancel the SLURM jobs of SWEEP_DIR's unfinished runs (they keep their checkpoints)."""
-    from .status import cancel_sweep
+    from hpcdiff.launch.status import cancel_sweep
 
     cancelled = cancel_sweep(sweep_dir)
     click.echo(f"cancelled {len(cancelled)} jobs" + (f": {' '.join(cancelled)}" if cancelled else ""))
@@ -213,7 +213,7 @@ def analyze(sweep_dir, out, sort_by):
     """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
     from rich.table import Table
 
-    from .analysis import _fmt, analyze as run_analysis
+    from hpcdiff.analysis.report import _fmt, analyze as run_analysis
 
     try:
         result = run_analysis(sweep_dir, out, sort_by=sort_by)
@@ -243,7 +243,7 @@ def bench():
 @click.option("--data", "data_name", default="mnist-5k", show_default=True)
 def bench_train(steps, batch_size, device, data_name):
     """Images/s of hpcdiff's training step vs a notebook DataLoader loop and the conv-FLOP floor."""
-    from .bench import benchmark_train, format_report
+    from hpcdiff.bench.train import benchmark_train, format_report
 
     results = benchmark_train(steps=steps, batch_size=batch_size, device=device, data_name=data_name)
     _console().print(format_report(results))
@@ -254,7 +254,7 @@ def bench_train(steps, batch_size, device, data_name):
 @click.option("--device", default="cpu", show_default=True)
 def bench_degradations(batch_size, device):
     """Time of each degradation vs one training step, and pixel_swap vs a per-pixel loop."""
-    from .bench import benchmark_degradations_vs_step, format_degradation_report
+    from hpcdiff.bench.train import benchmark_degradations_vs_step, format_degradation_report
 
     _console().print(format_degradation_report(benchmark_degradations_vs_step(batch_size=batch_size, device=device)))
 
@@ -269,9 +269,9 @@ def bench_degradations(batch_size, device):
               help="Dataset of the held-out images and the classifier.")
 def bench_eval(degradations, overrides, device, data_name):
     """Time of one evaluation at the [eval] defaults vs one training epoch of full MNIST size."""
-    from .bench_eval import benchmark_eval, format_eval_report
-    from .spec import SpecError
-    from .sweep import parse_overrides
+    from hpcdiff.bench.eval import benchmark_eval, format_eval_report
+    from hpcdiff.config.spec import SpecError
+    from hpcdiff.config.sweep import parse_overrides
 
     try:
         eval_overrides = {}
@@ -297,7 +297,7 @@ def bench_eval(degradations, overrides, device, data_name):
 @click.option("--root", default=None, help="data.root (for mnist, fashion-mnist, idx).")
 def degrade(list_names, names, out, data_name, root):
     """Strips of each degradation at several t on real test images (PNG)."""
-    from .degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
+    from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
 
     if list_names:
         for name in DEGRADATIONS.names():
@@ -305,13 +305,13 @@ def degrade(list_names, names, out, data_name, root):
             click.echo(f"{name:16s} recipe T={info.n_steps:<5d} schedule={default_schedule(name):7s} "
                        f"{'deterministic' if info.deterministic else 'stochastic'}")
         return
-    from .spec import DataSpec
-    from .strips import degradation_strips
+    from hpcdiff.config.spec import DataSpec
+    from hpcdiff.analysis.strips import degradation_strips
 
     chosen = [n.strip() for n in names.split(",") if n.strip()] or None
     for n in chosen or []:
         if n not in DEGRADATIONS:
-            from .registry import unknown_name_message
+            from hpcdiff.config.registry import unknown_name_message
 
             _fail_invalid(unknown_name_message("degradation", n, DEGRADATIONS.names()))
     try:
@@ -337,9 +337,9 @@ def degrade(list_names, names, out, data_name, root):
 def prepare(sweep_files, datasets, root, inception, inception_url, device):
     """On a login node (with internet): download the datasets and Inception weights the
     sweeps need and train the feature classifiers, so jobs run offline."""
-    from .prepare import prepare as run_prepare
-    from .spec import DataSpec
-    from .sweep import load_sweep
+    from hpcdiff.evaluation.assets import prepare as run_prepare
+    from hpcdiff.config.spec import DataSpec
+    from hpcdiff.config.sweep import load_sweep
 
     specs: dict = {}
     wants_inception = False
@@ -359,8 +359,8 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device):
         _fail_invalid(err)
     if not specs:
         _fail_invalid(SpecError("name a sweep file or --dataset"))
-    from .classifier import MissingAssetError
-    from .data import DataError
+    from hpcdiff.evaluation.classifier import MissingAssetError
+    from hpcdiff.data import DataError
 
     try:
         report = run_prepare(list(specs.values()), inception=wants_inception if inception is None else inception,
@@ -385,8 +385,8 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device):
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE")
 def sbatch_cmd(target, template, output, overrides):
     """Write a plain sbatch script for a run directory or a sweep file (submit it yourself)."""
-    from .rundir import RunDir
-    from .sbatch import render, write_for_sweep
+    from hpcdiff.storage.rundir import RunDir
+    from hpcdiff.launch.sbatch import render, write_for_sweep
 
     try:
         if target.is_dir():

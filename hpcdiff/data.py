@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .spec import DataSpec
+from hpcdiff.config.spec import DataSpec
 
 # The data split does not depend on train.seed, so runs that differ only in seed see the
 # same train/val images and their spread measures the training, not the split.

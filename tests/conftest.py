@@ -67,8 +67,8 @@ def fashion_classifier(hpcdiff_cache):
     trained once per session into the session's cache (as a run's first evaluation would)."""
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
-    from hpcdiff.classifier import get_classifier
-    from hpcdiff.spec import DataSpec
+    from hpcdiff.evaluation.classifier import get_classifier
+    from hpcdiff.config.spec import DataSpec
 
     return get_classifier(DataSpec(name="idx", root=str(FASHION_DIR)), hpcdiff_cache, "cpu")
 

@@ -1,7 +1,7 @@
 """Small helpers shared by test modules (tests/ is on sys.path)."""
 
-from hpcdiff.rundir import RunDir, update_manifest, write_run_config
-from hpcdiff.submit import plan_sweep
+from hpcdiff.storage.rundir import RunDir, update_manifest, write_run_config
+from hpcdiff.launch.plan import plan_sweep
 
 # The smallest real run (Fashion-MNIST IDX files, a 2-layer CNN, 20 steps): every test that
 # trains starts from it. Fields: root, subset, epochs. TINY_DEFAULT_EVAL keeps the [eval]

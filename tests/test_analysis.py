@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpcdiff import archive
-from hpcdiff.analysis import analyze, metric_direction, tex_escape
-from hpcdiff.degradations import DEGRADATION_INFO, DEGRADATIONS
-from hpcdiff.rundir import RunDir
-from hpcdiff.spec import DataSpec
-from hpcdiff.strips import DPI, degradation_strips, strip_figure_size, strip_levels
+from hpcdiff.storage import archive
+from hpcdiff.analysis.report import analyze, metric_direction, tex_escape
+from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS
+from hpcdiff.storage.rundir import RunDir
+from hpcdiff.config.spec import DataSpec
+from hpcdiff.analysis.strips import DPI, degradation_strips, strip_figure_size, strip_levels
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -82,7 +82,7 @@ def _data_spec() -> DataSpec:
 def sweep_dir(tmp_path_factory) -> Path:
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
-    from hpcdiff.submit import execute_plan, plan_sweep
+    from hpcdiff.launch.plan import execute_plan, plan_sweep
 
     root = tmp_path_factory.mktemp("analysis")
     sweep_file = root / "ana.toml"

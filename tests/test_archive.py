@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from hpcdiff import archive, checkpoint
+from hpcdiff.storage import archive, checkpoint
 
 
 def test_append_truncate_and_read(tmp_path):

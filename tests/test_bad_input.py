@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from hpcdiff.cli import main
-from hpcdiff.spec import SECTIONS, RunSpec, SpecError
+from hpcdiff.config.spec import SECTIONS, RunSpec, SpecError
 
 # A valid sweep of one run. Its data directory does not exist: a case that wrongly passed
 # validation would fail in its first second instead of training (and the test would still
@@ -204,7 +204,7 @@ def test_every_float_setting_rejects_non_finite_values():
 
 
 def test_too_many_runs_is_refused_before_the_product_is_built(tmp_path):
-    from hpcdiff.sweep import load_sweep
+    from hpcdiff.config.sweep import load_sweep
 
     path = tmp_path / "big.toml"
     axis = ", ".join(str(i) for i in range(1, 201))
@@ -217,7 +217,7 @@ def test_too_many_runs_is_refused_before_the_product_is_built(tmp_path):
 
 
 def test_valid_degradation_params_still_pass(tmp_path):
-    from hpcdiff.sweep import load_sweep
+    from hpcdiff.config.sweep import load_sweep
 
     path = tmp_path / "ok.toml"
     path.write_text(BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 11, sigma = 7.0, padding = "reflect" }\n'
@@ -289,8 +289,8 @@ def test_full_disk_part_way_rolls_back(tmp_path, mount_tmpfs):
 def test_failed_write_restores_an_existing_manifest(tmp_path, mount_tmpfs):
     # A sweep written once (3 runs), then grown to 5 runs on a disk with no room left: the
     # first expansion's manifest and runs are exactly as they were.
-    from hpcdiff.rundir import RunDir, read_manifest, update_manifest, write_run_config
-    from hpcdiff.submit import SweepWriteError, execute_plan, plan_sweep
+    from hpcdiff.storage.rundir import RunDir, read_manifest, update_manifest, write_run_config
+    from hpcdiff.launch.plan import SweepWriteError, execute_plan, plan_sweep
 
     small = mount_tmpfs("size=1m,nr_inodes=16")
     first = plan_sweep(_sweep_file(tmp_path, seeds=3), output=small)

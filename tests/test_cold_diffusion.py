@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from hpcdiff.data import load_splits, to_model_range
-from hpcdiff.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
-from hpcdiff.diffusion import SAMPLERS, ColdDiffusion, build_diffusion, sampling_times, validate_spec
-from hpcdiff.models import build_model
-from hpcdiff.spec import DataSpec, ModelSpec, RunSpec, SpecError
+from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
+from hpcdiff.resolve import validate_spec
+from hpcdiff.science.diffusion import SAMPLERS, ColdDiffusion, build_diffusion, sampling_times
+from hpcdiff.science.models import build_model
+from hpcdiff.config.spec import DataSpec, ModelSpec, RunSpec, SpecError
 
 COLD = [n for n in DEGRADATIONS.names() if n != "gaussian"]
 

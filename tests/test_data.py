@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hpcdiff.data import DataError, load_splits, read_idx, to_model_range, to_uint8
-from hpcdiff.spec import DataSpec
+from hpcdiff.config.spec import DataSpec
 
 
 def test_fashion_mnist_idx_dir(fashion_dir):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpcdiff.degradations import (
+from hpcdiff.science.degradations import (
     DEGRADATION_INFO,
     DEGRADATIONS,
     blur_by_convolution,
@@ -15,7 +15,7 @@ from hpcdiff.degradations import (
     degrade,
     pixel_swap_loop_reference,
 )
-from hpcdiff.schedules import SCHEDULES, strength
+from hpcdiff.science.schedules import SCHEDULES, strength
 
 NAMES = DEGRADATIONS.names()
 STOCHASTIC = [n for n in NAMES if not DEGRADATION_INFO[n].deterministic]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hpcdiff import archive, checkpoint
+from hpcdiff.storage import archive, checkpoint
 from hpcdiff.cli import main
-from hpcdiff.distributed import env_from_slurm, first_host
-from hpcdiff.rundir import sweep_run_dirs
+from hpcdiff.training.distributed import env_from_slurm, first_host
+from hpcdiff.storage.rundir import sweep_run_dirs
 from helpers import make_run_dir
 
 # Per-epoch mean losses of a 2-process run vs a 1-process run with the same global batch:
@@ -135,7 +135,7 @@ def test_two_task_slurm_job_trains_one_run(slurm_env, tiny_sweep, tmp_path, fash
     result = cli("sweep", sweep_file, "--output", out, "--executor", "slurm")
     assert result.exit_code == 0, result.output
     rd = sweep_run_dirs(out / "tasks")[0]
-    from hpcdiff.status import collect_status, is_finished
+    from hpcdiff.launch.status import collect_status, is_finished
 
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hpcdiff import archive
+from hpcdiff.storage import archive
 from hpcdiff.cli import main
-from hpcdiff.rundir import RunDir
+from hpcdiff.storage.rundir import RunDir
 from helpers import make_run_dir
 
 
@@ -164,7 +164,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
     if status["epoch"] >= 3:
         pytest.skip("training finished before the signal arrived")
     assert status["state"] == "timeout"
-    from hpcdiff import checkpoint
+    from hpcdiff.storage import checkpoint
 
     epoch_done, state = checkpoint.load_latest(rd.checkpoints)
     assert state["partial"] is not None and state["partial"]["epoch"] == epoch_done + 1

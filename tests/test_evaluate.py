@@ -10,10 +10,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from hpcdiff.data import load_splits
-from hpcdiff.diffusion import build_diffusion, validate_spec
-from hpcdiff.evaluate import Evaluator
-from hpcdiff.models import build_model
-from hpcdiff.spec import RunSpec
+from hpcdiff.resolve import validate_spec
+from hpcdiff.science.diffusion import build_diffusion
+from hpcdiff.evaluation.evaluate import Evaluator
+from hpcdiff.science.models import build_model
+from hpcdiff.config.spec import RunSpec
 
 TINY = {"model": {"hidden": [4]}, "data": {"name": "mnist-5k"}}
 
@@ -52,7 +53,7 @@ def test_evaluation_can_use_the_full_starter_sampler(test_split):
 
 
 def test_eval_sampler_must_fit_the_process():
-    from hpcdiff.spec import SpecError
+    from hpcdiff.config.spec import SpecError
 
     with pytest.raises(SpecError) as err:
         _spec(eval={"sampler": "cold_alg2"})
@@ -158,8 +159,9 @@ def test_configs_from_before_eval_steps_keep_their_method_and_auto_resolves(tiny
     A config that says "auto" (edited by hand) is resolved at train time."""
     from helpers import make_run_dir
 
-    from hpcdiff import archive, tomlio
-    from hpcdiff.train import train
+    from hpcdiff.storage import archive
+    from hpcdiff.config import tomlio
+    from hpcdiff.training.loop import train
 
     sweep = tiny_sweep(epochs=1)
     sweep.write_text(sweep.read_text().replace("metrics = []", 'metrics = ["diversity"]\nsamples = 8'))

@@ -11,9 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hpcdiff import archive, checkpoint, tomlio
+from hpcdiff.storage import archive, checkpoint
+from hpcdiff.config import tomlio
 from hpcdiff.cli import main
-from hpcdiff.rundir import sweep_run_dirs
+from hpcdiff.storage.rundir import sweep_run_dirs
 from helpers import make_run_dir
 
 PAGE = 4096
@@ -93,7 +94,7 @@ def test_monitor_verdict_covers_loss_weights_and_signals():
     CHECK_EVERY optimiser steps and at every epoch end."""
     import signal
 
-    from hpcdiff.monitor import CHECK_EVERY, TrainingMonitor
+    from hpcdiff.training.monitor import CHECK_EVERY, TrainingMonitor
 
     monitor = TrainingMonitor()
     finite = [torch.ones(3), torch.zeros(2, 2)]
@@ -126,7 +127,7 @@ def test_two_processes_agree_on_divergence(tiny_sweep, tmp_path):
 
 
 def test_metrics_of_non_finite_samples_say_so():
-    from hpcdiff.metrics import MetricContext, NonFiniteSamples, compute_metrics, frechet_distance
+    from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, compute_metrics, frechet_distance
 
     samples = torch.zeros(8, 1, 28, 28)
     samples[3, 0, 5, 5] = float("nan")
@@ -227,7 +228,7 @@ def test_full_disk_fails_cleanly_keeps_the_last_checkpoint_and_resumes(fails, sm
 
 
 def test_storage_error_names_path_and_cause(tmp_path):
-    from hpcdiff.atomic import StorageError, atomic_write_bytes
+    from hpcdiff.storage.atomic import StorageError, atomic_write_bytes
 
     err = StorageError(tmp_path / "x", OSError(errno.EDQUOT, os.strerror(errno.EDQUOT)))
     assert str(err).startswith(f"cannot write {tmp_path / 'x'}: Disk quota exceeded") and err.disk_full

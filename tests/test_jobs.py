@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hpcdiff import archive
+from hpcdiff.storage import archive
 from hpcdiff.cli import main
-from hpcdiff.sweep import load_sweep
+from hpcdiff.config.sweep import load_sweep
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 # One epoch on a few real MNIST digits; everything that defines the experiment stays as shipped.
@@ -30,7 +30,7 @@ def test_job_file_dry_run(name, count, tmp_path):
 
 
 def test_part2_covers_every_cold_degradation():
-    from hpcdiff.degradations import DEGRADATIONS
+    from hpcdiff.science.degradations import DEGRADATIONS
 
     names = {r.spec.degradation.name for r in load_sweep(JOBS / "part2.toml").runs}
     assert names == set(DEGRADATIONS.names()) - {"gaussian"}

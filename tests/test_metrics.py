@@ -8,15 +8,15 @@ import os
 import pytest
 import torch
 
-from hpcdiff import classifier as clf_mod
-from hpcdiff.classifier import (MissingAssetError, classifier_key, get_classifier, random_shift,
+from hpcdiff.evaluation import classifier as clf_mod
+from hpcdiff.evaluation.classifier import (MissingAssetError, classifier_key, get_classifier, random_shift,
                                 train_classifier)
 from hpcdiff.data import load_splits, to_model_range
-from hpcdiff.metrics import (DEFAULT_METRICS, INCEPTION_WEIGHTS_FILE, METRICS, MetricContext, StatsCache,
+from hpcdiff.evaluation.metrics import (DEFAULT_METRICS, INCEPTION_WEIGHTS_FILE, METRICS, MetricContext, StatsCache,
                              compute_metrics, frechet_distance, gaussian_fit, reconstruction_metrics,
                              to_inception_input)
-from hpcdiff.prepare import prepare
-from hpcdiff.spec import DataSpec
+from hpcdiff.evaluation.assets import prepare
+from hpcdiff.config.spec import DataSpec
 
 MNIST = DataSpec(name="mnist-5k")
 CLF_EPOCHS = 6  # enough for >= 0.97 on mnist-5k's 500 held-out digits (the default is 40)
@@ -322,7 +322,7 @@ def http_server(tmp_path):
 def test_prepare_downloads_inception_weights_over_http(http_server, tmp_path, monkeypatch):
     """The real download code (torch.hub over HTTP) from a mirror URL, checked by loading the
     file into torchmetrics' network before it is cached; a second prepare reuses it."""
-    from hpcdiff.prepare import prepare_inception
+    from hpcdiff.evaluation.assets import prepare_inception
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     root, base = http_server
@@ -339,7 +339,7 @@ def test_prepare_downloads_inception_weights_over_http(http_server, tmp_path, mo
 
 @pytest.mark.parametrize("problem", ["not found", "not weights", "truncated"])
 def test_prepare_inception_failures_cache_nothing(problem, http_server, tmp_path, monkeypatch):
-    from hpcdiff.prepare import prepare_inception
+    from hpcdiff.evaluation.assets import prepare_inception
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     root, base = http_server
@@ -400,7 +400,7 @@ def test_tsne_kl_small_for_real_digits_and_large_for_noise(clf, mnist, stats):
 def test_classifier_loads_onto_accelerates_cpu_device(clf, cache_dir):
     """Under DDP without a GPU, Accelerate's device is ``cpu:0``: the cached classifier loads
     there and gives the same outputs as on ``cpu``."""
-    from hpcdiff.classifier import load_classifier
+    from hpcdiff.evaluation.classifier import load_classifier
 
     path = clf_mod.classifier_path(cache_dir, clf.cache_key)
     on_cpu0 = load_classifier(path, torch.device("cpu", 0))

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from hpcdiff.diffusion import GaussianDDPM, ddpm_schedules
-from hpcdiff.models import CNN, build_model, conv_flops_per_image
-from hpcdiff.spec import ModelSpec
+from hpcdiff.science.diffusion import GaussianDDPM, ddpm_schedules
+from hpcdiff.science.models import CNN, build_model, conv_flops_per_image
+from hpcdiff.config.spec import ModelSpec
 
 
 def test_cnn_shapes_and_layers():

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from hpcdiff.cli import main
-from hpcdiff.run_table import RunRow, format_value, render
-from hpcdiff.sweep import load_sweep
+from hpcdiff.launch.run_table import RunRow, format_value, render
+from hpcdiff.config.sweep import load_sweep
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 WIDTH = 80
@@ -119,8 +119,8 @@ def test_render_keeps_only_columns_that_vary_and_switches_layout_by_width():
 
 
 def test_status_uses_the_same_layout(tmp_path, monkeypatch):
-    from hpcdiff.rundir import RunDir, update_manifest, write_run_config
-    from hpcdiff.submit import plan_sweep
+    from hpcdiff.storage.rundir import RunDir, update_manifest, write_run_config
+    from hpcdiff.launch.plan import plan_sweep
 
     monkeypatch.chdir(tmp_path)
     plan = plan_sweep(JOBS / "part2.toml", output="runs")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from hpcdiff.sbatch import TEMPLATES, check_csd3, example, render, write_for_sweep
-from hpcdiff.spec import RunSpec, SlurmSpec, SpecError
+from hpcdiff.launch.sbatch import TEMPLATES, check_csd3, example, render, write_for_sweep
+from hpcdiff.config.spec import RunSpec, SlurmSpec, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 

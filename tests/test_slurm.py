@@ -13,11 +13,11 @@ from click.testing import CliRunner
 
 from helpers import TINY_BASE
 
-from hpcdiff import archive
+from hpcdiff.storage import archive
 from hpcdiff.cli import main
 from hpcdiff.launch.slurm import render_script
-from hpcdiff.rundir import RunDir, sweep_run_dirs
-from hpcdiff.spec import RunSpec
+from hpcdiff.storage.rundir import RunDir, sweep_run_dirs
+from hpcdiff.config.spec import RunSpec
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -34,7 +34,7 @@ def squeue_ids() -> set[str]:
 def wait_until_ended(sweep_dir: Path, n_runs: int, timeout: float):
     """Poll the run files (what hpcdiff status reads) until every run has ended and its job
     has left the queue."""
-    from hpcdiff.status import collect_status, is_finished
+    from hpcdiff.launch.status import collect_status, is_finished
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -220,7 +220,7 @@ def test_cancel_stops_jobs_which_keep_their_checkpoint(slurm_env, tmp_path):
     rows = wait_until_ended(out / "cancel", 1, timeout=180)
     assert rows[0].state == "timeout"  # SIGTERM: checkpoint written, not marked failed
     assert rd.read_status()["job_id"] not in squeue_ids()
-    from hpcdiff import checkpoint
+    from hpcdiff.storage import checkpoint
 
     assert checkpoint.list_epochs(rd.checkpoints)
 
@@ -230,8 +230,8 @@ def test_job_killed_without_a_signal_reads_interrupted_and_resumes(slurm_env, tm
     """SIGKILL (what the OOM killer or a lost node amounts to): the run cannot write its end
     state, so status.json keeps saying running; once its job has left the queue, status
     says interrupted and a rerun resumes it."""
-    from hpcdiff.status import collect_status
-    from hpcdiff.submit import plan_sweep
+    from hpcdiff.launch.status import collect_status
+    from hpcdiff.launch.plan import plan_sweep
 
     sweep_file, out, rd = start_long_run(tmp_path, "killed")
     job_id = rd.read_status()["job_id"]

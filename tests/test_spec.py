@@ -4,8 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 from hpcdiff.cli import main
-from hpcdiff.spec import RunSpec, SpecError
-from hpcdiff.sweep import load_sweep
+from hpcdiff.config.spec import RunSpec, SpecError
+from hpcdiff.config.sweep import load_sweep
 
 VALID = """
 [sweep]
@@ -87,7 +87,7 @@ def test_cli_bad_override_exits_2(tmp_path):
 
 
 def test_round_trip_of_resolved_config():
-    from hpcdiff import tomlio
+    from hpcdiff.config import tomlio
 
     spec = RunSpec.from_dict({"train": {"lr": 3e-4, "epochs": 2}, "model": {"hidden": [8, 16]},
                               "degradation": {"name": "gaussian", "params": {"a": 0.1}}})

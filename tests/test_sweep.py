@@ -1,7 +1,7 @@
 import pytest
 
-from hpcdiff.sweep import expand, load_sweep, run_id
-from hpcdiff.spec import RunSpec
+from hpcdiff.config.sweep import expand, load_sweep, run_id
+from hpcdiff.config.spec import RunSpec
 
 
 def test_product_zip_seeds_counts():

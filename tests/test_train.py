@@ -4,8 +4,9 @@ import numpy as np
 
 from helpers import make_run_dir
 
-from hpcdiff import archive, tomlio
-from hpcdiff.train import train
+from hpcdiff.storage import archive
+from hpcdiff.config import tomlio
+from hpcdiff.training.loop import train
 
 def _losses(rd):
     return np.asarray(archive.read(rd.archive)["metrics"]["train_loss"])

@@ -7,11 +7,11 @@ answers, local processes otherwise.
 
 from __future__ import annotations
 
-from .base import Executor, LaunchReport
-from .debug import DebugExecutor
-from .local import LocalExecutor
-from . import slurm
-from .slurm import SlurmExecutor
+from hpcdiff.launch.base import Executor, LaunchReport
+from hpcdiff.launch.debug import DebugExecutor
+from hpcdiff.launch.local import LocalExecutor
+from hpcdiff.launch import slurm
+from hpcdiff.launch.slurm import SlurmExecutor
 
 BACKENDS: dict[str, type] = {"local": LocalExecutor, "debug": DebugExecutor, "slurm": SlurmExecutor}
 CHOICES = ("auto", "local", "debug", "slurm")

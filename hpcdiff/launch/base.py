@@ -3,7 +3,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..rundir import RunDir
+from hpcdiff.storage.rundir import RunDir
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..rundir import RunDir
-from .base import Executor, LaunchReport
+from hpcdiff.storage.rundir import RunDir
+from hpcdiff.launch.base import Executor, LaunchReport
 
 
 class DebugExecutor(Executor):
@@ -15,8 +15,8 @@ class DebugExecutor(Executor):
         self.show_progress = show_progress
 
     def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
-        from ..monitor import Diverged
-        from ..train import train
+        from hpcdiff.training.monitor import Diverged
+        from hpcdiff.training.loop import train
 
         report = LaunchReport(self.name)
         for rd in run_dirs:

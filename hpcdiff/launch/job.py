@@ -14,7 +14,7 @@ class TrainJob:
         self.run_dir = str(run_dir)
 
     def __call__(self) -> str:
-        from ..train import train
+        from hpcdiff.training.loop import train
 
         return train(self.run_dir)
 
@@ -33,7 +33,7 @@ def analyze_job(sweep_dir: str) -> str:
     """The --then-analyze job: runs after every array of the sweep has ended."""
     from pathlib import Path
 
-    from ..analysis import analyze
+    from hpcdiff.analysis.report import analyze
 
     # Where `hpcdiff analyze` would write when run beside the output folder:
     # <output>/../analysis/<sweep name>/.

@@ -11,8 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..rundir import RunDir
-from .base import Executor, LaunchReport
+from hpcdiff.storage.rundir import RunDir
+from hpcdiff.launch.base import Executor, LaunchReport
 
 POLL_SECONDS = 0.5
 

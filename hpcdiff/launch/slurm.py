@@ -20,10 +20,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..rundir import RunDir
-from ..spec import SlurmSpec
-from .base import Executor, LaunchReport
-from .job import TrainJob, analyze_job
+from hpcdiff.storage.rundir import RunDir
+from hpcdiff.config.spec import SlurmSpec
+from hpcdiff.launch.base import Executor, LaunchReport
+from hpcdiff.launch.job import TrainJob, analyze_job
 
 # squeue states of a job that will still run (or is running).
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",

@@ -19,9 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tomlio
-from .atomic import atomic_write_bytes
-from .spec import RunSpec, SpecError
+from hpcdiff.config import tomlio
+from hpcdiff.storage.atomic import atomic_write_bytes
+from hpcdiff.config.spec import RunSpec, SpecError
 
 
 

@@ -11,7 +11,7 @@ from typing import Callable
 
 import torch
 
-from hpcdiff.degradations import DEGRADATION_INFO, DEGRADATIONS, degrade, pixel_swap_loop_reference
+from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, degrade, pixel_swap_loop_reference
 
 
 def _images(batch: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:

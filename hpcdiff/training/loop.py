@@ -25,18 +25,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, archive, checkpoint, tomlio
-from .atomic import StorageError
-from .data import load_splits, to_model_range, to_uint8
-from .diffusion import build_diffusion, validate_spec
-from .distributed import env_from_slurm, process_rank
-from .evaluate import Evaluator, eval_mode
-from .models import build_model
-from .monitor import Diverged, TrainingMonitor, divergence_hints
-from .rundir import RunDir
-from .spec import RunSpec
+from hpcdiff import __version__
+from hpcdiff.storage import archive, checkpoint
+from hpcdiff.config import tomlio
+from hpcdiff.storage.atomic import StorageError
+from hpcdiff.data import load_splits, to_model_range, to_uint8
+from hpcdiff.resolve import validate_spec
+from hpcdiff.science.diffusion import build_diffusion
+from hpcdiff.training.distributed import env_from_slurm, process_rank
+from hpcdiff.evaluation.evaluate import Evaluator, eval_mode
+from hpcdiff.science.models import build_model
+from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
+from hpcdiff.storage.rundir import RunDir
+from hpcdiff.config.spec import RunSpec
 
-log = logging.getLogger("hpcdiff.train")
+log = logging.getLogger(__name__)
 
 # Signals that mean "the job is about to be stopped": SLURM sends SIGTERM before killing a
 # job at its time limit or on preemption (and USR1/USR2 when asked to warn early).

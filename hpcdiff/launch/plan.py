@@ -17,11 +17,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .launch import get_executor, resolve_executor_name, slurm
-from .launch.base import LaunchReport
-from .rundir import RunDir, manifest_path, update_manifest, write_run_config
-from .spec import SpecError
-from .sweep import Sweep, load_sweep
+from hpcdiff.launch import get_executor, resolve_executor_name, slurm
+from hpcdiff.launch.base import LaunchReport
+from hpcdiff.storage.rundir import RunDir, manifest_path, update_manifest, write_run_config
+from hpcdiff.config.spec import SpecError
+from hpcdiff.config.sweep import Sweep, load_sweep
 
 
 class SweepWriteError(SpecError):

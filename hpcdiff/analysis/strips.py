@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .spec import DataSpec
+from hpcdiff.config.spec import DataSpec
 
 #: Resolution of the saved PNGs and the size of one image panel, in inches. The figure has
 #: a fixed layout (no tight bbox), so its pixel size follows from the number of panels.
@@ -44,7 +44,7 @@ def strip_figure_size(n_rows: int, n_cols: int) -> tuple[float, float]:
 
 @lru_cache(maxsize=2)
 def _test_split(data_spec: DataSpec):
-    from .data import load_splits
+    from hpcdiff.data import load_splits
 
     test = load_splits(data_spec).test
     return test.images, test.labels
@@ -87,8 +87,8 @@ def degradation_strips(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .data import to_model_range, to_uint8
-    from .degradations import DEGRADATION_INFO, DEGRADATIONS, degrade
+    from hpcdiff.data import to_model_range, to_uint8
+    from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, degrade
 
     names = list(DEGRADATIONS.names() if names is None else names)
     for name in names:

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from hpcdiff.registry import Registry
+from hpcdiff.config.registry import Registry
 
 ScheduleFn = Callable[[Tensor, int], Tensor]
 

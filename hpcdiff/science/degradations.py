@@ -6,7 +6,7 @@ Every degradation has the signature
 
 * ``x0``: float tensor ``[B, C, H, W]``, data in ``[low, high] = [-0.5, 0.5]``;
 * ``t``: int64 tensor ``[B]`` with values in ``0..n_steps`` (one level per sample);
-* ``schedule``: name in :data:`hpcdiff.schedules.SCHEDULES`, mapping ``t`` to a strength fraction;
+* ``schedule``: name in :data:`hpcdiff.science.schedules.SCHEDULES`, mapping ``t`` to a strength fraction;
 * ``generator``: optional :class:`torch.Generator`. Random numbers are drawn on the
   generator's device (in float32) and moved to ``x0``'s device, so a CPU generator gives the
   same numbers whether ``x0`` lives on the CPU or a GPU; with ``generator=None`` they are
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hpcdiff.registry import Registry, nearest
-from hpcdiff.schedules import SCHEDULES, schedule_fraction, strength
+from hpcdiff.config.registry import Registry, nearest
+from hpcdiff.science.schedules import SCHEDULES, schedule_fraction, strength
 
 DegradationFn = Callable[..., Tensor]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import tomlio
-from .launch import slurm
-from .rundir import read_manifest, read_run_meta, sweep_run_dirs
-from .run_table import RunRow, lookup, render
+from hpcdiff.config import tomlio
+from hpcdiff.launch import slurm
+from hpcdiff.storage.rundir import read_manifest, read_run_meta, sweep_run_dirs
+from hpcdiff.launch.run_table import RunRow, lookup, render
 
 ENDED = ("done", "failed", "timeout", "interrupted", "diverged")
 COLOURS = {"done": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timeout": "yellow",
@@ -89,7 +89,7 @@ def is_finished(rows: list[RunStatus]) -> bool:
 
 
 def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: int = 100):
-    """The run table (hpcdiff.run_table: one block per run when a table would not fit in
+    """The run table (hpcdiff.launch.run_table: one block per run when a table would not fit in
     `width`) and a summary line."""
     from rich.console import Group
     from rich.text import Text

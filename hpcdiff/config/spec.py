@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .registry import nearest
+from hpcdiff.config.registry import nearest
 
 
 class SpecError(ValueError):
@@ -229,7 +229,7 @@ class EvalSpec:
     """Quality metrics computed during training (not part of a run's identity: changing
     them never retrains a finished run)."""
 
-    # Names in hpcdiff.metrics.METRICS.
+    # Names in hpcdiff.evaluation.metrics.METRICS.
     metrics: tuple[str, ...] = ("fid_classifier", "inception_score", "class_histogram", "diversity")
     # Evaluate every N epochs; 0 = only at the last epoch.
     every: int = 0

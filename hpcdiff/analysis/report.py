@@ -11,7 +11,7 @@
   epoch, all runs), ``<column>_vs_<axis>`` (the sort metric and best val loss against each
   varying axis), ``samples`` (the last sample grid of every run side by side, real held-out
   images first), ``samples_<run_id>`` (one run's start and samples), ``class_histograms``,
-  ``strip_<degradation>`` and ``degradation_strips`` (:mod:`hpcdiff.strips`);
+  ``strip_<degradation>`` and ``degradation_strips`` (:mod:`hpcdiff.analysis.strips`);
 * ``index.md``: every table and figure in one page.
 
 Works on partly finished sweeps: a run with no archive yet, one killed mid-epoch, one epoch
@@ -39,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import archive, tomlio
-from .registry import nearest
-from .rundir import read_manifest, read_run_meta, sweep_run_dirs
+from hpcdiff.storage import archive
+from hpcdiff.config import tomlio
+from hpcdiff.config.registry import nearest
+from hpcdiff.storage.rundir import read_manifest, read_run_meta, sweep_run_dirs
 
 #: Per-epoch series that describe training rather than sample quality (plus ``*_seconds``).
 TRAINING_SERIES = frozenset({"epoch", "train_loss", "val_loss", "lr", "images_per_second"})
@@ -474,7 +475,7 @@ def _run_title(run: _Run, varying: list[str]) -> str:
 
 
 def _data_spec(config: dict):
-    from .spec import DataSpec
+    from hpcdiff.config.spec import DataSpec
 
     known = {f.name for f in dataclass_fields(DataSpec)}
     return DataSpec(**{k: v for k, v in config.get("data", {}).items() if k in known})
@@ -482,7 +483,7 @@ def _data_spec(config: dict):
 
 def _real_images(runs: list[_Run], n: int, warnings: list[str]):
     """n real held-out images of the first run's dataset (uint8 [n, H, W]), or None."""
-    from .strips import held_out_images
+    from hpcdiff.analysis.strips import held_out_images
 
     if not runs or n < 1:
         return None
@@ -735,7 +736,7 @@ def _class_histograms(fw: _Figures, runs: list[_Run], varying) -> None:
 def _degradation_strips(fw: _Figures, runs: list[_Run], warnings) -> None:
     """Strips of the degradations the sweep uses, each with the first such run's level count
     (diffusion.n_T), schedule and parameters (gaussian: its betas), on the sweep's data."""
-    from .strips import degradation_strips
+    from hpcdiff.analysis.strips import degradation_strips
 
     names, params, n_steps, schedules = [], {}, {}, {}
     for r in runs:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .data import load_splits, to_model_range
-from .diffusion import GaussianDDPM
-from .models import build_model, conv_flops_per_image
-from .spec import DataSpec, ModelSpec
+from hpcdiff.data import load_splits, to_model_range
+from hpcdiff.science.diffusion import GaussianDDPM
+from hpcdiff.science.models import build_model, conv_flops_per_image
+from hpcdiff.config.spec import DataSpec, ModelSpec
 
 
 @dataclass
@@ -169,7 +169,7 @@ def format_report(r: dict):
 def benchmark_degradations_vs_step(*, batch_size=128, device="cpu", steps=10) -> dict:
     """Each degradation at batch 128 (per-sample t) against one training step of the
     default CNN, measured in the same process; target: every degradation <= 5% of a step."""
-    from .bench_degradations import benchmark_degradations
+    from hpcdiff.bench.degradations import benchmark_degradations
 
     device = torch.device(device)
     images = load_splits(DataSpec(name="mnist-5k", val_fraction=0.0)).train.images

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .atomic import atomic_write, storage_errors
+from hpcdiff.storage.atomic import atomic_write, storage_errors
 
 PATTERN = re.compile(r"^epoch_(\d{5})\.pt$")
 

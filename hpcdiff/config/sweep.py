@@ -27,9 +27,9 @@ import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from . import tomlio
-from .registry import nearest
-from .spec import SECTIONS, SEED_LIMIT, RunSpec, SpecError, check_text
+from hpcdiff.config import tomlio
+from hpcdiff.config.registry import nearest
+from hpcdiff.config.spec import SECTIONS, SEED_LIMIT, RunSpec, SpecError, check_text
 
 SWEEP_KEYS = ("name", "seeds", "product", "zip", "cases")
 # The sweep name is a directory name and a label lands in file names of the analysis; both
@@ -214,7 +214,7 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
 def _validate_components(spec: RunSpec) -> RunSpec:
     """Names resolved through registries (degradation, its parameters, schedule, sampler),
     and "recipe" defaults made explicit. Imported lazily: these modules need torch."""
-    from .diffusion import validate_spec
+    from hpcdiff.resolve import validate_spec
 
     return validate_spec(spec)
 

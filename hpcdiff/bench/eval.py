@@ -17,12 +17,13 @@ import time
 
 import torch
 
-from .bench import _sync, bench_hpcdiff
-from .data import load_splits, to_model_range
-from .diffusion import build_diffusion, validate_spec
-from .evaluate import EVAL_CHUNK, Evaluator
-from .models import build_model
-from .spec import RunSpec
+from hpcdiff.bench.train import _sync, bench_hpcdiff
+from hpcdiff.data import load_splits, to_model_range
+from hpcdiff.resolve import validate_spec
+from hpcdiff.science.diffusion import build_diffusion
+from hpcdiff.evaluation.evaluate import EVAL_CHUNK, Evaluator
+from hpcdiff.science.models import build_model
+from hpcdiff.config.spec import RunSpec
 
 DEGRADATIONS = ("gaussian", "impulse", "pixel_swap", "blur")
 

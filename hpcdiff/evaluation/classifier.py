@@ -23,8 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import DataError, Dataset, load_splits, to_model_range
-from .spec import DataSpec
+from hpcdiff.data import DataError, Dataset, load_splits, to_model_range
+from hpcdiff.config.spec import DataSpec
 
 # Bump when the architecture or the training recipe changes: old cache files stop matching.
 CLASSIFIER_VERSION = 1

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .spec import ModelSpec
+from hpcdiff.config.spec import ModelSpec
 
 ACTIVATIONS = {
     "gelu": nn.GELU,

@@ -31,7 +31,7 @@ class RunRow:
 
 
 def plan_rows(plan) -> list[RunRow]:
-    """The rows of a SweepPlan (hpcdiff.submit), one per run, in the plan's order."""
+    """The rows of a SweepPlan (hpcdiff.launch.plan), one per run, in the plan's order."""
     by_id = {r.run_id: r for r in plan.sweep.runs}
     rows = []
     for pr in plan.runs:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .classifier import MissingAssetError, default_cache_dir, get_classifier
-from .data import load_splits
-from .metrics import INCEPTION_WEIGHTS_URL
-from .spec import DataSpec
+from hpcdiff.evaluation.classifier import MissingAssetError, default_cache_dir, get_classifier
+from hpcdiff.data import load_splits
+from hpcdiff.evaluation.metrics import INCEPTION_WEIGHTS_URL
+from hpcdiff.config.spec import DataSpec
 
 TORCHVISION_DATASETS = ("mnist", "fashion-mnist")
 
@@ -64,7 +64,7 @@ def prepare_inception(cache_dir=None, *, url: str | None = None, log=None) -> di
     the cache never holds a truncated or wrong file; ``fid_inception`` looks in both places.
 
     Returns {"path", "downloaded", "source", "sha256"}."""
-    from .metrics import INCEPTION_WEIGHTS_FILE, _require_torch_fidelity
+    from hpcdiff.evaluation.metrics import INCEPTION_WEIGHTS_FILE, _require_torch_fidelity
 
     say = log or (lambda msg: None)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()

@@ -1,5 +1,5 @@
 """Evaluation of a model during training: draw samples, compute the configured metrics
-(hpcdiff.metrics) and, for cold diffusion, reconstruction quality on held-out images.
+(hpcdiff.evaluation.metrics) and, for cold diffusion, reconstruction quality on held-out images.
 
 Built once per run before the first epoch, so a missing asset (a classifier that must come
 from `hpcdiff prepare`) fails the run at once instead of after hours of training.
@@ -21,11 +21,11 @@ from contextlib import contextmanager
 
 import torch
 
-from .data import Dataset, to_model_range
-from .metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, reconstruction_metrics
-from .spec import RunSpec
+from hpcdiff.data import Dataset, to_model_range
+from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, reconstruction_metrics
+from hpcdiff.config.spec import RunSpec
 
-log = logging.getLogger("hpcdiff.evaluate")
+log = logging.getLogger(__name__)
 
 CLASSIFIER_METRICS = {"fid_classifier", "kid_classifier", "inception_score", "class_histogram"}
 REAL_IMAGES = 2000
@@ -60,7 +60,7 @@ class Evaluator:
         self.metrics = tuple(spec.eval.metrics)
         self.classifier = None
         if main and CLASSIFIER_METRICS & set(self.metrics):
-            from .classifier import get_classifier
+            from hpcdiff.evaluation.classifier import get_classifier
 
             self.classifier = get_classifier(spec.data, device=device, train_if_missing=spec.eval.train_classifier,
                                              epochs=spec.eval.classifier_epochs or None)

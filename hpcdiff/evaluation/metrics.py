@@ -4,7 +4,7 @@ Every metric is a function ``fn(ctx: MetricContext) -> dict[str, float]``. Image
 float tensors N x 1 x 28 x 28 in the model range [-0.5, 0.5].
 
 - ``fid_classifier`` / ``kid_classifier`` / ``inception_score`` / ``class_histogram`` use
-  the per-dataset CNN of ``hpcdiff.classifier`` (always available offline).
+  the per-dataset CNN of ``hpcdiff.evaluation.classifier`` (always available offline).
 - ``fid_inception`` uses torchmetrics' FrechetInceptionDistance (torch-fidelity's
   Inception-v3) only when its weights file is already on disk (``hpcdiff prepare``
   fetches it); it never downloads.
@@ -26,9 +26,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
-from .data import to_uint8
-from .registry import Registry
+from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
+from hpcdiff.data import to_uint8
+from hpcdiff.config.registry import Registry
 
 __all__ = [
     "METRICS", "DEFAULT_METRICS", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
@@ -115,7 +115,7 @@ class MetricContext:
     def need_classifier(self, metric: str) -> Classifier:
         if self.classifier is None:
             raise ValueError(f"metric {metric!r} needs the dataset's classifier "
-                             f"(hpcdiff.classifier.get_classifier); MetricContext.classifier is None")
+                             f"(hpcdiff.evaluation.classifier.get_classifier); MetricContext.classifier is None")
         return self.classifier
 
     def need_real(self, metric: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .atomic import fsync_dir, storage_errors
+from hpcdiff.storage.atomic import fsync_dir, storage_errors
 
 
 @contextmanager

@@ -15,7 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .spec import SlurmSpec, SpecError
+from hpcdiff.config.spec import SlurmSpec, SpecError
 
 TEMPLATES = ("csd3-ampere", "gpu", "cpu")
 
@@ -116,8 +116,8 @@ def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path
     an array script over the unfinished ones; returns the scripts' paths. Runs whose
     [slurm] sections differ (a sweep axis over slurm.time_min, say) get one script each,
     as the submitit backend gives them one array each."""
-    from .rundir import update_manifest, write_run_config
-    from .submit import plan_sweep
+    from hpcdiff.storage.rundir import update_manifest, write_run_config
+    from hpcdiff.launch.plan import plan_sweep
 
     if template not in TEMPLATES:
         raise SpecError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")

@@ -12,18 +12,14 @@ Two processes:
 
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .degradations import (DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params, default_schedule,
-                           degrade)
-from .registry import Registry, nearest, unknown_name_message
-from .schedules import SCHEDULES
-from .spec import RunSpec, SpecError, check_text
+from hpcdiff.config.registry import Registry
+from hpcdiff.config.spec import RunSpec
+from hpcdiff.science.degradations import degrade
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
@@ -254,108 +250,14 @@ def cold_alg2(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
 
 
 def build_diffusion(spec: RunSpec, model: nn.Module) -> nn.Module:
-    spec = resolve_spec(spec)
+    """The diffusion process of a resolved spec (``hpcdiff.resolve.validate_spec``: no "auto"
+    or recipe values left)."""
     d, deg = spec.diffusion, spec.degradation
+    if not d.n_T or d.sampler == "auto" or d.sample_start == "auto" or not deg.schedule:
+        raise ValueError("build_diffusion needs a resolved spec: pass it through hpcdiff.resolve.validate_spec")
     if deg.name == "gaussian":
         return GaussianDDPM(model, beta1=d.beta1, beta2=d.beta2, n_T=d.n_T, loss=d.loss,
                             sampler=d.sampler, sample_steps=d.sample_steps)
     return ColdDiffusion(model, degradation=deg.name, schedule=deg.schedule, params=deg.params,
                          n_T=d.n_T, loss=d.loss, sampler=d.sampler, sample_start=d.sample_start,
                          start_noise=d.start_noise, noise_seed=spec.train.seed, sample_steps=d.sample_steps)
-
-
-def resolve_spec(spec: RunSpec) -> RunSpec:
-    """Fill the "use the recipe" values (n_T = 0, schedule "", sampler/start "auto") with
-    what they mean for this degradation, so the saved config is explicit."""
-    name = spec.degradation.name
-    d = spec.diffusion
-    gaussian = name == "gaussian"
-    n_T = d.n_T or DEGRADATION_INFO[name].n_steps
-    sampler = d.sampler if d.sampler != "auto" else ("ancestral" if gaussian else "cold_alg2")
-    start = d.sample_start
-    if start == "auto":
-        start = "noise" if gaussian else "degraded_test"
-    schedule = spec.degradation.schedule or default_schedule(name)
-    eval_sampler = spec.eval.sampler
-    if eval_sampler == "auto":
-        eval_sampler = "ddim" if gaussian else sampler
-    return spec.replace(
-        diffusion=dataclasses.replace(d, n_T=n_T, sampler=sampler, sample_start=start),
-        degradation=dataclasses.replace(spec.degradation, schedule=schedule),
-        eval=dataclasses.replace(spec.eval, sampler=eval_sampler),
-    )
-
-
-# The integer parameters of the degradations are pixel counts (kernel sizes, window widths,
-# pooling factors) on 28x28 images; a value past this allocates gigabytes for nothing.
-MAX_PIXEL_PARAM = 1024
-
-
-def _check_param_values(spec: RunSpec) -> None:
-    """Run the degradation once with the run's parameters: its own range checks raise here.
-    The error names the parameter it mentions, or the only one set."""
-    deg = spec.degradation
-    n_T = spec.diffusion.n_T or DEGRADATION_INFO[deg.name].n_steps
-    try:
-        check_params(deg.name, n_steps=n_T, schedule=deg.schedule or None, **deg.params)
-    except (ValueError, RuntimeError) as err:
-        named = [k for k in deg.params if k in str(err)] or list(deg.params)
-        path = f"degradation.params.{named[0]}" if len(named) == 1 else "degradation.params"
-        raise SpecError(f"rejected by degradation {deg.name!r}: {err}", path=path) from None
-
-
-def validate_spec(spec: RunSpec) -> RunSpec:
-    """Checks that need the registries; returns the resolved spec."""
-    deg = spec.degradation
-    if deg.name not in DEGRADATIONS:
-        raise SpecError(unknown_name_message("degradation", deg.name, DEGRADATIONS.names()),
-                        path="degradation.name")
-    if deg.schedule and deg.schedule not in SCHEDULES:
-        raise SpecError(unknown_name_message("schedule", deg.schedule, SCHEDULES.names()),
-                        path="degradation.schedule")
-    valid = degradation_params(deg.name)
-    if deg.name == "gaussian" and deg.params:
-        raise SpecError("the gaussian degradation takes its betas from diffusion.beta1/beta2",
-                        path=f"degradation.params.{next(iter(deg.params))}")
-    for key, value in deg.params.items():
-        if key not in valid:
-            guess = nearest(key, valid)
-            hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise SpecError(f"unknown parameter {key!r} of degradation {deg.name!r}{hint}; "
-                            f"valid: {', '.join(sorted(valid)) or '(none)'}", path=f"degradation.params.{key}")
-        default = valid[key]
-        ok = (isinstance(value, bool) == isinstance(default, bool)) and (
-            isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)))
-        if default is not None and not ok:
-            raise SpecError(f"expected {type(default).__name__}, got {value!r}", path=f"degradation.params.{key}")
-        # The same rules as every other setting (spec._coerce): params are a free table, so
-        # they are checked here, against the degradation's signature.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SpecError(f"must be a finite number, got {value}", path=f"degradation.params.{key}")
-        if type(default) is int and abs(value) > MAX_PIXEL_PARAM:
-            raise SpecError(f"must be in [-{MAX_PIXEL_PARAM}, {MAX_PIXEL_PARAM}], got {value}",
-                            path=f"degradation.params.{key}")
-        if isinstance(value, str):
-            check_text(value, f"degradation.params.{key}")
-    _check_param_values(spec)
-    d = spec.diffusion
-    kind = "gaussian" if deg.name == "gaussian" else "cold"
-    for path, sampler in (("diffusion.sampler", d.sampler), ("eval.sampler", spec.eval.sampler)):
-        if sampler == "auto":
-            continue
-        if sampler not in SAMPLERS:
-            raise SpecError(unknown_name_message("sampler", sampler, ["auto", *SAMPLERS.names()]), path=path)
-        if SAMPLER_KIND[sampler] != kind:
-            fitting = [n for n, k in SAMPLER_KIND.items() if k == kind]
-            raise SpecError(f"sampler {sampler!r} does not apply to degradation {deg.name!r}; "
-                            f"use one of: {', '.join(fitting)}", path=path)
-    if deg.name == "gaussian" and d.sample_start not in ("auto", "noise"):
-        raise SpecError("the gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
-    if d.sample_start == "channel_mean" and not DEGRADATION_INFO[deg.name].has_known_prior:
-        raise SpecError(f"'channel_mean' is a start for blur, not {deg.name!r}", path="diffusion.sample_start")
-    from .metrics import METRICS
-
-    for i, name in enumerate(spec.eval.metrics):
-        if name not in METRICS:
-            raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")
-    return resolve_spec(spec)
