@@ -339,7 +339,7 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device):
     sweeps need and train the feature classifiers, so jobs run offline."""
     from hpcdiff.evaluation.assets import prepare as run_prepare
     from hpcdiff.config.spec import DataSpec
-    from hpcdiff.config.sweep import load_sweep
+    from hpcdiff.resolve import load_sweep
 
     specs: dict = {}
     wants_inception = False

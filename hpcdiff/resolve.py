@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 from hpcdiff.config.registry import nearest, unknown_name_message
+from hpcdiff.config import sweep as sweep_files
 from hpcdiff.config.spec import RunSpec, SpecError, check_text
 from hpcdiff.evaluation.metrics import METRICS
 from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params, default_schedule
@@ -112,3 +113,14 @@ def validate_spec(spec: RunSpec) -> RunSpec:
         if name not in METRICS:
             raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")
     return resolve_spec(spec)
+
+
+def load_sweep(path, overrides=()) -> "sweep_files.Sweep":
+    """A sweep file expanded into runs whose specs are validated against the registries and
+    resolved (the run ids hash these): what every command that plans runs uses."""
+    return sweep_files.load_sweep(path, overrides, resolve=validate_spec)
+
+
+def expand(raw: dict, **kwargs) -> "sweep_files.Sweep":
+    """``config.sweep.expand`` with every run resolved (for sweeps built in code)."""
+    return sweep_files.expand(raw, resolve=validate_spec, **kwargs)

@@ -204,7 +204,7 @@ def test_every_float_setting_rejects_non_finite_values():
 
 
 def test_too_many_runs_is_refused_before_the_product_is_built(tmp_path):
-    from hpcdiff.config.sweep import load_sweep
+    from hpcdiff.resolve import load_sweep
 
     path = tmp_path / "big.toml"
     axis = ", ".join(str(i) for i in range(1, 201))
@@ -217,7 +217,7 @@ def test_too_many_runs_is_refused_before_the_product_is_built(tmp_path):
 
 
 def test_valid_degradation_params_still_pass(tmp_path):
-    from hpcdiff.config.sweep import load_sweep
+    from hpcdiff.resolve import load_sweep
 
     path = tmp_path / "ok.toml"
     path.write_text(BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 11, sigma = 7.0, padding = "reflect" }\n'

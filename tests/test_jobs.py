@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from hpcdiff.storage import archive
 from hpcdiff.cli import main
-from hpcdiff.config.sweep import load_sweep
+from hpcdiff.resolve import load_sweep
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 # One epoch on a few real MNIST digits; everything that defines the experiment stays as shipped.

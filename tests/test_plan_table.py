@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from hpcdiff.cli import main
 from hpcdiff.launch.run_table import RunRow, format_value, render
-from hpcdiff.config.sweep import load_sweep
+from hpcdiff.resolve import load_sweep
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 WIDTH = 80

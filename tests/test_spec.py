@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from hpcdiff.cli import main
 from hpcdiff.config.spec import RunSpec, SpecError
-from hpcdiff.config.sweep import load_sweep
+from hpcdiff.resolve import load_sweep
 
 VALID = """
 [sweep]

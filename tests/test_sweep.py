@@ -1,6 +1,7 @@
 import pytest
 
-from hpcdiff.config.sweep import expand, load_sweep, run_id
+from hpcdiff.config.sweep import run_id
+from hpcdiff.resolve import expand, load_sweep
 from hpcdiff.config.spec import RunSpec
 
 

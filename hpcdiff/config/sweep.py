@@ -26,10 +26,14 @@ import itertools
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 from hpcdiff.config import tomlio
 from hpcdiff.config.registry import nearest
 from hpcdiff.config.spec import SECTIONS, SEED_LIMIT, RunSpec, SpecError, check_text
+
+# Completes a validated spec with the registries' knowledge (hpcdiff.resolve.validate_spec).
+Resolver = Callable[[RunSpec], RunSpec]
 
 SWEEP_KEYS = ("name", "seeds", "product", "zip", "cases")
 # The sweep name is a directory name and a label lands in file names of the analysis; both
@@ -64,7 +68,10 @@ def run_id(spec: RunSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Sweep:
+def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *, resolve: Resolver) -> Sweep:
+    """``resolve`` completes each run's spec with what the registries know (degradation
+    parameters, recipe values): ``hpcdiff.resolve.validate_spec``, passed in from above so
+    that this module stays stdlib-only. Run ids hash the resolved spec."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -84,7 +91,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise SpecError("the sweep file is empty (no settings, only whitespace or comments)",
                         source=source)
     try:
-        return expand(raw, name_default=path.stem, source=source, overrides=overrides)
+        return expand(raw, name_default=path.stem, source=source, overrides=overrides, resolve=resolve)
     except SpecError as err:
         raise err if err.source else err.with_source(source)
 
@@ -114,7 +121,7 @@ def parse_overrides(overrides) -> list[tuple[list[str], object]]:
     return parsed
 
 
-def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None, overrides=()) -> Sweep:
+def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None, overrides=(), resolve: Resolver) -> Sweep:
     raw = copy.deepcopy(raw)
     sweep_table = raw.pop("sweep", {})
     if not isinstance(sweep_table, dict):
@@ -196,7 +203,7 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
             except SpecError as err:
                 where = f" (in sweep.cases[{case_index}])" if len(cases) > 1 else ""
                 raise SpecError(err.message + where, path=err.path) from None
-            spec = _validate_components(spec)
+            spec = resolve(spec)
             rid = run_id(spec)
             if rid in seen:
                 continue
@@ -209,14 +216,6 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
 
     varying = _varying([r.spec for r in runs])
     return Sweep(name=name, source=str(source or ""), runs=tuple(runs), varying=tuple(varying))
-
-
-def _validate_components(spec: RunSpec) -> RunSpec:
-    """Names resolved through registries (degradation, its parameters, schedule, sampler),
-    and "recipe" defaults made explicit. Imported lazily: these modules need torch."""
-    from hpcdiff.resolve import validate_spec
-
-    return validate_spec(spec)
 
 
 def _axes(sweep_table: dict) -> list[list[dict]]:

@@ -21,7 +21,8 @@ from hpcdiff.launch import get_executor, resolve_executor_name, slurm
 from hpcdiff.launch.base import LaunchReport
 from hpcdiff.storage.rundir import RunDir, manifest_path, update_manifest, write_run_config
 from hpcdiff.config.spec import SpecError
-from hpcdiff.config.sweep import Sweep, load_sweep
+from hpcdiff.config.sweep import Sweep
+from hpcdiff.resolve import load_sweep
 
 
 class SweepWriteError(SpecError):
