@@ -360,13 +360,12 @@ class RunSpec:
         return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
 
     def run_identity(self) -> dict:
-        """The part of the config that defines what is trained (SLURM resources and
-        evaluation settings excluded, so that asking for more time or another metric and
-        re-running a sweep finds the same runs)."""
-        d = self.to_dict()
-        d.pop("slurm")
-        d.pop("eval")
-        return d
+        """The part of the config that defines what is trained: the rule of
+        hpcdiff.config.identity (SLURM, evaluation and other execution settings left out; keys
+        added after the rule was set only when they differ from their defaults)."""
+        from hpcdiff.config.identity import run_identity
+
+        return run_identity(self, self.to_dict())
 
     def replace(self, **sections) -> "RunSpec":
         return dataclasses.replace(self, **sections)
