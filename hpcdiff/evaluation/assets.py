@@ -18,6 +18,7 @@ import torch
 
 from hpcdiff.evaluation.classifier import MissingAssetError, default_cache_dir, get_classifier
 from hpcdiff.data import load_splits
+from hpcdiff.storage.atomic import atomic_path
 from hpcdiff.evaluation.metrics import INCEPTION_WEIGHTS_URL
 from hpcdiff.config.spec import DataSpec
 
@@ -73,9 +74,9 @@ def prepare_inception(cache_dir=None, *, url: str | None = None, log=None) -> di
         return {"path": str(target), "downloaded": False, "source": str(target), "sha256": _sha256(target)}
     _require_torch_fidelity()
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     hub_file = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE
-    try:
+    # Fetched and checked under a temporary name: the cache never holds a partial file.
+    with atomic_path(target) as tmp:
         source, downloaded = str(hub_file), False
         if hub_file.is_file():
             shutil.copyfile(hub_file, tmp)
@@ -98,9 +99,6 @@ def prepare_inception(cache_dir=None, *, url: str | None = None, log=None) -> di
                         f"without internet, fetch {INCEPTION_WEIGHTS_URL} elsewhere and pass its path or "
                         f"URL with `hpcdiff prepare --inception-url` (or $HPCDIFF_INCEPTION_URL).") from None
             _check_inception_weights(tmp, source)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     say(f"Inception weights cached at {target}")
     return {"path": str(target), "downloaded": downloaded, "source": source, "sha256": _sha256(target)}
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hpcdiff.storage.checkpoint import save_object
 from hpcdiff.data import DataError, Dataset, load_splits, to_model_range
 from hpcdiff.config.spec import DataSpec
 
@@ -223,9 +224,7 @@ def classifier_path(cache_dir, key: str) -> Path:
 
 def _atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_object(obj, path)
 
 
 def load_classifier(path, device="cpu") -> Classifier:

@@ -58,16 +58,17 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write) -> None:
-    """``write(binary file object)`` into ``<path>.tmp<pid>``, fsync, rename over ``path``.
-    The temporary file is removed whatever happens; errors are StorageErrors."""
+@contextmanager
+def atomic_path(path: Path):
+    """A temporary path beside ``path`` for code that must write a file by name (a download,
+    a library's save): on success it is fsynced and renamed over ``path``; on any error it
+    is removed. Errors are StorageErrors."""
     path = Path(path)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     with storage_errors(path):
         try:
-            with open(tmp, "wb") as f:
-                write(f)
-                f.flush()
+            yield tmp
+            with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         finally:
@@ -76,6 +77,14 @@ def atomic_write(path: Path, write) -> None:
             except FileNotFoundError:
                 pass
         fsync_dir(path.parent)
+
+
+def atomic_write(path: Path, write) -> None:
+    """``write(binary file object)`` into a temporary file, then as ``atomic_path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -21,16 +21,21 @@ def path_for(directory: Path, epoch: int) -> Path:
     return Path(directory) / f"epoch_{epoch:05d}.pt"
 
 
+def save_object(obj, path: Path) -> None:
+    """torch.save through the atomic writer. Serialised in memory first: torch.save straight
+    into a file that hits a full disk ends in an unrelated RuntimeError from its zip writer
+    instead of the OSError."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
+
+
 def save(state: dict, directory: Path, epoch: int, keep: int) -> Path:
     directory = Path(directory)
     target = path_for(directory, epoch)
     with storage_errors(directory):
         directory.mkdir(parents=True, exist_ok=True)
-    # Serialised in memory first: torch.save straight into a file that hits a full disk ends
-    # in an unrelated RuntimeError from its zip writer instead of the OSError.
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write(target, lambda f: f.write(buffer.getbuffer()))
+    save_object(state, target)
     for old in list_epochs(directory)[:-keep]:
         path_for(directory, old).unlink(missing_ok=True)
     return target
