@@ -69,18 +69,22 @@ def benchmark_degradations(
         t = torch.randint(0, n + 1, (batch,), generator=gen).to(device)
         g = torch.Generator().manual_seed(seed)
         times = _time_ms(lambda: degrade(name, x0, t, n_steps=n, generator=g), device, repeats, warmup)
-        rows.append(
-            dict(
-                name=name,
-                device=str(device),
-                batch=batch,
-                n_steps=n,
-                ms_per_batch=statistics.median(times),
-                ms_min=min(times),
-                repeats=repeats,
-            )
-        )
+        rows.append(_row(name, device, batch, n, times, repeats))
+    loop_row = _loop_reference(x0, gen, n_steps, device, batch, loop_batch, loop_repeats, seed)
+    for row in rows:
+        if row["name"] == "pixel_swap":
+            row["speedup_vs_loop"] = loop_row["ms_per_batch"] / row["ms_per_batch"]
+    rows.append(loop_row)
+    return rows
 
+
+def _row(name, device, batch, n, times, repeats, scale: float = 1.0) -> dict:
+    return dict(name=name, device=str(device), batch=batch, n_steps=n, ms_per_batch=statistics.median(times) * scale,
+                ms_min=min(times) * scale, repeats=repeats)
+
+
+def _loop_reference(x0, gen, n_steps, device, batch, loop_batch, loop_repeats, seed) -> dict:
+    """The per-pixel loop on ``loop_batch`` images, scaled to ``batch`` (its cost is per sample)."""
     n = n_steps if n_steps is not None else DEGRADATION_INFO["pixel_swap"].n_steps
     t = torch.randint(1, n + 1, (loop_batch,), generator=gen).to(device)  # t = 0 would skip a sample
     g = torch.Generator().manual_seed(seed)
@@ -88,19 +92,6 @@ def benchmark_degradations(
     times = _time_ms(
         lambda: pixel_swap_loop_reference(small, t, n_steps=n, generator=g), device, loop_repeats, warmup=0
     )
-    scale = batch / loop_batch
-    loop_row = dict(
-        name="pixel_swap_loop_reference",
-        device=str(device),
-        batch=batch,
-        n_steps=n,
-        ms_per_batch=statistics.median(times) * scale,
-        ms_min=min(times) * scale,
-        repeats=loop_repeats,
-        measured_batch=loop_batch,
-    )
-    for row in rows:
-        if row["name"] == "pixel_swap":
-            row["speedup_vs_loop"] = loop_row["ms_per_batch"] / row["ms_per_batch"]
-    rows.append(loop_row)
-    return rows
+    row = _row("pixel_swap_loop_reference", device, batch, n, times, loop_repeats, scale=batch / loop_batch)
+    row["measured_batch"] = loop_batch
+    return row
