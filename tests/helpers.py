@@ -1,7 +1,15 @@
 """Small helpers shared by test modules (tests/ is on sys.path)."""
 
-from hpcdiff.storage.rundir import RunDir, update_manifest, write_run_config
+from click.testing import CliRunner
+
+from hpcdiff.cli import main
 from hpcdiff.launch.plan import plan_sweep
+from hpcdiff.storage.rundir import RunDir, update_manifest, write_run_config
+
+
+def cli(*args, **env):
+    """`hpcdiff ARGS...` in this process (click's runner); exceptions propagate."""
+    return CliRunner(env=env or None).invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 # The smallest real run (Fashion-MNIST IDX files, a 2-layer CNN, 20 steps): every test that
 # trains starts from it. Fields: root, subset, epochs. TINY_DEFAULT_EVAL keeps the [eval]

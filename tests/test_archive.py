@@ -1,7 +1,7 @@
-import numpy as np
-import torch
+"""storage/archive.py: the HDF5 archive of a run."""
 
-from hpcdiff.storage import archive, checkpoint
+import numpy as np
+from hpcdiff.storage import archive
 
 
 def test_append_truncate_and_read(tmp_path):
@@ -22,13 +22,3 @@ def test_append_truncate_and_read(tmp_path):
     # Re-appending an epoch replaces it instead of duplicating it.
     archive.append_epoch(path, 3, {"train_loss": 0.2})
     assert archive.read(path)["metrics"]["epoch"].tolist() == [1, 2, 3]
-
-
-def test_checkpoints_keep_last_k_and_skip_corrupt(tmp_path):
-    for epoch in range(1, 5):
-        checkpoint.save({"epoch": epoch, "w": torch.full((3,), float(epoch))}, tmp_path, epoch, keep=2)
-    assert checkpoint.list_epochs(tmp_path) == [3, 4]
-    checkpoint.path_for(tmp_path, 4).write_bytes(b"garbage")
-    epoch, state = checkpoint.load_latest(tmp_path)
-    assert epoch == 3 and state["w"].tolist() == [3.0, 3.0, 3.0]
-    assert not list(tmp_path.glob("*.tmp*"))

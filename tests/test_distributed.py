@@ -9,21 +9,17 @@ import time
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from hpcdiff.storage import archive, checkpoint
-from hpcdiff.cli import main
 from hpcdiff.training.distributed import env_from_slurm, first_host
 from hpcdiff.storage.rundir import sweep_run_dirs
-from helpers import make_run_dir
+from helpers import cli, make_run_dir
 
 # Per-epoch mean losses of a 2-process run vs a 1-process run with the same global batch:
 # the two draw different noise (one stream per rank), so they agree statistically, not bitwise.
 LOSS_RTOL = 0.05
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def _env():

@@ -6,27 +6,21 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from hpcdiff.storage import archive
-from hpcdiff.cli import main
 from hpcdiff.storage.rundir import RunDir
-from helpers import make_run_dir
+from helpers import cli, make_run_dir
 
 
-def run_cli(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return result
 
 
 def test_sweep_status_analyze_and_rerun(tiny_sweep, tmp_path):
     sweep_file = tiny_sweep("[sweep]\nname = \"e2e\"\n[sweep.product]\ntrain.lr = [1e-3, 3e-3]\n", epochs=2)
     out = tmp_path / "runs"
-    result = run_cli("sweep", sweep_file, "--output", out, "--executor", "local")
+    result = cli("sweep", sweep_file, "--output", out, "--executor", "local")
     assert result.exit_code == 0, result.output
     sweep_dir = out / "e2e"
     assert "hpcdiff analyze" in result.output and str(sweep_dir) in result.output
@@ -45,17 +39,17 @@ def test_sweep_status_analyze_and_rerun(tiny_sweep, tmp_path):
     manifest = json.loads((sweep_dir / "sweep.json").read_text())
     assert sorted(manifest["runs"]) == [p.name for p in run_dirs]
 
-    status = run_cli("status", sweep_dir)
+    status = cli("status", sweep_dir)
     assert status.exit_code == 0 and "2 done" in status.output
 
     mtimes = {p: (p / "archive.h5").stat().st_mtime_ns for p in run_dirs}
-    again = run_cli("sweep", sweep_file, "--output", out, "--executor", "local")
+    again = cli("sweep", sweep_file, "--output", out, "--executor", "local")
     assert again.exit_code == 0
     assert "Nothing to do" in again.output
     assert {p: (p / "archive.h5").stat().st_mtime_ns for p in run_dirs} == mtimes
 
     analysis_dir = tmp_path / "analysis"
-    res = run_cli("analyze", sweep_dir, "--out", analysis_dir)
+    res = cli("analyze", sweep_dir, "--out", analysis_dir)
     assert res.exit_code == 0, res.output
     lines = (analysis_dir / "runs.csv").read_text().strip().splitlines()
     header = lines[0].split(",")
@@ -82,12 +76,12 @@ def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
     sweep_file = tiny_sweep("[sweep]\nname = \"kill\"\n", epochs=epochs, subset=1280)
     out = tmp_path / "runs"
     # Reference: the same run uninterrupted, elsewhere.
-    ref = run_cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
+    ref = cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
     assert ref.exit_code == 0, ref.output
     ref_dir = next(p for p in (tmp_path / "ref" / "kill").iterdir() if p.is_dir())
     reference = archive.read(ref_dir / "archive.h5")["metrics"]
 
-    dry = run_cli("sweep", sweep_file, "--output", out, "--executor", "local", "--set", "train.epochs=0")
+    dry = cli("sweep", sweep_file, "--output", out, "--executor", "local", "--set", "train.epochs=0")
     assert dry.exit_code == 2  # epochs=0 is invalid: nothing was written
     assert not out.exists()
 
@@ -111,7 +105,7 @@ def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
     after_kill = archive.read(rd.archive)["metrics"]["epoch"].tolist()
     assert after_kill == list(range(1, len(after_kill) + 1)) and len(after_kill) >= 2
 
-    result = run_cli("sweep", sweep_file, "--output", out, "--executor", "local")
+    result = cli("sweep", sweep_file, "--output", out, "--executor", "local")
     assert result.exit_code == 0, result.output
     assert "resume" in result.output
     status = rd.read_status()
@@ -128,14 +122,14 @@ def test_failed_run_is_reported_and_rerun(tiny_sweep, tmp_path):
     # A real failure: the IDX directory is missing when the run starts.
     sweep_file = tiny_sweep("[sweep]\nname = \"fail\"\n", epochs=1)
     out = tmp_path / "runs"
-    result = run_cli("sweep", sweep_file, "--output", out, "--executor", "local",
+    result = cli("sweep", sweep_file, "--output", out, "--executor", "local",
                      "--set", f"data.root={tmp_path / 'nowhere'}")
     assert result.exit_code == 1
     assert "1 failed" in result.output
     rd = next(RunDir(p) for p in (out / "fail").iterdir() if p.is_dir())
     status = rd.read_status()
     assert status["state"] == "failed" and "DataError" in status["error"]
-    assert "failed" in run_cli("status", out / "fail").output
+    assert "failed" in cli("status", out / "fail").output
 
 
 
@@ -143,7 +137,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
     """SLURM's warning signal (here SIGTERM, as a local kill sends) stops training at the
     next batch boundary with a mid-epoch checkpoint; the rerun continues that epoch."""
     sweep_file = tiny_sweep("[sweep]\nname = \"term\"\n", epochs=3, subset=1000)
-    ref = run_cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
+    ref = cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
     assert ref.exit_code == 0, ref.output
     ref_dir = next(p for p in (tmp_path / "ref" / "term").iterdir() if p.is_dir())
     reference = archive.read(ref_dir / "archive.h5")["metrics"]
@@ -170,7 +164,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
     assert state["partial"] is not None and state["partial"]["epoch"] == epoch_done + 1
     assert 1 <= state["partial"]["batch"]
 
-    result = run_cli("sweep", sweep_file, "--output", out, "--executor", "local")
+    result = cli("sweep", sweep_file, "--output", out, "--executor", "local")
     assert result.exit_code == 0, result.output
     assert rd.read_status()["state"] == "done"
     assert "batches of epoch" in rd.log.read_text()
@@ -186,7 +180,7 @@ def test_missing_classifier_fails_early_naming_prepare(tmp_path, monkeypatch):
     sweep_file.write_text("[sweep]\nname = \"offline\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
                           "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 3\n"
                           "[eval]\ntrain_classifier = false\n")
-    result = run_cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
+    result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
     assert result.exit_code == 1
     rd = next(RunDir(p) for p in (tmp_path / "runs" / "offline").iterdir() if p.is_dir())
     status = rd.read_status()
@@ -202,10 +196,10 @@ def test_prepare_then_offline_run(tmp_path, monkeypatch):
     sweep_file.write_text("[sweep]\nname = \"prep\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
                           "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 1\n"
                           "[eval]\ntrain_classifier = false\nclassifier_epochs = 1\nsamples = 16\n")
-    result = run_cli("prepare", sweep_file, "--no-inception")
+    result = cli("prepare", sweep_file, "--no-inception")
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and list((tmp_path / "cache").glob("classifier-mnist-5k-*.pt"))
-    result = run_cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
+    result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
     assert result.exit_code == 0, result.output
     rd = next(RunDir(p) for p in (tmp_path / "runs" / "prep").iterdir() if p.is_dir())
     assert rd.read_status()["state"] == "done"

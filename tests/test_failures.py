@@ -15,13 +15,11 @@ from hpcdiff.storage import archive, checkpoint
 from hpcdiff.config import tomlio
 from hpcdiff.cli import main
 from hpcdiff.storage.rundir import sweep_run_dirs
-from helpers import make_run_dir
+from helpers import cli, make_run_dir
 
 PAGE = 4096
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def _with_train(sweep_text: str, **settings) -> str:

@@ -1,6 +1,5 @@
 """SLURM for real: submitit job arrays on the one-node test cluster (slurm/dev-cluster.sh)."""
 
-import json
 import os
 import signal
 import subprocess
@@ -9,12 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
-from helpers import TINY_BASE
+from helpers import TINY_BASE, cli
 
 from hpcdiff.storage import archive
-from hpcdiff.cli import main
 from hpcdiff.launch.slurm import render_script
 from hpcdiff.storage.rundir import RunDir, sweep_run_dirs
 from hpcdiff.config.spec import RunSpec
@@ -22,8 +19,6 @@ from hpcdiff.config.spec import RunSpec
 GOLDEN = Path(__file__).parent / "golden"
 
 
-def cli(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def squeue_ids() -> set[str]:
