@@ -1,6 +1,7 @@
 """storage/archive.py: the HDF5 archive of a run."""
 
 import numpy as np
+
 from hpcdiff.storage import archive
 
 
