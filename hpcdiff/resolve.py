@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hpcdiff.config.registry import nearest, unknown_name_message
+from hpcdiff.config.registry import unknown_message, unknown_name_message
 from hpcdiff.config import sweep as sweep_files
 from hpcdiff.config.spec import RunSpec, SpecError, check_text
 from hpcdiff.evaluation.metrics import METRICS
@@ -75,10 +75,8 @@ def validate_spec(spec: RunSpec) -> RunSpec:
                         path=f"degradation.params.{next(iter(deg.params))}")
     for key, value in deg.params.items():
         if key not in valid:
-            guess = nearest(key, valid)
-            hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise SpecError(f"unknown parameter {key!r} of degradation {deg.name!r}{hint}; "
-                            f"valid: {', '.join(sorted(valid)) or '(none)'}", path=f"degradation.params.{key}")
+            raise SpecError(unknown_message("parameter", key, sorted(valid), of=f"degradation {deg.name!r}"),
+                            path=f"degradation.params.{key}")
         default = valid[key]
         ok = (isinstance(value, bool) == isinstance(default, bool)) and (
             isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)))

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from hpcdiff.config.registry import nearest
+from hpcdiff.config.registry import unknown_message
 
 
 class SpecError(ValueError):
@@ -383,19 +383,11 @@ def check_text(value: str, path: str, *, max_len: int = MAX_STRING) -> None:
 
 
 def _choice_msg(value: str, choices) -> str:
-    msg = f"unknown value {value!r}"
-    guess = nearest(str(value), choices)
-    if guess:
-        msg += f" (did you mean {guess!r}?)"
-    return msg + f"; valid: {', '.join(choices)}"
+    return unknown_message("value", value, choices)
 
 
 def _unknown_key_msg(key: str, valid) -> str:
-    msg = f"unknown key {key!r}"
-    guess = nearest(key, valid)
-    if guess:
-        msg += f" (did you mean {guess!r}?)"
-    return msg + f"; valid keys: {', '.join(sorted(valid))}"
+    return unknown_message("key", key, sorted(valid), listing="valid keys")
 
 
 def _section_to_dict(section) -> dict:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from hpcdiff.config import tomlio
-from hpcdiff.config.registry import nearest
+from hpcdiff.config.registry import unknown_message
 from hpcdiff.config.spec import SECTIONS, SEED_LIMIT, RunSpec, SpecError, check_text
 
 # Completes a validated spec with the registries' knowledge (hpcdiff.resolve.validate_spec).
@@ -132,16 +132,10 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
             sweep_table[parts[1]] = value
     for key in raw:
         if key not in SECTIONS:
-            valid = list(SECTIONS) + ["sweep"]
-            guess = nearest(key, valid)
-            hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise SpecError(f"unknown section {key!r}{hint}; valid: {', '.join(valid)}", path=key)
+            raise SpecError(unknown_message("section", key, [*SECTIONS, "sweep"]), path=key)
     for key in sweep_table:
         if key not in SWEEP_KEYS:
-            guess = nearest(key, SWEEP_KEYS)
-            hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise SpecError(f"unknown key {key!r}{hint}; valid keys: {', '.join(SWEEP_KEYS)}",
-                            path=f"sweep.{key}")
+            raise SpecError(unknown_message("key", key, SWEEP_KEYS, listing="valid keys"), path=f"sweep.{key}")
 
     name = sweep_table.get("name", name_default)
     if isinstance(name, str) and len(name) > MAX_NAME:
@@ -269,15 +263,12 @@ def _check_key_path(key: str, where: str) -> None:
     parts = key.split(".")
     section = parts[0]
     if section not in SECTIONS:
-        guess = nearest(section, SECTIONS)
-        hint = f" (did you mean {guess!r}?)" if guess else ""
-        raise SpecError(f"unknown section {section!r}{hint}", path=where)
+        raise SpecError(unknown_message("section", section, SECTIONS), path=where)
     valid = [f.name for f in fields(SECTIONS[section])]
     if len(parts) < 2 or parts[1] not in valid:
         bad = parts[1] if len(parts) > 1 else ""
-        guess = nearest(bad, valid)
-        hint = f" (did you mean '{section}.{guess}'?)" if guess else ""
-        raise SpecError(f"unknown key {key!r}{hint}", path=where)
+        raise SpecError(unknown_message("key", key, valid, listing="valid keys", match=bad, prefix=f"{section}."),
+                        path=where)
     if len(parts) > 2 and not (section == "degradation" and parts[1] == "params" and len(parts) == 3):
         raise SpecError(f"{key!r} is not a settable key", path=where)
 

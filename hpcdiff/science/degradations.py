@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hpcdiff.config.registry import Registry, nearest
+from hpcdiff.config.registry import Registry, unknown_message
 from hpcdiff.science.schedules import SCHEDULES, schedule_fraction, strength
 
 DegradationFn = Callable[..., Tensor]
@@ -549,11 +549,7 @@ def degrade(
     valid = degradation_params(name)
     for key in params:
         if key not in valid:
-            msg = f"unknown parameter {key!r} for degradation {name!r}"
-            guess = nearest(key, valid)
-            if guess is not None:
-                msg += f" (did you mean {guess!r}?)"
-            raise ValueError(msg + f"; valid: {', '.join(sorted(valid)) or '(none)'}")
+            raise ValueError(unknown_message("parameter", key, sorted(valid), of=f"degradation {name!r}"))
     if schedule is None:
         schedule = default_schedule(name)
     SCHEDULES.get(schedule)  # KeyError with a suggestion
