@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hpcdiff.config.registry import Registry, unknown_message
-from hpcdiff.science.schedules import SCHEDULES, schedule_fraction, strength
+from hpcdiff.science.schedules import SCHEDULES, ddpm_schedule, schedule_fraction, strength
 
 DegradationFn = Callable[..., Tensor]
 
@@ -100,15 +100,8 @@ def _levels(x0: Tensor, t: Tensor) -> Tensor:
 
 
 def ddpm_alpha_bar(n_steps: int, beta1: float, beta2: float, device=None) -> Tensor:
-    """The coursework starter's ``alpha_bar_t`` for ``t = 0..n_steps`` (float32, ``n_steps + 1``).
-
-    ``beta_t = beta1 + (beta2 - beta1) * t / n_steps`` and
-    ``alpha_bar_t = exp(cumsum(log(1 - beta_t)))``; note ``alpha_bar_0 = 1 - beta1``.
-    """
-    if not 0 < beta1 <= beta2 < 1:
-        raise ValueError(f"need 0 < beta1 <= beta2 < 1, got beta1={beta1}, beta2={beta2}")
-    beta = (beta2 - beta1) * torch.arange(0, n_steps + 1, dtype=torch.float32, device=device) / n_steps + beta1
-    return torch.exp(torch.cumsum(torch.log(1 - beta), dim=0))
+    """``alpha_bar_t`` for ``t = 0..n_steps`` of :func:`hpcdiff.science.schedules.ddpm_schedule`."""
+    return ddpm_schedule(n_steps, beta1, beta2, device=device)[1]
 
 
 @_degradation("gaussian", deterministic=False, n_steps=1000, prior="standard normal N(0, I)")
