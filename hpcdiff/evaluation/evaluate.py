@@ -24,6 +24,7 @@ import torch
 from hpcdiff.data import Dataset, to_model_range
 from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, reconstruction_metrics
 from hpcdiff.config.spec import RunSpec
+from hpcdiff.science.degradations import is_gaussian
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class Evaluator:
 
     @property
     def _reconstructs(self) -> bool:
-        return self.spec.eval.reconstruction and self.spec.degradation.name != "gaussian"
+        return self.spec.eval.reconstruction and not is_gaussian(self.spec.degradation.name)
 
     def _sampling_reconstructs(self, core) -> bool:
         """Samples start from maximally degraded held-out images: they are reconstructions."""

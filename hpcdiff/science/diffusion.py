@@ -19,12 +19,12 @@ from torch.nn import functional as F
 
 from hpcdiff.config.registry import Registry
 from hpcdiff.config.spec import RunSpec
-from hpcdiff.science.degradations import degrade
+from hpcdiff.science.degradations import degrade, is_gaussian
 from hpcdiff.science.schedules import ddpm_schedule
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
-# Which process each sampler belongs to.
+# Which process (degradations.PROCESSES) each sampler belongs to.
 SAMPLER_KIND: dict[str, str] = {}
 
 
@@ -253,7 +253,7 @@ def build_diffusion(spec: RunSpec, model: nn.Module) -> nn.Module:
     d, deg = spec.diffusion, spec.degradation
     if not d.n_T or d.sampler == "auto" or d.sample_start == "auto" or not deg.schedule:
         raise ValueError("build_diffusion needs a resolved spec: pass it through hpcdiff.resolve.validate_spec")
-    if deg.name == "gaussian":
+    if is_gaussian(deg.name):
         return GaussianDDPM(model, beta1=d.beta1, beta2=d.beta2, n_T=d.n_T, loss=d.loss,
                             sampler=d.sampler, sample_steps=d.sample_steps)
     return ColdDiffusion(model, degradation=deg.name, schedule=deg.schedule, params=deg.params,
