@@ -63,7 +63,7 @@ def _check_param_values(spec: RunSpec) -> None:
 
 def _check_param_types(deg) -> None:
     """The degradation's parameters against its registered signature: known names, the
-    default's type, and the same rules as every other setting (spec._coerce): params are a
+    default's type, and the same rules as every other setting (config.checks.coerce): params are a
     free table, so they are checked here."""
     valid = degradation_params(deg.name)
     if is_gaussian(deg.name) and deg.params:
