@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hpcdiff.config.registry import nearest, unknown_name_message
+from hpcdiff.config.registry import unknown_message, unknown_name_message
 from hpcdiff.config import sweep as sweep_files
 from hpcdiff.config.spec import RunSpec, SpecError, check_text
 from hpcdiff.evaluation.metrics import METRICS
-from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params, default_schedule
+from hpcdiff.science.degradations import (DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params,
+                                          default_schedule, is_gaussian, process_of)
 from hpcdiff.science.diffusion import SAMPLER_KIND, SAMPLERS
 from hpcdiff.science.schedules import SCHEDULES
 
@@ -25,7 +26,7 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     what they mean for this degradation, so the saved config is explicit."""
     name = spec.degradation.name
     d = spec.diffusion
-    gaussian = name == "gaussian"
+    gaussian = is_gaussian(name)
     n_T = d.n_T or DEGRADATION_INFO[name].n_steps
     sampler = d.sampler if d.sampler != "auto" else ("ancestral" if gaussian else "cold_alg2")
     start = d.sample_start
@@ -60,6 +61,50 @@ def _check_param_values(spec: RunSpec) -> None:
         raise SpecError(f"rejected by degradation {deg.name!r}: {err}", path=path) from None
 
 
+def _check_param_types(deg) -> None:
+    """The degradation's parameters against its registered signature: known names, the
+    default's type, and the same rules as every other setting (config.checks.coerce): params are a
+    free table, so they are checked here."""
+    valid = degradation_params(deg.name)
+    if is_gaussian(deg.name) and deg.params:
+        raise SpecError(f"the {deg.name} degradation takes its betas from diffusion.beta1/beta2",
+                        path=f"degradation.params.{next(iter(deg.params))}")
+    for key, value in deg.params.items():
+        path = f"degradation.params.{key}"
+        if key not in valid:
+            raise SpecError(unknown_message("parameter", key, sorted(valid), of=f"degradation {deg.name!r}"), path=path)
+        default = valid[key]
+        ok = (isinstance(value, bool) == isinstance(default, bool)) and (
+            isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)))
+        if default is not None and not ok:
+            raise SpecError(f"expected {type(default).__name__}, got {value!r}", path=path)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SpecError(f"must be a finite number, got {value}", path=path)
+        if type(default) is int and abs(value) > MAX_PIXEL_PARAM:
+            raise SpecError(f"must be in [-{MAX_PIXEL_PARAM}, {MAX_PIXEL_PARAM}], got {value}", path=path)
+        if isinstance(value, str):
+            check_text(value, path)
+
+
+def _check_sampling(spec: RunSpec) -> None:
+    """Samplers and the sampling start fit the degradation's process."""
+    name, d = spec.degradation.name, spec.diffusion
+    process = process_of(name)
+    for path, sampler in (("diffusion.sampler", d.sampler), ("eval.sampler", spec.eval.sampler)):
+        if sampler == "auto":
+            continue
+        if sampler not in SAMPLERS:
+            raise SpecError(unknown_name_message("sampler", sampler, ["auto", *SAMPLERS.names()]), path=path)
+        if SAMPLER_KIND[sampler] != process:
+            fitting = [n for n, k in SAMPLER_KIND.items() if k == process]
+            raise SpecError(f"sampler {sampler!r} does not apply to degradation {name!r}; "
+                            f"use one of: {', '.join(fitting)}", path=path)
+    if is_gaussian(name) and d.sample_start not in ("auto", "noise"):
+        raise SpecError("the Gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
+    if d.sample_start == "channel_mean" and not DEGRADATION_INFO[name].has_known_prior:
+        raise SpecError(f"'channel_mean' is a start for blur, not {name!r}", path="diffusion.sample_start")
+
+
 def validate_spec(spec: RunSpec) -> RunSpec:
     """Checks that need the registries; returns the resolved spec."""
     deg = spec.degradation
@@ -69,46 +114,9 @@ def validate_spec(spec: RunSpec) -> RunSpec:
     if deg.schedule and deg.schedule not in SCHEDULES:
         raise SpecError(unknown_name_message("schedule", deg.schedule, SCHEDULES.names()),
                         path="degradation.schedule")
-    valid = degradation_params(deg.name)
-    if deg.name == "gaussian" and deg.params:
-        raise SpecError("the gaussian degradation takes its betas from diffusion.beta1/beta2",
-                        path=f"degradation.params.{next(iter(deg.params))}")
-    for key, value in deg.params.items():
-        if key not in valid:
-            guess = nearest(key, valid)
-            hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise SpecError(f"unknown parameter {key!r} of degradation {deg.name!r}{hint}; "
-                            f"valid: {', '.join(sorted(valid)) or '(none)'}", path=f"degradation.params.{key}")
-        default = valid[key]
-        ok = (isinstance(value, bool) == isinstance(default, bool)) and (
-            isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)))
-        if default is not None and not ok:
-            raise SpecError(f"expected {type(default).__name__}, got {value!r}", path=f"degradation.params.{key}")
-        # The same rules as every other setting (spec._coerce): params are a free table, so
-        # they are checked here, against the degradation's signature.
-        if isinstance(value, float) and not math.isfinite(value):
-            raise SpecError(f"must be a finite number, got {value}", path=f"degradation.params.{key}")
-        if type(default) is int and abs(value) > MAX_PIXEL_PARAM:
-            raise SpecError(f"must be in [-{MAX_PIXEL_PARAM}, {MAX_PIXEL_PARAM}], got {value}",
-                            path=f"degradation.params.{key}")
-        if isinstance(value, str):
-            check_text(value, f"degradation.params.{key}")
+    _check_param_types(deg)
     _check_param_values(spec)
-    d = spec.diffusion
-    kind = "gaussian" if deg.name == "gaussian" else "cold"
-    for path, sampler in (("diffusion.sampler", d.sampler), ("eval.sampler", spec.eval.sampler)):
-        if sampler == "auto":
-            continue
-        if sampler not in SAMPLERS:
-            raise SpecError(unknown_name_message("sampler", sampler, ["auto", *SAMPLERS.names()]), path=path)
-        if SAMPLER_KIND[sampler] != kind:
-            fitting = [n for n, k in SAMPLER_KIND.items() if k == kind]
-            raise SpecError(f"sampler {sampler!r} does not apply to degradation {deg.name!r}; "
-                            f"use one of: {', '.join(fitting)}", path=path)
-    if deg.name == "gaussian" and d.sample_start not in ("auto", "noise"):
-        raise SpecError("the gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
-    if d.sample_start == "channel_mean" and not DEGRADATION_INFO[deg.name].has_known_prior:
-        raise SpecError(f"'channel_mean' is a start for blur, not {deg.name!r}", path="diffusion.sample_start")
+    _check_sampling(spec)
     for i, name in enumerate(spec.eval.metrics):
         if name not in METRICS:
             raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")

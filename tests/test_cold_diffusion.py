@@ -5,13 +5,13 @@ import pytest
 import torch
 
 from hpcdiff.data import load_splits, to_model_range
-from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
+from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule, process_of
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.diffusion import SAMPLERS, ColdDiffusion, build_diffusion, sampling_times
 from hpcdiff.science.models import build_model
 from hpcdiff.config.spec import DataSpec, ModelSpec, RunSpec, SpecError
 
-COLD = [n for n in DEGRADATIONS.names() if n != "gaussian"]
+COLD = [n for n in DEGRADATIONS.names() if process_of(n) == "cold"]
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,16 @@ from hpcdiff.science.degradations import (
     default_schedule,
     degradation_params,
     degrade,
+    is_gaussian,
     pixel_swap_loop_reference,
+    process_of,
 )
 from hpcdiff.science.schedules import SCHEDULES, strength
 
 NAMES = DEGRADATIONS.names()
 STOCHASTIC = [n for n in NAMES if not DEGRADATION_INFO[n].deterministic]
 DETERMINISTIC = [n for n in NAMES if DEGRADATION_INFO[n].deterministic]
-BOUNDED = [n for n in NAMES if n != "gaussian"]  # all but gaussian keep data in [-0.5, 0.5]
+BOUNDED = [n for n in NAMES if not is_gaussian(n)]  # all but gaussian keep data in [-0.5, 0.5]
 LOW, HIGH = -0.5, 0.5
 
 
@@ -173,7 +175,35 @@ def test_info_flags():
     assert all(DEGRADATIONS.get(n).deterministic == DEGRADATION_INFO[n].deterministic for n in NAMES)
 
 
+def test_process_is_registered_with_the_degradation():
+    assert process_of("gaussian") == "gaussian" and is_gaussian("gaussian")
+    for name in NAMES:
+        assert process_of(name) == DEGRADATION_INFO[name].process
+        assert process_of(name) == ("gaussian" if name == "gaussian" else "cold")
+    with pytest.raises(KeyError, match="did you mean 'gaussian'"):
+        process_of("gausian")
+
+
 # --------------------------------------------------------------------------- names and parameters
+
+
+def test_signature_facts_are_read_once_at_registration(digits, monkeypatch):
+    """degrade runs every training step: it reads the facts kept at registration and does
+    not inspect the function's signature again."""
+    import inspect
+
+    for name in NAMES:
+        sig = inspect.signature(DEGRADATIONS.get(name)).parameters.values()
+        kw = {p.name: p.default for p in sig if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert default_schedule(name) == kw["schedule"]
+        assert degradation_params(name) == {k: v for k, v in kw.items() if k not in ("n_steps", "schedule", "generator")}
+
+    def no_signature(*args, **kwargs):
+        raise AssertionError("inspect.signature called by degrade")
+
+    monkeypatch.setattr(inspect, "signature", no_signature)
+    for name in NAMES:
+        degrade(name, digits[:2], 1, n_steps=10)
 
 
 def test_params_and_defaults():
@@ -197,10 +227,38 @@ def test_unknown_names_suggest(digits):
 def test_bad_inputs(digits):
     with pytest.raises(ValueError, match=r"0\.\.10"):
         degrade("blur", digits, 11, n_steps=10)
+    with pytest.raises(ValueError, match=r"0\.\.10, got -1\.\.3"):
+        degrade("blur", digits[:2], torch.tensor([3, -1]), n_steps=10)
     with pytest.raises(ValueError, match="shape"):
         degrade("blur", digits, torch.zeros(3, dtype=torch.long), n_steps=10)
     with pytest.raises(ValueError):
         degrade("blur", digits[0], 1, n_steps=10)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_degrade_is_the_registered_function_plus_checks(name, digits):
+    """degrade adds checks only: its output is the registered function's, bit for bit, for a
+    tensor of levels and for an int level, with the default and an explicit schedule."""
+    n = min(DEGRADATION_INFO[name].n_steps, 30)
+    x0 = digits[:16]
+    t = torch.randint(0, n + 1, (16,), generator=torch.Generator().manual_seed(1))
+    fn = DEGRADATIONS.get(name)
+    for level, schedule in ((t, None), (n // 2, "cosine")):
+        got = degrade(name, x0, level, n_steps=n, schedule=schedule, generator=torch.Generator().manual_seed(2))
+        tt = level if torch.is_tensor(level) else torch.full((16,), level, dtype=torch.long)
+        want = fn(x0, tt, n_steps=n, schedule=schedule or default_schedule(name),
+                  generator=torch.Generator().manual_seed(2))
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["gaussian", "impulse", "pixel_swap", "luminance_mask", "inpaint", "blur"])
+def test_degrade_reads_no_value_from_the_device(name):
+    """On the meta device a tensor holds no data, so reading a value (``int(t.max())``, what
+    makes a GPU wait) fails: degrade checks the levels of a device tensor on the device."""
+    x0 = torch.zeros(4, 1, 28, 28, device="meta")
+    t = torch.zeros(4, dtype=torch.long, device="meta")
+    out = degrade(name, x0, t, n_steps=10)
+    assert out.shape == x0.shape and out.device.type == "meta"
 
 
 def test_params_are_used(digits):

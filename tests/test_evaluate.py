@@ -36,6 +36,31 @@ def _core(spec):
     return core, calls
 
 
+def test_eval_spec_defaults_are_the_registered_defaults():
+    """config/ is stdlib-only, so EvalSpec repeats the default metrics; the metrics register
+    which of them are defaults, and this keeps the two one truth."""
+    from hpcdiff.config.spec import EvalSpec
+    from hpcdiff.evaluation.metrics import DEFAULT_METRICS, METRIC_INFO, METRICS
+
+    assert EvalSpec().metrics == DEFAULT_METRICS
+    assert set(METRIC_INFO) == set(METRICS.names())
+
+
+def test_evaluator_loads_the_classifier_only_for_metrics_registered_as_needing_it(test_split, monkeypatch):
+    from hpcdiff.evaluation import classifier
+    from hpcdiff.evaluation.metrics import METRIC_INFO, needs_classifier
+
+    assert {n for n, i in METRIC_INFO.items() if i.needs_classifier} == {
+        "fid_classifier", "kid_classifier", "inception_score", "class_histogram", "tsne_kl"}
+    assert needs_classifier(["diversity", "kid_classifier"]) and not needs_classifier(["diversity", "ssim"])
+    loaded = []
+    monkeypatch.setattr(classifier, "get_classifier", lambda *a, **k: loaded.append(1) or object())
+    Evaluator(_spec(eval={"metrics": ["diversity"]}), test_split, "cpu")
+    assert not loaded
+    Evaluator(_spec(eval={"metrics": ["diversity", "inception_score"]}), test_split, "cpu")
+    assert loaded == [1]
+
+
 def test_gaussian_evaluation_uses_ddim_on_fifty_steps_by_default(test_split):
     spec = _spec(eval={"metrics": ["diversity"], "samples": 20})
     assert spec.eval.sampler == "ddim" and spec.eval.steps == 50 and spec.diffusion.n_T == 1000

@@ -49,6 +49,22 @@ def test_schedule_is_the_starters():
         ddpm_schedules(0.02, 1e-4, 10)
 
 
+def test_one_ddpm_schedule_for_the_degradation_and_the_model():
+    """schedules.ddpm_schedule owns the linear betas: the Gaussian degradation and the DDPM
+    read the same numbers, with the same checks."""
+    from hpcdiff.science.degradations import ddpm_alpha_bar
+    from hpcdiff.science.schedules import ddpm_schedule
+
+    beta, alpha_bar = ddpm_schedule(50, 1e-4, 0.02)
+    s = ddpm_schedules(1e-4, 0.02, 50)
+    assert torch.equal(s["beta_t"], beta) and torch.equal(s["alpha_t"], alpha_bar)
+    assert torch.equal(ddpm_alpha_bar(50, 1e-4, 0.02), alpha_bar)
+    for bad in ((0.02, 1e-4), (0.0, 0.02), (1e-4, 1.0)):
+        for build in (lambda: ddpm_schedules(*bad, 10), lambda: ddpm_alpha_bar(10, *bad)):
+            with pytest.raises(ValueError, match="beta1"):
+                build()
+
+
 def test_loss_draws_t_in_1_to_nT_minus_1():
     seen = []
 

@@ -17,13 +17,28 @@ def nearest(word: str, choices) -> str | None:
     return found[0] if found else None
 
 
-def unknown_name_message(kind: str, name: str, choices) -> str:
-    choices = sorted(choices)
-    msg = f"unknown {kind} {name!r}"
-    guess = nearest(name, choices)
+def unknown_message(what: str, word: str, choices, *, of: str = "", listing: str | None = "valid",
+                    match: str | None = None, prefix: str = "") -> str:
+    """The one "did you mean" message: ``unknown <what> '<word>'[ of <of>] (did you mean
+    '<guess>'?); <listing>: <choices>``.
+
+    ``choices`` are listed in the order given ("(none)" when empty; no list when ``listing``
+    is None). ``match`` is the part of ``word`` compared with the choices (default: all of
+    it); ``prefix`` is put before the guess and every listed choice (``word`` 'train.lrr'
+    matched as 'lrr' against the keys of section 'train.')."""
+    choices = [str(c) for c in choices]
+    msg = f"unknown {what} {word!r}" + (f" of {of}" if of else "")
+    guess = nearest(str(word if match is None else match), choices)
     if guess is not None:
-        msg += f" (did you mean {guess!r}?)"
-    return msg + f"; valid: {', '.join(choices)}"
+        msg += f" (did you mean {prefix + guess!r}?)"
+    if listing is None:
+        return msg
+    return msg + f"; {listing}: {', '.join(prefix + c for c in choices) or '(none)'}"
+
+
+def unknown_name_message(kind: str, name: str, choices) -> str:
+    """An unknown registered name, with the valid ones sorted."""
+    return unknown_message(kind, name, sorted(choices))
 
 
 class Registry(Generic[T]):

@@ -4,40 +4,25 @@ A ``RunSpec`` is everything that defines one training run. It is built only thro
 ``RunSpec.from_dict``, which rejects unknown keys (naming the nearest valid one), wrong
 types and out-of-range values, so that a typo in a sweep file never silently falls back to
 a default. Stdlib only: the CLI validates a sweep before importing torch.
+
+The value checks and ``SpecError`` are in ``config.checks``, the ``[slurm]`` section in
+``config.slurm_spec``; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import types
 import typing
 from dataclasses import dataclass, field, fields
-from typing import Any
 
-from hpcdiff.config.registry import nearest
+from hpcdiff.config.checks import (INT64_MAX, MAX_STRING, SpecError, check, check_text, choice_msg, coerce,
+                                   unknown_key_msg)
+from hpcdiff.config.slurm_spec import SlurmSpec
 
-
-class SpecError(ValueError):
-    """Invalid configuration. ``str(err)`` names the source file and the key path."""
-
-    def __init__(self, message: str, *, path: str = "", source: str | None = None):
-        self.message = message
-        self.path = path
-        self.source = source
-        super().__init__(self._render())
-
-    def _render(self) -> str:
-        where = []
-        if self.source:
-            where.append(str(self.source))
-        if self.path:
-            where.append(f"key '{self.path}'")
-        return (": ".join([", ".join(where), self.message]) if where else self.message)
-
-    def with_source(self, source: str) -> "SpecError":
-        return SpecError(self.message, path=self.path, source=source)
+__all__ = [  # SpecError, check_text and SlurmSpec live beside their kin; import them from here or there
+    "SpecError", "check_text", "SlurmSpec", "RunSpec", "SECTIONS", "DataSpec", "ModelSpec", "DiffusionSpec",
+    "DegradationSpec", "TrainSpec", "EvalSpec", "INT64_MAX", "MAX_STRING", "SEED_LIMIT",
+]
 
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k", "idx")
@@ -61,17 +46,6 @@ MAX_EPOCHS = 1_000_000
 MAX_KERNEL_SIZE = 27
 # Seeds are handed to numpy / accelerate's set_seed, which reject anything outside uint32.
 SEED_LIMIT = 2**32
-# Integers pass through torch, numpy and JSON as int64.
-INT64_MAX = 2**63 - 1
-# Any string setting (a path, a name): longer than PATH_MAX is never a real value.
-MAX_STRING = 4096
-
-
-def _check(cond: bool, path: str, message: str) -> None:
-    if not cond:
-        raise SpecError(message, path=path)
-
-
 @dataclass(frozen=True)
 class DataSpec:
     name: str = "mnist-5k"
@@ -84,10 +58,10 @@ class DataSpec:
     val_fraction: float = 0.2
 
     def validate(self, p: str) -> None:
-        _check(self.name in DATASETS, f"{p}.name", _choice_msg(self.name, DATASETS))
-        _check(self.subset >= 0, f"{p}.subset", f"must be >= 0, got {self.subset}")
-        _check(self.root != "", f"{p}.root", "must not be empty")
-        _check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction",
+        check(self.name in DATASETS, f"{p}.name", choice_msg(self.name, DATASETS))
+        check(self.subset >= 0, f"{p}.subset", f"must be >= 0, got {self.subset}")
+        check(self.root != "", f"{p}.root", "must not be empty")
+        check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction",
                f"must be in [0, 1), got {self.val_fraction}")
 
 
@@ -101,20 +75,20 @@ class ModelSpec:
     dropout: float = 0.0
 
     def validate(self, p: str) -> None:
-        _check(len(self.hidden) >= 1 and all(h > 0 for h in self.hidden), f"{p}.hidden",
+        check(len(self.hidden) >= 1 and all(h > 0 for h in self.hidden), f"{p}.hidden",
                f"must be a non-empty list of positive channel counts, got {list(self.hidden)}")
-        _check(len(self.hidden) <= MAX_LAYERS, f"{p}.hidden",
+        check(len(self.hidden) <= MAX_LAYERS, f"{p}.hidden",
                f"must have at most {MAX_LAYERS} layers, got {len(self.hidden)}")
         for i, h in enumerate(self.hidden):
-            _check(h <= MAX_CHANNELS, f"{p}.hidden[{i}]", f"must be <= {MAX_CHANNELS} channels, got {h}")
-        _check(self.activation in ACTIVATIONS, f"{p}.activation",
-               _choice_msg(self.activation, ACTIVATIONS))
+            check(h <= MAX_CHANNELS, f"{p}.hidden[{i}]", f"must be <= {MAX_CHANNELS} channels, got {h}")
+        check(self.activation in ACTIVATIONS, f"{p}.activation",
+               choice_msg(self.activation, ACTIVATIONS))
         for name in ("kernel_size", "last_kernel_size"):
             k = getattr(self, name)
-            _check(k > 0 and k % 2 == 1, f"{p}.{name}", f"must be a positive odd integer, got {k}")
-            _check(k <= MAX_KERNEL_SIZE, f"{p}.{name}",
+            check(k > 0 and k % 2 == 1, f"{p}.{name}", f"must be a positive odd integer, got {k}")
+            check(k <= MAX_KERNEL_SIZE, f"{p}.{name}",
                    f"must be <= {MAX_KERNEL_SIZE} (the images are 28x28), got {k}")
-        _check(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"must be in [0, 1), got {self.dropout}")
+        check(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 SAMPLE_STARTS = ("auto", "noise", "degraded_test", "channel_mean")
@@ -142,16 +116,16 @@ class DiffusionSpec:
     start_noise: float = 0.002
 
     def validate(self, p: str) -> None:
-        _check(self.n_T == 0 or self.n_T >= 2, f"{p}.n_T", f"must be >= 2 (or 0 for the recipe), got {self.n_T}")
-        _check(self.n_T <= MAX_N_T, f"{p}.n_T", f"must be <= {MAX_N_T}, got {self.n_T}")
-        _check(0.0 < self.beta1 < self.beta2 < 1.0, f"{p}.beta1",
+        check(self.n_T == 0 or self.n_T >= 2, f"{p}.n_T", f"must be >= 2 (or 0 for the recipe), got {self.n_T}")
+        check(self.n_T <= MAX_N_T, f"{p}.n_T", f"must be <= {MAX_N_T}, got {self.n_T}")
+        check(0.0 < self.beta1 < self.beta2 < 1.0, f"{p}.beta1",
                f"need 0 < beta1 < beta2 < 1, got beta1={self.beta1}, beta2={self.beta2}")
-        _check(self.loss in LOSSES, f"{p}.loss", _choice_msg(self.loss, LOSSES))
-        _check(0 <= self.sample_steps <= MAX_N_T, f"{p}.sample_steps",
+        check(self.loss in LOSSES, f"{p}.loss", choice_msg(self.loss, LOSSES))
+        check(0 <= self.sample_steps <= MAX_N_T, f"{p}.sample_steps",
                f"must be in [0, {MAX_N_T}], got {self.sample_steps}")
-        _check(self.sample_start in SAMPLE_STARTS, f"{p}.sample_start",
-               _choice_msg(self.sample_start, SAMPLE_STARTS))
-        _check(self.start_noise >= 0, f"{p}.start_noise", f"must be >= 0, got {self.start_noise}")
+        check(self.sample_start in SAMPLE_STARTS, f"{p}.sample_start",
+               choice_msg(self.sample_start, SAMPLE_STARTS))
+        check(self.start_noise >= 0, f"{p}.start_noise", f"must be >= 0, got {self.start_noise}")
 
 
 @dataclass(frozen=True)
@@ -163,7 +137,7 @@ class DegradationSpec:
     params: dict = field(default_factory=dict)
 
     def validate(self, p: str) -> None:
-        _check(isinstance(self.params, dict), f"{p}.params", "must be a table")
+        check(isinstance(self.params, dict), f"{p}.params", "must be a table")
 
 
 @dataclass(frozen=True)
@@ -197,30 +171,30 @@ class TrainSpec:
     def validate(self, p: str) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every"):
             v = getattr(self, name)
-            _check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
-        _check(self.epochs <= MAX_EPOCHS, f"{p}.epochs", f"must be <= {MAX_EPOCHS}, got {self.epochs}")
-        _check(self.batch_size <= MAX_BATCH, f"{p}.batch_size", f"must be <= {MAX_BATCH}, got {self.batch_size}")
-        _check(0 <= self.seed < SEED_LIMIT, f"{p}.seed", f"must be in [0, 2**32), got {self.seed}")
-        _check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
-        _check(self.optimizer in OPTIMIZERS, f"{p}.optimizer", _choice_msg(self.optimizer, OPTIMIZERS))
-        _check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        _check(self.early_stopping_patience >= 0, f"{p}.early_stopping_patience",
+            check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
+        check(self.epochs <= MAX_EPOCHS, f"{p}.epochs", f"must be <= {MAX_EPOCHS}, got {self.epochs}")
+        check(self.batch_size <= MAX_BATCH, f"{p}.batch_size", f"must be <= {MAX_BATCH}, got {self.batch_size}")
+        check(0 <= self.seed < SEED_LIMIT, f"{p}.seed", f"must be in [0, 2**32), got {self.seed}")
+        check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
+        check(self.optimizer in OPTIMIZERS, f"{p}.optimizer", choice_msg(self.optimizer, OPTIMIZERS))
+        check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.early_stopping_patience >= 0, f"{p}.early_stopping_patience",
                f"must be >= 0, got {self.early_stopping_patience}")
-        _check(self.early_stopping_min_delta >= 0, f"{p}.early_stopping_min_delta",
+        check(self.early_stopping_min_delta >= 0, f"{p}.early_stopping_min_delta",
                f"must be >= 0 (an improvement smaller than it does not count), "
                f"got {self.early_stopping_min_delta}")
-        _check(self.lr_plateau_patience >= 0, f"{p}.lr_plateau_patience",
+        check(self.lr_plateau_patience >= 0, f"{p}.lr_plateau_patience",
                f"must be >= 0, got {self.lr_plateau_patience}")
-        _check(0 < self.lr_plateau_factor < 1, f"{p}.lr_plateau_factor",
+        check(0 < self.lr_plateau_factor < 1, f"{p}.lr_plateau_factor",
                f"must be in (0, 1), got {self.lr_plateau_factor}")
-        _check(1 <= self.n_samples <= MAX_IMAGES, f"{p}.n_samples",
+        check(1 <= self.n_samples <= MAX_IMAGES, f"{p}.n_samples",
                f"must be in [1, {MAX_IMAGES}], got {self.n_samples}")
-        _check(self.device in DEVICES, f"{p}.device", _choice_msg(self.device, DEVICES))
-        _check(self.mixed_precision in PRECISIONS, f"{p}.mixed_precision",
-               _choice_msg(self.mixed_precision, PRECISIONS))
-        _check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
-        _check(0 <= self.ema_decay < 1, f"{p}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        _check(1 <= self.grad_accumulation <= MAX_BATCH, f"{p}.grad_accumulation",
+        check(self.device in DEVICES, f"{p}.device", choice_msg(self.device, DEVICES))
+        check(self.mixed_precision in PRECISIONS, f"{p}.mixed_precision",
+               choice_msg(self.mixed_precision, PRECISIONS))
+        check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
+        check(0 <= self.ema_decay < 1, f"{p}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        check(1 <= self.grad_accumulation <= MAX_BATCH, f"{p}.grad_accumulation",
                f"must be in [1, {MAX_BATCH}], got {self.grad_accumulation}")
 
 
@@ -249,83 +223,18 @@ class EvalSpec:
     reconstruction: bool = True
 
     def validate(self, p: str) -> None:
-        _check(self.every >= 0, f"{p}.every", f"must be >= 0, got {self.every}")
-        _check(2 <= self.samples <= MAX_IMAGES, f"{p}.samples",
+        check(self.every >= 0, f"{p}.every", f"must be >= 0, got {self.every}")
+        check(2 <= self.samples <= MAX_IMAGES, f"{p}.samples",
                f"must be in [2, {MAX_IMAGES}], got {self.samples}")
-        _check(0 <= self.steps <= MAX_N_T, f"{p}.steps",
+        check(0 <= self.steps <= MAX_N_T, f"{p}.steps",
                f"must be in [0, {MAX_N_T}] (0 = all n_T steps), got {self.steps}")
         seen = set()
         for i, name in enumerate(self.metrics):
             # A repeated name would be computed twice and write the same archive series twice.
-            _check(name not in seen, f"{p}.metrics[{i}]", f"{name!r} is listed twice")
+            check(name not in seen, f"{p}.metrics[{i}]", f"{name!r} is listed twice")
             seen.add(name)
-        _check(self.classifier_epochs >= 0, f"{p}.classifier_epochs",
+        check(self.classifier_epochs >= 0, f"{p}.classifier_epochs",
                f"must be >= 0, got {self.classifier_epochs}")
-
-
-# Values that end up in a submission script. #SBATCH values are quoted by submitit, but a
-# newline would still start a shell line, and setup lines are run by bash: both are held to
-# character sets in which nothing can execute (no ; & | $ ` < > ( ) quotes or newlines).
-_SBATCH_VALUE = re.compile(r"^[A-Za-z0-9_.,:+@%/=\[\]-]*$")
-_CONSTRAINT = re.compile(r"^[A-Za-z0-9_.,:&|!\[\]*+-]*$")  # sbatch's constraint syntax, quoted
-_EXTRA_SBATCH = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:+@%/=\[\]-]+)?$")
-_SETUP_LINE = re.compile(r"^[A-Za-z0-9_./:=+@%,~-]+( +[A-Za-z0-9_./:=+@%,~-]+)*$")
-
-
-@dataclass(frozen=True)
-class SlurmSpec:
-    """Resources for the SLURM backend. Not part of a run's identity (see ``run_identity``)."""
-
-    partition: str = ""
-    account: str = ""
-    qos: str = ""
-    time_min: int = 60
-    nodes: int = 1
-    gpus_per_node: int = 0
-    # Processes per node; 0 = one per GPU (1 without GPUs): each rank drives one GPU.
-    tasks_per_node: int = 0
-    cpus_per_task: int = 2
-    mem_gb: int = 0
-    constraint: str = ""
-    mail_user: str = ""
-    mail_type: str = ""
-    array_parallelism: int = 16
-    # Requeues allowed after hitting the time limit (preemptions do not count).
-    max_requeues: int = 3
-    # SLURM sends USR2 this long before the time limit: time to finish a batch and checkpoint.
-    signal_delay_s: int = 120
-    # Partition for the CPU-only --then-analyze job ("" = partition).
-    cpu_partition: str = ""
-    # Extra sbatch options, each "--option" or "--option=value".
-    extra_sbatch: tuple[str, ...] = ()
-    # Shell lines run before the job (e.g. "module load rhel8/default-amp"); plain words only.
-    setup: tuple[str, ...] = ()
-
-    @property
-    def tasks(self) -> int:
-        """Processes per node: tasks_per_node, or one per GPU when it is 0."""
-        return self.tasks_per_node or max(1, self.gpus_per_node)
-
-    def validate(self, p: str) -> None:
-        for name in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
-            v = getattr(self, name)
-            _check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
-        for name in ("gpus_per_node", "tasks_per_node", "mem_gb", "max_requeues", "signal_delay_s"):
-            v = getattr(self, name)
-            _check(v >= 0, f"{p}.{name}", f"must be >= 0, got {v}")
-        for name in ("partition", "account", "qos", "mail_user", "mail_type", "cpu_partition"):
-            v = getattr(self, name)
-            _check(bool(_SBATCH_VALUE.fullmatch(v)), f"{p}.{name}",
-                   f"{v!r} contains characters not allowed in an sbatch value")
-        _check(bool(_CONSTRAINT.fullmatch(self.constraint)), f"{p}.constraint",
-               f"{self.constraint!r} contains characters not allowed in a constraint")
-        for i, line in enumerate(self.extra_sbatch):
-            _check(bool(_EXTRA_SBATCH.fullmatch(line)), f"{p}.extra_sbatch[{i}]",
-                   f"{line!r} is not a plain sbatch option like '--exclusive' or '--gpu-bind=closest'")
-        for i, line in enumerate(self.setup):
-            _check(bool(_SETUP_LINE.fullmatch(line)), f"{p}.setup[{i}]",
-                   f"{line!r} may only hold words of letters, digits and ._/:=+@%,~- "
-                   f"(no ; & | $ ` < > ( ) quotes or newlines)")
 
 
 SECTIONS: dict[str, type] = {
@@ -371,32 +280,6 @@ class RunSpec:
         return dataclasses.replace(self, **sections)
 
 
-def check_text(value: str, path: str, *, max_len: int = MAX_STRING) -> None:
-    """Strings end up in paths, file names, TOML and log lines: no control characters (a NUL
-    ends a C path, a newline splits a log or config line) and no runaway length."""
-    if len(value) > max_len:
-        raise SpecError(f"must be at most {max_len} characters, got {len(value)}", path=path)
-    bad = next((c for c in value if not c.isprintable()), None)
-    if bad is not None:
-        raise SpecError(f"must hold printable characters only, got {bad!r} in {value[:60]!r}", path=path)
-
-
-def _choice_msg(value: str, choices) -> str:
-    msg = f"unknown value {value!r}"
-    guess = nearest(str(value), choices)
-    if guess:
-        msg += f" (did you mean {guess!r}?)"
-    return msg + f"; valid: {', '.join(choices)}"
-
-
-def _unknown_key_msg(key: str, valid) -> str:
-    msg = f"unknown key {key!r}"
-    guess = nearest(key, valid)
-    if guess:
-        msg += f" (did you mean {guess!r}?)"
-    return msg + f"; valid keys: {', '.join(sorted(valid))}"
-
-
 def _section_to_dict(section) -> dict:
     out = {}
     for f in fields(section):
@@ -414,7 +297,7 @@ def _build_run_spec(raw: dict) -> RunSpec:
         raise SpecError("the run config must be a table")
     for key in raw:
         if key not in SECTIONS:
-            raise SpecError(_unknown_key_msg(key, SECTIONS), path=key)
+            raise SpecError(unknown_key_msg(key, SECTIONS), path=key)
     sections = {}
     for name, cls in SECTIONS.items():
         value = raw.get(name, {})
@@ -433,65 +316,8 @@ def _build_section(cls, raw: dict, prefix: str):
     for key, value in raw.items():
         path = f"{prefix}.{key}"
         if key not in valid:
-            raise SpecError(_unknown_key_msg(key, valid), path=path)
-        kwargs[key] = _coerce(value, hints[key], path)
+            raise SpecError(unknown_key_msg(key, valid), path=path)
+        kwargs[key] = coerce(value, hints[key], path)
     return cls(**kwargs)
 
 
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp, path: str):
-    """Check ``value`` against the annotation ``tp``; the only conversions are lossless ones
-    (int -> float, list -> tuple). Anything else is an error naming the value."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, path)
-            except SpecError as e:
-                errors.append(e.message)
-        raise SpecError(f"invalid value {value!r}: {'; '.join(errors)}", path=path)
-    if tp is type(None):
-        if value is None:
-            return None
-        raise SpecError(f"expected nothing, got {value!r}", path=path)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(f"expected a list, got {value!r}", path=path)
-        (item_tp, _ellipsis) = typing.get_args(tp)
-        return tuple(_coerce(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value))
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise SpecError(f"expected a table, got {value!r}", path=path)
-        return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise SpecError(f"expected true or false, got {value!r}", path=path)
-    if tp is int:
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            if abs(value) > INT64_MAX:
-                digits = str(value)
-                shown = digits if len(digits) <= 24 else f"{digits[:12]}... ({len(digits)} digits)"
-                raise SpecError(f"must fit in a 64-bit integer, got {shown}", path=path)
-            return value
-        raise SpecError(f"expected an integer, got {value!r}", path=path)
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            # inf and nan pass every range check written as a comparison (nan fails them all,
-            # inf passes the open-ended ones): they are turned away here, for every setting.
-            if not math.isfinite(value):
-                raise SpecError(f"must be a finite number, got {value}", path=path)
-            return float(value)
-        raise SpecError(f"expected a number, got {value!r}", path=path)
-    if tp is str:
-        if isinstance(value, str):
-            check_text(value, path)
-            return value
-        raise SpecError(f"expected a string, got {value!r}", path=path)
-    raise SpecError(f"unsupported type {_type_name(tp)}", path=path)

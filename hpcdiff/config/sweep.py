@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable
 
 from hpcdiff.config import tomlio
-from hpcdiff.config.registry import nearest
+from hpcdiff.config.registry import unknown_message
 from hpcdiff.config.spec import SECTIONS, SEED_LIMIT, RunSpec, SpecError, check_text
 
 # Completes a validated spec with the registries' knowledge (hpcdiff.resolve.validate_spec).
@@ -130,19 +130,29 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
     for parts, value in settings:
         if parts[0] == "sweep":
             sweep_table[parts[1]] = value
+    _check_tables(raw, sweep_table)
+    name = _sweep_name(sweep_table, name_default)
+    axes = _axes(sweep_table)
+    seeds = sweep_table.get("seeds")
+    if seeds is not None:
+        axes.append(_seed_axis(seeds))
+    cases = _cases(sweep_table)
+    _check_count(cases, axes)
+    runs = _runs(raw, cases, axes, settings, resolve)
+    varying = _varying([r.spec for r in runs])
+    return Sweep(name=name, source=str(source or ""), runs=tuple(runs), varying=tuple(varying))
+
+
+def _check_tables(raw: dict, sweep_table: dict) -> None:
     for key in raw:
         if key not in SECTIONS:
-            valid = list(SECTIONS) + ["sweep"]
-            guess = nearest(key, valid)
-            hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise SpecError(f"unknown section {key!r}{hint}; valid: {', '.join(valid)}", path=key)
+            raise SpecError(unknown_message("section", key, [*SECTIONS, "sweep"]), path=key)
     for key in sweep_table:
         if key not in SWEEP_KEYS:
-            guess = nearest(key, SWEEP_KEYS)
-            hint = f" (did you mean {guess!r}?)" if guess else ""
-            raise SpecError(f"unknown key {key!r}{hint}; valid keys: {', '.join(SWEEP_KEYS)}",
-                            path=f"sweep.{key}")
+            raise SpecError(unknown_message("key", key, SWEEP_KEYS, listing="valid keys"), path=f"sweep.{key}")
 
+
+def _sweep_name(sweep_table: dict, name_default: str) -> str:
     name = sweep_table.get("name", name_default)
     if isinstance(name, str) and len(name) > MAX_NAME:
         raise SpecError(f"must be at most {MAX_NAME} characters (it names a directory), got {len(name)}"
@@ -151,19 +161,21 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
     if (not isinstance(name, str) or not name or name.startswith(".")
             or not all(c.isalnum() or c in "-_." for c in name)):
         raise SpecError(f"must be letters, digits, '-', '_' or '.' (not first), got {name!r}", path="sweep.name")
+    return name
 
-    axes = _axes(sweep_table)
-    seeds = sweep_table.get("seeds")
-    if seeds is not None:
-        if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) for s in seeds
-        ):
-            raise SpecError(f"must be a non-empty list of integers, got {seeds!r}", path="sweep.seeds")
-        for i, s in enumerate(seeds):
-            if not 0 <= s < SEED_LIMIT:
-                raise SpecError(f"must be in [0, 2**32), got {s}", path=f"sweep.seeds[{i}]")
-        axes.append([{"train.seed": s} for s in seeds])
 
+def _seed_axis(seeds) -> list[dict]:
+    if not isinstance(seeds, list) or not seeds or not all(
+        isinstance(s, int) and not isinstance(s, bool) for s in seeds
+    ):
+        raise SpecError(f"must be a non-empty list of integers, got {seeds!r}", path="sweep.seeds")
+    for i, s in enumerate(seeds):
+        if not 0 <= s < SEED_LIMIT:
+            raise SpecError(f"must be in [0, 2**32), got {s}", path=f"sweep.seeds[{i}]")
+    return [{"train.seed": s} for s in seeds]
+
+
+def _cases(sweep_table: dict) -> list[dict]:
     cases = sweep_table.get("cases", [{}]) or [{}]
     if not isinstance(cases, list) or not all(isinstance(c, dict) for c in cases):
         raise SpecError("must be an array of tables ([[sweep.cases]])", path="sweep.cases")
@@ -173,7 +185,10 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
         if not isinstance(label, str):
             raise SpecError(f"must be a string, got {label!r}", path=where)
         check_text(label, where, max_len=MAX_NAME)
+    return cases
 
+
+def _check_count(cases: list[dict], axes: list[list[dict]]) -> None:
     count = len(cases)
     for axis in axes:
         count *= len(axis)
@@ -182,6 +197,10 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
         raise SpecError(f"expands to {count} runs ({len(cases)} case(s) x axes of {sizes} values), "
                         f"more than {MAX_RUNS}; split it into several sweeps", path="sweep")
 
+
+def _runs(raw: dict, cases: list[dict], axes, settings, resolve: Resolver) -> list[Run]:
+    """Cases x axes, each merged over the base config, with the --set overrides last; runs
+    that resolve to the same id are kept once."""
     runs: list[Run] = []
     seen: set[str] = set()
     for case_index, case in enumerate(cases):
@@ -213,9 +232,7 @@ def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None,
             for parts, _value in settings:
                 shown.pop(".".join(parts), None)
             runs.append(Run(run_id=rid, spec=spec, axes=shown, label=label))
-
-    varying = _varying([r.spec for r in runs])
-    return Sweep(name=name, source=str(source or ""), runs=tuple(runs), varying=tuple(varying))
+    return runs
 
 
 def _axes(sweep_table: dict) -> list[list[dict]]:
@@ -269,15 +286,12 @@ def _check_key_path(key: str, where: str) -> None:
     parts = key.split(".")
     section = parts[0]
     if section not in SECTIONS:
-        guess = nearest(section, SECTIONS)
-        hint = f" (did you mean {guess!r}?)" if guess else ""
-        raise SpecError(f"unknown section {section!r}{hint}", path=where)
+        raise SpecError(unknown_message("section", section, SECTIONS), path=where)
     valid = [f.name for f in fields(SECTIONS[section])]
     if len(parts) < 2 or parts[1] not in valid:
         bad = parts[1] if len(parts) > 1 else ""
-        guess = nearest(bad, valid)
-        hint = f" (did you mean '{section}.{guess}'?)" if guess else ""
-        raise SpecError(f"unknown key {key!r}{hint}", path=where)
+        raise SpecError(unknown_message("key", key, valid, listing="valid keys", match=bad, prefix=f"{section}."),
+                        path=where)
     if len(parts) > 2 and not (section == "degradation" and parts[1] == "params" and len(parts) == 3):
         raise SpecError(f"{key!r} is not a settable key", path=where)
 

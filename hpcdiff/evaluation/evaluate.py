@@ -22,12 +22,13 @@ from contextlib import contextmanager
 import torch
 
 from hpcdiff.data import Dataset, to_model_range
-from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, reconstruction_metrics
+from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, needs_classifier
+from hpcdiff.evaluation.stats import reconstruction_metrics
 from hpcdiff.config.spec import RunSpec
+from hpcdiff.science.degradations import is_gaussian
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_METRICS = {"fid_classifier", "kid_classifier", "inception_score", "class_histogram"}
 REAL_IMAGES = 2000
 HELD_OUT_SEED = 20_221_219
 # Draws per chunk: each chunk has its own generator, so this fixes the sample set (the same
@@ -59,7 +60,7 @@ class Evaluator:
         self.main, self.rank, self.world = main, rank, world
         self.metrics = tuple(spec.eval.metrics)
         self.classifier = None
-        if main and CLASSIFIER_METRICS & set(self.metrics):
+        if main and needs_classifier(self.metrics):
             from hpcdiff.evaluation.classifier import get_classifier
 
             self.classifier = get_classifier(spec.data, device=device, train_if_missing=spec.eval.train_classifier,
@@ -87,7 +88,7 @@ class Evaluator:
 
     @property
     def _reconstructs(self) -> bool:
-        return self.spec.eval.reconstruction and self.spec.degradation.name != "gaussian"
+        return self.spec.eval.reconstruction and not is_gaussian(self.spec.degradation.name)
 
     def _sampling_reconstructs(self, core) -> bool:
         """Samples start from maximally degraded held-out images: they are reconstructions."""

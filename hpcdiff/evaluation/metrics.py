@@ -1,7 +1,9 @@
 """Sample-quality metrics, registered by name: ``compute_metrics(names, ctx)``.
 
-Every metric is a function ``fn(ctx: MetricContext) -> dict[str, float]``. Images are
-float tensors N x 1 x 28 x 28 in the model range [-0.5, 0.5].
+Every metric is a function ``fn(ctx: MetricContext) -> dict[str, float]``, registered with
+its facts (``METRIC_INFO``: whether it needs the classifier, whether it is a default). Images
+are float tensors N x 1 x 28 x 28 in the model range [-0.5, 0.5]. The maths (Fréchet
+distance, KID, IS, reconstruction errors) is in ``hpcdiff.evaluation.stats``.
 
 - ``fid_classifier`` / ``kid_classifier`` / ``inception_score`` / ``class_histogram`` use
   the per-dataset CNN of ``hpcdiff.evaluation.classifier`` (always available offline).
@@ -24,14 +26,15 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
-from hpcdiff.data import to_uint8
 from hpcdiff.config.registry import Registry
+from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
+from hpcdiff.evaluation.stats import (frechet_distance, gaussian_fit, inception_score_from_logits,
+                                      kernel_inception_distance, reconstruction_metrics, to_inception_input,
+                                      to_unit_range)
 
 __all__ = [
-    "METRICS", "DEFAULT_METRICS", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
+    "METRICS", "METRIC_INFO", "MetricInfo", "DEFAULT_METRICS", "needs_classifier", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
     "reconstruction_metrics", "frechet_distance", "gaussian_fit", "kernel_inception_distance",
     "inception_score_from_logits", "to_inception_input", "to_unit_range", "find_inception_weights",
     "inception_weights_candidates", "INCEPTION_WEIGHTS_FILE",
@@ -39,9 +42,35 @@ __all__ = [
 
 METRICS: Registry[Callable[["MetricContext"], dict[str, float]]] = Registry("metric")
 
-# What a run computes per evaluated epoch unless configured otherwise: cheap (one classifier
-# pass over the samples; the real statistics are cached) and needing nothing downloaded.
-DEFAULT_METRICS = ("fid_classifier", "inception_score", "class_histogram", "diversity")
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What the rest of hpcdiff needs to know about a metric besides its function."""
+
+    name: str
+    # Computed on the dataset classifier's outputs: the evaluator loads (or trains) it.
+    needs_classifier: bool
+    # Computed per evaluated epoch unless configured otherwise (EvalSpec.metrics' default):
+    # cheap (one classifier pass over the samples; the real statistics are cached) and
+    # needing nothing downloaded.
+    default: bool
+
+
+METRIC_INFO: dict[str, MetricInfo] = {}
+
+
+def _metric(name: str, *, needs_classifier: bool = False, default: bool = False):
+    def decorator(fn):
+        METRICS.register(name)(fn)
+        METRIC_INFO[name] = MetricInfo(name, needs_classifier=needs_classifier, default=default)
+        return fn
+
+    return decorator
+
+
+def needs_classifier(names) -> bool:
+    """Whether any of the named metrics is computed on the dataset classifier."""
+    return any(METRIC_INFO[n].needs_classifier for n in names if n in METRIC_INFO)
 
 # torch-fidelity's Inception-v3 (the weights torchmetrics' FID uses). torch-fidelity fetches it
 # with torch.hub.load_state_dict_from_url, which stores it as
@@ -189,96 +218,9 @@ def compute_metrics(names, ctx: MetricContext) -> dict[str, float]:
     return out
 
 
-# ------------------------------------------------------------------------------ pure maths
-
-def gaussian_fit(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased covariance, float64."""
-    f = features.detach().double()
-    if f.shape[0] < 2:
-        raise ValueError(f"a Gaussian fit needs at least 2 feature vectors, got {f.shape[0]}")
-    mu = f.mean(0)
-    c = f - mu
-    return mu, c.T @ c / (f.shape[0] - 1)
-
-
-def _sym(a: torch.Tensor) -> torch.Tensor:
-    return (a + a.T) / 2
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2).
-
-    Both covariances are symmetric PSD, so the matrix square roots come from eigh (no scipy,
-    no complex parts): tr((S1 S2)^1/2) = sum of sqrt(eigenvalues of S1^1/2 S2 S1^1/2)."""
-    mu1, mu2, s1, s2 = (t.detach().double().cpu() for t in (mu1, mu2, sigma1, sigma2))
-    if not all(bool(torch.isfinite(t).all()) for t in (mu1, mu2, s1, s2)):
-        raise ValueError("the Fréchet distance needs finite means and covariances; got NaN or infinity "
-                         "(features of non-finite images?)")
-    w, v = torch.linalg.eigh(_sym(s1))
-    s1_half = (v * w.clamp(min=0).sqrt()) @ v.T
-    m = _sym(s1_half @ s2 @ s1_half)
-    tr_covmean = torch.linalg.eigvalsh(m).clamp(min=0).sqrt().sum()
-    d = (mu1 - mu2).square().sum() + torch.trace(s1) + torch.trace(s2) - 2 * tr_covmean
-    return float(d)
-
-
-def kernel_inception_distance(f1: torch.Tensor, f2: torch.Tensor, *, n_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
-    """Unbiased MMD^2 with the polynomial kernel (x.y/d + 1)^3 (Binkowski et al. 2018),
-    mean and std over random subsets, as torchmetrics' KID."""
-    f1, f2 = f1.detach().double().cpu(), f2.detach().double().cpu()
-    m = min(subset_size, f1.shape[0], f2.shape[0])
-    if m < 2:
-        raise ValueError("KID needs at least 2 samples in each set")
-    d = f1.shape[1]
-    g = torch.Generator().manual_seed(seed)
-    vals = []
-    for _ in range(n_subsets):
-        x = f1[torch.randperm(f1.shape[0], generator=g)[:m]]
-        y = f2[torch.randperm(f2.shape[0], generator=g)[:m]]
-        kxx = (x @ x.T / d + 1) ** 3
-        kyy = (y @ y.T / d + 1) ** 3
-        kxy = (x @ y.T / d + 1) ** 3
-        mmd = ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-               + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
-        vals.append(mmd)
-    t = torch.stack(vals)
-    return float(t.mean()), float(t.std()) if len(vals) > 1 else 0.0
-
-
-def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
-    """exp(E_x KL(p(y|x) || p(y))) per split of a seeded shuffle (so that class-sorted inputs
-    do not give one class per split); mean and std over splits. In [1, n_classes]."""
-    logits = logits.detach().double().cpu()
-    perm = torch.randperm(logits.shape[0], generator=torch.Generator().manual_seed(seed))
-    logp = F.log_softmax(logits[perm], dim=1)
-    scores = []
-    for chunk in logp.chunk(splits):
-        p = chunk.exp()
-        log_py = torch.logsumexp(chunk, 0) - math.log(chunk.shape[0])
-        scores.append((p * (chunk - log_py)).sum(1).mean().exp())
-    t = torch.stack(scores)
-    return float(t.mean()), float(t.std()) if len(scores) > 1 else 0.0
-
-
-def to_unit_range(x: torch.Tensor) -> torch.Tensor:
-    """[-0.5, 0.5] model range -> [0, 1], clamped (samples overshoot)."""
-    return (x.detach().float() + 0.5).clamp(0.0, 1.0)
-
-
-def to_inception_input(x: torch.Tensor) -> torch.Tensor:
-    """[-0.5, 0.5] N x 1 x H x W -> uint8 N x 3 x H x W, what torch-fidelity's Inception takes
-    (torchmetrics FID with normalize=False; it resizes to 299 itself). Shift, clamp, then
-    round: casting the model range straight to uint8 wraps negatives (the public-code bug)."""
-    u8 = to_uint8(x)
-    if u8.shape[1] == 1:
-        u8 = u8.repeat(1, 3, 1, 1)
-    return u8
-
-
 # ------------------------------------------------------------------------------- metrics
 
-@METRICS.register("fid_classifier")
+@_metric("fid_classifier", needs_classifier=True, default=True)
 def fid_classifier(ctx: MetricContext) -> dict[str, float]:
     """Frechet distance between Gaussian fits of the classifier's 128-d penultimate features
     of the samples and of the real set (real statistics cached)."""
@@ -288,7 +230,7 @@ def fid_classifier(ctx: MetricContext) -> dict[str, float]:
     return {"fid_classifier": frechet_distance(mu, sigma, real["mu"], real["sigma"])}
 
 
-@METRICS.register("kid_classifier")
+@_metric("kid_classifier", needs_classifier=True)
 def kid_classifier(ctx: MetricContext) -> dict[str, float]:
     feats, _ = ctx.sample_outputs("kid_classifier")
     real = ctx.real_feature_stats("kid_classifier")
@@ -296,7 +238,7 @@ def kid_classifier(ctx: MetricContext) -> dict[str, float]:
     return {"kid_classifier": mean, "kid_classifier_std": std}
 
 
-@METRICS.register("inception_score")
+@_metric("inception_score", needs_classifier=True, default=True)
 def inception_score(ctx: MetricContext) -> dict[str, float]:
     """Inception Score with the dataset classifier's logits, 10 splits."""
     _, logits = ctx.sample_outputs("inception_score")
@@ -304,7 +246,7 @@ def inception_score(ctx: MetricContext) -> dict[str, float]:
     return {"inception_score": mean, "inception_score_std": std}
 
 
-@METRICS.register("class_histogram")
+@_metric("class_histogram", needs_classifier=True, default=True)
 def class_histogram(ctx: MetricContext) -> dict[str, float]:
     """Fraction of samples per predicted class, and the histogram's entropy / log(n_classes)
     (1 = uniform over classes, 0 = every sample the same class: mode collapse)."""
@@ -319,7 +261,7 @@ def class_histogram(ctx: MetricContext) -> dict[str, float]:
     return out
 
 
-@METRICS.register("diversity")
+@_metric("diversity", default=True)
 def diversity(ctx: MetricContext) -> dict[str, float]:
     """Trace of the sample covariance of the flattened images (report B's diversity): the sum
     over the 784 pixels of each pixel's variance across samples. Units: squared intensity
@@ -332,7 +274,7 @@ def diversity(ctx: MetricContext) -> dict[str, float]:
     return {"diversity_trace": float(((x - x.mean(0)) ** 2).sum() / (x.shape[0] - 1))}
 
 
-@METRICS.register("ssim")
+@_metric("ssim")
 def ssim(ctx: MetricContext) -> dict[str, float]:
     """Mean SSIM between each sample and the real image paired with it (same index), on
     [0, 1] images with data_range 1; for reconstructions against their ground truth."""
@@ -348,7 +290,7 @@ def ssim(ctx: MetricContext) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- Inception FID
 
-@METRICS.register("tsne_kl")
+@_metric("tsne_kl", needs_classifier=True)
 def tsne_kl(ctx: MetricContext) -> dict[str, float]:
     """Report B's analysis: a 2-D t-SNE of the classifier features of up to 200 samples and
     up to 2,000 real held-out images (embedded together), a 10-component Gaussian mixture
@@ -407,7 +349,7 @@ def _require_torch_fidelity() -> None:
                                 "or torchmetrics[image]), then `hpcdiff prepare` for its weights") from None
 
 
-@METRICS.register("fid_inception")
+@_metric("fid_inception")
 def fid_inception(ctx: MetricContext) -> dict[str, float]:
     """torchmetrics' FrechetInceptionDistance (2048-d pool features) on uint8 3-channel
     copies of the images. The weights path is passed explicitly, so nothing is downloaded;
@@ -435,27 +377,6 @@ def fid_inception(ctx: MetricContext) -> dict[str, float]:
     return {"fid_inception": float(metric.compute())}
 
 
-# --------------------------------------------------------------------------- reconstruction
-
-def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor | None = None,
-                           *, n_classes: int = 10) -> dict[str, float]:
-    """MSE and SSIM of reconstructions against their ground truth, overall and per class
-    (``mse_class_3``, ``ssim_class_3``, ... for the classes present), e.g. for cold
-    diffusion's direct (one-step) vs full-sampler table. MSE is the mean per-pixel squared
-    error with the intensity range = 1 (model range or [0, 1]; after clamping to it)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
-    if recon.shape != truth.shape:
-        raise ValueError(f"recon {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in shape")
-    r, t = to_unit_range(recon), to_unit_range(truth)
-    mse = (r - t).double().square().flatten(1).mean(1)
-    ssim_each = structural_similarity_index_measure(r, t, data_range=1.0, reduction="none").double()
-    out = {"mse": float(mse.mean()), "ssim": float(ssim_each.mean())}
-    if labels is not None:
-        labels = labels.detach().cpu()
-        for c in range(n_classes):
-            sel = labels == c
-            if sel.any():
-                out[f"mse_class_{c}"] = float(mse.cpu()[sel].mean())
-                out[f"ssim_class_{c}"] = float(ssim_each.cpu()[sel].mean())
-    return out
+# What a run computes unless configured otherwise, in registration order (config.spec.EvalSpec
+# repeats it without importing torch; a test keeps the two equal).
+DEFAULT_METRICS = tuple(name for name, info in METRIC_INFO.items() if info.default)

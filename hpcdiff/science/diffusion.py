@@ -19,11 +19,12 @@ from torch.nn import functional as F
 
 from hpcdiff.config.registry import Registry
 from hpcdiff.config.spec import RunSpec
-from hpcdiff.science.degradations import degrade
+from hpcdiff.science.degradations import degrade, is_gaussian
+from hpcdiff.science.schedules import ddpm_schedule
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
-# Which process each sampler belongs to.
+# Which process (degradations.PROCESSES) each sampler belongs to.
 SAMPLER_KIND: dict[str, str] = {}
 
 
@@ -54,12 +55,9 @@ def _randn(shape, generator, device):
 
 
 def ddpm_schedules(beta1: float, beta2: float, n_T: int) -> dict[str, torch.Tensor]:
-    """The coursework starter's schedule: beta_t linear over t = 0..n_T (n_T + 1 entries),
-    alpha_bar_t = prod_{s<=t} (1 - beta_s), computed in log space."""
-    if not 0.0 < beta1 < beta2 < 1.0:
-        raise ValueError(f"need 0 < beta1 < beta2 < 1, got {beta1}, {beta2}")
-    beta_t = (beta2 - beta1) * torch.arange(0, n_T + 1, dtype=torch.float32) / n_T + beta1
-    alpha_t = torch.exp(torch.cumsum(torch.log(1 - beta_t), dim=0))
+    """The coursework starter's schedule (:func:`hpcdiff.science.schedules.ddpm_schedule`):
+    beta_t linear over t = 0..n_T (n_T + 1 entries) and alpha_bar_t, here named alpha_t."""
+    beta_t, alpha_t = ddpm_schedule(n_T, beta1, beta2)
     return {"beta_t": beta_t, "alpha_t": alpha_t}
 
 
@@ -255,7 +253,7 @@ def build_diffusion(spec: RunSpec, model: nn.Module) -> nn.Module:
     d, deg = spec.diffusion, spec.degradation
     if not d.n_T or d.sampler == "auto" or d.sample_start == "auto" or not deg.schedule:
         raise ValueError("build_diffusion needs a resolved spec: pass it through hpcdiff.resolve.validate_spec")
-    if deg.name == "gaussian":
+    if is_gaussian(deg.name):
         return GaussianDDPM(model, beta1=d.beta1, beta2=d.beta2, n_T=d.n_T, loss=d.loss,
                             sampler=d.sampler, sample_steps=d.sample_steps)
     return ColdDiffusion(model, degradation=deg.name, schedule=deg.schedule, params=deg.params,

@@ -4,6 +4,9 @@ A schedule maps an integer step ``t`` in ``0..n_steps`` to a *fraction* in [0, 1
 exactly 0 at ``t = 0``, exactly 1 at ``t = n_steps``, non-decreasing in between.
 A degradation turns the fraction into its own parameter with :func:`strength`
 (e.g. impulse density ``rho_start -> rho_end``, pixel-swap window half-width).
+
+The Gaussian DDPM's linear beta schedule lives here too (:func:`ddpm_schedule`): the
+Gaussian degradation and ``GaussianDDPM`` both take it from this one place.
 """
 
 from __future__ import annotations
@@ -59,3 +62,19 @@ def schedule_fraction(schedule_name: str, t: Tensor, n_steps: int) -> Tensor:
 def strength(schedule_name: str, t: Tensor, n_steps: int, start: float, end: float) -> Tensor:
     """``start + (end - start) * fraction(t)`` (float32, same shape/device as ``t``)."""
     return start + (end - start) * schedule_fraction(schedule_name, t, n_steps)
+
+
+def ddpm_schedule(n_steps: int, beta1: float, beta2: float, device=None) -> tuple[Tensor, Tensor]:
+    """The coursework starter's DDPM schedule ``(beta_t, alpha_bar_t)`` for ``t = 0..n_steps``
+    (float32, ``n_steps + 1`` entries each).
+
+    ``beta_t = beta1 + (beta2 - beta1) * t / n_steps`` and
+    ``alpha_bar_t = exp(cumsum(log(1 - beta_t)))``; note ``alpha_bar_0 = 1 - beta1``.
+    ``beta1 == beta2`` (constant betas) is allowed; the run config asks for ``beta1 < beta2``.
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    if not 0 < beta1 <= beta2 < 1:
+        raise ValueError(f"need 0 < beta1 <= beta2 < 1, got beta1={beta1}, beta2={beta2}")
+    beta = (beta2 - beta1) * torch.arange(0, n_steps + 1, dtype=torch.float32, device=device) / n_steps + beta1
+    return beta, torch.exp(torch.cumsum(torch.log(1 - beta), dim=0))
