@@ -211,21 +211,15 @@ def cancel(sweep_dir):
 @click.option("--sort-by", default=None, help="Table column to sort by (default: best FID, else best val loss).")
 def analyze(sweep_dir, out, sort_by):
     """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
-    from rich.table import Table
-
-    from hpcdiff.analysis.report import _fmt, analyze as run_analysis
+    from hpcdiff.analysis.report import analyze as run_analysis
+    from hpcdiff.analysis.tables import console_table
 
     try:
         result = run_analysis(sweep_dir, out, sort_by=sort_by)
     except ValueError as err:
         _fail_invalid(err)
-    table = Table(title=f"{sweep_dir}")
-    for c in result.columns:
-        table.add_column(c)
-    for row in result.rows:
-        table.add_row(*[_fmt(row.get(c)) for c in result.columns])
     console = _console()
-    console.print(table)
+    console.print(console_table(f"{sweep_dir}", result.columns, result.rows))
     if result.incomplete:
         console.print(f"[yellow]incomplete runs[/]: {', '.join(result.incomplete)}")
     console.print(f"Wrote {len(result.files)} files to [bold]{result.out_dir}[/] (open index.md)")
