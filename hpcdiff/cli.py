@@ -299,22 +299,13 @@ def degrade(list_names, names, out, data_name, root):
             click.echo(f"{name:16s} recipe T={info.n_steps:<5d} schedule={default_schedule(name):7s} "
                        f"{'deterministic' if info.deterministic else 'stochastic'}")
         return
-    from hpcdiff.config.spec import DataSpec
-    from hpcdiff.analysis.strips import degradation_strips
+    from hpcdiff.analysis.strips import degradation_strips, strips_request
 
-    chosen = [n.strip() for n in names.split(",") if n.strip()] or None
-    for n in chosen or []:
-        if n not in DEGRADATIONS:
-            from hpcdiff.config.registry import unknown_name_message
-
-            _fail_invalid(unknown_name_message("degradation", n, DEGRADATIONS.names()))
     try:
-        data = DataSpec(name=data_name, **({"root": root} if root else {}))
-        data.validate("data")
+        chosen, data = strips_request(names, data_name, root)
     except SpecError as err:
         _fail_invalid(err)
-    files = degradation_strips(chosen, out, data_spec=data)
-    for f in files:
+    for f in degradation_strips(chosen, out, data_spec=data):
         click.echo(str(f))
 
 
