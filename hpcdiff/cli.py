@@ -72,7 +72,7 @@ def main():
               help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
 def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
-    from hpcdiff.launch.plan import dry_run_report, execute_plan, plan_sweep, resolve_executor_name
+    from hpcdiff.launch.plan import execute_plan, plan_sweep
 
     try:
         plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
@@ -82,19 +82,7 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     _print_plan(console, plan)
     failed: list[str] = []
     if dry_run:
-        backend = resolve_executor_name(executor)
-        if backend == "slurm" and plan.to_launch:
-            report = dry_run_report(plan)
-            for script in report.scripts:
-                console.print("[bold]submission script[/]:", markup=True)
-                console.print(script, markup=False, highlight=False, soft_wrap=True)
-            for answer in report.test_only:
-                # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
-                console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
-            console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
-                          f"({report.runs} runs x nodes x GPUs x time limit)")
-        console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
-                      f"with the {backend} executor; nothing written or submitted.")
+        _print_dry_run(console, plan, executor)
         return
     skipped_diverged = sum(1 for r in plan.runs if r.action == "skip-diverged")
     if skipped_diverged:
@@ -134,6 +122,24 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     console.print(f"  hpcdiff analyze {plan.sweep_dir}")
     if failed:
         sys.exit(1)
+
+
+def _print_dry_run(console, plan, executor: str) -> None:
+    from hpcdiff.launch.plan import dry_run_report, resolve_executor_name
+
+    backend = resolve_executor_name(executor)
+    if backend == "slurm" and plan.to_launch:
+        report = dry_run_report(plan)
+        for script in report.scripts:
+            console.print("[bold]submission script[/]:", markup=True)
+            console.print(script, markup=False, highlight=False, soft_wrap=True)
+        for answer in report.test_only:
+            # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
+            console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
+        console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
+                      f"({report.runs} runs x nodes x GPUs x time limit)")
+    console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
+                  f"with the {backend} executor; nothing written or submitted.")
 
 
 def _print_plan(console, plan) -> None:
@@ -264,7 +270,6 @@ def bench_degradations(batch_size, device):
 def bench_eval(degradations, overrides, device, data_name):
     """Time of one evaluation at the [eval] defaults vs one training epoch of full MNIST size."""
     from hpcdiff.bench.eval import benchmark_eval, format_eval_report
-    from hpcdiff.config.spec import SpecError
     from hpcdiff.config.sweep import parse_overrides
 
     try:
