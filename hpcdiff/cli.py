@@ -72,7 +72,7 @@ def main():
               help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
 def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
-    from hpcdiff.launch.plan import dry_run_report, execute_plan, plan_sweep, resolve_executor_name
+    from hpcdiff.launch.plan import execute_plan, plan_sweep
 
     try:
         plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
@@ -82,19 +82,7 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     _print_plan(console, plan)
     failed: list[str] = []
     if dry_run:
-        backend = resolve_executor_name(executor)
-        if backend == "slurm" and plan.to_launch:
-            report = dry_run_report(plan)
-            for script in report.scripts:
-                console.print("[bold]submission script[/]:", markup=True)
-                console.print(script, markup=False, highlight=False, soft_wrap=True)
-            for answer in report.test_only:
-                # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
-                console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
-            console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
-                          f"({report.runs} runs x nodes x GPUs x time limit)")
-        console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
-                      f"with the {backend} executor; nothing written or submitted.")
+        _print_dry_run(console, plan, executor)
         return
     skipped_diverged = sum(1 for r in plan.runs if r.action == "skip-diverged")
     if skipped_diverged:
@@ -134,6 +122,24 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     console.print(f"  hpcdiff analyze {plan.sweep_dir}")
     if failed:
         sys.exit(1)
+
+
+def _print_dry_run(console, plan, executor: str) -> None:
+    from hpcdiff.launch.plan import dry_run_report, resolve_executor_name
+
+    backend = resolve_executor_name(executor)
+    if backend == "slurm" and plan.to_launch:
+        report = dry_run_report(plan)
+        for script in report.scripts:
+            console.print("[bold]submission script[/]:", markup=True)
+            console.print(script, markup=False, highlight=False, soft_wrap=True)
+        for answer in report.test_only:
+            # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
+            console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
+        console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
+                      f"({report.runs} runs x nodes x GPUs x time limit)")
+    console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
+                  f"with the {backend} executor; nothing written or submitted.")
 
 
 def _print_plan(console, plan) -> None:
@@ -211,21 +217,15 @@ def cancel(sweep_dir):
 @click.option("--sort-by", default=None, help="Table column to sort by (default: best FID, else best val loss).")
 def analyze(sweep_dir, out, sort_by):
     """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
-    from rich.table import Table
-
-    from hpcdiff.analysis.report import _fmt, analyze as run_analysis
+    from hpcdiff.analysis.report import analyze as run_analysis
+    from hpcdiff.analysis.tables import console_table
 
     try:
         result = run_analysis(sweep_dir, out, sort_by=sort_by)
     except ValueError as err:
         _fail_invalid(err)
-    table = Table(title=f"{sweep_dir}")
-    for c in result.columns:
-        table.add_column(c)
-    for row in result.rows:
-        table.add_row(*[_fmt(row.get(c)) for c in result.columns])
     console = _console()
-    console.print(table)
+    console.print(console_table(f"{sweep_dir}", result.columns, result.rows))
     if result.incomplete:
         console.print(f"[yellow]incomplete runs[/]: {', '.join(result.incomplete)}")
     console.print(f"Wrote {len(result.files)} files to [bold]{result.out_dir}[/] (open index.md)")
@@ -270,7 +270,6 @@ def bench_degradations(batch_size, device):
 def bench_eval(degradations, overrides, device, data_name):
     """Time of one evaluation at the [eval] defaults vs one training epoch of full MNIST size."""
     from hpcdiff.bench.eval import benchmark_eval, format_eval_report
-    from hpcdiff.config.spec import SpecError
     from hpcdiff.config.sweep import parse_overrides
 
     try:
@@ -305,22 +304,13 @@ def degrade(list_names, names, out, data_name, root):
             click.echo(f"{name:16s} recipe T={info.n_steps:<5d} schedule={default_schedule(name):7s} "
                        f"{'deterministic' if info.deterministic else 'stochastic'}")
         return
-    from hpcdiff.config.spec import DataSpec
-    from hpcdiff.analysis.strips import degradation_strips
+    from hpcdiff.analysis.strips import degradation_strips, strips_request
 
-    chosen = [n.strip() for n in names.split(",") if n.strip()] or None
-    for n in chosen or []:
-        if n not in DEGRADATIONS:
-            from hpcdiff.config.registry import unknown_name_message
-
-            _fail_invalid(unknown_name_message("degradation", n, DEGRADATIONS.names()))
     try:
-        data = DataSpec(name=data_name, **({"root": root} if root else {}))
-        data.validate("data")
+        chosen, data = strips_request(names, data_name, root)
     except SpecError as err:
         _fail_invalid(err)
-    files = degradation_strips(chosen, out, data_spec=data)
-    for f in files:
+    for f in degradation_strips(chosen, out, data_spec=data):
         click.echo(str(f))
 
 

@@ -23,7 +23,9 @@ import pytest
 from PIL import Image
 
 from hpcdiff.storage import archive
-from hpcdiff.analysis.report import analyze, metric_direction, tex_escape
+from hpcdiff.analysis.load import metric_direction
+from hpcdiff.analysis.report import analyze
+from hpcdiff.analysis.tables import tex_escape
 from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS
 from hpcdiff.storage.rundir import RunDir
 from hpcdiff.config.spec import DataSpec

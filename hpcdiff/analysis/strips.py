@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpcdiff.config.spec import DataSpec
+from hpcdiff.config.spec import DataSpec, SpecError
 
 #: Resolution of the saved PNGs and the size of one image panel, in inches. The figure has
 #: a fixed layout (no tight bbox), so its pixel size follows from the number of panels.
@@ -60,6 +60,21 @@ def held_out_images(data_spec: DataSpec, n: int, seed: int = 0) -> tuple[torch.T
     return images[idx], labels[idx]
 
 
+def strips_request(names: str, data_name: str, root: str | None = None) -> tuple[list[str] | None, DataSpec]:
+    """The options of ``hpcdiff degrade`` checked: (the comma-separated ``names``, None for
+    every degradation; the data spec). SpecError names an unknown degradation or bad data."""
+    from hpcdiff.config.registry import unknown_name_message
+    from hpcdiff.science.degradations import DEGRADATIONS
+
+    chosen = [n.strip() for n in names.split(",") if n.strip()] or None
+    for n in chosen or []:
+        if n not in DEGRADATIONS:
+            raise SpecError(unknown_name_message("degradation", n, DEGRADATIONS.names()))
+    data = DataSpec(name=data_name, **({"root": root} if root else {}))
+    data.validate("data")
+    return chosen, data
+
+
 def degradation_strips(
     names: list[str] | None,
     out_dir: str | Path,
@@ -87,58 +102,85 @@ def degradation_strips(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hpcdiff.data import to_model_range, to_uint8
-    from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, degrade
+    from hpcdiff.data import to_model_range
+    from hpcdiff.science.degradations import DEGRADATION_INFO
 
-    names = list(DEGRADATIONS.names() if names is None else names)
-    for name in names:
-        DEGRADATIONS.get(name)  # KeyError with a suggestion
-    if n_images < 1:
-        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    names = _checked_names(names, n_images)
     params, n_steps, schedules = params or {}, n_steps or {}, schedules or {}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     images, labels = held_out_images(data_spec, n_images, seed)
     x0 = to_model_range(images)
+    row_labels = [f"test #{i}\nlabel {int(c)}" for i, c in enumerate(labels.tolist())]
     files: list[Path] = []
     combined = []  # (name, levels, first image's row [L, H, W] uint8)
     for name in names:
         T = int(n_steps.get(name) or DEGRADATION_INFO[name].n_steps)
         levels = strip_levels(T, n_levels)
-        n_img = x0.shape[0]
-        x = x0.repeat_interleave(len(levels), dim=0)
-        t = torch.tensor(levels, dtype=torch.long).repeat(n_img)
-        # One generator per degradation (seeded by name): adding a degradation to the list
-        # does not change the others' figures.
-        g = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)))
-        xt = degrade(name, x, t, n_steps=T, schedule=schedules.get(name) or None, generator=g,
-                     **params.get(name, {}))
-        grid = to_uint8(xt)[:, 0].numpy().reshape(n_img, len(levels), *xt.shape[2:])
+        grid = _degraded_grid(name, x0, levels, T, seed=seed, schedule=schedules.get(name) or None,
+                              params=params.get(name, {}))
         combined.append((name, levels, grid[0]))
-        extra = ", ".join(f"{k}={v}" for k, v in sorted(params.get(name, {}).items()))
-        title = f"{name}  (T={T}{', ' + extra if extra else ''})"
-        row_labels = [f"test #{i}\nlabel {int(c)}" for i, c in enumerate(labels.tolist())]
-        fig = _strip_figure(plt, grid, [[f"t={v}" for v in levels]] * n_img, row_labels, title)
-        meta = {"degradation": name, "rows": n_img, "levels": levels, "n_steps": T}
+        fig = _strip_figure(plt, grid, [[f"t={v}" for v in levels]] * len(grid), row_labels,
+                            _strip_title(name, T, params.get(name, {})))
+        meta = {"degradation": name, "rows": len(grid), "levels": levels, "n_steps": T}
         files += _save(fig, out_dir / f"strip_{name}", formats, meta)
         plt.close(fig)
-
     if combined:
-        n_cols = max(len(levels) for _, levels, _ in combined)
-        h, w = combined[0][2].shape[1:]
-        grid = np.zeros((len(combined), n_cols, h, w), dtype=np.uint8)
-        col_labels = []
-        for i, (name, levels, row) in enumerate(combined):
-            grid[i, : len(levels)] = row
-            col_labels.append([f"t={v}" for v in levels] + [""] * (n_cols - len(levels)))
-        fig = _strip_figure(plt, grid, col_labels, [name for name, _, _ in combined],
-                            "degradations of one held-out test image", blank_from=[len(lv) for _, lv, _ in combined])
-        meta = {"degradations": [name for name, _, _ in combined], "rows": len(combined),
-                "levels": {name: levels for name, levels, _ in combined}}
+        fig, meta = _combined_figure(plt, combined)
         files += _save(fig, out_dir / "degradation_strips", formats, meta)
         plt.close(fig)
     return files
+
+
+def _checked_names(names: list[str] | None, n_images: int) -> list[str]:
+    """The degradations to draw (every registered one when None), each checked to exist."""
+    from hpcdiff.science.degradations import DEGRADATIONS
+
+    names = list(DEGRADATIONS.names() if names is None else names)
+    for name in names:
+        DEGRADATIONS.get(name)  # KeyError with a suggestion
+    if n_images < 1:
+        raise ValueError(f"n_images must be >= 1, got {n_images}")
+    return names
+
+
+def _degraded_grid(name: str, x0: torch.Tensor, levels: list[int], T: int, *, seed: int, schedule: str | None,
+                   params: dict) -> np.ndarray:
+    """uint8 ``[images, levels, H, W]``: every image of ``x0`` degraded at every level."""
+    from hpcdiff.data import to_uint8
+    from hpcdiff.science.degradations import degrade
+
+    n_img = x0.shape[0]
+    x = x0.repeat_interleave(len(levels), dim=0)
+    t = torch.tensor(levels, dtype=torch.long).repeat(n_img)
+    # One generator per degradation (seeded by name): adding a degradation to the list
+    # does not change the others' figures.
+    g = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)))
+    xt = degrade(name, x, t, n_steps=T, schedule=schedule, generator=g, **params)
+    return to_uint8(xt)[:, 0].numpy().reshape(n_img, len(levels), *xt.shape[2:])
+
+
+def _strip_title(name: str, T: int, params: dict) -> str:
+    extra = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return f"{name}  (T={T}{', ' + extra if extra else ''})"
+
+
+def _combined_figure(plt, combined: list[tuple[str, list[int], np.ndarray]]):
+    """(figure, PNG metadata) of one row per degradation: its first image across its levels,
+    rows with fewer levels left blank on the right."""
+    n_cols = max(len(levels) for _, levels, _ in combined)
+    h, w = combined[0][2].shape[1:]
+    grid = np.zeros((len(combined), n_cols, h, w), dtype=np.uint8)
+    col_labels = []
+    for i, (name, levels, row) in enumerate(combined):
+        grid[i, : len(levels)] = row
+        col_labels.append([f"t={v}" for v in levels] + [""] * (n_cols - len(levels)))
+    fig = _strip_figure(plt, grid, col_labels, [name for name, _, _ in combined],
+                        "degradations of one held-out test image", blank_from=[len(lv) for _, lv, _ in combined])
+    meta = {"degradations": [name for name, _, _ in combined], "rows": len(combined),
+            "levels": {name: levels for name, levels, _ in combined}}
+    return fig, meta
 
 
 def _strip_figure(plt, grid: np.ndarray, col_labels, row_labels, title, blank_from=None):

@@ -1,0 +1,181 @@
+"""Run directories and their archives -> one :class:`Run` per run, in memory.
+
+A run's row holds its sweep axes, state, epochs and the summary columns of its series:
+training series (``train_loss``, ``val_loss``, ``lr``, ``images_per_second``,
+``*_seconds``) give ``final_/best_train_loss``, ``final_/best_val_loss``,
+``best_val_loss_epoch`` and ``wall_seconds``; every other metric is a quality metric with
+``best_<m>``/``best_<m>_epoch`` and ``final_<m>`` (the last finite value: metrics
+evaluated every k epochs are NaN in between), or ``final_<m>`` only when "best" has no
+meaning, following :data:`DIRECTION_RULES`. Per-class metrics stay out of the row (they
+have their own table and figure).
+
+A run that cannot be read (a half-written config, a damaged archive) still gets its row,
+with a warning; nothing here raises for one bad run.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hpcdiff.config import tomlio
+from hpcdiff.storage import archive
+from hpcdiff.storage.rundir import RunDir, read_run_meta, sweep_run_dirs
+
+#: Per-epoch series that describe training rather than sample quality (plus ``*_seconds``).
+TRAINING_SERIES = frozenset({"epoch", "train_loss", "val_loss", "lr", "images_per_second"})
+
+#: Which value of a metric is its best, first matching rule wins. "final": no best (a
+#: spread, a diagnostic whose ideal is a target value, or an unknown metric): only the
+#: final value is reported.
+DIRECTION_RULES: tuple[tuple[str, str], ...] = (
+    (r"_std$", "final"),                          # spreads of another metric
+    (r"(^|_)class_\d+$", "final"),                # per-class fractions / per-class values
+    (r"(^|_)(fid|kid|mse|loss)(_|$)", "min"),     # distances and errors
+    (r"(^|_)(inception_score|ssim)(_|$)", "max"),  # IS, structural similarity
+    (r"^class_entropy$", "max"),                  # 1 = samples spread evenly over classes
+    (r"^diversity", "final"),                     # target is the real data's value, not max
+)
+
+#: Quality metrics listed first, in this order; the rest follow alphabetically.
+METRIC_ORDER = ("fid_classifier", "fid_inception", "kid_classifier", "inception_score", "class_entropy",
+                "diversity_trace", "ssim")
+
+#: A per-class metric: ``class_<k>`` (the class histogram) or ``<family>_class_<k>``.
+PER_CLASS = re.compile(r"^(?:(?P<family>.+)_)?class_(?P<k>\d+)$")
+
+
+def metric_direction(name: str) -> str:
+    """'min', 'max' or 'final' for a metric name (see :data:`DIRECTION_RULES`)."""
+    for pattern, direction in DIRECTION_RULES:
+        if re.search(pattern, name):
+            return direction
+    return "final"
+
+
+def is_quality_metric(name: str) -> bool:
+    return name not in TRAINING_SERIES and not name.endswith("_seconds")
+
+
+def is_run_column_metric(name: str) -> bool:
+    """A quality metric that gets columns in the runs table (per-class ones do not)."""
+    return is_quality_metric(name) and not PER_CLASS.match(name)
+
+
+@dataclass
+class Run:
+    run_id: str
+    row: dict
+    config: dict
+    metrics: dict
+    samples: dict
+    axes: dict = field(default_factory=dict)  # the sweep axes the run was expanded with
+
+    @property
+    def complete(self) -> bool:
+        return self.row["state"] == "done"
+
+
+def series(metrics: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(epochs, values) of a metric, finite values only."""
+    values = np.asarray(metrics.get(name, []), dtype=np.float64)
+    epochs = np.asarray(metrics.get("epoch", []))
+    if len(epochs) != len(values):
+        epochs = np.arange(1, len(values) + 1)
+    ok = np.isfinite(values)
+    return epochs[ok].astype(np.int64), values[ok]
+
+
+def summary(metrics: dict, name: str, direction: str) -> tuple[float | None, int | None, float | None]:
+    """(best, epoch of best, final) of a metric; None where it has no finite value."""
+    epochs, values = series(metrics, name)
+    if not len(values):
+        return None, None, None
+    final = float(values[-1])
+    if direction == "final":
+        return None, None, final
+    i = int(np.argmin(values) if direction == "min" else np.argmax(values))
+    return float(values[i]), int(epochs[i]), final
+
+
+def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str]) -> list[Run]:
+    """Every run of a sweep directory, in its directory order; problems go to ``warnings``."""
+    return [_load_run(rd, varying, warnings) for rd in sweep_run_dirs(sweep_dir)]
+
+
+def quality_metrics(runs: list[Run]) -> list[str]:
+    """The quality metrics with runs-table columns, :data:`METRIC_ORDER` first."""
+    names = {n for r in runs for n in r.metrics if is_run_column_metric(n)}
+    first = [n for n in METRIC_ORDER if n in names]
+    return first + sorted(names - set(first))
+
+
+def _load_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
+    meta, config = _read_config(rd, warnings)
+    data, damaged = _read_archive(rd, warnings)
+    metrics = data["metrics"] if data else {}
+    samples = data["samples"] if data else {}
+    row = {"run_id": rd.run_id, "label": meta.get("label", "")}
+    for key in varying:
+        row[key] = _axis_value(meta.get("axes", {}), config, key)
+    epochs = np.asarray(metrics.get("epoch", []))
+    total = rd.read_status().get("epochs") or config.get("train", {}).get("epochs") or 0
+    # A damaged archive makes even a finished run incomplete: its numbers are missing.
+    row["state"] = rd.effective_state() + (" (archive unreadable)" if damaged else "")
+    row["epochs"] = f"{int(epochs[-1]) if len(epochs) else 0}/{int(total)}"
+    row.update(_summary_columns(metrics))
+    return Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {})))
+
+
+def _read_config(rd: RunDir, warnings: list[str]) -> tuple[dict, dict]:
+    """(run meta, resolved config); both empty when config.toml cannot be read."""
+    try:
+        return read_run_meta(rd), tomlio.load(rd.config_path)
+    except Exception as err:  # a hand-edited or half-written config: still list the run
+        warnings.append(f"{rd.run_id}: unreadable config.toml ({err})")
+        return {}, {}
+
+
+def _read_archive(rd: RunDir, warnings: list[str]) -> tuple[dict | None, bool]:
+    """(archive contents or None, whether the archive exists but is damaged)."""
+    if not rd.archive.exists():
+        return None, False
+    try:
+        return archive.read(rd.archive), False
+    except Exception as err:  # noqa: BLE001 - h5py raises several types on damage
+        warnings.append(f"{rd.run_id}: unreadable archive.h5 ({type(err).__name__}: {err})")
+        return None, True
+
+
+def _summary_columns(metrics: dict) -> dict:
+    """The loss, wall-time and quality-metric columns of a run's row."""
+    row = {}
+    best, _, final = summary(metrics, "train_loss", "min")
+    row["final_train_loss"], row["best_train_loss"] = final, best
+    best, best_epoch, final = summary(metrics, "val_loss", "min")
+    row["final_val_loss"], row["best_val_loss"], row["best_val_loss_epoch"] = final, best, best_epoch
+    row["wall_seconds"] = summary(metrics, "elapsed_seconds", "final")[2]
+    for name in metrics:
+        if not is_run_column_metric(name):
+            continue
+        direction = metric_direction(name)
+        best, best_epoch, final = summary(metrics, name, direction)
+        if direction != "final":
+            row[f"best_{name}"], row[f"best_{name}_epoch"] = best, best_epoch
+        row[f"final_{name}"] = final
+    return row
+
+
+def _axis_value(meta_axes: dict, config: dict, key: str):
+    """A sweep axis's value: from the run's recorded axes, else the resolved config."""
+    if key in meta_axes:
+        return meta_axes[key]
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
