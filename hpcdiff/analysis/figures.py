@@ -333,6 +333,8 @@ def _degradation_strips(fw: Figures, runs: list[Run], warnings) -> None:
     (diffusion.n_T), schedule and parameters (gaussian: its betas), on the sweep's data."""
     from hpcdiff.analysis.strips import degradation_strips
 
+    from hpcdiff.science.degradations import is_gaussian
+
     names, params, n_steps, schedules = [], {}, {}, {}
     for r in runs:
         deg = r.config.get("degradation", {})
@@ -342,7 +344,7 @@ def _degradation_strips(fw: Figures, runs: list[Run], warnings) -> None:
         names.append(name)
         params[name] = dict(deg.get("params", {}))
         diff = r.config.get("diffusion", {})
-        if name == "gaussian":
+        if is_gaussian(name):
             params[name].update({k: diff[k] for k in ("beta1", "beta2") if k in diff})
         if diff.get("n_T"):
             n_steps[name] = int(diff["n_T"])

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hpcdiff.config.spec import DataSpec, SpecError
+from hpcdiff.science.streams import generator as stream_generator
 
 #: Resolution of the saved PNGs and the size of one image panel, in inches. The figure has
 #: a fixed layout (no tight bbox), so its pixel size follows from the number of panels.
@@ -156,7 +157,7 @@ def _degraded_grid(name: str, x0: torch.Tensor, levels: list[int], T: int, *, se
     t = torch.tensor(levels, dtype=torch.long).repeat(n_img)
     # One generator per degradation (seeded by name): adding a degradation to the list
     # does not change the others' figures.
-    g = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)))
+    g = stream_generator(seed, "strip", sum(map(ord, name)))
     xt = degrade(name, x, t, n_steps=T, schedule=schedule, generator=g, **params)
     return to_uint8(xt)[:, 0].numpy().reshape(n_img, len(levels), *xt.shape[2:])
 

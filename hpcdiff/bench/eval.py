@@ -20,6 +20,7 @@ import torch
 from hpcdiff.bench.train import _sync, bench_hpcdiff
 from hpcdiff.data import load_splits, to_model_range
 from hpcdiff.resolve import validate_spec
+from hpcdiff.science.degradations import is_gaussian
 from hpcdiff.science.diffusion import build_diffusion
 from hpcdiff.evaluation.evaluate import EVAL_CHUNK, Evaluator
 from hpcdiff.science.models import build_model
@@ -80,7 +81,7 @@ def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-
         core.sample(x_T, generator=torch.Generator().manual_seed(1), steps=0)
         _sync(device)
         full_sampling_s = (time.perf_counter() - tic) * spec.eval.samples / k
-        passes = 2 if (spec.degradation.name != "gaussian" and spec.eval.reconstruction
+        passes = 2 if (not is_gaussian(spec.degradation.name) and spec.eval.reconstruction
                        and spec.diffusion.sample_start != "degraded_test") else 1
         rows.append({
             "degradation": name, "n_T": spec.diffusion.n_T, "sampler": spec.eval.sampler,

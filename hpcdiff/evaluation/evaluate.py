@@ -26,6 +26,7 @@ from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCac
 from hpcdiff.evaluation.stats import reconstruction_metrics
 from hpcdiff.config.spec import RunSpec
 from hpcdiff.science.degradations import is_gaussian
+from hpcdiff.science.streams import generator as stream_generator
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class Evaluator:
         mine = {}
         for c, start, k in chunks[self.rank::self.world]:
             # One generator per chunk: the same draws whoever computes them, at every epoch.
-            g = torch.Generator().manual_seed(seed * 1_000_003 + 3_000_017 + c)
+            g = stream_generator(seed, "eval_chunk", c)
             mine[c] = chunk_fn(core, start, k, g)
         if self.world == 1:
             return {key: torch.cat([mine[c][key] for c, _, _ in chunks]) for key in keys}

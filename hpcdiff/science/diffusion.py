@@ -21,6 +21,7 @@ from hpcdiff.config.registry import Registry
 from hpcdiff.config.spec import RunSpec
 from hpcdiff.science.degradations import degrade, is_gaussian
 from hpcdiff.science.schedules import ddpm_schedule
+from hpcdiff.science.streams import generator as stream_generator
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
@@ -187,7 +188,7 @@ class ColdDiffusion(_Sampling):
     def level_generator(self, s: int) -> torch.Generator:
         """The same random draw for level s every time it is asked for, so that Algorithm 2's
         D(x0_hat, s) terms telescope for stochastic degradations too."""
-        return torch.Generator().manual_seed(self.noise_seed * 1_000_003 + s)
+        return stream_generator(self.noise_seed, "degradation_level", s)
 
     def start(self, n: int, size, *, generator=None, device=None, test_images=None):
         """x_T and a word saying where it came from (recorded in the archive)."""
