@@ -16,7 +16,7 @@ SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_sam
          "eval.samples=8", "eval.classifier_epochs=2"]
 # part1's ancestral chains are 100-2000 steps of the big CNN (minutes on CI's 2 cores): its
 # smoke run samples with 5 DDIM steps instead and leaves the metrics (checked on quick and
-# part2) out; the ancestral sampler itself is tested in test_model.py.
+# part2) out; the ancestral sampler itself is tested in test_diffusion.py.
 SMOKE_BY_JOB = {"quick": SMOKE, "part2": SMOKE,
                 "part1": SMOKE + ["eval.metrics=[]", "diffusion.sampler=ddim", "diffusion.sample_steps=5"]}
 
