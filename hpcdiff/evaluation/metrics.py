@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -32,6 +31,7 @@ from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default
 from hpcdiff.evaluation.stats import (frechet_distance, gaussian_fit, inception_score_from_logits,
                                       kernel_inception_distance, reconstruction_metrics, to_inception_input,
                                       to_unit_range)
+from hpcdiff.storage.checkpoint import save_object
 
 __all__ = [
     "METRICS", "METRIC_INFO", "MetricInfo", "DEFAULT_METRICS", "needs_classifier", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
@@ -113,9 +113,7 @@ class StatsCache:
         self._mem[key] = value
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save({"info_json": info_json, "tensors": value}, tmp)
-            os.replace(tmp, path)
+            save_object({"info_json": info_json, "tensors": value}, path)
         return value
 
     def memo(self, info: dict, build: Callable[[], object]) -> object:

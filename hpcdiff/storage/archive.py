@@ -14,7 +14,6 @@ so the copy costs milliseconds.
 
 from __future__ import annotations
 
-import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,30 +21,21 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from hpcdiff.storage.atomic import fsync_dir, storage_errors
+from hpcdiff.storage.atomic import atomic_path
 
 
 @contextmanager
 def _update(path: Path):
+    """Copy-on-write: the archive is copied to the atomic writer's temporary file, changed
+    there and renamed over it. A full disk fails the copy, HDF5's writes or the flush: each
+    leaves the archive as it was and surfaces as a StorageError naming it."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    # A full disk fails the copy, HDF5's writes or the flush: each leaves the archive as it
-    # was and surfaces as a StorageError naming it.
-    with storage_errors(path):
-        try:
-            if path.exists():
-                shutil.copyfile(path, tmp)
-            else:
-                tmp.unlink(missing_ok=True)
-            with h5py.File(tmp, "a") as f:
-                yield f
-                f.flush()
-            with open(tmp, "rb+") as raw:
-                os.fsync(raw.fileno())
-            os.replace(tmp, path)
-            fsync_dir(path.parent)
-        finally:
-            tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        with h5py.File(tmp, "a") as f:
+            yield f
+            f.flush()
 
 
 def create(path: Path, attrs: dict) -> None:
