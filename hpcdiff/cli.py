@@ -236,17 +236,55 @@ def bench():
     """Benchmarks."""
 
 
+def _hidden_option(text: str) -> tuple[int, ...]:
+    try:
+        hidden = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of channel counts") from None
+    if not hidden or min(hidden) < 1:
+        raise click.BadParameter(f"{text!r}: every channel count must be >= 1")
+    return hidden
+
+
 @bench.command("train")
-@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Timed epochs of the trainer's loop (after one untimed).")
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Timed steps of the notebook loop and the conv ceiling.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--data", "data_name", default="mnist-5k", show_default=True)
-def bench_train(steps, batch_size, device, data_name):
-    """Images/s of hpcdiff's training step vs a notebook DataLoader loop and the conv-FLOP floor."""
-    from hpcdiff.bench.train import benchmark_train, format_report
+@click.option("--hidden", "hidden_list", multiple=True, metavar="C1,C2,...",
+              help="Model channels (repeatable); default: the starter's 16,32,32,16, and on CUDA also "
+                   "32,64,128,64,32.")
+def bench_train(epochs, steps, batch_size, device, data_name, hidden_list):
+    """Images/s of the trainer's loop (eager, and CUDA graphs on CUDA) vs the notebook's
+    DataLoader loop and the model's convolutions alone."""
+    from hpcdiff.bench.train import DEFAULT_HIDDEN, WIDE_HIDDEN, benchmark_train, format_report
 
-    results = benchmark_train(steps=steps, batch_size=batch_size, device=device, data_name=data_name)
-    _console().print(format_report(results))
+    models = [_hidden_option(h) for h in hidden_list] or (
+        [DEFAULT_HIDDEN, WIDE_HIDDEN] if device.startswith("cuda") else [DEFAULT_HIDDEN])
+    for hidden in models:
+        results = benchmark_train(epochs=epochs, steps=steps, batch_size=batch_size, device=device,
+                                  data_name=data_name, hidden=hidden)
+        _console().print(format_report(results))
+
+
+@bench.command("sample")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Images drawn at once [default: 1000 on CUDA, 16 on the CPU].")
+@click.option("--ancestral-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--ddim-steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--hidden", default="16,32,32,16", show_default=True, metavar="C1,C2,...")
+def bench_sample(device, samples, ancestral_steps, ddim_steps, hidden):
+    """Images/s of 1000-step ancestral and 50-step DDIM sampling vs the denoiser calls alone."""
+    from hpcdiff.bench.sample import benchmark_sample, format_sample_report
+
+    samples = samples or (1000 if device.startswith("cuda") else 16)
+    _console().print(format_sample_report(benchmark_sample(
+        device=device, samples=samples, ancestral_steps=ancestral_steps, ddim_steps=ddim_steps,
+        hidden=_hidden_option(hidden))))
 
 
 @bench.command("degradations")

@@ -93,6 +93,8 @@ CORPUS = [
     ("kernel-wider-than-image", BASE.replace("hidden = [8, 8]", "hidden = [8, 8]\nkernel_size = 99"), [],
      "model.kernel_size"),
     ("int-is-string", BASE.replace("epochs = 1", 'epochs = "ten"'), [], "train.epochs"),
+    ("compile-typo", BASE.replace("epochs = 1", 'epochs = 1\ncompile = "graphs"'), [], "did you mean 'graph'"),
+    ("set-compile-bad", BASE, ["--set", "train.compile=cuda"], "train.compile"),
     # strings
     ("root-with-nul", BASE.replace('root = "/nonexistent', 'root = "/non\\u0000existent'), [], "data.root"),
     ("root-empty", BASE.replace('root = "/nonexistent/hpcdiff-bad-input"', 'root = ""'), [], "data.root"),

@@ -36,3 +36,13 @@ def test_execution_sections_stay_out_of_the_identity():
     assert run_id(other) == run_id(base)
     assert set(base.run_identity()) == set(IDENTITY_SECTIONS)
     assert run_id(base.replace(train=dataclasses.replace(base.train, lr=1e-3))) != run_id(base)
+
+
+def test_how_the_step_executes_stays_out_of_the_identity():
+    """train.compile (CUDA graphs or eager) changes how a step runs, not what it computes:
+    asking for graphs on a cluster finds the runs made eagerly on a laptop."""
+    base = RunSpec()
+    for mode in ("none", "graph"):
+        other = base.replace(train=dataclasses.replace(base.train, compile=mode))
+        assert run_id(other) == run_id(base)
+        assert "compile" not in other.run_identity()["train"]

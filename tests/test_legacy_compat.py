@@ -124,10 +124,12 @@ def test_resuming_the_stopped_run_gives_the_uninterrupted_losses(sweep_dir):
     got = metrics(run / "archive.h5")
     ref = B["uninterrupted"]
     assert got["epoch"].tolist() == ref["epoch"] == [1, 2, 3]
-    # Bit-identical with the generator's OMP_NUM_THREADS=2 (the tests' default); another thread
-    # count sums in another order and moves the last bits (~1e-7 relative with 1 thread).
-    np.testing.assert_allclose(got["train_loss"], ref["train_loss"], rtol=1e-6, atol=0)
-    np.testing.assert_allclose(got["val_loss"], ref["val_loss"], rtol=1e-6, atol=0)
+    # Bit-identical on the generator's machine with OMP_NUM_THREADS=2 (the tests' default).
+    # Another thread count, or another CPU (AVX2 vs AVX-512 kernels: seen 1.02e-6 relative on
+    # epoch 3's val_loss), sums in another order and moves the last bits; a resume that went
+    # wrong (another batch order, lost optimiser state) moves them by 1e-3 or more.
+    np.testing.assert_allclose(got["train_loss"], ref["train_loss"], rtol=1e-5, atol=0)
+    np.testing.assert_allclose(got["val_loss"], ref["val_loss"], rtol=1e-5, atol=0)
     # Epoch 1 was in the archive before the resume and is kept as it was.
     assert got["train_loss"][0] == B["archive_metrics"]["train_loss"][0]
     assert (run / "checkpoints" / "epoch_00003.pt").is_file()

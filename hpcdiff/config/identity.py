@@ -11,6 +11,8 @@ that id, so the rule is a contract with every sweep directory already on disk:
 3. A key added later takes part only while it differs from its default. A new setting
    therefore leaves every existing run's id alone, and changes the id only of runs that
    use it. Never add a key to IDENTITY_V1.
+4. A key inside an identity section that only says *how* the same computation executes
+   (EXECUTION_KEYS, e.g. ``train.compile``: CUDA graphs or eager) never takes part.
 """
 
 from __future__ import annotations
@@ -33,12 +35,21 @@ IDENTITY_V1: dict[str, frozenset[str]] = {
 }
 
 
+# Keys of identity sections that choose how a step executes, never what it computes.
+EXECUTION_KEYS: dict[str, frozenset[str]] = {
+    "train": frozenset({"compile"}),
+}
+
+
 def section_identity(name: str, section, as_dict: dict) -> dict:
     """The identity part of one section (``as_dict``: the section as written to config.toml)."""
     always = IDENTITY_V1.get(name, frozenset())
+    execution = EXECUTION_KEYS.get(name, frozenset())
     defaults = {f.name: f for f in fields(type(section))}
     out = {}
     for key, value in as_dict.items():
+        if key in execution:
+            continue
         if key in always or getattr(section, key) != _default(defaults[key]):
             out[key] = value
     return out

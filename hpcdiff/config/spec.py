@@ -31,6 +31,8 @@ OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("mse", "l1", "l2")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+# How the training step runs: "auto" = CUDA graphs on one CUDA process, eager elsewhere.
+COMPILE_MODES = ("auto", "none", "graph")
 
 
 # Upper bounds on sizes: a value past these would exhaust memory or never finish, and is
@@ -167,6 +169,9 @@ class TrainSpec:
     ema_decay: float = 0.0
     # Optimiser step every N batches (the effective batch is batch_size x N).
     grad_accumulation: int = 1
+    # How the step executes, not what it computes (kept out of the run's identity):
+    # "auto" = CUDA graphs where they apply (one CUDA process, bf16 or fp32), eager elsewhere.
+    compile: str = "auto"
 
     def validate(self, p: str) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every"):
@@ -196,6 +201,7 @@ class TrainSpec:
         check(0 <= self.ema_decay < 1, f"{p}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         check(1 <= self.grad_accumulation <= MAX_BATCH, f"{p}.grad_accumulation",
                f"must be in [1, {MAX_BATCH}], got {self.grad_accumulation}")
+        check(self.compile in COMPILE_MODES, f"{p}.compile", choice_msg(self.compile, COMPILE_MODES))
 
 
 @dataclass(frozen=True)

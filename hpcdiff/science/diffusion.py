@@ -46,6 +46,13 @@ def sampling_times(n_T: int, steps: int) -> list[int]:
     return torch.linspace(n_T, 1, steps).round().long().unique_consecutive().tolist()
 
 
+def sampling_device(device) -> torch.device:
+    """Where a sampler's generators live: the GPU for a GPU run (no host round trip per step),
+    the CPU otherwise (the draws every CPU run has made so far)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return device if device.type == "cuda" else torch.device("cpu")
+
+
 def _randn(shape, generator, device):
     # Draw on the generator's device (a CPU generator gives the same images on any device).
     gen_device = generator.device if generator is not None else device
@@ -185,10 +192,12 @@ class ColdDiffusion(_Sampling):
         x_t = self.degrade(x0, t)
         return self.criterion(self.gt(x_t, t / self.n_T), x0)
 
-    def level_generator(self, s: int) -> torch.Generator:
+    def level_generator(self, s: int, device: torch.device | None = None) -> torch.Generator:
         """The same random draw for level s every time it is asked for, so that Algorithm 2's
-        D(x0_hat, s) terms telescope for stochastic degradations too."""
-        return stream_generator(self.noise_seed, "degradation_level", s)
+        D(x0_hat, s) terms telescope for stochastic degradations too. On a GPU the generator
+        lives there: a CPU draw copied over would make the host wait for the device at every
+        sampling step."""
+        return stream_generator(self.noise_seed, "degradation_level", s, device=sampling_device(device))
 
     def start(self, n: int, size, *, generator=None, device=None, test_images=None):
         """x_T and a word saying where it came from (recorded in the archive)."""
@@ -197,7 +206,8 @@ class ColdDiffusion(_Sampling):
             return _randn((n, *size), generator, device), "noise"
         if test_images is None or len(test_images) == 0:
             raise ValueError("sampling cold diffusion needs held-out test images to start from")
-        idx = torch.randint(0, len(test_images), (n,), generator=generator).to(test_images.device)
+        idx = torch.randint(0, len(test_images), (n,), generator=generator,
+                            device=generator.device if generator is not None else "cpu").to(test_images.device)
         x0 = test_images[idx].to(device)
         if start == "channel_mean":
             mean = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)
@@ -209,7 +219,7 @@ class ColdDiffusion(_Sampling):
         subtracts D(x0_hat, T) with that same draw, so Algorithm 2 still telescopes for
         stochastic degradations."""
         t = torch.full((x0.shape[0],), self.n_T, dtype=torch.long, device=x0.device)
-        return self.degrade(x0, t, self.level_generator(self.n_T))
+        return self.degrade(x0, t, self.level_generator(self.n_T, x0.device))
 
     def reconstruct_direct(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """One restoration step (the reports' 'direct reconstruction')."""
@@ -226,7 +236,7 @@ def cold_alg1(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
     for k, s in enumerate(times):
         nxt = times[k + 1] if k + 1 < len(times) else 0
         x0_hat = restore(x, s)
-        x = cd.degrade(x0_hat, nxt, cd.level_generator(nxt))
+        x = cd.degrade(x0_hat, nxt, cd.level_generator(nxt, x.device))
     return x
 
 
@@ -241,7 +251,8 @@ def cold_alg2(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
     for k, s in enumerate(times):
         nxt = times[k + 1] if k + 1 < len(times) else 0
         x0_hat = restore(x, s)
-        x = x - cd.degrade(x0_hat, s, cd.level_generator(s)) + cd.degrade(x0_hat, nxt, cd.level_generator(nxt))
+        x = (x - cd.degrade(x0_hat, s, cd.level_generator(s, x.device))
+             + cd.degrade(x0_hat, nxt, cd.level_generator(nxt, x.device)))
     return x
 
 

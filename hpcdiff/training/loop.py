@@ -15,7 +15,6 @@ import os
 import socket
 import time
 import traceback
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from hpcdiff.config.spec import RunSpec
 from hpcdiff.data import load_splits, to_model_range, to_uint8
 from hpcdiff.evaluation.evaluate import Evaluator, eval_mode
 from hpcdiff.resolve import validate_spec
-from hpcdiff.science.diffusion import build_diffusion
+from hpcdiff.science.diffusion import build_diffusion, sampling_device
 from hpcdiff.science.models import build_model
 from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
@@ -39,6 +38,7 @@ from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
 from hpcdiff.training.progress import Progress
 from hpcdiff.training.signals import StopRequested, hand_on_to_submitit, stop_on_signals
 from hpcdiff.training.state import TrainState, ema_weights
+from hpcdiff.training.step import TrainStep, current_lr, resolve_mode
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,7 @@ class Session:
     monitor: TrainingMonitor
     progress: Progress
     steps_per_epoch: int
+    step: TrainStep                  # forward, backward and optimiser step (eager or CUDA graph)
 
     @property
     def main(self) -> bool:
@@ -128,7 +129,7 @@ class Session:
 
 
 def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
-    session = _start(rd, spec, show_progress)
+    session = start_session(rd, spec, show_progress)
     t, state = spec.train, session.state
     with stop_on_signals(session.monitor), session.progress:
         for epoch in range(state.epoch_done + 1, t.epochs + 1):
@@ -143,7 +144,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     return "done"
 
 
-def _start(rd: RunDir, spec: RunSpec, show_progress: bool) -> Session:
+def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Session:
     """Data on the device, the evaluator, the TrainState (resumed when a checkpoint exists),
     the archive and status.json: everything before the first step."""
     from accelerate.utils import set_seed
@@ -160,26 +161,30 @@ def _start(rd: RunDir, spec: RunSpec, show_progress: bool) -> Session:
     diffusion = build_diffusion(spec, build_model(spec.model, splits.train.image_shape)).to(device)
     if rank:
         set_seed(stream_seed(t.seed, "rank_noise", rank))
-    state = TrainState.build(spec, diffusion)
     resumed = checkpoint.load_latest(rd.checkpoints)
+    mode = resolve_mode(t.compile, device=device, world=world, precision=str(accelerator.mixed_precision),
+                        recorded=resumed[1].get("compile") if resumed is not None else None)
+    state = TrainState.build(spec, diffusion, device=device, mode=mode)
     if resumed is not None:
         state.load_state_dict(*resumed, seed=t.seed, rank=rank)
         log.info("resuming run %s from the checkpoint of epoch %d%s", rd.run_id, state.epoch_done,
                  f" (+{state.start_batch} batches of epoch {state.epoch_done + 1})" if state.start_batch else "")
     else:
         log.info("starting run %s (%d epochs, %d training images)", rd.run_id, t.epochs, len(splits.train))
+    log.info("training step: %s (%s)", "CUDA graph" if mode.graph else "eager", mode.reason)
     state.diffusion, state.optimizer = accelerator.prepare(state.diffusion, state.optimizer)
     state.core = accelerator.unwrap_model(state.diffusion)
     n_train = len(splits.train)
     steps = max(1, n_train // t.batch_size) if n_train >= t.batch_size else 1
+    train_images = splits.train.images.to(device)
     session = Session(
         rd=rd, spec=spec, accelerator=accelerator, state=state,
-        train_images=splits.train.images.to(device), val_images=splits.val.images.to(device),
+        train_images=train_images, val_images=splits.val.images.to(device),
         start_images=to_model_range(splits.test.images[:2048], device), image_shape=splits.train.image_shape,
         evaluator=evaluator, monitor=TrainingMonitor(accelerator),
         progress=Progress(show_progress and accelerator.is_main_process, total_epochs=t.epochs, steps=steps,
                           run_id=rd.run_id),
-        steps_per_epoch=steps)
+        steps_per_epoch=steps, step=TrainStep(state, accelerator, train_images, grad_clip=t.grad_clip, mode=mode))
     if session.main:
         _open_run_files(session)
     return session
@@ -192,6 +197,8 @@ def _open_run_files(session: Session) -> None:
         "hpcdiff_version": __version__, "torch_version": str(torch.__version__),
         "created": time.time(), "image_shape": list(session.image_shape),
     })
+    mode = session.state.mode
+    archive.set_attrs(rd.archive, {"step_mode": mode.mode, "step_mode_reason": mode.reason})
     # Rows after the checkpoint came from epochs whose checkpoint was never written.
     archive.truncate_after(rd.archive, session.state.epoch_done)
     archive.set_attrs(rd.archive, {"world_size": world})
@@ -218,12 +225,7 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
         window_start = i - i % t.grad_accumulation
         window = min(t.grad_accumulation, steps - window_start)
         sync = i + 1 == window_start + window
-        with nullcontext() if sync else acc.no_sync(s.diffusion):
-            loss = s.diffusion(to_model_range(session.train_images[idx]))
-            acc.backward(loss / window if window > 1 else loss)
-        if sync:
-            _optimizer_step(session)
-        loss_sum += loss.detach()
+        loss_sum += session.step(idx, window, sync)
         s.step += 1
         session.progress.advance()
         # Checks only after an optimiser step (gradients accumulated in between are not
@@ -234,16 +236,6 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     seconds = time.perf_counter() - tic
     s.elapsed += seconds
     return train_loss, seconds
-
-
-def _optimizer_step(session: Session) -> None:
-    s, t = session.state, session.spec.train
-    if t.grad_clip:
-        session.accelerator.clip_grad_norm_(s.diffusion.parameters(), t.grad_clip)
-    s.optimizer.step()
-    s.optimizer.zero_grad(set_to_none=True)
-    if s.ema is not None:
-        s.ema.update(s.core.gt)
 
 
 def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, tic: float) -> None:
@@ -277,7 +269,7 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
     early_stop = s.stopper.update(watched, epoch, min_delta=t.early_stopping_min_delta,
                                   patience=t.early_stopping_patience)
     last = epoch == t.epochs or early_stop
-    metrics = {"train_loss": train_loss, "val_loss": val_loss, "lr": s.optimizer.param_groups[0]["lr"],
+    metrics = {"train_loss": train_loss, "val_loss": val_loss, "lr": current_lr(s.optimizer),
                "epoch_seconds": seconds, "elapsed_seconds": s.elapsed,
                "images_per_second": (session.steps_per_epoch - first) * t.batch_size / seconds}
     if session.evaluator.enabled and due(epoch, spec.eval.every, last):
@@ -333,7 +325,7 @@ def draw_samples(session: Session) -> dict:
     """The epoch's sample grid (from the EMA weights when EMA is on)."""
     s, t = session.state, session.spec.train
     # The same starts every epoch, so grids show the model changing, not the draw.
-    g = generator(t.seed, "sample_grid")
+    g = generator(t.seed, "sample_grid", device=sampling_device(session.accelerator.device))
     with ema_weights(s.core, s.ema), eval_mode(s.core):
         x_T, start = s.core.start(t.n_samples, session.image_shape, generator=g, device=session.accelerator.device,
                                   test_images=session.start_images)

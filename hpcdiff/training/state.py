@@ -18,6 +18,7 @@ import torch
 
 from hpcdiff import __version__
 from hpcdiff.science.streams import stream_seed
+from hpcdiff.training.step import EAGER, StepMode, load_optimizer_state, make_optimizer, portable_optimizer_state
 
 CHECKPOINT_FORMAT = 1
 
@@ -31,11 +32,16 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
+        floats, targets = [], []
         for k, v in model.state_dict().items():
             if v.dtype.is_floating_point:
-                self.shadow[k].lerp_(v.float(), 1 - self.decay)
+                floats.append(self.shadow[k])
+                targets.append(v.float())
             else:
                 self.shadow[k].copy_(v)
+        # One multi-tensor kernel on a GPU (the per-tensor lerp on the CPU, as before).
+        if floats:
+            torch._foreach_lerp_(floats, targets, 1 - self.decay)
 
     def state_dict(self) -> dict:
         return {k: v.cpu() for k, v in self.shadow.items()}
@@ -102,6 +108,11 @@ class EarlyStopping:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
 
 
+def _portable(state: dict) -> dict:
+    """A scheduler's state with float learning rates (tensors when the optimiser's lr is one)."""
+    return {k: [float(x) for x in v] if k == "_last_lr" else v for k, v in state.items()}
+
+
 @dataclass
 class TrainState:
     diffusion: torch.nn.Module          # the diffusion process (wrapped by Accelerate once prepared)
@@ -115,17 +126,18 @@ class TrainState:
     start_batch: int = 0                # a mid-epoch stop: the next batch of epoch epoch_done + 1
     partial_loss: float = 0.0           # ... and the loss summed over that epoch's batches before it
     core: torch.nn.Module | None = None  # the unwrapped process (set once prepared)
+    mode: StepMode = StepMode(EAGER, "")  # how the step runs (training/step.py), recorded in checkpoints
 
     @classmethod
-    def build(cls, spec, diffusion: torch.nn.Module) -> "TrainState":
+    def build(cls, spec, diffusion: torch.nn.Module, *, device: torch.device | None = None,
+              mode: StepMode = StepMode(EAGER, "")) -> "TrainState":
         t = spec.train
         ema = EMA(diffusion.gt, t.ema_decay) if t.ema_decay else None
-        opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[t.optimizer]
-        optimizer = opt_cls(diffusion.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+        optimizer = make_optimizer(t, diffusion.parameters(), device=device or torch.device("cpu"), mode=mode)
         plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.lr_plateau_factor,
                                                               patience=t.lr_plateau_patience)
                    if t.lr_plateau_patience else None)
-        return cls(diffusion=diffusion, optimizer=optimizer, plateau=plateau, ema=ema)
+        return cls(diffusion=diffusion, optimizer=optimizer, plateau=plateau, ema=ema, mode=mode)
 
     def weights(self) -> list[torch.Tensor]:
         """What must be finite before a checkpoint: the weights and their average."""
@@ -135,16 +147,17 @@ class TrainState:
         return {
             "format": CHECKPOINT_FORMAT, "hpcdiff_version": __version__, "epoch": epoch_done,
             "step": self.step, "elapsed": self.elapsed, "partial": partial,
-            "model": self.core.gt.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "plateau": self.plateau.state_dict() if self.plateau is not None else None,
+            "model": self.core.gt.state_dict(), "optimizer": portable_optimizer_state(self.optimizer),
+            "plateau": _portable(self.plateau.state_dict()) if self.plateau is not None else None,
             "stopper": self.stopper.state_dict(), "rng": rng_state(), "config": config,
             "ema": self.ema.state_dict() if self.ema is not None else None, "world_size": world,
+            "compile": self.mode.mode,
         }
 
     def load_state_dict(self, epoch_done: int, state: dict, *, seed: int, rank: int) -> None:
         """Restore a checkpoint (before Accelerate wraps the model)."""
         self.diffusion.gt.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(self.optimizer, state["optimizer"])
         if self.plateau is not None and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])
         self.stopper = EarlyStopping(**state["stopper"])
