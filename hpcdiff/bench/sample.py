@@ -43,7 +43,7 @@ def benchmark_sample(*, device: str = "cpu", samples: int = 1000, ancestral_step
         for sampler, steps in (("ancestral", ancestral_steps), ("ddim", ddim_steps)):
             n_calls = len(sampling_times(ddpm.n_T, steps))
             seconds = _timed(lambda: ddpm.sample(x_T, generator=g, sampler=sampler, steps=steps), dev)
-            alone = _timed(lambda: [ddpm.gt(x_T, t) for _ in range(n_calls)], dev)
+            alone = _timed(lambda: [ddpm.denoise(x_T, t) for _ in range(n_calls)], dev)
             rows.append({"sampler": f"{sampler}, {n_calls} steps", "images_per_second": samples / seconds,
                          "seconds": seconds, "denoiser_seconds": alone, "overhead": seconds / alone})
     return {"device": str(dev), "samples": samples, "hidden": tuple(hidden), "rows": rows}

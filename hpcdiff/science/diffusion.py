@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from hpcdiff.config.registry import Registry
 from hpcdiff.config.spec import RunSpec
 from hpcdiff.science.degradations import degrade, is_gaussian
+from hpcdiff.science.graphs import GraphedDenoisers
 from hpcdiff.science.schedules import ddpm_schedule
 from hpcdiff.science.streams import generator as stream_generator
 
@@ -85,6 +86,14 @@ class _Sampling(nn.Module):
         times = sampling_times(self.n_T, self.sample_steps if steps is None else steps)
         return SAMPLERS.get(name)(self, x_T, generator=generator, times=times)
 
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The network at (x, t / n_T) for the samplers: replayed from a CUDA graph on a GPU
+        (science/graphs.py), a plain call otherwise."""
+        replays = self.__dict__.get("_denoisers")
+        if replays is None:
+            replays = self.__dict__["_denoisers"] = GraphedDenoisers()
+        return replays(self.gt, x, t)
+
 
 class GaussianDDPM(_Sampling):
     """DDPM exactly as the coursework starter: the network predicts the noise eps."""
@@ -132,7 +141,7 @@ def ancestral(ddpm: GaussianDDPM, x_T, *, generator, times=None):
         else:
             prev = times[k + 1] if k + 1 < len(times) else 0
             beta_t = 1 - alpha_t / ddpm.alpha_t[prev]
-        z_t = z_t - (beta_t / torch.sqrt(1 - alpha_t)) * ddpm.gt(z_t, (i / ddpm.n_T) * one)
+        z_t = z_t - (beta_t / torch.sqrt(1 - alpha_t)) * ddpm.denoise(z_t, (i / ddpm.n_T) * one)
         z_t = z_t / torch.sqrt(1 - beta_t)
         if k + 1 < len(times):
             z_t = z_t + torch.sqrt(beta_t) * _randn(z_t.shape, generator, z_t.device)
@@ -148,7 +157,7 @@ def ddim(ddpm: GaussianDDPM, x_T, *, generator, times=None):
     z = x_T
     for k, t in enumerate(times):
         a_t = ddpm.alpha_t[t]
-        eps = ddpm.gt(z, (t / ddpm.n_T) * one)
+        eps = ddpm.denoise(z, (t / ddpm.n_T) * one)
         x0_hat = (z - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t)
         if k + 1 == len(times):
             return x0_hat
@@ -184,7 +193,7 @@ class ColdDiffusion(_Sampling):
                        generator=generator, **self.params)
 
     def restore(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        return self.gt(x_t, torch.full((x_t.shape[0],), t / self.n_T, device=x_t.device))
+        return self.denoise(x_t, torch.full((x_t.shape[0],), t / self.n_T, device=x_t.device))
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
         # t ~ U{1, ..., T}: every level the sampler visits is trained.

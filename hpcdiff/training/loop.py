@@ -282,7 +282,8 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
     if session.main:
         samples = draw_samples(session) if due(epoch, t.sample_every, last) else None
         archive.append_epoch(rd.archive, epoch, metrics, samples,
-                             attrs={"best_epoch": s.stopper.best_epoch, "best_loss": s.stopper.best})
+                             attrs={"best_epoch": s.stopper.best_epoch, "best_loss": s.stopper.best,
+                                    "step_mode": s.mode.mode, "step_mode_reason": s.mode.reason})
         if due(epoch, t.checkpoint_every, last):
             session.save(epoch)
         rd.write_status(state="running", epoch=epoch, last_loss=train_loss, val_loss=val_loss,

@@ -143,19 +143,27 @@ class TrainStep:
     """``step(idx, window, sync)``: forward + backward of the images at ``idx`` (a device
     tensor of indices into ``images``), the loss divided by ``window`` (the accumulation
     window's length), then, when ``sync``, the optimiser step that ends the window. Returns
-    the batch's loss as a device tensor (no host sync)."""
+    the batch's loss as a device tensor (no host sync).
+
+    In graph mode a step that cannot be captured (a degradation that reads values back to
+    the host, such as ``downsample``'s per-factor grouping) is trained eagerly from then on,
+    with a warning, and ``state.mode`` says so (recorded in the next checkpoint and archive row)."""
 
     def __init__(self, state, accelerator, images: torch.Tensor, *, grad_clip: float, mode: StepMode):
         self.state, self.acc, self.images = state, accelerator, images
         self.grad_clip = grad_clip
-        self.mode = mode
         self._graphed = (_GraphedStep(state.core, raw_optimizer(state.optimizer), state.ema, images,
                                       grad_clip=grad_clip, precision=str(accelerator.mixed_precision))
                          if mode.graph else None)
 
     def __call__(self, idx: torch.Tensor, window: int, sync: bool) -> torch.Tensor:
         if self._graphed is not None:
-            return self._graphed(idx, window, sync)
+            try:
+                return self._graphed(idx, window, sync)
+            except CaptureFailed as failed:
+                log.warning("%s; training this run eagerly from here on", failed)
+                self.state.mode = StepMode(EAGER, str(failed))
+                self._graphed = None
         s, acc = self.state, self.acc
         with nullcontext() if sync else acc.no_sync(s.diffusion):
             loss = s.diffusion(to_model_range(self.images[idx]))
@@ -168,6 +176,10 @@ class TrainStep:
             if s.ema is not None:
                 s.ema.update(s.core.gt)
         return loss.detach()
+
+
+class CaptureFailed(RuntimeError):
+    """The step could not be recorded in a CUDA graph; nothing of it ran."""
 
 
 class _GraphedStep:
@@ -233,8 +245,17 @@ class _GraphedStep:
         torch.cuda.current_stream().wait_stream(side)
         self._restore(saved)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            loss = self.body(sync, n)
+        stream = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph):
+                loss = self.body(sync, n)
+        except RuntimeError as err:
+            # Nothing recorded ran, and the warm-up was put back: the state is as before.
+            # torch.cuda.graph leaves its capture stream current when capture_end fails.
+            torch.cuda.set_stream(stream)
+            torch.cuda.synchronize()
+            raise CaptureFailed(f"the training step could not be captured in a CUDA graph "
+                                f"({str(err).splitlines()[0]})") from err
         log.info("captured the %s step (batch %d) in a CUDA graph", "optimiser" if sync else "accumulation", n)
         return graph, loss
 
