@@ -247,8 +247,8 @@ def _hidden_option(text: str) -> tuple[int, ...]:
 
 
 @bench.command("train")
-@click.option("--epochs", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Timed epochs of the trainer's loop (after one untimed).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Timed epochs of the trainer's loop, after one untimed [default: 20 on CUDA, 2 on the CPU].")
 @click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True,
               help="Timed steps of the notebook loop and the conv ceiling.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
@@ -262,8 +262,9 @@ def bench_train(epochs, steps, batch_size, device, data_name, hidden_list):
     DataLoader loop and the model's convolutions alone."""
     from hpcdiff.bench.train import DEFAULT_HIDDEN, WIDE_HIDDEN, benchmark_train, format_report
 
-    models = [_hidden_option(h) for h in hidden_list] or (
-        [DEFAULT_HIDDEN, WIDE_HIDDEN] if device.startswith("cuda") else [DEFAULT_HIDDEN])
+    cuda = device.startswith("cuda")
+    models = [_hidden_option(h) for h in hidden_list] or ([DEFAULT_HIDDEN, WIDE_HIDDEN] if cuda else [DEFAULT_HIDDEN])
+    epochs = epochs or (20 if cuda else 2)
     for hidden in models:
         results = benchmark_train(epochs=epochs, steps=steps, batch_size=batch_size, device=device,
                                   data_name=data_name, hidden=hidden)
