@@ -59,10 +59,10 @@ def _time_steps(step, steps: int, warmup: int, batch: int, device) -> BenchResul
     return BenchResult("", steps * batch / seconds, seconds, steps)
 
 
-def bench_spec(*, device: str, hidden, batch: int, data_name: str, compile_mode: str) -> RunSpec:
+def bench_spec(*, device: str, hidden, batch: int, data_name: str, compile_mode: str, subset: int = 0) -> RunSpec:
     """The run the loop measurements train: the seeds' DDPM at the default recipe, no metrics."""
     spec = RunSpec.from_dict({
-        "data": {"name": data_name, "val_fraction": 0.0},
+        "data": {"name": data_name, "val_fraction": 0.0, "subset": subset},
         "model": {"hidden": list(hidden)},
         "train": {"epochs": 1000, "batch_size": batch, "device": device, "compile": compile_mode,
                   "checkpoint_every": 1000, "sample_every": 1000},
@@ -183,10 +183,12 @@ def bench_conv_ceiling(steps, warmup, batch, device, hidden=DEFAULT_HIDDEN) -> B
 
 
 def benchmark_train(*, epochs: int = 2, steps: int = 30, warmup: int = 5, batch_size: int = 128,
-                    device: str = "cpu", data_name: str = "mnist-5k", hidden=DEFAULT_HIDDEN) -> dict:
+                    device: str = "cpu", data_name: str = "mnist-5k", hidden=DEFAULT_HIDDEN, subset: int = 0) -> dict:
+    """``subset``: train on the first N images only (0 = all), for a quick check."""
     dev = torch.device(device)
-    images = load_splits(DataSpec(name=data_name, val_fraction=0.0)).train.images
-    spec = bench_spec(device=dev.type, hidden=hidden, batch=batch_size, data_name=data_name, compile_mode="none")
+    images = load_splits(DataSpec(name=data_name, val_fraction=0.0, subset=subset)).train.images
+    spec = bench_spec(device=dev.type, hidden=hidden, batch=batch_size, data_name=data_name, compile_mode="none",
+                      subset=subset)
     eager = bench_loop(spec, epochs=epochs, name="hpcdiff eager (the trainer's loop)")
     results = [bench_notebook(images, steps, warmup, batch_size, dev, hidden), eager]
     graph = None
