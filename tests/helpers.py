@@ -1,5 +1,8 @@
 """Small helpers shared by test modules (tests/ is on sys.path)."""
 
+import os
+
+import torch
 from click.testing import CliRunner
 
 from hpcdiff.cli import main
@@ -50,3 +53,18 @@ def make_run_dir(sweep_file, out) -> RunDir:
     write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
     update_manifest(plan.sweep_dir, plan.sweep, sweep_file.read_text())
     return rd
+
+
+# Tests marked `gpu` run on "cuda"; with HPCDIFF_TEST_GPU_AS_CPU=1 the same tests run on "cpu"
+# (to check the test code on a machine without a GPU); otherwise, without CUDA, they skip.
+GPU_AS_CPU = os.environ.get("HPCDIFF_TEST_GPU_AS_CPU") == "1"
+GPU_SKIP_REASON = ("needs CUDA (torch.cuda.is_available() is False); HPCDIFF_TEST_GPU_AS_CPU=1 runs the gpu "
+                   "tests on the CPU instead")
+
+
+def gpu_test_device() -> str | None:
+    """The device the `gpu` tests run on: "cuda", "cpu" under HPCDIFF_TEST_GPU_AS_CPU=1, or
+    None (they skip)."""
+    if GPU_AS_CPU:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else None
