@@ -92,6 +92,20 @@ def gpu_data_dir():
                 "holding DIR/MNIST/raw/train-images-idx3-ubyte (tests/fetch-full-mnist.sh DIR)")
 
 
+@pytest.fixture
+def gpu_sweep(tmp_path, gpu_data_dir):
+    """Write a tiny real sweep for the gpu tests (helpers.gpu_sweep_text) on gpu_data_dir;
+    returns a function(name, device, **options) -> its file."""
+    from helpers import gpu_sweep_text
+
+    def make(name: str, device: str, **options) -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(gpu_sweep_text(name, gpu_data_dir, device, **options))
+        return path
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def fashion_classifier(hpcdiff_cache):
     """The Fashion-MNIST feature classifier that the default [eval] metrics of a tiny run need,

@@ -1,6 +1,8 @@
 """Small helpers shared by test modules (tests/ is on sys.path)."""
 
 import os
+import subprocess
+import sys
 
 import torch
 from click.testing import CliRunner
@@ -68,3 +70,52 @@ def gpu_test_device() -> str | None:
     if GPU_AS_CPU:
         return "cpu"
     return "cuda" if torch.cuda.is_available() else None
+
+
+# ------------------------------------------------------------------ the gpu tests' helpers
+
+# Epochs of the classifier behind the classifier metrics of the gpu tests' runs (the
+# session's, tests/test_gpu.py's device_classifier; one epoch: the metrics only have to be
+# computed on the device, not to be good).
+GPU_CLASSIFIER_EPOCHS = 1
+TRAIN_TIMEOUT_S = 600
+
+
+def gpu_sweep_text(name: str, root, device: str, *, epochs: int = 2, subset: int = 320, metrics: bool = False,
+                   compile_mode: str = "default", train: str = "") -> str:
+    """A tiny real sweep (TINY_BASE / TINY_DEFAULT_EVAL) on ``device`` with EMA and gradient
+    clipping; ``compile_mode`` "default" leaves train.compile out; ``train``: more [train] lines."""
+    base = TINY_DEFAULT_EVAL if metrics else TINY_BASE
+    text = base.format(root=root, epochs=epochs, subset=subset)
+    extra = f'device = "{device}"\nema_decay = 0.9\ngrad_clip = 1.0\n' + train
+    if compile_mode != "default":
+        extra += f'compile = "{compile_mode}"\n'
+    text = text.replace("[train]\n", "[train]\n" + extra, 1)
+    if metrics:  # few, quick evaluation samples, every epoch
+        text += f"\n[eval]\nevery = 1\nsamples = 64\nsteps = 10\nclassifier_epochs = {GPU_CLASSIFIER_EPOCHS}\n"
+    return f'[sweep]\nname = "{name}"\n' + text
+
+
+def expected_precision(device: str) -> str:
+    """What train.mixed_precision = "auto" resolves to on ``device`` (this machine's GPU)."""
+    return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+
+
+def device_line(device: str, rank: int = 0, world: int = 1) -> str:
+    """What make_accelerator logs for process ``rank`` of ``world`` on ``device``."""
+    name = f"cuda:{torch.cuda.current_device()}" if device == "cuda" else device
+    return f"device {name} (process {rank} of {world}), mixed precision {expected_precision(device.split(':')[0])}"
+
+
+def train_process(rd: RunDir, env: dict | None = None) -> subprocess.Popen:
+    """`python -m hpcdiff train RUN_DIR` started (output piped), in ``env`` or this one."""
+    return subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def train_to_end(rd: RunDir, env: dict | None = None) -> str:
+    """`hpcdiff train RUN_DIR` in a subprocess; its output, after checking it succeeded."""
+    proc = train_process(rd, env)
+    out, _ = proc.communicate(timeout=TRAIN_TIMEOUT_S)
+    assert proc.returncode == 0, out[-4000:]
+    return out

@@ -24,7 +24,6 @@ import dataclasses
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -34,8 +33,8 @@ import torch
 from hpcdiff.config import tomlio
 from hpcdiff.config.spec import DataSpec, TrainSpec
 from hpcdiff.storage import archive, checkpoint
-from hpcdiff.storage.rundir import RunDir, sweep_run_dirs
-from helpers import TINY_BASE, TINY_DEFAULT_EVAL, cli, make_run_dir
+from hpcdiff.storage.rundir import sweep_run_dirs
+from helpers import GPU_CLASSIFIER_EPOCHS, TRAIN_TIMEOUT_S, cli, device_line, make_run_dir, train_process, train_to_end
 
 pytestmark = pytest.mark.gpu
 
@@ -48,21 +47,9 @@ RESUME_RTOL = {"cpu": 1e-5, "cuda": 2e-3}
 # the session's cache: one epoch over the first CLASSIFIER_IMAGES training images (the
 # metrics only have to be computed on the device, not be good; the whole 60,000 would take
 # minutes on a CPU).
-CLASSIFIER_EPOCHS = 1
 CLASSIFIER_IMAGES = 6000
 # train.compile (when TrainSpec has it): "default" leaves the key out of the config.
 COMPILE_MODES = ["default", "none", "graph"]
-TIMEOUT_S = 600
-
-
-def expected_precision(device: str) -> str:
-    return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
-
-
-def device_line(device: str) -> str:
-    """What make_accelerator logs for a single process on ``device``."""
-    name = f"cuda:{torch.cuda.current_device()}" if device == "cuda" else "cpu"
-    return f"device {name} (process 0 of 1), mixed precision {expected_precision(device)}"
 
 
 @pytest.fixture(params=COMPILE_MODES)
@@ -91,47 +78,13 @@ def device_classifier(test_device, gpu_data_dir, hpcdiff_cache):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(clf, "train_classifier", fewer_images)
         model = clf.get_classifier(DataSpec(name="idx", root=str(gpu_data_dir)), hpcdiff_cache, test_device,
-                                   epochs=CLASSIFIER_EPOCHS)
+                                   epochs=GPU_CLASSIFIER_EPOCHS)
     assert next(model.parameters()).device.type == test_device
     return model
 
 
-@pytest.fixture
-def gpu_sweep(tmp_path, gpu_data_dir):
-    """A tiny real sweep on ``device`` with EMA and gradient clipping: returns its file."""
-
-    def make(name: str, device: str, *, epochs: int = 2, subset: int = 320, metrics: bool = False,
-             compile_mode: str = "default", train: str = "") -> "os.PathLike":
-        base = TINY_DEFAULT_EVAL if metrics else TINY_BASE
-        text = base.format(root=gpu_data_dir, epochs=epochs, subset=subset)
-        extra = f'device = "{device}"\nema_decay = 0.9\ngrad_clip = 1.0\n' + train
-        if compile_mode != "default":
-            extra += f'compile = "{compile_mode}"\n'
-        text = text.replace("[train]\n", "[train]\n" + extra, 1)
-        if metrics:  # few, quick evaluation samples, every epoch, with the session's classifier
-            text += f"\n[eval]\nevery = 1\nsamples = 64\nsteps = 10\nclassifier_epochs = {CLASSIFIER_EPOCHS}\n"
-        path = tmp_path / f"{name}.toml"
-        path.write_text(f'[sweep]\nname = "{name}"\n' + text)
-        return path
-
-    return make
-
-
-def _train_process(rd: RunDir, **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)], env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def train_to_end(rd: RunDir, **env) -> str:
-    """`hpcdiff train RUN_DIR` in a subprocess; its output, after checking it succeeded."""
-    proc = _train_process(rd, **env)
-    out, _ = proc.communicate(timeout=TIMEOUT_S)
-    assert proc.returncode == 0, out[-4000:]
-    return out
-
-
 def _wait_for(predicate, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
+    deadline = time.monotonic() + TRAIN_TIMEOUT_S
     while not predicate():
         assert proc.poll() is None, f"training ended before {what}: {proc.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -143,6 +96,8 @@ def test_tiny_run_end_to_end(test_device, gpu_sweep, device_classifier, hpcdiff_
     the default classifier metrics every epoch, sample grids, checkpoints that load on a
     CPU-only machine, with the session's classifier found in the cache, not retrained."""
     sweep_file = gpu_sweep("e2e", test_device, metrics=True, compile_mode=compile_mode)
+    cached = {p: p.stat().st_mtime_ns for p in hpcdiff_cache.glob("classifier-*.pt")}
+    assert hpcdiff_cache / f"classifier-{device_classifier.cache_key}.pt" in cached
     result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
     assert result.exit_code == 0, result.output
     (rd,) = sweep_run_dirs(tmp_path / "runs" / "e2e")
@@ -161,7 +116,7 @@ def test_tiny_run_end_to_end(test_device, gpu_sweep, device_classifier, hpcdiff_
     for epoch in (1, 2):
         grid = data["samples"][epoch]["images"]
         assert grid.shape == (4, 28, 28) and grid.dtype == np.uint8 and grid.std() > 0
-    assert len(list(hpcdiff_cache.glob("classifier-*.pt"))) == 1
+    assert {p: p.stat().st_mtime_ns for p in hpcdiff_cache.glob("classifier-*.pt")} == cached  # none trained
 
     assert checkpoint.list_epochs(rd.checkpoints) == [1, 2]
     epoch, state = checkpoint.load_latest(rd.checkpoints)  # to the CPU, whatever wrote it
@@ -185,7 +140,7 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(test_device, gpu_swee
 
     out = tmp_path / "runs"
     rd = make_run_dir(sweep_file, out)
-    proc = _train_process(rd)
+    proc = train_process(rd)
     try:
         _wait_for(lambda: checkpoint.list_epochs(rd.checkpoints), "its first checkpoint", proc)
         os.kill(proc.pid, signal.SIGKILL)

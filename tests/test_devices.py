@@ -1,0 +1,40 @@
+"""Where a run trains, decided on any machine: the precision "auto" gives, no silent CPU
+fallback when a GPU was asked for, device names in logs, uint8 images converted where they
+land. (The runs on a GPU are tests/test_gpu.py's.)"""
+
+import pytest
+import torch
+
+from hpcdiff.config.spec import RunSpec
+from hpcdiff.data import to_model_range
+from hpcdiff.resolve import validate_spec
+from hpcdiff.training.environment import NoGpuError, device_name, make_accelerator, resolve_precision
+
+
+def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it():
+    assert resolve_precision("auto", use_cpu=True, bf16_supported=False) == "no"
+    assert resolve_precision("auto", use_cpu=False, bf16_supported=True) == "bf16"
+    # A V100 or T4: no bf16, and never fp16 behind the user's back (its loss scale is not checkpointed).
+    assert resolve_precision("auto", use_cpu=False, bf16_supported=False) == "no"
+    for asked in ("no", "bf16", "fp16"):
+        assert resolve_precision(asked, use_cpu=False, bf16_supported=False) == asked
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="shows a machine without a GPU")
+def test_cuda_asked_for_without_a_gpu_fails_naming_the_fix():
+    spec = validate_spec(RunSpec.from_dict({"train": {"device": "cuda"}}))
+    with pytest.raises(NoGpuError, match=r'train.device = "cuda" but torch sees no GPU.*CUDA_VISIBLE_DEVICES.*'
+                                         r'gpus_per_node'):
+        make_accelerator(spec)
+
+
+def test_device_names():
+    assert device_name("cpu") == "cpu" and device_name(torch.device("cuda", 1)) == "cuda:1"
+
+
+def test_to_model_range_moves_then_converts():
+    images = torch.tensor([[0, 255], [51, 128]], dtype=torch.uint8)
+    x = to_model_range(images, "cpu")
+    assert x.dtype == torch.float32 and x.device.type == "cpu"
+    torch.testing.assert_close(x, images.float() / 255 - 0.5)
+    torch.testing.assert_close(to_model_range(images), x)
