@@ -42,7 +42,7 @@ pytestmark = pytest.mark.gpu
 # exact to rounding. cuDNN may pick kernels whose float sums run in another order from one
 # process to the next, and bf16 autocast rounds those differences up; a resume that lost
 # an RNG stream or the optimiser state is off by percents, far outside either bound.
-RESUME_RTOL = {"cpu": 1e-5, "cuda": 2e-3}
+RESUME_RTOL = {"cpu": 1e-5, "cuda": 5e-3}
 # The classifier of the classifier metrics, trained once per session on the test device into
 # the session's cache: one epoch over the first CLASSIFIER_IMAGES training images (the
 # metrics only have to be computed on the device, not be good; the whole 60,000 would take
@@ -134,20 +134,21 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(test_device, gpu_swee
     # lands before the end; on the CPU a few do.
     epochs = 10 if test_device == "cuda" else 4
     sweep_file = gpu_sweep("kill", test_device, epochs=epochs, subset=640, compile_mode=compile_mode)
-    ref = cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "local")
-    assert ref.exit_code == 0, ref.output
-    reference = archive.read(sweep_run_dirs(tmp_path / "ref" / "kill")[0].archive)["metrics"]
-
     out = tmp_path / "runs"
-    rd = make_run_dir(sweep_file, out)
-    proc = train_process(rd)
+    ref_rd, rd = make_run_dir(sweep_file, tmp_path / "ref"), make_run_dir(sweep_file, out)
+    # The uninterrupted reference trains meanwhile, in its own process.
+    ref, proc = train_process(ref_rd), train_process(rd)
     try:
         _wait_for(lambda: checkpoint.list_epochs(rd.checkpoints), "its first checkpoint", proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
+        ref_out, _ = ref.communicate(timeout=TRAIN_TIMEOUT_S)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, ref):
+            if p.poll() is None:
+                p.kill()
+    assert ref.returncode == 0, ref_out[-4000:]
+    reference = archive.read(ref_rd.archive)["metrics"]
     assert proc.returncode == -signal.SIGKILL
     assert rd.effective_state() == "interrupted"
     killed_at = checkpoint.list_epochs(rd.checkpoints)[-1]
@@ -166,33 +167,33 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(test_device, gpu_swee
     np.testing.assert_allclose(metrics["val_loss"], reference["val_loss"], rtol=rtol)
 
 
-@pytest.mark.parametrize("first, then", [("cuda", "cpu"), ("cpu", "cuda")], ids=["gpu-to-cpu", "cpu-to-gpu"])
-def test_resume_on_another_device(first, then, test_device, gpu_sweep, tmp_path):
-    """One epoch on one device; the user edits config.toml's train.device (and asks for a
-    second epoch) and reruns `hpcdiff train`: the run continues on the other device from
-    the checkpoint (weights, Adam moments, EMA, plateau scheduler, RNG) to the end, with
-    one archive row per epoch. Under HPCDIFF_TEST_GPU_AS_CPU=1 both are the CPU."""
-    first, then = (d if d == "cpu" else test_device for d in (first, then))
-    sweep_file = gpu_sweep("xdev", first, epochs=1, train="lr_plateau_patience = 1\n")
+def test_resume_on_another_device_and_back(test_device, gpu_sweep, tmp_path):
+    """Epoch 1 on the GPU; the user edits config.toml (train.device = "cpu", one epoch more)
+    and reruns `hpcdiff train`: epoch 2 on the CPU from the GPU's checkpoint (weights, Adam
+    moments, EMA, plateau scheduler, RNG); then epoch 3 back on the GPU from the CPU's. One
+    archive row per epoch. Under HPCDIFF_TEST_GPU_AS_CPU=1 every leg is on the CPU."""
+    devices = [test_device, "cpu", test_device]
+    sweep_file = gpu_sweep("xdev", devices[0], epochs=1, train="lr_plateau_patience = 1\n")
     rd = make_run_dir(sweep_file, tmp_path / "runs")
-    train_to_end(rd)
-    assert rd.read_status()["state"] == "done"
+    for epoch, device in enumerate(devices, start=1):
+        if epoch > 1:
+            config = tomlio.load(rd.config_path)
+            config["train"].update(device=device, epochs=epoch)
+            rd.config_path.write_text(tomlio.dumps(config))
+            rd.write_status(state="timeout")  # as if its job had reached its time limit
+        train_to_end(rd)
+        status = rd.read_status()
+        assert status["state"] == "done" and status["epoch"] == epoch
+        epoch_done, state = checkpoint.load_latest(rd.checkpoints)
+        assert epoch_done == epoch and state["config"]["train"]["device"] == device
+        assert state["step"] == epoch * (320 - 64) // 64  # 256 training images after validation: 4 steps an epoch
+        assert all(torch.isfinite(v).all() for v in state["ema"].values())
 
-    config = tomlio.load(rd.config_path)
-    config["train"].update(device=then, epochs=2)
-    rd.config_path.write_text(tomlio.dumps(config))
-    rd.write_status(state="timeout")  # as if its job had reached the time limit after epoch 1
-    train_to_end(rd)
-
-    status = rd.read_status()
-    assert status["state"] == "done" and status["epoch"] == 2
     log = rd.log.read_text()
-    assert "resuming run" in log and "from the checkpoint of epoch 1" in log
-    assert log.index(device_line(first)) < log.rindex(device_line(then))
+    for epoch in (1, 2):
+        assert f"from the checkpoint of epoch {epoch}" in log
+    trained_on = [line.split(" INFO ", 1)[-1] for line in log.splitlines() if "mixed precision" in line]
+    assert trained_on == [device_line(d) for d in devices]
     metrics = archive.read(rd.archive)["metrics"]
-    assert metrics["epoch"].tolist() == [1, 2]
+    assert metrics["epoch"].tolist() == [1, 2, 3]
     assert np.isfinite(metrics["train_loss"]).all() and np.isfinite(metrics["val_loss"]).all()
-    epoch, state = checkpoint.load_latest(rd.checkpoints)
-    assert epoch == 2 and state["config"]["train"]["device"] == then
-    assert state["step"] == 2 * (320 - 64) // 64  # 256 training images after validation: 4 steps an epoch
-    assert all(torch.isfinite(v).all() for v in state["ema"].values())

@@ -93,7 +93,9 @@ def _srun_env(device: str, *, ntasks: int, procid: int, port: int) -> dict:
                SLURM_NTASKS_PER_NODE=str(ntasks), SLURM_NNODES="1", SLURM_JOB_NUM_NODES="1",
                SLURM_JOB_NODELIST=socket.gethostname(), SLURMD_NODENAME=socket.gethostname(),
                SLURM_CPUS_PER_TASK="2", SLURM_GPUS_ON_NODE="1" if device == "cuda" else "0",
-               MASTER_PORT=str(port))
+               # The rendezvous on this machine, on a free port (env_from_slurm keeps them):
+               # the node's name may not resolve inside a GPU machine's container.
+               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if device == "cuda":  # the GPU SLURM bound the job to, as the job sees it
         env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     return env
@@ -117,6 +119,8 @@ acc = make_accelerator(validate_spec(RunSpec.from_dict({"train": {"device": %r}}
 print(json.dumps({"device": device_name(acc.device), "rank": acc.process_index, "world": acc.num_processes,
                   "local_rank": os.environ.get("LOCAL_RANK"),
                   "current": torch.cuda.current_device() if acc.device.type == "cuda" else None}))
+if torch.distributed.is_initialized():
+    torch.distributed.destroy_process_group()
 """
 
 
