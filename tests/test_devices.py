@@ -1,13 +1,16 @@
 """Where a run trains, decided on any machine: the precision "auto" gives, no silent CPU
 fallback when a GPU was asked for, device names in logs, uint8 images converted where they
-land. (The runs on a GPU are tests/test_gpu.py's.)"""
+land; and the forms of the degradations a GPU runs (no host sync, fixed shapes) give the
+CPU's images. (The runs on a GPU are tests/test_gpu.py's.)"""
 
 import pytest
 import torch
 
-from hpcdiff.config.spec import RunSpec
-from hpcdiff.data import to_model_range
+from hpcdiff.config.spec import DataSpec, RunSpec
+from hpcdiff.data import load_splits, to_model_range
 from hpcdiff.resolve import validate_spec
+from hpcdiff.science.degradations import degrade
+from hpcdiff.science.image_ops import BLUR_PADDINGS, blur_by_convolution, downsample_factor, pixelate
 from hpcdiff.training.environment import NoGpuError, device_name, make_accelerator, resolve_precision
 
 
@@ -38,3 +41,27 @@ def test_to_model_range_moves_then_converts():
     assert x.dtype == torch.float32 and x.device.type == "cpu"
     torch.testing.assert_close(x, images.float() / 255 - 0.5)
     torch.testing.assert_close(to_model_range(images), x)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """40 real MNIST digits in the model range."""
+    return to_model_range(load_splits(DataSpec(name="mnist-5k")).test.images[::12][:40])
+
+
+@pytest.mark.parametrize("padding", BLUR_PADDINGS)
+def test_masked_blur_of_the_gpu_gives_the_cpus_images(padding, digits):
+    t = torch.arange(len(digits)) % 21
+    prefix = blur_by_convolution(digits, t, n_steps=20, padding=padding, masked=False)
+    masked = blur_by_convolution(digits, t, n_steps=20, padding=padding, masked=True)
+    torch.testing.assert_close(masked, prefix, atol=1e-6, rtol=0)
+    assert torch.equal(masked[t == 0], digits[t == 0])
+
+
+def test_downsample_pixelates_each_sample_at_its_own_level(digits):
+    t = torch.arange(len(digits)) % 21
+    out = degrade("downsample", digits, t, n_steps=20)
+    factors = downsample_factor(t, 20, "linear", 7).tolist()
+    assert set(factors) == set(range(1, 8))
+    for x, y, f in zip(digits, out, factors):
+        torch.testing.assert_close(y, x if f == 1 else pixelate(x[None], f)[0], atol=0, rtol=0)
