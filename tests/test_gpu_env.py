@@ -4,6 +4,7 @@ launch`, and the environment of a SLURM task on a GPU node (SLURM_LOCALID -> the
 """
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -13,9 +14,10 @@ import pytest
 import torch
 
 from hpcdiff.config.spec import DataSpec, RunSpec
-from hpcdiff.data import load_splits, to_model_range
+from hpcdiff.data import Dataset, load_splits, to_model_range
+from hpcdiff.evaluation.evaluate import Evaluator
 from hpcdiff.resolve import validate_spec
-from hpcdiff.science.degradations import DEGRADATIONS
+from hpcdiff.science.degradations import DEGRADATIONS, is_gaussian
 from hpcdiff.science.diffusion import build_diffusion
 from hpcdiff.science.models import build_model
 from hpcdiff.science.streams import generator
@@ -30,22 +32,24 @@ LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER
 
 @pytest.fixture(scope="module")
 def images(gpu_data_dir):
-    """(training, held-out) uint8 images of the real data set."""
+    """(training uint8 images, 256 held-out images with their labels) of the real data set."""
     splits = load_splits(DataSpec(name="idx", root=str(gpu_data_dir), subset=320, val_fraction=0.0))
-    return splits.train.images, splits.test.images[:256]
+    return splits.train.images, Dataset(splits.test.images[:256], splits.test.labels[:256])
 
 
 @pytest.mark.parametrize("name", DEGRADATIONS.names())
 def test_every_degradation_trains_and_samples_on_the_device(name, test_device, images):
-    """A few optimiser steps (bf16 autocast on a GPU, as the training loop's Accelerate does)
-    and the run's sampler from its own start, all on the device: finite, the right shape,
-    and the start drawn from a CPU generator is the one the CPU draws."""
+    """A few optimiser steps (bf16 autocast on a GPU, as the training loop's Accelerate does),
+    the run's sampler from its own start and an evaluation (samples, and for cold diffusion
+    reconstructions of held-out images), all on the device: finite, the right shape, and
+    the start drawn from a CPU generator is the one the CPU draws."""
     spec = validate_spec(RunSpec.from_dict({"degradation": {"name": name}, "model": {"hidden": [8, 8]},
-                                            "train": {"device": test_device}}))
+                                            "train": {"device": test_device},
+                                            "eval": {"metrics": ["diversity"], "samples": 16, "steps": 5}}))
     torch.manual_seed(0)
     core = build_diffusion(spec, build_model(spec.model)).to(test_device)
     opt = torch.optim.Adam(core.parameters(), lr=1e-3)
-    train, held_out = (to_model_range(x, test_device) for x in images)
+    train, held_out = to_model_range(images[0], test_device), to_model_range(images[1].images, test_device)
     before = [p.detach().clone() for p in core.gt.parameters()]
     bf16 = test_device == "cuda" and expected_precision(test_device) == "bf16"
     for step in range(3):
@@ -65,6 +69,9 @@ def test_every_degradation_trains_and_samples_on_the_device(name, test_device, i
     for x in (x_T, out):
         assert x.shape == (8, 1, 28, 28) and x.device.type == test_device and x.dtype == torch.float32, start
         assert torch.isfinite(x).all(), (name, start)
+    evaluated = Evaluator(spec, images[1], test_device)(core, seed=0)
+    assert evaluated["diversity_trace"] > 0 and all(math.isfinite(v) for v in evaluated.values()), evaluated
+    assert is_gaussian(name) or 0 <= evaluated["recon_full_mse"] < 1, evaluated
     core.to("cpu")
     on_cpu, _ = core.start(8, (1, 28, 28), generator=generator(0, "sample_grid"), device="cpu",
                            test_images=held_out.cpu())
