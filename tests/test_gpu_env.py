@@ -131,13 +131,13 @@ if torch.distributed.is_initialized():
 """
 
 
-@pytest.mark.parametrize("ntasks", [1, 2])
-def test_slurm_task_takes_the_gpu_of_its_local_id(ntasks, test_device):
-    """srun's variables only (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS...): each task is the
-    rank and the device Accelerate makes of them: cuda:LOCAL_RANK, modulo the GPUs the task
-    sees (2 tasks on this 1-GPU node share cuda:0). Nothing runs a collective: NCCL refuses
-    two ranks on one GPU, and a real 2-task step has a GPU per task."""
-    port = _free_port()
+def test_slurm_tasks_take_the_gpu_of_their_local_id(test_device):
+    """srun's variables only (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS...) for a 2-task
+    step: each task is the rank training.distributed makes of them, on the device Accelerate
+    makes of LOCAL_RANK: cuda:LOCAL_RANK, modulo the GPUs the task sees (on this 1-GPU node
+    both share cuda:0). Nothing runs a collective: NCCL refuses two ranks on one GPU, and a
+    real 2-task step has a GPU per task. (A 1-task job: test_slurm_job_trains_on_the_gpu.)"""
+    ntasks, port = 2, _free_port()
     procs = [subprocess.Popen([sys.executable, "-c", PROBE % test_device], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True,
                               env=_srun_env(test_device, ntasks=ntasks, procid=rank, port=port))
@@ -147,7 +147,7 @@ def test_slurm_task_takes_the_gpu_of_its_local_id(ntasks, test_device):
         assert proc.returncode == 0, err[-3000:]
         seen = json.loads(out.strip().splitlines()[-1])
         assert (seen["rank"], seen["world"]) == (rank, ntasks)
-        assert seen["local_rank"] == (str(rank) if ntasks > 1 else None)
+        assert seen["local_rank"] == str(rank)
         if test_device == "cuda":
             index = rank % torch.cuda.device_count()
             assert seen["device"] == f"cuda:{index}" and seen["current"] == index, seen
