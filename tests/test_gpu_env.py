@@ -114,6 +114,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_slurm_job_trains_on_the_gpu(test_device, gpu_sweep, tmp_path):
+    """`hpcdiff train` as a 1-GPU SLURM job runs it: on the job's GPU, with the job id in
+    status.json."""
+    rd = make_run_dir(gpu_sweep("srun", test_device, epochs=1), tmp_path / "runs")
+    train_to_end(rd, _srun_env(test_device, ntasks=1, procid=0, port=_free_port()))
+    status = rd.read_status()
+    assert status["state"] == "done" and status["job_id"] == "4242" and status["world_size"] == 1
+    assert device_line(test_device) in rd.log.read_text()
+
+
 # What a task reports about itself after the training loop's first two calls.
 PROBE = """
 import json, os, torch
@@ -153,13 +163,3 @@ def test_slurm_tasks_take_the_gpu_of_their_local_id(test_device):
             assert seen["device"] == f"cuda:{index}" and seen["current"] == index, seen
         else:  # Accelerate's CPU ranks are on "cpu:0"
             assert seen["device"].split(":")[0] == "cpu", seen
-
-
-def test_slurm_job_trains_on_the_gpu(test_device, gpu_sweep, tmp_path):
-    """`hpcdiff train` as a 1-GPU SLURM job runs it: on the job's GPU, with the job id in
-    status.json."""
-    rd = make_run_dir(gpu_sweep("srun", test_device, epochs=1), tmp_path / "runs")
-    train_to_end(rd, _srun_env(test_device, ntasks=1, procid=0, port=_free_port()))
-    status = rd.read_status()
-    assert status["state"] == "done" and status["job_id"] == "4242" and status["world_size"] == 1
-    assert device_line(test_device) in rd.log.read_text()
