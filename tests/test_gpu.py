@@ -12,7 +12,8 @@ Running them:
 - Without CUDA they skip, saying why (tests/conftest.py's collection hook).
 - ``HPCDIFF_TEST_GPU_AS_CPU=1 pytest -m gpu`` runs the very same tests with "cpu" in place of
   "cuda" (the ``test_device`` fixture), so that the test code is checked before it first
-  meets a GPU; the cross-device resumes become cpu -> cpu. About 3 minutes on 2 CPU cores.
+  meets a GPU; the cross-device resumes become cpu -> cpu. The whole gpu set (this file,
+  test_gpu_env.py and test_degradations.py's) took 4.5 minutes that way on 2 shared cores.
 
 Every training runs in a subprocess (`hpcdiff sweep --executor local`, `python -m hpcdiff
 train`): Accelerate's process-wide state cannot switch between CPU and GPU inside one
