@@ -98,7 +98,9 @@ def gpu_sweep_text(name: str, root, device: str, *, epochs: int = 2, subset: int
 
 def expected_precision(device: str) -> str:
     """What train.mixed_precision = "auto" resolves to on ``device`` (this machine's GPU)."""
-    return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    from hpcdiff.training.environment import gpu_has_bf16
+
+    return "bf16" if device == "cuda" and gpu_has_bf16(torch.cuda.current_device()) else "no"
 
 
 def device_line(device: str, rank: int = 0, world: int = 1) -> str:

@@ -31,6 +31,16 @@ def test_cuda_asked_for_without_a_gpu_fails_naming_the_fix():
         make_accelerator(spec)
 
 
+def test_local_rank_picks_the_gpu_modulo_the_gpus_the_task_sees(monkeypatch):
+    from hpcdiff.training.distributed import local_cuda_index
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)  # every task sees the node's 4 GPUs
+    assert [local_cuda_index({"LOCAL_RANK": str(r)}) for r in range(4)] == [0, 1, 2, 3]
+    assert local_cuda_index({}) == 0
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # srun --gpus-per-task=1: its own, as cuda:0
+    assert local_cuda_index({"LOCAL_RANK": "3"}) == 0
+
+
 def test_device_names():
     assert device_name("cpu") == "cpu" and device_name(torch.device("cuda", 1)) == "cuda:1"
 

@@ -11,6 +11,7 @@ import sys
 import torch
 
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.training.distributed import local_cuda_index
 
 # The other processes wait in the next collective while the main one computes metrics,
 # writes the archive and checkpoints; t-SNE or Inception features on a big sample set can
@@ -49,7 +50,7 @@ def make_accelerator(spec):
             f"(e.g. [slurm] gpus_per_node), or set train.device = \"auto\" or \"cpu\".")
     use_cpu = spec.train.device == "cpu" or not cuda
     precision = resolve_precision(spec.train.mixed_precision, use_cpu=use_cpu,
-                                  bf16_supported=not use_cpu and torch.cuda.is_bf16_supported())
+                                  bf16_supported=not use_cpu and gpu_has_bf16(local_cuda_index()))
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     # Gradient accumulation is done in the training loop, not by Accelerate: its windows
     # would run across epoch ends, and a checkpoint written there would lose the gradients.
@@ -57,6 +58,16 @@ def make_accelerator(spec):
     log.info("device %s (process %d of %d), mixed precision %s", device_name(accelerator.device),
              accelerator.process_index, accelerator.num_processes, accelerator.mixed_precision)
     return accelerator
+
+
+def gpu_has_bf16(index: int) -> bool:
+    """Whether GPU ``index`` computes in bf16 natively (compute capability 8.0 on: A100,
+    H100, H200...). Not torch.cuda.is_bf16_supported(): by default it also says yes for GPUs
+    that only emulate bf16, and it asks the current device, which before Accelerate has set
+    it is cuda:0 for every rank."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(index)[0] >= 8
 
 
 def device_name(device) -> str:
