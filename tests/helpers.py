@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 
 import torch
 from click.testing import CliRunner
@@ -110,14 +111,24 @@ def device_line(device: str, rank: int = 0, world: int = 1) -> str:
 
 
 def train_process(rd: RunDir, env: dict | None = None) -> subprocess.Popen:
-    """`python -m hpcdiff train RUN_DIR` started (output piped), in ``env`` or this one."""
-    return subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    """`python -m hpcdiff train RUN_DIR` started, in ``env`` or this one. Its output goes to a
+    file (a pipe nobody reads while the test waits could fill up and stop it): output_of."""
+    out = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)], env=env,
+                            stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.output_file = out
+    return proc
+
+
+def output_of(proc: subprocess.Popen, tail: int = 4000) -> str:
+    proc.output_file.seek(0)
+    return proc.output_file.read()[-tail:]
 
 
 def train_to_end(rd: RunDir, env: dict | None = None) -> str:
     """`hpcdiff train RUN_DIR` in a subprocess; its output, after checking it succeeded."""
     proc = train_process(rd, env)
-    out, _ = proc.communicate(timeout=TRAIN_TIMEOUT_S)
-    assert proc.returncode == 0, out[-4000:]
+    proc.wait(timeout=TRAIN_TIMEOUT_S)
+    out = output_of(proc)
+    assert proc.returncode == 0, out
     return out

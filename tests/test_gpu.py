@@ -35,7 +35,8 @@ from hpcdiff.config import tomlio
 from hpcdiff.config.spec import DataSpec, TrainSpec
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.rundir import sweep_run_dirs
-from helpers import GPU_CLASSIFIER_EPOCHS, TRAIN_TIMEOUT_S, cli, device_line, make_run_dir, train_process, train_to_end
+from helpers import (GPU_CLASSIFIER_EPOCHS, TRAIN_TIMEOUT_S, cli, device_line, make_run_dir, output_of, train_process,
+                     train_to_end)
 
 pytestmark = pytest.mark.gpu
 
@@ -87,7 +88,7 @@ def device_classifier(test_device, gpu_data_dir, hpcdiff_cache):
 def _wait_for(predicate, what: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + TRAIN_TIMEOUT_S
     while not predicate():
-        assert proc.poll() is None, f"training ended before {what}: {proc.stdout.read()[-3000:]}"
+        assert proc.poll() is None, f"training ended before {what}: {output_of(proc)}"
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)  # polling interval of the wait on a file, not a stand-in for it
 
@@ -143,12 +144,12 @@ def test_sigkill_then_resume_matches_the_uninterrupted_run(test_device, gpu_swee
         _wait_for(lambda: checkpoint.list_epochs(rd.checkpoints), "its first checkpoint", proc)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-        ref_out, _ = ref.communicate(timeout=TRAIN_TIMEOUT_S)
+        ref.wait(timeout=TRAIN_TIMEOUT_S)
     finally:
         for p in (proc, ref):
             if p.poll() is None:
                 p.kill()
-    assert ref.returncode == 0, ref_out[-4000:]
+    assert ref.returncode == 0, output_of(ref)
     reference = archive.read(ref_rd.archive)["metrics"]
     assert proc.returncode == -signal.SIGKILL
     assert rd.effective_state() == "interrupted"
