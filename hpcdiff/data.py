@@ -47,9 +47,17 @@ class Splits:
 
 
 def to_model_range(images_uint8: torch.Tensor, device=None) -> torch.Tensor:
-    """uint8 0..255 -> float32 in [-0.5, 0.5], the coursework starter's normalisation."""
-    x = images_uint8.to(device=device, dtype=torch.float32, non_blocking=True)
-    return x / 255.0 - 0.5
+    """uint8 0..255 -> float32 in [-0.5, 0.5], the coursework starter's normalisation.
+
+    The bytes move first and are converted where they land (a host-to-GPU copy of uint8 is
+    a quarter of float32's, and the conversion runs on the GPU). Only a copy from host
+    memory is asynchronous: a GPU-to-host copy with non_blocking returns before the data
+    have arrived, and the CPU would read whatever was in the buffer."""
+    if device is not None:
+        device = torch.device(device)
+        images_uint8 = images_uint8.to(device, non_blocking=images_uint8.device.type == "cpu"
+                                       and device.type != "cpu")
+    return images_uint8.to(torch.float32) / 255.0 - 0.5
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

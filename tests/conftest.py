@@ -36,7 +36,23 @@ if MISSING:
         if module_path.name != "test_environment.py":
             return _MissingDependencies.from_parent(parent, path=module_path)
 else:
-    from helpers import TINY_BASE, TINY_DEFAULT_EVAL  # noqa: E402  (imports torch: after OMP_NUM_THREADS)
+    from helpers import GPU_SKIP_REASON, TINY_BASE, TINY_DEFAULT_EVAL, gpu_test_device  # noqa: E402  (imports torch: after OMP_NUM_THREADS)
+
+    def pytest_collection_modifyitems(config, items):
+        """Tests marked gpu skip, saying why, where there is no CUDA (and no
+        HPCDIFF_TEST_GPU_AS_CPU=1 to run them on the CPU)."""
+        if gpu_test_device() is None:
+            for item in items:
+                if item.get_closest_marker("gpu") is not None:
+                    item.add_marker(pytest.mark.skip(reason=GPU_SKIP_REASON))
+
+    @pytest.fixture(scope="session")
+    def test_device() -> str:
+        """What a `gpu` test runs on: "cuda", or "cpu" under HPCDIFF_TEST_GPU_AS_CPU=1."""
+        device = gpu_test_device()
+        if device is None:
+            pytest.skip(GPU_SKIP_REASON)
+        return device
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -59,6 +75,35 @@ def fashion_dir():
     return FASHION_DIR
 
 
+
+
+@pytest.fixture(scope="session")
+def gpu_data_dir():
+    """Real IDX files for the gpu tests: Debian's Fashion-MNIST where it is installed, else the
+    full MNIST that the GPU machine's check (.gpu/check.sh) lays out under
+    HPCDIFF_TEST_MNIST_ROOT."""
+    if (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
+        return FASHION_DIR
+    root = os.environ.get("HPCDIFF_TEST_MNIST_ROOT")
+    raw = Path(root) / "MNIST" / "raw" if root else None
+    if raw is not None and (raw / "train-images-idx3-ubyte").is_file():
+        return raw
+    pytest.skip("no real IDX files: apt-get install dataset-fashion-mnist, or HPCDIFF_TEST_MNIST_ROOT=DIR "
+                "holding DIR/MNIST/raw/train-images-idx3-ubyte (tests/fetch-full-mnist.sh DIR)")
+
+
+@pytest.fixture
+def gpu_sweep(tmp_path, gpu_data_dir):
+    """Write a tiny real sweep for the gpu tests (helpers.gpu_sweep_text) on gpu_data_dir;
+    returns a function(name, device, **options) -> its file."""
+    from helpers import gpu_sweep_text
+
+    def make(name: str, device: str, **options) -> Path:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(gpu_sweep_text(name, gpu_data_dir, device, **options))
+        return path
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -110,16 +110,16 @@ def test_shape_dtype_device_kept(name, dtype, digits):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", NAMES)
-def test_cuda_with_cpu_generator_matches_cpu(name, digits):
+def test_cuda_with_cpu_generator_matches_cpu(name, digits, test_device):
     t = torch.randint(0, n_steps_of(name) + 1, (64,), generator=torch.Generator().manual_seed(1))
     cpu = run(name, digits, t)
-    gpu = run(name, digits.cuda(), t.cuda())
-    assert gpu.device.type == "cuda" and gpu.dtype == cpu.dtype
+    gpu = run(name, digits.to(test_device), t.to(test_device))
+    assert gpu.device.type == test_device and gpu.dtype == cpu.dtype
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-5, rtol=1e-5)
-    no_gen = degrade(name, digits.cuda(), t.cuda(), n_steps=n_steps_of(name))  # global CUDA RNG
-    assert no_gen.device.type == "cuda" and no_gen.shape == digits.shape
+    no_gen = degrade(name, digits.to(test_device), t.to(test_device), n_steps=n_steps_of(name))  # the device's RNG
+    assert no_gen.device.type == test_device and no_gen.shape == digits.shape
 
 
 @pytest.mark.parametrize("name", NAMES)

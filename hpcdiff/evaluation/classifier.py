@@ -90,7 +90,8 @@ class Classifier(nn.Module):
             logits.append(self.head(f))
         self.train(was_training)
         if not feats:
-            return torch.zeros(0, self.arch["feature_dim"]), torch.zeros(0, self.arch["n_classes"])
+            return (torch.zeros(0, self.arch["feature_dim"], device=device),
+                    torch.zeros(0, self.arch["n_classes"], device=device))
         return torch.cat(feats), torch.cat(logits)
 
 
@@ -101,8 +102,10 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
         return x
     n, c, h, w = x.shape
     padded = F.pad(x, (max_shift,) * 4, value=-0.5)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator).to(x.device)
+    # Drawn on the generator's device, then moved: the same shifts whichever device x is on.
+    where = generator.device if generator is not None else x.device
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator, device=where).to(x.device)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator, device=where).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # n,1,h,1
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # n,1,1,w
     batch = torch.arange(n, device=x.device)[:, None, None, None]
@@ -145,7 +148,9 @@ def _train(train: Dataset, test: Dataset, *, epochs, batch_size, device, seed, l
     device = torch.device(device)
     # Seeded without touching the caller's RNG state: a run that trains the classifier on
     # first need must draw the same numbers as one that found it cached.
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    # A bare "cuda" (Accelerate's single-process device) is the current device, not cuda:0.
+    index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else 0
+    with torch.random.fork_rng(devices=[index] if device.type == "cuda" else []):
         return _train_seeded(train, test, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
                              lr=lr, max_shift=max_shift, log=log)
 

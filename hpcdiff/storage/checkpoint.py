@@ -7,12 +7,15 @@ moment leaves either the old set or the new one, never a torn file. Files are lo
 from __future__ import annotations
 
 import io
+import logging
 import re
 from pathlib import Path
 
 import torch
 
 from hpcdiff.storage.atomic import atomic_write, storage_errors
+
+log = logging.getLogger(__name__)
 
 PATTERN = re.compile(r"^epoch_(\d{5})\.pt$")
 
@@ -51,11 +54,19 @@ def list_epochs(directory: Path) -> list[int]:
 
 def load_latest(directory: Path, map_location="cpu") -> tuple[int, dict] | None:
     """The newest checkpoint that loads; an unreadable one (a disk error, a file copied in by
-    hand) is skipped in favour of the one before it."""
+    hand) is skipped in favour of the one before it.
+
+    Loaded to the CPU whatever device wrote it (``map_location``): a GPU run's checkpoint
+    resumes on a machine without a GPU, and ``load_state_dict`` of the model, the optimiser
+    (torch moves its state to each parameter's device) and the EMA copies every tensor to
+    the device of what it fills, so a CPU run's checkpoint resumes on a GPU as well."""
     for epoch in reversed(list_epochs(directory)):
         try:
             state = torch.load(path_for(directory, epoch), map_location=map_location, weights_only=True)
-        except Exception:
+        except Exception as err:
+            # Said, not silent: a checkpoint that no longer loads makes the run start over.
+            log.warning("checkpoint %s does not load (%s: %s); trying the one before it",
+                        path_for(directory, epoch), type(err).__name__, err)
             continue
         return epoch, state
     return None

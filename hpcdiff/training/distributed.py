@@ -53,3 +53,15 @@ def env_from_slurm(environ=None) -> bool:
 def process_rank(environ=None) -> int:
     env = os.environ if environ is None else environ
     return int(env.get("RANK", "0"))
+
+
+def local_cuda_index(environ=None) -> int:
+    """The GPU this process trains on, as Accelerate picks it: LOCAL_RANK (SLURM_LOCALID under
+    srun, through env_from_slurm) modulo the GPUs the process sees. A task bound to its own
+    GPU (srun --gpus-per-task=1) sees only that one, as cuda:0; tasks that all see the node's
+    GPUs take cuda:LOCAL_RANK. Known before Accelerate starts, so that nothing looks at (and
+    creates a CUDA context on) cuda:0 on behalf of every rank."""
+    import torch
+
+    env = os.environ if environ is None else environ
+    return int(env.get("LOCAL_RANK", "0") or 0) % max(1, torch.cuda.device_count())

@@ -5,30 +5,78 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import socket
 import sys
 
 import torch
 
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.training.distributed import local_cuda_index
 
 # The other processes wait in the next collective while the main one computes metrics,
 # writes the archive and checkpoints; t-SNE or Inception features on a big sample set can
 # outlast NCCL's default 10-minute watchdog.
 PROCESS_GROUP_TIMEOUT_S = 1800
 
+log = logging.getLogger(__name__)
+
+
+class NoGpuError(RuntimeError):
+    """train.device = "cuda" on a machine where torch sees no GPU."""
+
+
+def resolve_precision(requested: str, *, use_cpu: bool, bf16_supported: bool) -> str:
+    """The mixed precision a run trains with. "auto": fp32 ("no") on the CPU, where bf16
+    convolutions are very slow, bf16 on a GPU that has it, and fp32 on one that does not
+    (a V100 or T4 would emulate bf16 slowly; fp16 needs a loss scaler, which checkpoints do
+    not hold, so "auto" never picks it)."""
+    if requested != "auto":
+        return requested
+    return "bf16" if not use_cpu and bf16_supported else "no"
+
 
 def make_accelerator(spec):
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
-    use_cpu = spec.train.device == "cpu" or not torch.cuda.is_available()
-    precision = spec.train.mixed_precision
-    if precision == "auto":
-        precision = "no" if use_cpu else "bf16"
+    cuda = torch.cuda.is_available()
+    if spec.train.device == "cuda" and not cuda:
+        # Not a silent fallback to the CPU: a job that forgot to ask for a GPU (no --gres) would
+        # otherwise train for its whole time limit at a fraction of the speed.
+        raise NoGpuError(
+            f"train.device = \"cuda\" but torch sees no GPU on {socket.gethostname()} "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}). Ask the scheduler for a GPU "
+            f"(e.g. [slurm] gpus_per_node), or set train.device = \"auto\" or \"cpu\".")
+    use_cpu = spec.train.device == "cpu" or not cuda
+    precision = resolve_precision(spec.train.mixed_precision, use_cpu=use_cpu,
+                                  bf16_supported=not use_cpu and gpu_has_bf16(local_cuda_index()))
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     # Gradient accumulation is done in the training loop, not by Accelerate: its windows
     # would run across epoch ends, and a checkpoint written there would lose the gradients.
-    return Accelerator(cpu=use_cpu, mixed_precision=precision, kwargs_handlers=[timeout])
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, kwargs_handlers=[timeout])
+    log.info("device %s (process %d of %d), mixed precision %s", device_name(accelerator.device),
+             accelerator.process_index, accelerator.num_processes, accelerator.mixed_precision)
+    return accelerator
+
+
+def gpu_has_bf16(index: int) -> bool:
+    """Whether GPU ``index`` computes in bf16 natively (compute capability 8.0 on: A100,
+    H100, H200...). Not torch.cuda.is_bf16_supported(): by default it also says yes for GPUs
+    that only emulate bf16, and it asks the current device, which before Accelerate has set
+    it is cuda:0 for every rank."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def device_name(device) -> str:
+    """"cuda:1", "cpu": a CUDA device with its index (Accelerate's single-process device is a
+    bare "cuda", the current device), so that logs say which GPU a task trained on."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
 
 
 def slurm_job_id() -> str | None:
