@@ -17,7 +17,7 @@ LAYERS = {
     "evaluation": 2,
     "resolve": 3, "training": 3,
     "launch": 4, "analysis": 4, "bench": 4,
-    "cli": 5, "__main__": 5,
+    "cli": 5, "cli_bench": 5, "__main__": 5,
 }
 
 

@@ -161,7 +161,8 @@ class TrainSpec:
     sample_every: int = 1
     n_samples: int = 16
     device: str = "auto"
-    # "auto" = bf16 on GPU, fp32 ("no") on CPU, where bf16 convolutions are very slow.
+    # "auto" = bf16 on a GPU that computes it natively, fp32 ("no") on the CPU (where bf16
+    # convolutions are very slow) and on older GPUs.
     mixed_precision: str = "auto"
     # Clip the global gradient norm; 0 disables it.
     grad_clip: float = 0.0

@@ -26,6 +26,7 @@ from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCac
 from hpcdiff.evaluation.stats import reconstruction_metrics
 from hpcdiff.config.spec import RunSpec
 from hpcdiff.science.degradations import is_gaussian
+from hpcdiff.science.diffusion import sampling_device
 from hpcdiff.science.streams import generator as stream_generator
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ class Evaluator:
         mine = {}
         for c, start, k in chunks[self.rank::self.world]:
             # One generator per chunk: the same draws whoever computes them, at every epoch.
-            g = stream_generator(seed, "eval_chunk", c)
+            g = stream_generator(seed, "eval_chunk", c, device=sampling_device(self.device))
             mine[c] = chunk_fn(core, start, k, g)
         if self.world == 1:
             return {key: torch.cat([mine[c][key] for c, _, _ in chunks]) for key in keys}

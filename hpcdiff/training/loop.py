@@ -33,7 +33,7 @@ from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
 from hpcdiff.storage.rundir import RunDir
 from hpcdiff.training.distributed import env_from_slurm, process_rank
-from hpcdiff.training.environment import attach_log, detach_log, make_accelerator, record_state, slurm_job_id
+from hpcdiff.training.environment import NoGpuError, attach_log, detach_log, make_accelerator, record_state, slurm_job_id
 from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
 from hpcdiff.training.progress import Progress
 from hpcdiff.training.signals import StopRequested, hand_on_to_submitit, stop_on_signals
@@ -80,7 +80,7 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
         if main:
             record_state(rd, state="timeout")
         raise
-    except (Diverged, StorageError) as err:
+    except (Diverged, StorageError, NoGpuError) as err:
         # Not bugs: no traceback, the message names what happened and where.
         if main:
             record_state(rd, state="diverged" if isinstance(err, Diverged) else "failed",
@@ -174,6 +174,10 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     log.info("training step: %s (%s)", "CUDA graph" if mode.graph else "eager", mode.reason)
     state.diffusion, state.optimizer = accelerator.prepare(state.diffusion, state.optimizer)
     state.core = accelerator.unwrap_model(state.diffusion)
+    # fp16's loss scale is state too: without it a resume starts again from 2**16 and skips steps.
+    state.scaler = accelerator.scaler
+    if resumed is not None and state.scaler is not None and resumed[1].get("scaler"):
+        state.scaler.load_state_dict(resumed[1]["scaler"])
     n_train = len(splits.train)
     steps = max(1, n_train // t.batch_size) if n_train >= t.batch_size else 1
     train_images = splits.train.images.to(device)

@@ -127,6 +127,7 @@ class TrainState:
     partial_loss: float = 0.0           # ... and the loss summed over that epoch's batches before it
     core: torch.nn.Module | None = None  # the unwrapped process (set once prepared)
     mode: StepMode = StepMode(EAGER, "")  # how the step runs (training/step.py), recorded in checkpoints
+    scaler: object | None = None        # Accelerate's GradScaler under fp16 (set once prepared)
 
     @classmethod
     def build(cls, spec, diffusion: torch.nn.Module, *, device: torch.device | None = None,
@@ -152,6 +153,7 @@ class TrainState:
             "stopper": self.stopper.state_dict(), "rng": rng_state(), "config": config,
             "ema": self.ema.state_dict() if self.ema is not None else None, "world_size": world,
             "compile": self.mode.mode,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load_state_dict(self, epoch_done: int, state: dict, *, seed: int, rank: int) -> None:
@@ -170,6 +172,10 @@ class TrainState:
             self.start_batch = int(state["partial"]["batch"])
             self.partial_loss = float(state["partial"]["loss_sum"])
         set_rng_state(state["rng"])
+        if "cuda" not in state["rng"] and torch.cuda.is_available():
+            # Written on a machine without a GPU: give this GPU's stream a place of its own
+            # instead of the one set_seed left (which would replay epoch 1's draws).
+            torch.cuda.manual_seed(stream_seed(seed, "rank_noise", rank, self.step))
         if rank:  # the checkpoint holds the main process's streams
             from accelerate.utils import set_seed
 

@@ -1,0 +1,114 @@
+"""`hpcdiff bench ...`: the benchmarks' commands (registered on the main group by cli.py).
+Each parses its options, calls one function of hpcdiff.bench and prints its table."""
+
+from __future__ import annotations
+
+import click
+
+from hpcdiff.config.spec import SpecError
+
+
+def console():
+    from hpcdiff.cli import _console
+
+    return _console()
+
+
+def fail_invalid(err: Exception) -> None:
+    from hpcdiff.cli import _fail_invalid
+
+    _fail_invalid(err)
+
+
+@click.group()
+def bench():
+    """Benchmarks."""
+
+
+def _hidden_option(text: str) -> tuple[int, ...]:
+    try:
+        hidden = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of channel counts") from None
+    if not hidden or min(hidden) < 1:
+        raise click.BadParameter(f"{text!r}: every channel count must be >= 1")
+    return hidden
+
+
+@bench.command("train")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Timed epochs of the trainer's loop, after one untimed [default: 20 on CUDA, 2 on the CPU].")
+@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Timed steps of the notebook loop and the conv ceiling.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--data", "data_name", default="mnist-5k", show_default=True)
+@click.option("--hidden", "hidden_list", multiple=True, metavar="C1,C2,...",
+              help="Model channels (repeatable); default: the starter's 16,32,32,16, and on CUDA also "
+                   "32,64,128,64,32.")
+def bench_train(epochs, steps, batch_size, device, data_name, hidden_list):
+    """Images/s of the trainer's loop (eager, and CUDA graphs on CUDA) vs the notebook's
+    DataLoader loop and the model's convolutions alone."""
+    from hpcdiff.bench.train import DEFAULT_HIDDEN, WIDE_HIDDEN, benchmark_train, format_report
+
+    cuda = device.startswith("cuda")
+    models = [_hidden_option(h) for h in hidden_list] or ([DEFAULT_HIDDEN, WIDE_HIDDEN] if cuda else [DEFAULT_HIDDEN])
+    epochs = epochs or (20 if cuda else 2)
+    for hidden in models:
+        results = benchmark_train(epochs=epochs, steps=steps, batch_size=batch_size, device=device,
+                                  data_name=data_name, hidden=hidden)
+        console().print(format_report(results))
+
+
+@bench.command("sample")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=None,
+              help="Images drawn at once [default: 1000 on CUDA, 16 on the CPU].")
+@click.option("--ancestral-steps", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--ddim-steps", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--hidden", default="16,32,32,16", show_default=True, metavar="C1,C2,...")
+def bench_sample(device, samples, ancestral_steps, ddim_steps, hidden):
+    """Images/s of 1000-step ancestral and 50-step DDIM sampling vs the denoiser calls alone."""
+    from hpcdiff.bench.sample import benchmark_sample, format_sample_report
+
+    samples = samples or (1000 if device.startswith("cuda") else 16)
+    console().print(format_sample_report(benchmark_sample(
+        device=device, samples=samples, ancestral_steps=ancestral_steps, ddim_steps=ddim_steps,
+        hidden=_hidden_option(hidden))))
+
+
+@bench.command("degradations")
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def bench_degradations(batch_size, device):
+    """Time of each degradation vs one training step, and pixel_swap vs a per-pixel loop."""
+    from hpcdiff.bench.train import benchmark_degradations_vs_step, format_degradation_report
+
+    console().print(format_degradation_report(benchmark_degradations_vs_step(batch_size=batch_size, device=device)))
+
+
+@bench.command("eval")
+@click.option("--degradations", default="gaussian,impulse,pixel_swap,blur", show_default=True,
+              help="Comma-separated degradations, each at its recipe n_T.")
+@click.option("--set", "overrides", multiple=True, metavar="eval.KEY=VALUE",
+              help="Override an [eval] setting, e.g. --set eval.samples=1000.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--data", "data_name", default="mnist-5k", show_default=True,
+              help="Dataset of the held-out images and the classifier.")
+def bench_eval(degradations, overrides, device, data_name):
+    """Time of one evaluation at the [eval] defaults vs one training epoch of full MNIST size."""
+    from hpcdiff.bench.eval import benchmark_eval, format_eval_report
+    from hpcdiff.config.sweep import parse_overrides
+
+    try:
+        eval_overrides = {}
+        for parts, value in parse_overrides(list(overrides)):
+            if parts[0] != "eval" or len(parts) != 2:
+                raise SpecError(f"bench eval takes eval.KEY overrides only, got {'.'.join(parts)!r}")
+            eval_overrides[parts[1]] = value
+        names = [n.strip() for n in degradations.split(",") if n.strip()]
+        results = benchmark_eval(degradations=names, device=device, data_name=data_name,
+                                 eval_overrides=eval_overrides, log=click.echo)
+    except SpecError as err:
+        fail_invalid(err)
+    console().print(format_eval_report(results))
