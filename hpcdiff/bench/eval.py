@@ -3,7 +3,8 @@
 Both are measured in one process on one device, with the starter CNN:
   epoch      a training epoch at the default batch over a training set of ``train_images``
              (48,000 = full MNIST at the default 20% validation split) plus its validation
-             pass, from timed steps (the time of a step does not depend on the images);
+             pass, from the trainer's loop timed over an epoch of mnist-5k (the time of a
+             step does not depend on the images);
   eval       one real Evaluator call at the [eval] defaults (samples, sampler, steps,
              metrics, reconstructions for cold diffusion) per degradation at its recipe n_T;
   full       the same samples drawn with the run's own sampler on all n_T steps (what
@@ -17,7 +18,7 @@ import time
 
 import torch
 
-from hpcdiff.bench.train import _sync, bench_hpcdiff
+from hpcdiff.bench.train import DEFAULT_HIDDEN, bench_loop, bench_spec, sync_device
 from hpcdiff.data import load_splits, to_model_range
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.degradations import is_gaussian
@@ -29,18 +30,20 @@ from hpcdiff.config.spec import RunSpec
 DEGRADATIONS = ("gaussian", "impulse", "pixel_swap", "blur")
 
 
-def _epoch_seconds(images, device, *, batch: int, train_images: int, val_images: int, steps: int) -> dict:
-    step = bench_hpcdiff(images, steps, 3, batch, device)
+def _epoch_seconds(images, device, *, batch: int, train_images: int, val_images: int) -> dict:
+    # A step of the trainer's own loop (an epoch of mnist-5k after an untimed one).
+    step = bench_loop(bench_spec(device=device.type, hidden=DEFAULT_HIDDEN, batch=batch, data_name="mnist-5k",
+                                 compile_mode="auto"), epochs=1, name="step")
     step_s = step.seconds / step.steps
     spec = validate_spec(RunSpec())
     core = build_diffusion(spec, build_model(spec.model)).to(device)
     x = to_model_range(images[:1000], device)
     with torch.no_grad():
         core(x)
-        _sync(device)
+        sync_device(device)
         tic = time.perf_counter()
         core(x)
-        _sync(device)
+        sync_device(device)
     val_s_per_image = (time.perf_counter() - tic) / len(x)
     train_s = math.ceil(train_images / batch) * step_s
     return {"step_seconds": step_s, "train_seconds": train_s, "val_seconds": val_images * val_s_per_image,
@@ -49,12 +52,12 @@ def _epoch_seconds(images, device, *, batch: int, train_images: int, val_images:
 
 def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-5k", eval_overrides=None,
                    train_images: int = 48_000, val_images: int = 12_000, batch_size: int = 128,
-                   train_steps: int = 20, log=None) -> dict:
+                   log=None) -> dict:
     say = log or (lambda msg: None)
     device = torch.device(device)
     splits = load_splits(RunSpec.from_dict({"data": {"name": data_name}}).data)
     epoch = _epoch_seconds(splits.train.images, device, batch=batch_size, train_images=train_images,
-                           val_images=val_images, steps=train_steps)
+                           val_images=val_images)
     say(f"epoch of {train_images:,} + {val_images:,} images: {epoch['seconds']:.1f} s")
     rows = []
     for name in degradations:
@@ -65,10 +68,10 @@ def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-
         evaluator = Evaluator(spec, splits.test, device)  # trains the classifier on first need
         times = []
         for _ in range(2):  # the first call also extracts the real images' features, once per run
-            _sync(device)
+            sync_device(device)
             tic = time.perf_counter()
             metrics = evaluator(core, seed=0)
-            _sync(device)
+            sync_device(device)
             times.append(time.perf_counter() - tic)
         first_s, eval_s = times
         # The run's own sampler on all n_T steps, one chunk, scaled to the sample count.
@@ -76,10 +79,10 @@ def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-
         x_T, _ = core.start(k, tuple(splits.test.image_shape), generator=torch.Generator().manual_seed(0),
                             device=device, test_images=evaluator.starts)
         core.eval()
-        _sync(device)
+        sync_device(device)
         tic = time.perf_counter()
         core.sample(x_T, generator=torch.Generator().manual_seed(1), steps=0)
-        _sync(device)
+        sync_device(device)
         full_sampling_s = (time.perf_counter() - tic) * spec.eval.samples / k
         passes = 2 if (not is_gaussian(spec.degradation.name) and spec.eval.reconstruction
                        and spec.diffusion.sample_start != "degraded_test") else 1
