@@ -27,7 +27,7 @@ from hpcdiff.data import load_splits, to_model_range, to_uint8
 from hpcdiff.evaluation.evaluate import Evaluator, eval_mode
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.diffusion import build_diffusion, sampling_device
-from hpcdiff.science.models import build_model
+from hpcdiff.science.models import build_model, check_image_shape
 from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
@@ -156,6 +156,9 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     # noise stream per rank: otherwise every rank draws the same t and eps for its images.
     set_seed(t.seed)
     splits = load_splits(spec.data)
+    # idx files can hold any image size: the model's fit is known only now (before the
+    # evaluator, which may train a classifier first).
+    check_image_shape(spec.model, splits.train.image_shape)
     # Built before training so that a missing classifier fails now, not after the last epoch.
     evaluator = Evaluator(spec, splits.test, device, main=accelerator.is_main_process, rank=rank, world=world)
     diffusion = build_diffusion(spec, build_model(spec.model, splits.train.image_shape)).to(device)
