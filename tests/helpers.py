@@ -50,3 +50,16 @@ def make_run_dir(sweep_file, out) -> RunDir:
     write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
     update_manifest(plan.sweep_dir, plan.sweep, sweep_file.read_text())
     return rd
+
+
+def resume_with(rd: RunDir, **train_settings) -> str:
+    """Resume a finished run as if it had been stopped at its last checkpoint (state
+    "timeout"), with ``train_settings`` changed in its config.toml (e.g. more epochs)."""
+    from hpcdiff.config import tomlio
+    from hpcdiff.training.loop import train
+
+    config = tomlio.load(rd.config_path)
+    config["train"].update(train_settings)
+    rd.config_path.write_text(tomlio.dumps(config))
+    rd.write_status(state="timeout")
+    return train(rd.path)

@@ -32,6 +32,7 @@ from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.training.budget import Budget
 from hpcdiff.training.distributed import env_from_slurm, process_rank
 from hpcdiff.training.environment import attach_log, detach_log, make_accelerator, record_state, slurm_job_id
 from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
@@ -117,6 +118,9 @@ class Session:
     progress: Progress
     steps_per_epoch: int
     step: TrainStep                  # forward, backward and optimiser step (eager or CUDA graph)
+    budget: Budget | None = None     # train.max_steps / max_minutes
+    stopped_by: str | None = None    # the budget that ended the run ("max_steps" | "max_minutes")
+    batches_done: int = 0            # batches of the running epoch when run_epoch returned
 
     @property
     def main(self) -> bool:
@@ -131,16 +135,20 @@ class Session:
 def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     session = start_session(rd, spec, show_progress)
     t, state = spec.train, session.state
+    # A run resumed after its budget was spent (killed before it could say "done") trains no more.
+    session.stopped_by = session.budget.spent(session.budget.optimizer_steps(state.epoch_done + 1, state.start_batch),
+                                              state.elapsed)
     with stop_on_signals(session.monitor), session.progress:
-        for epoch in range(state.epoch_done + 1, t.epochs + 1):
+        for epoch in range(state.epoch_done + 1, t.epochs + 1) if not session.stopped_by else ():
             first = state.start_batch if epoch == state.epoch_done + 1 else 0
             train_loss, seconds = run_epoch(session, epoch, first)
             if end_epoch(session, epoch, train_loss, seconds, first):
                 break
     session.accelerator.wait_for_everyone()
     if session.main:
-        rd.write_status(state="done")
-        archive.set_attrs(rd.archive, {"finished": True})
+        budget = {"stopped_by": session.stopped_by} if session.stopped_by else {}
+        rd.write_status(state="done", **budget)
+        archive.set_attrs(rd.archive, {"finished": True, "training_seconds": state.elapsed, **budget})
     return "done"
 
 
@@ -187,7 +195,8 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
         evaluator=evaluator, monitor=TrainingMonitor(accelerator),
         progress=Progress(show_progress and accelerator.is_main_process, total_epochs=t.epochs, steps=steps,
                           run_id=rd.run_id),
-        steps_per_epoch=steps, step=TrainStep(state, accelerator, train_images, grad_clip=t.grad_clip, mode=mode))
+        steps_per_epoch=steps, step=TrainStep(state, accelerator, train_images, grad_clip=t.grad_clip, mode=mode),
+        budget=Budget.of(t, steps))
     if session.main:
         _open_run_files(session)
     return session
@@ -212,7 +221,8 @@ def _open_run_files(session: Session) -> None:
 
 
 def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
-    """The steps of one epoch from batch ``first``: (mean training loss, seconds)."""
+    """The steps of one epoch from batch ``first``: (mean training loss, seconds). A spent
+    budget ends the epoch early (``session.stopped_by`` says which)."""
     s, t, acc = session.state, session.spec.train, session.accelerator
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     steps, local_batch = session.steps_per_epoch, max(1, t.batch_size // world)
@@ -221,6 +231,8 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     perm = torch.randperm(len(session.train_images), generator=generator(t.seed, "epoch_order", epoch)).to(device)
     loss_sum = torch.full((), s.partial_loss if first else 0.0, device=device)
     session.progress.start_epoch(epoch, first)
+    budget = session.budget or Budget(0, 0.0, steps, t.grad_accumulation)
+    session.batches_done = steps
     for i in range(first, steps):
         idx = perm[i * t.batch_size: (i + 1) * t.batch_size][rank * local_batch: (rank + 1) * local_batch]
         # Windows of grad_accumulation batches that start at every epoch's first batch (the
@@ -233,18 +245,24 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
         session.progress.advance()
         # Checks only after an optimiser step (gradients accumulated in between are not
         # checkpointed), every few steps and at the epoch's end: each waits for the device.
-        if sync and session.monitor.optimizer_step_taken(epoch_end=i + 1 == steps):
-            _check(session, epoch, i + 1, loss_sum, tic)
-    train_loss = acc.reduce(loss_sum, reduction="mean").item() / steps
+        if sync and session.monitor.optimizer_step_taken(
+                epoch_end=i + 1 == steps, budget_step=budget.is_last_step(budget.optimizer_steps(epoch, i + 1))):
+            if _check(session, epoch, i + 1, loss_sum, tic, budget):
+                session.batches_done = i + 1
+                break
+    train_loss = acc.reduce(loss_sum, reduction="mean").item() / session.batches_done
     seconds = time.perf_counter() - tic
     s.elapsed += seconds
     return train_loss, seconds
 
 
-def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, tic: float) -> None:
-    """The interval check: divergence ends the run, a stop signal checkpoints and stops it."""
+def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, tic: float,
+           budget: Budget) -> bool:
+    """The interval check: divergence ends the run, a stop signal checkpoints and stops it.
+    True when the compute budget is spent: this epoch is then the run's last."""
     s = session.state
-    verdict = session.monitor.check(loss_sum, s.weights())
+    spent = budget.spent(budget.optimizer_steps(epoch, batches), s.elapsed + time.perf_counter() - tic)
+    verdict = session.monitor.check(loss_sum, s.weights(), over_budget=spent is not None)
     session.progress.show_loss(verdict.loss_sum / batches)  # the epoch's mean so far
     if not verdict.finite:
         epochs = checkpoint.list_epochs(session.rd.checkpoints)
@@ -259,6 +277,10 @@ def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, t
             session.save(epoch - 1, partial={"epoch": epoch, "batch": batches, "loss_sum": float(loss_sum)})
         session.accelerator.wait_for_everyone()
         raise StopRequested(verdict.stop_signal)
+    if verdict.over_budget:
+        # Another rank's clock may be the one past max_minutes: all stop at this step.
+        session.stopped_by = spent or "max_minutes"
+    return verdict.over_budget
 
 
 def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, first: int) -> bool:
@@ -271,10 +293,13 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         s.plateau.step(watched)
     early_stop = s.stopper.update(watched, epoch, min_delta=t.early_stopping_min_delta,
                                   patience=t.early_stopping_patience)
-    last = epoch == t.epochs or early_stop
+    last = epoch == t.epochs or early_stop or session.stopped_by is not None
+    batches = session.batches_done or session.steps_per_epoch
     metrics = {"train_loss": train_loss, "val_loss": val_loss, "lr": current_lr(s.optimizer),
                "epoch_seconds": seconds, "elapsed_seconds": s.elapsed,
-               "images_per_second": (session.steps_per_epoch - first) * t.batch_size / seconds}
+               # The common axis of runs compared at equal compute (analysis: vs steps, vs time).
+               "optimizer_steps": session.budget.optimizer_steps(epoch, batches) if session.budget else float("nan"),
+               "images_per_second": (batches - first) * t.batch_size / seconds}
     if session.evaluator.enabled and due(epoch, spec.eval.every, last):
         with ema_weights(s.core, s.ema):
             metrics.update(session.evaluator(s.core, t.seed))
@@ -298,7 +323,9 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         log.info("early stopping at epoch %d (best epoch %d)", epoch, s.stopper.best_epoch)
         if session.main:
             rd.write_status(early_stopped=True)
-    return early_stop
+    if session.stopped_by:
+        log.info("compute budget spent (train.%s) at epoch %d, batch %d", session.stopped_by, epoch, batches)
+    return early_stop or session.stopped_by is not None
 
 
 @torch.no_grad()
