@@ -164,8 +164,21 @@ def test_unet_resume_is_exact(tiny_sweep, tmp_path):
     np.testing.assert_allclose(b["val_loss"], a["val_loss"], rtol=1e-5)
 
 
-def test_unet_trains_in_two_processes(tiny_sweep, tmp_path):
-    path = unet_sweep(tiny_sweep, '[sweep]\nname = "ddp"\n', epochs=1, subset=256)
+def test_unet_trains_under_bf16_autocast():
+    """Mixed precision: GroupNorm, attention and the skips take bf16 activations."""
+    model = build_model(ModelSpec(name="unet", base_channels=8, groups=4, attention=True))
+    x = torch.randn(2, 1, 28, 28)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = (model(x, torch.rand(2)).float() - x).square().mean()
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_unet_trains_in_two_processes_to_a_step_budget(tiny_sweep, tmp_path):
+    """2 gloo processes, 3 batches per epoch, max_steps = 4: both ranks stop after the first
+    batch of epoch 2 (a rank left behind would hang in the next collective)."""
+    path = unet_sweep(tiny_sweep, '[sweep]\nname = "ddp"\n', epochs=2, subset=256)
+    path.write_text(path.read_text().replace("[train]\n", "[train]\nmax_steps = 4\n", 1))
     rd = make_run_dir(path, tmp_path / "runs")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -175,3 +188,4 @@ def test_unet_trains_in_two_processes(tiny_sweep, tmp_path):
     data = archive.read(rd.archive)
     assert data["attrs"]["world_size"] == 2 and rd.read_status()["state"] == "done"
     assert np.isfinite(data["metrics"]["train_loss"]).all()
+    assert data["metrics"]["optimizer_steps"].tolist() == [3, 4] and data["attrs"]["stopped_by"] == "max_steps"
