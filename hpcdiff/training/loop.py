@@ -135,11 +135,14 @@ class Session:
 def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     session = start_session(rd, spec, show_progress)
     t, state = spec.train, session.state
-    # A run resumed after its budget was spent (killed before it could say "done") trains no more.
+    # A run resumed after its budget was spent trains no more: spent at an epoch's end (killed
+    # before it could say "done"), there is nothing left to do; spent mid-epoch (a stop
+    # signal's checkpoint at that very step), the epoch is closed without another batch.
     session.stopped_by = session.budget.spent(session.budget.optimizer_steps(state.epoch_done + 1, state.start_batch),
                                               state.elapsed)
+    nothing_left = session.stopped_by is not None and not state.start_batch
     with stop_on_signals(session.monitor), session.progress:
-        for epoch in range(state.epoch_done + 1, t.epochs + 1) if not session.stopped_by else ():
+        for epoch in range(state.epoch_done + 1, t.epochs + 1) if not nothing_left else ():
             first = state.start_batch if epoch == state.epoch_done + 1 else 0
             train_loss, seconds = run_epoch(session, epoch, first)
             if end_epoch(session, epoch, train_loss, seconds, first):
@@ -232,8 +235,8 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     loss_sum = torch.full((), s.partial_loss if first else 0.0, device=device)
     session.progress.start_epoch(epoch, first)
     budget = session.budget or Budget(0, 0.0, steps, t.grad_accumulation)
-    session.batches_done = steps
-    for i in range(first, steps):
+    session.batches_done = last = first if session.stopped_by else steps
+    for i in range(first, last):
         idx = perm[i * t.batch_size: (i + 1) * t.batch_size][rank * local_batch: (rank + 1) * local_batch]
         # Windows of grad_accumulation batches that start at every epoch's first batch (the
         # last one may be shorter): an epoch end is always an optimiser step.
