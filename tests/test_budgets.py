@@ -96,3 +96,21 @@ def test_older_archives_get_their_steps_from_the_config():
               "train": {"batch_size": 64, "grad_accumulation": 3}}
     np.testing.assert_array_equal(derived_optimizer_steps(config, np.array([1, 2])), [2, 4])
     assert derived_optimizer_steps({"data": {"name": "idx"}, "train": {"batch_size": 64}}, np.array([1])) is None
+
+
+def test_a_stop_signal_at_the_budget_step_resumes_to_a_closed_epoch(tiny_sweep, tmp_path):
+    """A stop signal's mid-epoch checkpoint taken at the very step the budget ends on (the
+    signal wins that check): the resume closes that epoch (row, samples, checkpoint) without
+    another batch. The checkpoint is written here as the signal handler writes it."""
+    path = tiny_sweep(epochs=1)  # 4 batches per epoch
+    rd = make_run_dir(path, tmp_path / "runs")
+    assert train(rd.path) == "done"
+    epoch, state = checkpoint.load_latest(rd.checkpoints)
+    state.update(step=state["step"] + 2, partial={"epoch": 2, "batch": 2, "loss_sum": 2 * 0.5})
+    checkpoint.save_object(state, checkpoint.path_for(rd.checkpoints, epoch))
+    assert resume_with(rd, epochs=3, max_steps=6) == "done"
+    assert rd.read_status()["stopped_by"] == "max_steps"
+    m = archive.read(rd.archive)["metrics"]
+    assert m["epoch"].tolist() == [1, 2] and m["optimizer_steps"].tolist() == [4, 6]
+    assert m["train_loss"][-1] == pytest.approx(0.5)  # the two batches before the signal, none after
+    assert torch.load(rd.checkpoints / "epoch_00002.pt", weights_only=False)["step"] == 6
