@@ -114,3 +114,13 @@ def test_a_stop_signal_at_the_budget_step_resumes_to_a_closed_epoch(tiny_sweep, 
     assert m["epoch"].tolist() == [1, 2] and m["optimizer_steps"].tolist() == [4, 6]
     assert m["train_loss"][-1] == pytest.approx(0.5)  # the two batches before the signal, none after
     assert torch.load(rd.checkpoints / "epoch_00002.pt", weights_only=False)["step"] == 6
+
+
+def test_rows_from_before_the_series_get_derived_steps():
+    from hpcdiff.analysis.compute_axes import axis_values
+    from hpcdiff.analysis.load import Run
+
+    config = {"data": {"name": "mnist-5k", "subset": 320}, "train": {"batch_size": 64}}
+    run = Run("r", {}, config, {"epoch": np.array([1, 2, 3]), "optimizer_steps": np.array([np.nan, 8.0, 12.0])}, {})
+    np.testing.assert_array_equal(axis_values(run, "optimizer_steps"), [4, 8, 12])
+    assert axis_values(Run("r", {}, config, {"epoch": np.array([1])}, {}), "elapsed_seconds") is None

@@ -42,11 +42,12 @@ def axis_values(run: Run, axis: str) -> np.ndarray | None:
     """The run's x values on ``axis``, one per archive row, or None when unknown."""
     epochs = np.asarray(run.metrics.get("epoch", []))
     values = run.metrics.get(axis)
+    derived = derived_optimizer_steps(run.config, epochs) if axis == "optimizer_steps" else None
     if values is not None and len(values) == len(epochs) and np.isfinite(values).any():
-        return np.asarray(values, dtype=np.float64)
-    if axis == "optimizer_steps":
-        return derived_optimizer_steps(run.config, epochs)
-    return None
+        values = np.asarray(values, dtype=np.float64)
+        # An older run resumed by this version: its first rows predate the series.
+        return values if derived is None else np.where(np.isfinite(values), values, derived)
+    return derived
 
 
 def series_on(run: Run, name: str, axis: str, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
