@@ -5,8 +5,8 @@ A ``RunSpec`` is everything that defines one training run. It is built only thro
 types and out-of-range values, so that a typo in a sweep file never silently falls back to
 a default. Stdlib only: the CLI validates a sweep before importing torch.
 
-The value checks and ``SpecError`` are in ``config.checks``, the ``[slurm]`` section in
-``config.slurm_spec``; both are re-exported here.
+The value checks and ``SpecError`` are in ``config.checks``, the ``[model]`` section in
+``config.model_spec``, the ``[slurm]`` section in ``config.slurm_spec``; all are re-exported here.
 """
 
 from __future__ import annotations
