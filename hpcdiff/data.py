@@ -21,6 +21,11 @@ from hpcdiff.config.spec import DataSpec
 # same train/val images and their spread measures the training, not the split.
 SPLIT_SEED = 12345
 
+# The image shape (C, H, W) of each dataset whose shape is known before it is read: checks
+# that depend on the image size run when a sweep is validated. "idx" files can hold any
+# size, so their runs are checked when the data are loaded.
+KNOWN_IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-5k": (1, 28, 28)}
+
 
 class DataError(RuntimeError):
     """A dataset is missing or malformed; the message says how to get it."""

@@ -14,10 +14,12 @@ import math
 from hpcdiff.config.registry import unknown_message, unknown_name_message
 from hpcdiff.config import sweep as sweep_files
 from hpcdiff.config.spec import RunSpec, SpecError, check_text
+from hpcdiff.data import KNOWN_IMAGE_SHAPES
 from hpcdiff.evaluation.metrics import METRICS
 from hpcdiff.science.degradations import (DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params,
                                           default_schedule, is_gaussian, process_of)
 from hpcdiff.science.diffusion import SAMPLER_KIND, SAMPLERS
+from hpcdiff.science.models import image_size_problem
 from hpcdiff.science.schedules import SCHEDULES
 
 
@@ -117,6 +119,10 @@ def validate_spec(spec: RunSpec) -> RunSpec:
     _check_param_types(deg)
     _check_param_values(spec)
     _check_sampling(spec)
+    shape = KNOWN_IMAGE_SHAPES.get(spec.data.name)
+    problem = image_size_problem(spec.model, shape) if shape else None
+    if problem:
+        raise SpecError(f"{problem} (data.name = {spec.data.name!r})", path="model.channel_mults")
     for i, name in enumerate(spec.eval.metrics):
         if name not in METRICS:
             raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")

@@ -132,3 +132,16 @@ def train_to_end(rd: RunDir, env: dict | None = None) -> str:
     out = output_of(proc)
     assert proc.returncode == 0, out
     return out
+
+
+def resume_with(rd: RunDir, **train_settings) -> str:
+    """Resume a finished run as if it had been stopped at its last checkpoint (state
+    "timeout"), with ``train_settings`` changed in its config.toml (e.g. more epochs)."""
+    from hpcdiff.config import tomlio
+    from hpcdiff.training.loop import train
+
+    config = tomlio.load(rd.config_path)
+    config["train"].update(train_settings)
+    rd.config_path.write_text(tomlio.dumps(config))
+    rd.write_status(state="timeout")
+    return train(rd.path)

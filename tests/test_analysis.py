@@ -257,6 +257,10 @@ def test_figures_are_valid_pngs_with_pdfs_and_indexed(full):
                 "metric_class_entropy.png", "metric_diversity_trace.png", "best_fid_classifier_vs_train.lr.png",
                 "best_val_loss_vs_train.lr.png", "class_histograms.png", "strip_gaussian.png",
                 "degradation_strips.png", *{f"samples_{rid}.png" for rid in with_archive}}
+    # At equal compute: loss and each metric vs optimiser steps and vs training time.
+    for axis in ("optimizer_steps", "training_time"):
+        expected |= {f"loss_vs_{axis}.png", *(f"metric_{m}_vs_{axis}.png" for m in (
+            "fid_classifier", "inception_score", "class_entropy", "diversity_trace"))}
     assert pngs == expected, pngs ^ expected
     assert {p.name for p in result.files if p.suffix == ".png"} == expected
     index = (out / "index.md").read_text()

@@ -95,6 +95,20 @@ CORPUS = [
     ("int-is-string", BASE.replace("epochs = 1", 'epochs = "ten"'), [], "train.epochs"),
     ("compile-typo", BASE.replace("epochs = 1", 'epochs = 1\ncompile = "graphs"'), [], "did you mean 'graph'"),
     ("set-compile-bad", BASE, ["--set", "train.compile=cuda"], "train.compile"),
+    # the model: the other model's keys, the UNet's sizes
+    ("unet-key-on-cnn", BASE.replace("hidden = [8, 8]", "hidden = [8, 8]\nchannel_mults = [1, 2]"), [],
+     "model.channel_mults"),
+    ("cnn-key-on-unet", BASE.replace("hidden = [8, 8]", 'name = "unet"\nhidden = [8, 8]'), [], "model.hidden"),
+    ("model-name-typo", BASE.replace("hidden = [8, 8]", 'name = "unett"'), [], "did you mean 'unet'"),
+    ("unet-groups", BASE.replace("hidden = [8, 8]", 'name = "unet"\nbase_channels = 12'), [], "model.groups"),
+    ("unet-too-many-halvings", BASE.replace('name = "idx"', 'name = "mnist-5k"').replace(
+        "hidden = [8, 8]", 'name = "unet"\nchannel_mults = [1, 2, 2, 2]'), [], "model.channel_mults"),
+    ("case-unet-over-cnn-base", BASE + '[[sweep.cases]]\nmodel = { name = "unet" }\n', [], "model.hidden"),
+    ("set-unet-key-on-cnn", BASE, ["--set", "model.res_blocks=2"], "model.res_blocks"),
+    # budgets
+    ("max-steps-negative", BASE.replace("epochs = 1", "epochs = 1\nmax_steps = -1"), [], "train.max_steps"),
+    ("max-minutes-negative", BASE.replace("epochs = 1", "epochs = 1\nmax_minutes = -5"), [], "train.max_minutes"),
+    ("max-minutes-inf", BASE.replace("epochs = 1", "epochs = 1\nmax_minutes = inf"), [], "train.max_minutes"),
     # strings
     ("root-with-nul", BASE.replace('root = "/nonexistent', 'root = "/non\\u0000existent'), [], "data.root"),
     ("root-empty", BASE.replace('root = "/nonexistent/hpcdiff-bad-input"', 'root = ""'), [], "data.root"),

@@ -18,15 +18,29 @@ def test_every_key_of_today_is_in_identity_v1():
 
 def test_a_new_key_at_its_default_leaves_the_id_alone():
     # A later version of TrainSpec with one more setting (what the next issues will add).
-    Newer = dataclasses.make_dataclass("Newer", [("max_steps", int, dataclasses.field(default=0))],
+    Newer = dataclasses.make_dataclass("Newer", [("max_widgets", int, dataclasses.field(default=0))],
                                        bases=(TrainSpec,), frozen=True)
     old = RunSpec().train
     as_dict = {f.name: getattr(old, f.name) for f in dataclasses.fields(old)}
     at_default = Newer(**as_dict)
-    assert section_identity("train", at_default, {**as_dict, "max_steps": 0}) == \
+    assert section_identity("train", at_default, {**as_dict, "max_widgets": 0}) == \
         section_identity("train", old, as_dict)
-    changed = Newer(**as_dict, max_steps=500)
-    assert section_identity("train", changed, {**as_dict, "max_steps": 500})["max_steps"] == 500
+    changed = Newer(**as_dict, max_widgets=500)
+    assert section_identity("train", changed, {**as_dict, "max_widgets": 500})["max_widgets"] == 500
+
+
+def test_budgets_and_the_model_name_count_only_when_set():
+    """train.max_steps / max_minutes and model.name came after the rule: at their defaults
+    (no budget, the starter CNN) every id is what it was; set, they change it."""
+    base = RunSpec()
+    assert "name" not in base.to_dict()["model"]  # the CNN's config.toml is unchanged
+    assert not {"max_steps", "max_minutes"} & set(base.run_identity()["train"])
+    for change in ({"max_steps": 100}, {"max_minutes": 5.0}):
+        other = base.replace(train=dataclasses.replace(base.train, **change))
+        assert run_id(other) != run_id(base)
+    unet = RunSpec.from_dict({"model": {"name": "unet"}})
+    assert unet.run_identity()["model"] == {"name": "unet", "dropout": 0.0}
+    assert run_id(unet) != run_id(base)
 
 
 def test_execution_sections_stay_out_of_the_identity():

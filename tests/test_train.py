@@ -2,10 +2,9 @@
 
 import numpy as np
 
-from helpers import make_run_dir
+from helpers import make_run_dir, resume_with
 
 from hpcdiff.storage import archive
-from hpcdiff.config import tomlio
 from hpcdiff.training.loop import train
 
 def _losses(rd):
@@ -28,11 +27,7 @@ def test_accumulation_windows_end_with_the_epoch_so_a_resume_is_exact(tiny_sweep
     split = make_run_dir(split_file, tmp_path / "runs")
     assert train(split.path) == "done"
     # Now as if it had been stopped at that epoch end: 3 epochs asked for, state timeout.
-    config = tomlio.load(split.config_path)
-    config["train"]["epochs"] = 3
-    split.config_path.write_text(tomlio.dumps(config))
-    split.write_status(state="timeout")
-    assert train(split.path) == "done"
+    assert resume_with(split, epochs=3) == "done"
 
     a, b = _losses(whole), _losses(split)
     assert len(a) == len(b) == 3

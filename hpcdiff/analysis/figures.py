@@ -1,6 +1,7 @@
 """Runs in memory -> matplotlib figures, each saved as PNG and PDF and listed for the index.
 
-``loss_curves``, ``metric_<name>`` (each quality metric vs epoch, all runs),
+``loss_curves``, ``metric_<name>`` (each quality metric vs epoch, all runs), the same
+against optimiser steps and training time (:mod:`hpcdiff.analysis.compute_axes`),
 ``<column>_vs_<axis>`` (a column of the runs table against each varying axis), ``samples``
 (the last sample grid of every run side by side, real held-out images first),
 ``samples_<run_id>`` (one run's start and samples), ``class_histograms``, and the
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcdiff.analysis.compute_axes import compute_axis_figures
 from hpcdiff.analysis.load import PER_CLASS, Run, metric_direction, series
 from hpcdiff.analysis.tables import fmt, is_num
 
@@ -37,6 +39,7 @@ def write_figures(out_dir: Path, runs: list[Run], varying: list[str], quality: l
     for m in quality:
         if not m.endswith("_std") or m[: -len("_std")] not in quality:
             _metric_vs_epoch(fw, with_data, varying, m)
+    compute_axis_figures(fw, with_data, varying, quality, warnings, _short_title)
     axes = _plot_axes(runs, varying)
     for column in dict.fromkeys([sort_by, "best_val_loss"]):
         if any(is_num(r.row.get(column)) for r in runs):

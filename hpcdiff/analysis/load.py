@@ -26,7 +26,7 @@ from hpcdiff.storage import archive
 from hpcdiff.storage.rundir import RunDir, read_run_meta, sweep_run_dirs
 
 #: Per-epoch series that describe training rather than sample quality (plus ``*_seconds``).
-TRAINING_SERIES = frozenset({"epoch", "train_loss", "val_loss", "lr", "images_per_second"})
+TRAINING_SERIES = frozenset({"epoch", "train_loss", "val_loss", "lr", "images_per_second", "optimizer_steps"})
 
 #: Which value of a metric is its best, first matching rule wins. "final": no best (a
 #: spread, a diagnostic whose ideal is a target value, or an unknown metric): only the

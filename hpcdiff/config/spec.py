@@ -5,8 +5,8 @@ A ``RunSpec`` is everything that defines one training run. It is built only thro
 types and out-of-range values, so that a typo in a sweep file never silently falls back to
 a default. Stdlib only: the CLI validates a sweep before importing torch.
 
-The value checks and ``SpecError`` are in ``config.checks``, the ``[slurm]`` section in
-``config.slurm_spec``; both are re-exported here.
+The value checks and ``SpecError`` are in ``config.checks``, the ``[model]`` section in
+``config.model_spec``, the ``[slurm]`` section in ``config.slurm_spec``; all are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 
 from hpcdiff.config.checks import (INT64_MAX, MAX_STRING, SpecError, check, check_text, choice_msg, coerce,
                                    unknown_key_msg)
+from hpcdiff.config.model_spec import ModelSpec
 from hpcdiff.config.slurm_spec import SlurmSpec
 
 __all__ = [  # SpecError, check_text and SlurmSpec live beside their kin; import them from here or there
@@ -26,7 +27,6 @@ __all__ = [  # SpecError, check_text and SlurmSpec live beside their kin; import
 
 
 DATASETS = ("mnist", "fashion-mnist", "mnist-5k", "idx")
-ACTIVATIONS = ("gelu", "relu", "silu", "leaky_relu", "tanh")
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("mse", "l1", "l2")
 DEVICES = ("auto", "cpu", "cuda")
@@ -39,15 +39,14 @@ COMPILE_MODES = ("auto", "none", "graph")
 # always a typo (an extra zero, a seconds/minutes mix-up) rather than an experiment.
 MAX_N_T = 100_000  # diffusion levels; the recipes use 20..2000
 MAX_IMAGES = 100_000  # images generated at once (n_samples, eval.samples); FID uses 10k-50k
-MAX_CHANNELS = 4096  # per model.hidden layer
-MAX_LAYERS = 64
 MAX_BATCH = 65_536
 MAX_EPOCHS = 1_000_000
-# Every dataset hpcdiff reads holds 28x28 images: a kernel wider than the image sees mostly
-# padding and costs (k/28)^2 times a useful one.
-MAX_KERNEL_SIZE = 27
 # Seeds are handed to numpy / accelerate's set_seed, which reject anything outside uint32.
 SEED_LIMIT = 2**32
+# A training-time budget past a year is a typo (minutes for seconds, an extra zero).
+MAX_BUDGET_MINUTES = 525_600.0
+
+
 @dataclass(frozen=True)
 class DataSpec:
     name: str = "mnist-5k"
@@ -65,32 +64,6 @@ class DataSpec:
         check(self.root != "", f"{p}.root", "must not be empty")
         check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction",
                f"must be in [0, 1), got {self.val_fraction}")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    hidden: tuple[int, ...] = (16, 32, 32, 16)
-    activation: str = "gelu"
-    kernel_size: int = 7
-    last_kernel_size: int = 3
-    # Spatial dropout (Dropout2d) after each block; 0 disables it.
-    dropout: float = 0.0
-
-    def validate(self, p: str) -> None:
-        check(len(self.hidden) >= 1 and all(h > 0 for h in self.hidden), f"{p}.hidden",
-               f"must be a non-empty list of positive channel counts, got {list(self.hidden)}")
-        check(len(self.hidden) <= MAX_LAYERS, f"{p}.hidden",
-               f"must have at most {MAX_LAYERS} layers, got {len(self.hidden)}")
-        for i, h in enumerate(self.hidden):
-            check(h <= MAX_CHANNELS, f"{p}.hidden[{i}]", f"must be <= {MAX_CHANNELS} channels, got {h}")
-        check(self.activation in ACTIVATIONS, f"{p}.activation",
-               choice_msg(self.activation, ACTIVATIONS))
-        for name in ("kernel_size", "last_kernel_size"):
-            k = getattr(self, name)
-            check(k > 0 and k % 2 == 1, f"{p}.{name}", f"must be a positive odd integer, got {k}")
-            check(k <= MAX_KERNEL_SIZE, f"{p}.{name}",
-                   f"must be <= {MAX_KERNEL_SIZE} (the images are 28x28), got {k}")
-        check(0.0 <= self.dropout < 1.0, f"{p}.dropout", f"must be in [0, 1), got {self.dropout}")
 
 
 SAMPLE_STARTS = ("auto", "noise", "degraded_test", "channel_mean")
@@ -173,6 +146,11 @@ class TrainSpec:
     # How the step executes, not what it computes (kept out of the run's identity):
     # "auto" = CUDA graphs where they apply (one CUDA process, bf16 or fp32), eager elsewhere.
     compile: str = "auto"
+    # Equal-compute budgets: the run ends at the first optimiser step past either (0 = none),
+    # counted across resumes. max_steps stops exactly at that step; max_minutes (training
+    # time, validation and metrics excluded) at the first interval check past it.
+    max_steps: int = 0
+    max_minutes: float = 0.0
 
     def validate(self, p: str) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints", "sample_every"):
@@ -203,6 +181,9 @@ class TrainSpec:
         check(1 <= self.grad_accumulation <= MAX_BATCH, f"{p}.grad_accumulation",
                f"must be in [1, {MAX_BATCH}], got {self.grad_accumulation}")
         check(self.compile in COMPILE_MODES, f"{p}.compile", choice_msg(self.compile, COMPILE_MODES))
+        check(self.max_steps >= 0, f"{p}.max_steps", f"must be >= 0 (0 = no budget), got {self.max_steps}")
+        check(0 <= self.max_minutes <= MAX_BUDGET_MINUTES, f"{p}.max_minutes",
+               f"must be in [0, {MAX_BUDGET_MINUTES:g}] (0 = no budget), got {self.max_minutes}")
 
 
 @dataclass(frozen=True)
@@ -288,6 +269,8 @@ class RunSpec:
 
 
 def _section_to_dict(section) -> dict:
+    if hasattr(section, "to_dict"):  # a section that writes only some of its keys ([model])
+        return section.to_dict()
     out = {}
     for f in fields(section):
         v = getattr(section, f.name)
@@ -325,6 +308,8 @@ def _build_section(cls, raw: dict, prefix: str):
         if key not in valid:
             raise SpecError(unknown_key_msg(key, valid), path=path)
         kwargs[key] = coerce(value, hints[key], path)
+    if hasattr(cls, "check_keys"):
+        cls.check_keys(raw, prefix)
     return cls(**kwargs)
 
 

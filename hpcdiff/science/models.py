@@ -1,13 +1,19 @@
-"""Denoising networks. No diffusion logic here: a model maps (x, t/n_T) -> image."""
+"""Denoising networks by name (``model.name``). No diffusion logic here: a model maps
+(x, t/n_T) -> image. The facts about each model (how to build it, how many times it halves
+the image) live beside its registration in MODELS."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
-from hpcdiff.config.spec import ModelSpec
+from hpcdiff.config.model_spec import MAX_LEVELS, ModelSpec
+from hpcdiff.config.registry import Registry
+from hpcdiff.science.unet import UNet
 
 ACTIVATIONS = {
     "gelu": nn.GELU,
@@ -74,8 +80,43 @@ class CNN(nn.Module):
         return h
 
 
-def build_model(spec: ModelSpec, image_shape=(1, 28, 28)) -> CNN:
-    return CNN(spec, image_shape)
+@dataclass(frozen=True)
+class ModelInfo:
+    build: Callable[[ModelSpec, tuple], nn.Module]
+    # Times the model halves H and W (each must stay an integer for the skips to line up).
+    halvings: Callable[[ModelSpec], int]
+
+
+MODELS: Registry[ModelInfo] = Registry("model")
+MODELS.register("cnn")(ModelInfo(build=CNN, halvings=lambda spec: 0))
+MODELS.register("unet")(ModelInfo(build=UNet, halvings=lambda spec: len(spec.channel_mults) - 1))
+
+
+class ImageSizeError(ValueError):
+    """The model cannot take images of this size; the message names model.channel_mults."""
+
+
+def image_size_problem(spec: ModelSpec, image_shape) -> str | None:
+    """Why the model cannot take images of ``image_shape`` (C, H, W), or None."""
+    _, h, w = image_shape
+    halvings = MODELS.get(spec.name).halvings(spec)
+    factor = 2**halvings
+    if h % factor == 0 and w % factor == 0:
+        return None
+    fits = max(k for k in range(MAX_LEVELS) if h % 2**k == 0 and w % 2**k == 0) + 1
+    return (f"{halvings + 1} levels halve the image {halvings} times, so H and W must be divisible by "
+            f"{factor}, but the images are {h}x{w}: use at most {fits} multiplier(s)")
+
+
+def check_image_shape(spec: ModelSpec, image_shape) -> None:
+    problem = image_size_problem(spec, image_shape)
+    if problem is not None:
+        raise ImageSizeError(f"key 'model.channel_mults': {problem}")
+
+
+def build_model(spec: ModelSpec, image_shape=(1, 28, 28)) -> nn.Module:
+    check_image_shape(spec, image_shape)
+    return MODELS.get(spec.name).build(spec, tuple(image_shape))
 
 
 def conv_flops_per_image(model: CNN, image_shape=(1, 28, 28)) -> int:

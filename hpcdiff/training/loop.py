@@ -27,11 +27,12 @@ from hpcdiff.data import load_splits, to_model_range, to_uint8
 from hpcdiff.evaluation.evaluate import Evaluator, eval_mode
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.diffusion import build_diffusion, sampling_device
-from hpcdiff.science.models import build_model
+from hpcdiff.science.models import build_model, check_image_shape
 from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.training.budget import Budget
 from hpcdiff.training.distributed import env_from_slurm, process_rank
 from hpcdiff.training.environment import NoGpuError, attach_log, detach_log, make_accelerator, record_state, slurm_job_id
 from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
@@ -117,6 +118,9 @@ class Session:
     progress: Progress
     steps_per_epoch: int
     step: TrainStep                  # forward, backward and optimiser step (eager or CUDA graph)
+    budget: Budget | None = None     # train.max_steps / max_minutes
+    stopped_by: str | None = None    # the budget that ended the run ("max_steps" | "max_minutes")
+    batches_done: int = 0            # batches of the running epoch when run_epoch returned
 
     @property
     def main(self) -> bool:
@@ -131,16 +135,23 @@ class Session:
 def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     session = start_session(rd, spec, show_progress)
     t, state = spec.train, session.state
+    # A run resumed after its budget was spent trains no more: spent at an epoch's end (killed
+    # before it could say "done"), there is nothing left to do; spent mid-epoch (a stop
+    # signal's checkpoint at that very step), the epoch is closed without another batch.
+    session.stopped_by = session.budget.spent(session.budget.optimizer_steps(state.epoch_done + 1, state.start_batch),
+                                              state.elapsed)
+    nothing_left = session.stopped_by is not None and not state.start_batch
     with stop_on_signals(session.monitor), session.progress:
-        for epoch in range(state.epoch_done + 1, t.epochs + 1):
+        for epoch in range(state.epoch_done + 1, t.epochs + 1) if not nothing_left else ():
             first = state.start_batch if epoch == state.epoch_done + 1 else 0
             train_loss, seconds = run_epoch(session, epoch, first)
             if end_epoch(session, epoch, train_loss, seconds, first):
                 break
     session.accelerator.wait_for_everyone()
     if session.main:
-        rd.write_status(state="done")
-        archive.set_attrs(rd.archive, {"finished": True})
+        budget = {"stopped_by": session.stopped_by} if session.stopped_by else {}
+        rd.write_status(state="done", **budget)
+        archive.set_attrs(rd.archive, {"finished": True, "training_seconds": state.elapsed, **budget})
     return "done"
 
 
@@ -156,6 +167,9 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     # noise stream per rank: otherwise every rank draws the same t and eps for its images.
     set_seed(t.seed)
     splits = load_splits(spec.data)
+    # idx files can hold any image size: the model's fit is known only now (before the
+    # evaluator, which may train a classifier first).
+    check_image_shape(spec.model, splits.train.image_shape)
     # Built before training so that a missing classifier fails now, not after the last epoch.
     evaluator = Evaluator(spec, splits.test, device, main=accelerator.is_main_process, rank=rank, world=world)
     diffusion = build_diffusion(spec, build_model(spec.model, splits.train.image_shape)).to(device)
@@ -188,7 +202,8 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
         evaluator=evaluator, monitor=TrainingMonitor(accelerator),
         progress=Progress(show_progress and accelerator.is_main_process, total_epochs=t.epochs, steps=steps,
                           run_id=rd.run_id),
-        steps_per_epoch=steps, step=TrainStep(state, accelerator, train_images, grad_clip=t.grad_clip, mode=mode))
+        steps_per_epoch=steps, step=TrainStep(state, accelerator, train_images, grad_clip=t.grad_clip, mode=mode),
+        budget=Budget.of(t, steps))
     if session.main:
         _open_run_files(session)
     return session
@@ -213,7 +228,8 @@ def _open_run_files(session: Session) -> None:
 
 
 def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
-    """The steps of one epoch from batch ``first``: (mean training loss, seconds)."""
+    """The steps of one epoch from batch ``first``: (mean training loss, seconds). A spent
+    budget ends the epoch early (``session.stopped_by`` says which)."""
     s, t, acc = session.state, session.spec.train, session.accelerator
     rank, world, device = acc.process_index, acc.num_processes, acc.device
     steps, local_batch = session.steps_per_epoch, max(1, t.batch_size // world)
@@ -222,7 +238,9 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     perm = torch.randperm(len(session.train_images), generator=generator(t.seed, "epoch_order", epoch)).to(device)
     loss_sum = torch.full((), s.partial_loss if first else 0.0, device=device)
     session.progress.start_epoch(epoch, first)
-    for i in range(first, steps):
+    budget = session.budget or Budget(0, 0.0, steps, t.grad_accumulation)
+    session.batches_done = last = first if session.stopped_by else steps
+    for i in range(first, last):
         idx = perm[i * t.batch_size: (i + 1) * t.batch_size][rank * local_batch: (rank + 1) * local_batch]
         # Windows of grad_accumulation batches that start at every epoch's first batch (the
         # last one may be shorter): an epoch end is always an optimiser step.
@@ -234,18 +252,24 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
         session.progress.advance()
         # Checks only after an optimiser step (gradients accumulated in between are not
         # checkpointed), every few steps and at the epoch's end: each waits for the device.
-        if sync and session.monitor.optimizer_step_taken(epoch_end=i + 1 == steps):
-            _check(session, epoch, i + 1, loss_sum, tic)
-    train_loss = acc.reduce(loss_sum, reduction="mean").item() / steps
+        if sync and session.monitor.optimizer_step_taken(
+                epoch_end=i + 1 == steps, budget_step=budget.is_last_step(budget.optimizer_steps(epoch, i + 1))):
+            if _check(session, epoch, i + 1, loss_sum, tic, budget):
+                session.batches_done = i + 1
+                break
+    train_loss = acc.reduce(loss_sum, reduction="mean").item() / session.batches_done
     seconds = time.perf_counter() - tic
     s.elapsed += seconds
     return train_loss, seconds
 
 
-def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, tic: float) -> None:
-    """The interval check: divergence ends the run, a stop signal checkpoints and stops it."""
+def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, tic: float,
+           budget: Budget) -> bool:
+    """The interval check: divergence ends the run, a stop signal checkpoints and stops it.
+    True when the compute budget is spent: this epoch is then the run's last."""
     s = session.state
-    verdict = session.monitor.check(loss_sum, s.weights())
+    spent = budget.spent(budget.optimizer_steps(epoch, batches), s.elapsed + time.perf_counter() - tic)
+    verdict = session.monitor.check(loss_sum, s.weights(), over_budget=spent is not None)
     session.progress.show_loss(verdict.loss_sum / batches)  # the epoch's mean so far
     if not verdict.finite:
         epochs = checkpoint.list_epochs(session.rd.checkpoints)
@@ -260,6 +284,10 @@ def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, t
             session.save(epoch - 1, partial={"epoch": epoch, "batch": batches, "loss_sum": float(loss_sum)})
         session.accelerator.wait_for_everyone()
         raise StopRequested(verdict.stop_signal)
+    if verdict.over_budget:
+        # Another rank's clock may be the one past max_minutes: all stop at this step.
+        session.stopped_by = spent or "max_minutes"
+    return verdict.over_budget
 
 
 def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, first: int) -> bool:
@@ -272,10 +300,13 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         s.plateau.step(watched)
     early_stop = s.stopper.update(watched, epoch, min_delta=t.early_stopping_min_delta,
                                   patience=t.early_stopping_patience)
-    last = epoch == t.epochs or early_stop
+    last = epoch == t.epochs or early_stop or session.stopped_by is not None
+    batches = session.batches_done or session.steps_per_epoch
     metrics = {"train_loss": train_loss, "val_loss": val_loss, "lr": current_lr(s.optimizer),
                "epoch_seconds": seconds, "elapsed_seconds": s.elapsed,
-               "images_per_second": (session.steps_per_epoch - first) * t.batch_size / seconds}
+               # The common axis of runs compared at equal compute (analysis: vs steps, vs time).
+               "optimizer_steps": session.budget.optimizer_steps(epoch, batches) if session.budget else float("nan"),
+               "images_per_second": (batches - first) * t.batch_size / seconds}
     if session.evaluator.enabled and due(epoch, spec.eval.every, last):
         with ema_weights(s.core, s.ema):
             metrics.update(session.evaluator(s.core, t.seed))
@@ -299,7 +330,9 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         log.info("early stopping at epoch %d (best epoch %d)", epoch, s.stopper.best_epoch)
         if session.main:
             rd.write_status(early_stopped=True)
-    return early_stop
+    if session.stopped_by:
+        log.info("compute budget spent (train.%s) at epoch %d, batch %d", session.stopped_by, epoch, batches)
+    return early_stop or session.stopped_by is not None
 
 
 @torch.no_grad()

@@ -61,6 +61,7 @@ class Verdict:
     loss_finite: bool
     weights_finite: bool
     loss_sum: float    # this rank's, for the progress display
+    over_budget: bool = False  # some rank found the run's compute budget spent
 
     @property
     def finite(self) -> bool:
@@ -89,16 +90,17 @@ class TrainingMonitor:
         if signum == signal.SIGUSR2 or not self.stop_signal:
             self.stop_signal = signum
 
-    def optimizer_step_taken(self, *, epoch_end: bool = False) -> bool:
-        """Count an optimiser step; True when a check is due after it (every ``every`` steps
-        and at every epoch end). Every rank counts the same steps, so all check together."""
+    def optimizer_step_taken(self, *, epoch_end: bool = False, budget_step: bool = False) -> bool:
+        """Count an optimiser step; True when a check is due after it (every ``every`` steps,
+        at every epoch end, and at the step train.max_steps ends the run on, so that it stops
+        exactly there). Every rank counts the same steps, so all check together."""
         self._since_check += 1
-        if epoch_end or self._since_check >= self.every:
+        if epoch_end or budget_step or self._since_check >= self.every:
             self._since_check = 0
             return True
         return False
 
-    def check(self, loss_sum: torch.Tensor, weights=None) -> Verdict:
+    def check(self, loss_sum: torch.Tensor, weights=None, *, over_budget: bool = False) -> Verdict:
         """The verdict of every rank, agreed: one reduction, one host sync.
 
         ``loss_sum`` is the loss accumulated on the device since the epoch began (a NaN or an
@@ -112,11 +114,12 @@ class TrainingMonitor:
             torch.tensor(float(mine), device=device),
             (~torch.isfinite(loss_sum.detach())).any().float(),
             bad_weights.float(),
+            torch.tensor(float(over_budget), device=device),
         ])
         acc = self._accelerator
         if acc is not None and acc.num_processes > 1:
             torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
-        stop, bad_loss, bad_w = (int(v) for v in packed.tolist())
+        stop, bad_loss, bad_w, budget = (int(v) for v in packed.tolist())
         local_sum = float(loss_sum.detach().float().sum())
         if stop == _REQUEUE:
             self.stop_signal = int(signal.SIGUSR2)
@@ -124,4 +127,4 @@ class TrainingMonitor:
             # Another rank was signalled: this one stops with it.
             self.stop_signal = int(signal.SIGTERM)
         return Verdict(stop_signal=self.stop_signal if stop else 0, loss_finite=not bad_loss,
-                       weights_finite=not bad_w, loss_sum=local_sum)
+                       weights_finite=not bad_w, loss_sum=local_sum, over_budget=bool(budget))
