@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_run_dir
+from helpers import make_run_dir, resume_with
 
-from hpcdiff.config import tomlio
 from hpcdiff.config.spec import ModelSpec
 from hpcdiff.science.diffusion import GaussianDDPM
 from hpcdiff.science.models import build_model
@@ -86,11 +85,7 @@ def test_a_graph_run_matches_an_eager_run_and_resumes_exactly(tiny_sweep, tmp_pa
 
     split = run("split", 1, "graph")
     assert train(split.path) == "done"
-    config = tomlio.load(split.config_path)
-    config["train"]["epochs"] = 3
-    split.config_path.write_text(tomlio.dumps(config))
-    split.write_status(state="timeout")
-    assert train(split.path) == "done"
+    assert resume_with(split, epochs=3) == "done"
     np.testing.assert_allclose(_losses(split), _losses(whole), rtol=1e-4)
 
 
