@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from helpers import TINY_BASE, make_run_dir
+from helpers import TINY_BASE, cli, make_run_dir
 
 from hpcdiff.config.spec import SlurmSpec
 from hpcdiff.launch.job import PackedTrainJob, TrainJob
@@ -80,6 +80,9 @@ def test_dry_run_shows_the_packing_and_gpu_hours_saved(tmp_path):
     assert "#SBATCH --array=0-2%" in report.scripts[0]
     assert report.packing == ["packing: 5 runs -> 3 array tasks of up to 2 runs each (slurm.runs_per_gpu): "
                               "6.0 GPU-hours instead of 10.0, 4.0 saved"]
+    assert not (tmp_path / "runs").exists()
+    shown = cli("sweep", sweep, "--output", tmp_path / "runs", "--executor", "slurm", "--dry-run").output
+    assert "GPU-hours requested: 6.0 (3 array tasks" in shown and "4.0 saved" in shown
     assert not (tmp_path / "runs").exists()
 
 

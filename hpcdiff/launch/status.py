@@ -140,6 +140,8 @@ def _headline(error: str | None, limit: int = 100) -> str:
 def cancel_sweep(sweep_dir: str | Path) -> list[str]:
     """scancel the jobs of every run that has not finished; returns the job ids."""
     _, rows = collect_status(sweep_dir)
-    ids = [r.job_id for r in rows if r.job_id and r.state != "done" and r.job_state in slurm.ACTIVE_STATES]
+    # Runs packed into one task share its job id: each job once.
+    ids = list(dict.fromkeys(r.job_id for r in rows
+                             if r.job_id and r.state != "done" and r.job_state in slurm.ACTIVE_STATES))
     slurm.cancel(ids)
     return ids
