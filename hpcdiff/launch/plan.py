@@ -223,11 +223,19 @@ def dry_run_report(plan: SweepPlan) -> DryRun:
         report.gpu_hours += tasks * per_task
         report.gpu_hours_unpacked += len(runs) * per_task
         if s.packed:
-            report.packing.append(
-                f"packing: {len(runs)} runs -> {tasks} array tasks of up to {s.runs_per_gpu} runs each "
-                f"(slurm.runs_per_gpu{', with MPS' if s.mps else ''}): {tasks * per_task:.1f} GPU-hours instead of "
-                f"{len(runs) * per_task:.1f}, {(len(runs) - tasks) * per_task:.1f} saved")
+            report.packing.append(_packing_line(s, len(runs), tasks))
     return report
+
+
+def _packing_line(s, runs: int, tasks: int) -> str:
+    """How a packed section's runs become tasks, and the GPU-hours (CPU core-hours for a
+    CPU-only section) that saves."""
+    unit, per_task = ("GPU-hours", s.nodes * s.gpus_per_node) if s.gpus_per_node else ("CPU core-hours",
+                                                                                      s.cpus_per_task)
+    hours = per_task * s.time_min / 60
+    return (f"packing: {runs} runs -> {tasks} array tasks of up to {s.runs_per_gpu} runs each "
+            f"(slurm.runs_per_gpu{', with MPS' if s.mps else ''}): {tasks * hours:.1f} {unit} instead of "
+            f"{runs * hours:.1f}, {(runs - tasks) * hours:.1f} saved")
 
 
 __all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]
