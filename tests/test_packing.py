@@ -101,3 +101,32 @@ def test_packed_job_trains_its_runs_at_once_and_a_failure_stays_its_own(tmp_path
     # A requeue restarts only the runs that are not over (here: one stopped by the warning).
     runs[0].write_status(state="timeout")
     assert job.checkpoint().function.run_dirs == [str(runs[0].path)]
+
+
+def test_mps_daemon_is_private_to_the_job_and_quits(tmp_path, monkeypatch, capfd):
+    """The commands' shape only (no GPU here): a stand-in nvidia-cuda-mps-control records
+    how it is called. Unverified against the real daemon until a GPU cluster runs it."""
+    from hpcdiff.launch.mps import mps_daemon
+
+    record = tmp_path / "calls"
+    fake = tmp_path / "bin" / "nvidia-cuda-mps-control"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$* pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY '
+                    f'stdin=$(test "$1" = -d || cat)" >> {record}\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "node-local"))
+    (tmp_path / "node-local").mkdir()
+    base = tmp_path / "node-local" / "hpcdiff-mps-42"
+    with mps_daemon("42") as env:
+        assert env == {"CUDA_MPS_PIPE_DIRECTORY": f"{base}/pipe", "CUDA_MPS_LOG_DIRECTORY": f"{base}/log"}
+        assert (base / "pipe").is_dir() and (base / "log").is_dir()
+    start, stop = record.read_text().splitlines()
+    assert start == f"-d pipe={base}/pipe log={base}/log stdin="
+    assert stop == f" pipe={base}/pipe log={base}/log stdin=quit"
+    assert not base.exists()
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with mps_daemon("43") as env:
+        assert env == {}
+    assert "nvidia-cuda-mps-control is not on PATH" in capfd.readouterr().err

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +21,8 @@ CONTROL = "nvidia-cuda-mps-control"
 
 def mps_dir(job_id: str, tmp: str | None = None) -> Path:
     """Where the daemon of this job keeps its pipes (``pipe/``) and logs (``log/``)."""
-    return Path(tmp or tempfile.gettempdir()) / f"hpcdiff-mps-{job_id}"
+    # ${TMPDIR:-/tmp}, as the sbatch templates write it (node-local on clusters).
+    return Path(tmp or os.environ.get("TMPDIR") or "/tmp") / f"hpcdiff-mps-{job_id}"
 
 
 def mps_env(base: Path) -> dict[str, str]:
