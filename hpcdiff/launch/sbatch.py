@@ -2,8 +2,11 @@
 
 The same job as the submitit backend, written out: each task runs `hpcdiff train RUN_DIR`;
 SLURM's USR2 warning makes it checkpoint and stop, and the script then requeues itself
-(bounded by max_requeues). The files in slurm/ are these templates rendered with
-placeholder values (a test keeps them in step).
+(bounded by max_requeues). With ``slurm.runs_per_gpu = K`` each task trains K runs at
+once as background processes of the batch shell, which takes the warning itself
+(``--signal=B:USR2``), passes it on, waits for all and requeues when any stopped in state
+"timeout" (hpcdiff.launch.packed does the same for the submitit backend). The files in
+slurm/ are these templates rendered with placeholder values (a test keeps them in step).
 
 Every value that reaches a script is either validated by SlurmSpec (no shell
 metacharacters) or quoted with shlex.quote.
