@@ -330,3 +330,25 @@ def test_packed_run_failing_leaves_its_partner_done(slurm_env, tmp_path):
     assert "1 done, 1 failed" in status
     err = "\n".join(p.read_text() for p in (out / "packfail" / "slurm").glob("*/*.err"))
     assert "1 of the 2 runs of this task did not finish" in err  # the task itself ended FAILED
+
+
+@pytest.mark.slurm
+def test_packed_run_killed_leaves_its_partner_done(slurm_env, tmp_path):
+    """SIGKILL to one run's process (what the OOM killer does to it alone): that run is
+    recorded failed by its task, its partner trains on to the end."""
+    cases = ('[[sweep.cases]]\nlabel = "short"\n'
+             '[[sweep.cases]]\nlabel = "long"\ndata = { subset = 30000 }\ntrain = { epochs = 50 }\n')
+    sweep_file = write_sweep(tmp_path, "packkill", axes=cases, epochs=3, slurm_extra="runs_per_gpu = 2")
+    out = tmp_path / "runs"
+    assert cli("sweep", sweep_file, "--output", out).exit_code == 0
+    long_run = next(rd for rd in sweep_run_dirs(out / "packkill") if rd.load_spec().train.epochs == 50)
+    deadline = time.monotonic() + 180
+    while long_run.read_status().get("state") != "running":  # started training, lock held
+        assert time.monotonic() < deadline, long_run.read_status()
+        time.sleep(0.5)
+    lines = "".join(p.read_text() for p in (out / "packkill" / "slurm").glob("*/*_log.out")).splitlines()
+    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith(f"hpcdiff: run {long_run.run_id}: process")]
+    os.kill(pid, signal.SIGKILL)
+    rows = {r.label: r for r in wait_until_ended(out / "packkill", 2, timeout=300)}
+    assert rows["short"].state == "done" and rows["short"].epoch == 3
+    assert rows["long"].state == "failed" and "killed by SIGKILL" in rows["long"].error
