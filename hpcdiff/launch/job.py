@@ -1,4 +1,5 @@
-"""What a SLURM job runs: a picklable, checkpointable call of ``train(run_dir)``.
+"""What a SLURM job runs: a picklable, checkpointable call of ``train(run_dir)`` (or, with
+``slurm.runs_per_gpu > 1``, of several runs at once: ``PackedTrainJob``).
 
 submitit pickles this object, runs it on the compute node and, when SLURM warns that the
 job is about to hit its time limit or is preempted (USR2), asks ``checkpoint()`` for what to
