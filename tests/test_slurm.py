@@ -298,7 +298,7 @@ def test_packed_requeue_resumes_both_runs(slurm_env, tmp_path):
     assert result.exit_code == 0, result.output
     (job_id,) = set(job_ids_by_run(out / "packreq").values())
     runs = sweep_run_dirs(out / "packreq")
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 600  # ~40 s on an idle machine
     while not all(rd.read_status().get("epoch", 0) >= 1 for rd in runs):  # both past their first epoch
         assert time.monotonic() < deadline, [rd.read_status() for rd in runs]
         time.sleep(0.5)
