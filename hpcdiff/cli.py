@@ -109,7 +109,9 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
                       + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else ""))
         if report.job_ids:
             arrays = sorted({j.split("_")[0] for k, j in report.job_ids.items() if k != "analyze"})
+            tasks = len({j for k, j in report.job_ids.items() if k != "analyze"})
             console.print(f"submitted SLURM job array(s) {', '.join(arrays)}"
+                          + (f" ({tasks} tasks: slurm.runs_per_gpu)" if tasks < len(report.launched) else "")
                           + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else ""))
             console.print(f"  hpcdiff status {plan.sweep_dir} --watch")
         if crashed:
@@ -136,8 +138,8 @@ def _print_dry_run(console, plan, executor: str) -> None:
         for answer in report.test_only:
             # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
             console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
-        console.print(f"GPU-hours requested: {report.gpu_hours:.1f} "
-                      f"({report.runs} runs x nodes x GPUs x time limit)")
+        console.print("\n".join([f"GPU-hours requested: {report.gpu_hours:.1f} ({report.tasks} array tasks x "
+                                 f"nodes x GPUs x time limit)", *report.packing]), highlight=False)
     console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
                   f"with the {backend} executor; nothing written or submitted.")
 

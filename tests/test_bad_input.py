@@ -115,6 +115,17 @@ CORPUS = [
     ("choice-typo", BASE.replace("hidden = [8, 8]", 'hidden = [8, 8]\nactivation = "gelo"'), [],
      "did you mean 'gelu'"),
     ("slurm-shell", BASE + '[slurm]\nsetup = ["module load x; rm -rf ~"]\n', [], "slurm.setup[0]"),
+    # packing several runs per GPU: single-GPU runs only
+    ("runs-per-gpu-zero", BASE + "[slurm]\nruns_per_gpu = 0\n", [], "slurm.runs_per_gpu"),
+    ("runs-per-gpu-huge", BASE + "[slurm]\nruns_per_gpu = 65\n", [], "slurm.runs_per_gpu"),
+    ("runs-per-gpu-multi-gpu", BASE + "[slurm]\nruns_per_gpu = 2\ngpus_per_node = 2\n", [],
+     "packing is for single-GPU runs"),
+    ("runs-per-gpu-multi-node", BASE + "[slurm]\nruns_per_gpu = 2\ngpus_per_node = 1\nnodes = 2\n", [],
+     "slurm.runs_per_gpu"),
+    ("runs-per-gpu-multi-task", BASE + "[slurm]\nruns_per_gpu = 2\ntasks_per_node = 2\n", [],
+     "packing is for single-GPU runs"),
+    ("mps-without-gpu", BASE + "[slurm]\nmps = true\n", [], "slurm.mps"),
+    ("mps-not-bool", BASE + '[slurm]\ngpus_per_node = 1\nmps = "yes"\n', [], "slurm.mps"),
     # lists
     ("metrics-repeated", BASE.replace("metrics = []", 'metrics = ["ssim", "ssim"]'), [], "eval.metrics[1]"),
     ("metrics-not-list", BASE.replace("metrics = []", 'metrics = "ssim"'), [], "eval.metrics"),

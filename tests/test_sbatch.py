@@ -2,17 +2,18 @@
 and a rendered script is accepted by the real test cluster."""
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from hpcdiff.launch.sbatch import TEMPLATES, check_csd3, example, render, write_for_sweep
+from hpcdiff.launch.sbatch import EXAMPLES, TEMPLATES, check_csd3, example, render, write_for_sweep
 from hpcdiff.config.spec import RunSpec, SlurmSpec, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("template", EXAMPLES)
 def test_shipped_templates_are_the_rendered_examples(template):
     text = (ROOT / "slurm" / f"{template}.sbatch").read_text()
     assert text == example(template)
@@ -81,3 +82,57 @@ def test_one_process_per_gpu_unless_told_otherwise(gpus, tasks, expected):
     template = "gpu" if gpus else "cpu"
     script = render(template, s, job_name="j", run_dirs=["r"], log_dir="l")
     assert f"#SBATCH --ntasks-per-node={expected}" in script
+
+
+@pytest.mark.parametrize("runs,k,tasks", [(8, 4, 2), (5, 2, 3), (2, 2, 1)])
+def test_packed_script_runs_k_per_task(runs, k, tasks, tmp_path):
+    s = SlurmSpec(gpus_per_node=1, runs_per_gpu=k, cpus_per_task=8)
+    dirs = [f"/r/{i}" for i in range(runs)]
+    script = render("gpu", s, job_name="j", run_dirs=dirs, log_dir="l")
+    assert ("#SBATCH --array=0-%d%%%d" % (tasks - 1, min(16, tasks)) in script) == (tasks > 1)
+    assert "#SBATCH --signal=B:USR2@120" in script and "srun" not in script  # the shell passes it on
+    assert "nvidia-cuda-mps-control" not in script
+    # Each array task's slice of the runs, as bash computes it.
+    path = tmp_path / "s.sh"
+    path.write_text(script)
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+    head = script[:script.index("stop=")]
+    body = head[head.index("RUN_DIRS="):]
+    for task in range(tasks):
+        out = subprocess.run(["bash", "-c", body + 'printf "%s\\n" "${TASK_RUNS[@]}"; echo "$OMP_NUM_THREADS"'],
+                             capture_output=True, text=True, env={"SLURM_ARRAY_TASK_ID": str(task), "PATH": "/usr/bin:/bin"})
+        *got, threads = out.stdout.split()
+        assert got == dirs[task * k:(task + 1) * k] and int(threads) == 8 // len(got)
+    with_mps = render("gpu", SlurmSpec(gpus_per_node=1, runs_per_gpu=k, mps=True), job_name="j", run_dirs=dirs,
+                      log_dir="l")
+    assert 'CUDA_MPS_PIPE_DIRECTORY="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID/pipe"' in with_mps
+    assert "echo quit | nvidia-cuda-mps-control" in with_mps
+
+
+@pytest.mark.slurm
+def test_packed_sbatch_script_trains_both_runs_and_isolates_a_failure(slurm_env, tmp_path, fashion_dir):
+    """The written script, submitted with plain sbatch on the real cluster: one task, two
+    runs at once; the broken one fails, its partner finishes, the task exits 1."""
+    sweep = tmp_path / "handpack.toml"
+    sweep.write_text(f'[sweep]\nname = "handpack"\n'
+                     f'[[sweep.cases]]\nlabel = "ok"\n[[sweep.cases]]\nlabel = "broken"\n'
+                     f'data = {{ root = "/nonexistent/fashion" }}\n'
+                     f'[data]\nname = "idx"\nroot = "{fashion_dir}"\nsubset = 200\n[model]\nhidden = [8, 8]\n'
+                     f'[diffusion]\nn_T = 20\n[train]\nepochs = 1\nbatch_size = 64\n'
+                     f'[eval]\nmetrics = []\nreconstruction = false\n'
+                     f'[slurm]\ncpus_per_task = 1\ntime_min = 5\nruns_per_gpu = 2\n')
+    (path,) = write_for_sweep(sweep, template="cpu", output=tmp_path / "runs")
+    assert "#SBATCH --array" not in path.read_text()  # 2 runs, one task
+    job = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.monotonic() + 300
+    while job in subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split():
+        assert time.monotonic() < deadline, "the packed job did not end"
+        time.sleep(1)
+    from hpcdiff.launch.status import collect_status
+
+    rows = {r.label: r for r in collect_status(tmp_path / "runs" / "handpack")[1]}
+    logs = "".join(p.read_text() for p in (tmp_path / "runs" / "handpack" / "slurm").glob("*.out"))
+    assert rows["ok"].state == "done", logs
+    assert rows["broken"].state == "failed" and "DataError" in rows["broken"].error
+    assert rows["ok"].job_id == job  # (the broken run failed before it could record one)
+    assert "done failed" in logs or "failed done" in logs

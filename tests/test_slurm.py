@@ -251,3 +251,104 @@ def test_job_killed_without_a_signal_reads_interrupted_and_resumes(slurm_env, tm
     (row,) = collect_status(out / "killed")[1]
     assert row.state == "interrupted" and row.job_state is None
     assert [r.action for r in plan_sweep(sweep_file, output=out).runs] == ["resume"]
+
+
+# --- several runs per GPU (slurm.runs_per_gpu): CPU processes sharing the test node ---
+
+def job_ids_by_run(sweep_dir: Path) -> dict[str, str]:
+    return {rd.run_id: rd.read_status()["job_id"] for rd in sweep_run_dirs(sweep_dir)}
+
+
+@pytest.mark.slurm
+def test_packed_runs_share_array_tasks_and_all_finish(slurm_env, tmp_path):
+    sweep_file = write_sweep(tmp_path, "packed", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\ntrain.seed = [0, 1]\n",
+                             slurm_extra="runs_per_gpu = 2")
+    out = tmp_path / "runs"
+    result = cli("sweep", sweep_file, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "slurm: launched 4 runs" in result.output and "(2 tasks" in result.output
+    jobs = job_ids_by_run(out / "packed")
+    tasks = sorted(set(jobs.values()))
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1  # one array of 2 tasks
+    assert sorted(list(jobs.values()).count(t) for t in tasks) == [2, 2]
+
+    rows = wait_until_ended(out / "packed", 4, timeout=300)
+    assert [r.state for r in rows] == ["done"] * 4
+    for rd in sweep_run_dirs(out / "packed"):
+        data = archive.read(rd.archive)
+        assert data["metrics"]["epoch"].tolist() == [1, 2] and data["attrs"]["finished"]
+        assert sorted(data["samples"]) == [1, 2]
+    status = cli("status", out / "packed").output
+    assert "4 done" in status
+    for task in tasks:  # which runs shared which job
+        assert f"{task}: " in status and "share a job" in status
+
+
+@pytest.mark.slurm
+def test_packed_requeue_resumes_both_runs(slurm_env, tmp_path):
+    """SLURM's time-limit warning (USR2 to every process of the job's step, as
+    `--signal=USR2@...` sends it), delivered while both runs of a task are mid-training:
+    both checkpoint, the task is requeued once, and both resume and finish. Sent with
+    scancel rather than waited for: 2 runs sharing 2 busy cores would need a dozen 1-minute
+    allocations to finish, and the moment it comes is then chosen, not raced."""
+    sweep_file = write_sweep(tmp_path, "packreq", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\n",
+                             subset=30000, epochs=3, slurm_extra="runs_per_gpu = 2")
+    out = tmp_path / "runs"
+    result = cli("sweep", sweep_file, "--output", out, "--executor", "slurm")
+    assert result.exit_code == 0, result.output
+    (job_id,) = set(job_ids_by_run(out / "packreq").values())
+    runs = sweep_run_dirs(out / "packreq")
+    deadline = time.monotonic() + 600  # ~40 s on an idle machine
+    while not all(rd.read_status().get("epoch", 0) >= 1 for rd in runs):  # both past their first epoch
+        assert time.monotonic() < deadline, [rd.read_status() for rd in runs]
+        time.sleep(0.5)
+    assert all(rd.read_status()["state"] == "running" for rd in runs)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    rows = wait_until_ended(out / "packreq", 2, timeout=600)
+    for rd, row in zip(runs, rows):
+        status, log = rd.read_status(), rd.log.read_text()
+        assert row.state == "done", (status, log[-3000:])
+        assert status["requeues"] >= 1 and status["restarts"] >= 1 and status["job_id"] == job_id
+        assert "stopped by signal SIGUSR2" in log and "resuming run" in log
+        metrics = archive.read(rd.archive)["metrics"]
+        assert metrics["epoch"].tolist() == [1, 2, 3]  # resumed, no duplicate rows
+        assert np.isfinite(metrics["train_loss"]).all()
+
+
+@pytest.mark.slurm
+def test_packed_run_failing_leaves_its_partner_done(slurm_env, tmp_path):
+    cases = ('[[sweep.cases]]\nlabel = "ok"\n'
+             '[[sweep.cases]]\nlabel = "broken"\ndata = { root = "/nonexistent/fashion" }\n')
+    sweep_file = write_sweep(tmp_path, "packfail", axes=cases, epochs=2, slurm_extra="runs_per_gpu = 2")
+    out = tmp_path / "runs"
+    assert cli("sweep", sweep_file, "--output", out).exit_code == 0
+    rows = {r.label: r for r in wait_until_ended(out / "packfail", 2, timeout=300)}
+    assert rows["ok"].job_id == rows["broken"].job_id  # one task for both
+    assert rows["broken"].state == "failed" and "DataError" in rows["broken"].error
+    assert rows["ok"].state == "done" and rows["ok"].epoch == 2
+    status = cli("status", out / "packfail").output
+    assert "1 done, 1 failed" in status
+    err = "\n".join(p.read_text() for p in (out / "packfail" / "slurm").glob("*/*.err"))
+    assert "1 of the 2 runs of this task did not finish" in err  # the task itself ended FAILED
+
+
+@pytest.mark.slurm
+def test_packed_run_killed_leaves_its_partner_done(slurm_env, tmp_path):
+    """SIGKILL to one run's process (what the OOM killer does to it alone): that run is
+    recorded failed by its task, its partner trains on to the end."""
+    cases = ('[[sweep.cases]]\nlabel = "short"\n'
+             '[[sweep.cases]]\nlabel = "long"\ndata = { subset = 30000 }\ntrain = { epochs = 50 }\n')
+    sweep_file = write_sweep(tmp_path, "packkill", axes=cases, epochs=3, slurm_extra="runs_per_gpu = 2")
+    out = tmp_path / "runs"
+    assert cli("sweep", sweep_file, "--output", out).exit_code == 0
+    long_run = next(rd for rd in sweep_run_dirs(out / "packkill") if rd.load_spec().train.epochs == 50)
+    deadline = time.monotonic() + 180
+    while long_run.read_status().get("state") != "running":  # started training, lock held
+        assert time.monotonic() < deadline, long_run.read_status()
+        time.sleep(0.5)
+    lines = "".join(p.read_text() for p in (out / "packkill" / "slurm").glob("*/*_log.out")).splitlines()
+    (pid,) = [int(line.split()[-1]) for line in lines if line.startswith(f"hpcdiff: run {long_run.run_id}: process")]
+    os.kill(pid, signal.SIGKILL)
+    rows = {r.label: r for r in wait_until_ended(out / "packkill", 2, timeout=300)}
+    assert rows["short"].state == "done" and rows["short"].epoch == 3
+    assert rows["long"].state == "failed" and "killed by SIGKILL" in rows["long"].error

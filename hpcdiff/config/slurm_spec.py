@@ -20,6 +20,9 @@ _EXTRA_SBATCH = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:+@%/=\[\]-]+)?$")
 _SETUP_LINE = re.compile(r"^[A-Za-z0-9_./:=+@%,~-]+( +[A-Za-z0-9_./:=+@%,~-]+)*$")
 
 
+MAX_RUNS_PER_GPU = 64
+
+
 @dataclass(frozen=True)
 class SlurmSpec:
     """Resources for the SLURM backend. Not part of a run's identity (see ``run_identity``)."""
@@ -48,13 +51,24 @@ class SlurmSpec:
     extra_sbatch: tuple[str, ...] = ()
     # Shell lines run before the job (e.g. "module load rhel8/default-amp"); plain words only.
     setup: tuple[str, ...] = ()
+    # Runs trained at once by one array task, as that many processes sharing its GPU (or,
+    # without GPUs, its CPUs): for single-GPU runs too small to fill a device.
+    runs_per_gpu: int = 1
+    # Start an NVIDIA MPS daemon inside each packed job, so that the runs' kernels really
+    # run concurrently on the shared GPU (opt-in; needs GPUs).
+    mps: bool = False
 
     @property
     def tasks(self) -> int:
         """Processes per node: tasks_per_node, or one per GPU when it is 0."""
         return self.tasks_per_node or max(1, self.gpus_per_node)
 
+    @property
+    def packed(self) -> bool:
+        return self.runs_per_gpu > 1
+
     def validate(self, p: str) -> None:
+        self._validate_packing(p)
         for name in ("time_min", "nodes", "cpus_per_task", "array_parallelism"):
             v = getattr(self, name)
             check(v >= 1, f"{p}.{name}", f"must be >= 1, got {v}")
@@ -74,3 +88,16 @@ class SlurmSpec:
             check(bool(_SETUP_LINE.fullmatch(line)), f"{p}.setup[{i}]",
                    f"{line!r} may only hold words of letters, digits and ._/:=+@%,~- "
                    f"(no ; & | $ ` < > ( ) quotes or newlines)")
+
+    def _validate_packing(self, p: str) -> None:
+        k = self.runs_per_gpu
+        check(1 <= k <= MAX_RUNS_PER_GPU, f"{p}.runs_per_gpu", f"must be in [1, {MAX_RUNS_PER_GPU}], got {k}")
+        if k > 1:
+            several = [f"{name} = {getattr(self, name)}" for name in ("gpus_per_node", "nodes", "tasks_per_node")
+                       if getattr(self, name) > 1]
+            check(not several, f"{p}.runs_per_gpu",
+                  f"runs_per_gpu = {k} packs single-GPU runs onto one device; it cannot be combined with "
+                  f"{', '.join(several)} (packing is for single-GPU runs: use runs_per_gpu = 1 for "
+                  f"runs that span several GPUs, nodes or tasks)")
+        check(not self.mps or self.gpus_per_node >= 1, f"{p}.mps",
+              "mps = true needs a GPU (gpus_per_node >= 1): NVIDIA MPS shares a GPU between processes")

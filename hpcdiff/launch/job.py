@@ -1,4 +1,5 @@
-"""What a SLURM job runs: a picklable, checkpointable call of ``train(run_dir)``.
+"""What a SLURM job runs: a picklable, checkpointable call of ``train(run_dir)`` (or, with
+``slurm.runs_per_gpu > 1``, of several runs at once: ``PackedTrainJob``).
 
 submitit pickles this object, runs it on the compute node and, when SLURM warns that the
 job is about to hit its time limit or is preempted (USR2), asks ``checkpoint()`` for what to
@@ -27,6 +28,32 @@ class TrainJob:
 
     def __repr__(self) -> str:
         return f"TrainJob({self.run_dir!r})"
+
+
+class PackedTrainJob:
+    """Several runs in one task (``slurm.runs_per_gpu``): one `hpcdiff train` process each,
+    sharing the task's GPU (hpcdiff.launch.packed)."""
+
+    def __init__(self, run_dirs: list[str], mps: bool = False):
+        self.run_dirs = [str(d) for d in run_dirs]
+        self.mps = mps
+
+    def __call__(self) -> dict:
+        from hpcdiff.launch.packed import run_packed
+
+        return run_packed(self.run_dirs, mps=self.mps)
+
+    def checkpoint(self, *args, **kwargs):
+        # Every process has stopped by now (checkpoint written, state "timeout"); the
+        # requeued task restarts the runs that are not over, each from its own checkpoint.
+        from submitit.helpers import DelayedSubmission
+
+        from hpcdiff.launch.packed import unfinished
+
+        return DelayedSubmission(PackedTrainJob(unfinished(self.run_dirs) or self.run_dirs, self.mps))
+
+    def __repr__(self) -> str:
+        return f"PackedTrainJob({self.run_dirs!r}, mps={self.mps})"
 
 
 def analyze_job(sweep_dir: str) -> str:

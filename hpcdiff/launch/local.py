@@ -1,12 +1,15 @@
 """Local execution: each run is a `hpcdiff train RUN_DIR` subprocess, N at a time.
 
 Subprocesses, not threads, so that a crash, a kill or a hung run only affects its own run
-and the same command is what a SLURM job executes.
+and the same command is what a SLURM job executes. On a machine with several GPUs the
+concurrent runs are spread over them: each gets its own ``CUDA_VISIBLE_DEVICES`` (the
+least busy GPUs first).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +26,35 @@ def train_command(run_dir: Path, processes: int = 1) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                 "-m", "hpcdiff", "train", str(run_dir)]
     return [sys.executable, "-m", "hpcdiff", "train", str(run_dir)]
+
+
+def gpu_slots(environ=None) -> list[str]:
+    """The GPUs to spread concurrent runs over: the devices of CUDA_VISIBLE_DEVICES when it
+    is set, else one per line of `nvidia-smi -L`; [] when there are fewer than two (nothing
+    to spread, and no GPU query at all on a machine without nvidia-smi)."""
+    env = os.environ if environ is None else environ
+    if "CUDA_VISIBLE_DEVICES" in env:
+        slots = [d.strip() for d in env["CUDA_VISIBLE_DEVICES"].split(",") if d.strip()]
+    else:
+        slots = [str(i) for i in range(_nvidia_smi_count())]
+    return slots if len(slots) > 1 else []
+
+
+def _nvidia_smi_count() -> int:
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines()) if out.returncode == 0 else 0
+
+
+def pick_gpus(slots: list[str], in_use: list[str], n: int = 1) -> list[str]:
+    """The ``n`` GPUs for the next run: the least busy (fewest runs in ``in_use``), the
+    first listed among equals, so that K runs on G GPUs go round-robin."""
+    load = {slot: in_use.count(slot) for slot in slots}
+    return sorted(slots, key=lambda slot: (load[slot], slots.index(slot)))[:n]
 
 
 class LocalExecutor(Executor):
@@ -63,19 +95,20 @@ class LocalExecutor(Executor):
         return report
 
     def _loop(self, queue, running, env, report, progress) -> None:
+        slots = gpu_slots(env) if self.concurrency > 1 else []
+        gpus: dict[str, list[str]] = {}  # run id -> the GPUs it was given
         while queue or running:
             while queue and len(running) < self.concurrency:
                 rd = queue.pop(0)
-                out = open(rd.path / "stdout.txt", "ab")
-                proc = subprocess.Popen(train_command(rd.path, self.processes), stdout=out,
-                                        stderr=subprocess.STDOUT, env=env, start_new_session=True)
-                out.close()
-                running[rd.run_id] = (proc, rd)
+                if slots:
+                    gpus[rd.run_id] = pick_gpus(slots, [g for ids in gpus.values() for g in ids], self.processes)
+                running[rd.run_id] = (self._start(rd, env, gpus.get(rd.run_id)), rd)
                 report.launched.append(rd.run_id)
             for run_id, (proc, rd) in list(running.items()):
                 code = proc.poll()
                 if code is not None:
                     del running[run_id]
+                    gpus.pop(run_id, None)
                     state = rd.read_status().get("state", "failed")
                     # A diverged run exits non-zero too, but it is not a crash.
                     report.results[run_id] = state if code == 0 or state == "diverged" else "failed"
@@ -86,6 +119,14 @@ class LocalExecutor(Executor):
                     next(iter(running.values()))[0].wait(timeout=POLL_SECONDS)
                 except subprocess.TimeoutExpired:
                     pass
+
+
+    def _start(self, rd: RunDir, env: dict, gpus: list[str] | None) -> subprocess.Popen:
+        if gpus:
+            env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+        with open(rd.path / "stdout.txt", "ab") as out:
+            return subprocess.Popen(train_command(rd.path, self.processes), stdout=out, stderr=subprocess.STDOUT,
+                                    env=env, start_new_session=True)
 
 
 class _SweepProgress:

@@ -195,24 +195,47 @@ class DryRun:
     test_only: list[str]
     gpu_hours: float
     runs: int
+    tasks: int = 0
+    # Without packing (runs_per_gpu = 1), for comparison.
+    gpu_hours_unpacked: float = 0.0
+    # One line per packed [slurm] section: runs -> tasks of up to K, GPU-hours saved.
+    packing: list[str] = field(default_factory=list)
 
 
 def dry_run_report(plan: SweepPlan) -> DryRun:
     """The submission script(s) that would be sent, sbatch --test-only's answer where sbatch
-    exists, and the GPU-hours asked for (runs x nodes x GPUs x time limit). Submits nothing."""
+    exists, and the GPU-hours asked for (array tasks x nodes x GPUs x time limit, with and
+    without packing several runs per GPU). Submits nothing."""
     groups: dict = {}
     for pr in plan.to_launch:
         run = next(r for r in plan.sweep.runs if r.run_id == pr.run_dir.run_id)
         groups.setdefault(run.spec.slurm, []).append(run)
-    scripts, answers, gpu_hours = [], [], 0.0
+    report = DryRun([], [], 0.0, len(plan.to_launch))
     for s, runs in groups.items():
+        tasks = len(slurm.pack(runs, s.runs_per_gpu))
         script = slurm.render_script(s, job_name=f"hpcdiff-{plan.sweep.name}",
-                                     folder=slurm.submitit_folder(plan.sweep_dir), n_tasks_in_array=len(runs))
-        scripts.append(script)
+                                     folder=slurm.submitit_folder(plan.sweep_dir), n_tasks_in_array=tasks)
+        report.scripts.append(script)
         if slurm.sbatch_available():
-            answers.append(slurm.sbatch_test_only(script))
-        gpu_hours += len(runs) * s.nodes * s.gpus_per_node * s.time_min / 60
-    return DryRun(scripts, answers, gpu_hours, len(plan.to_launch))
+            report.test_only.append(slurm.sbatch_test_only(script))
+        per_task = s.nodes * s.gpus_per_node * s.time_min / 60
+        report.tasks += tasks
+        report.gpu_hours += tasks * per_task
+        report.gpu_hours_unpacked += len(runs) * per_task
+        if s.packed:
+            report.packing.append(_packing_line(s, len(runs), tasks))
+    return report
+
+
+def _packing_line(s, runs: int, tasks: int) -> str:
+    """How a packed section's runs become tasks, and the GPU-hours (CPU core-hours for a
+    CPU-only section) that saves."""
+    unit, per_task = ("GPU-hours", s.nodes * s.gpus_per_node) if s.gpus_per_node else ("CPU core-hours",
+                                                                                      s.cpus_per_task)
+    hours = per_task * s.time_min / 60
+    return (f"packing: {runs} runs -> {tasks} array tasks of up to {s.runs_per_gpu} runs each "
+            f"(slurm.runs_per_gpu{', with MPS' if s.mps else ''}): {tasks * hours:.1f} {unit} instead of "
+            f"{runs * hours:.1f}, {(runs - tasks) * hours:.1f} saved")
 
 
 __all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]

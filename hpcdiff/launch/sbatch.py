@@ -2,8 +2,11 @@
 
 The same job as the submitit backend, written out: each task runs `hpcdiff train RUN_DIR`;
 SLURM's USR2 warning makes it checkpoint and stop, and the script then requeues itself
-(bounded by max_requeues). The files in slurm/ are these templates rendered with
-placeholder values (a test keeps them in step).
+(bounded by max_requeues). With ``slurm.runs_per_gpu = K`` each task trains K runs at
+once as background processes of the batch shell, which takes the warning itself
+(``--signal=B:USR2``), passes it on, waits for all and requeues when any stopped in state
+"timeout" (hpcdiff.launch.packed does the same for the submitit backend). The files in
+slurm/ are these templates rendered with placeholder values (a test keeps them in step).
 
 Every value that reaches a script is either validated by SlurmSpec (no shell
 metacharacters) or quoted with shlex.quote.
@@ -50,12 +53,33 @@ def check_csd3(s: SlurmSpec) -> None:
 
 def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], log_dir: str,
            hpcdiff: str | None = None) -> str:
-    """One script: a single run, or a job array over ``run_dirs`` (one per task)."""
+    """One script: a single run, or a job array over ``run_dirs`` (one per task, or
+    ``slurm.runs_per_gpu`` per task, trained at once)."""
     if template not in TEMPLATES:
         raise SpecError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
     if template == "csd3-ampere":
         check_csd3(s)
     hpcdiff = hpcdiff or f"{shlex.quote(sys.executable)} -m hpcdiff"
+    tasks = -(-len(run_dirs) // s.runs_per_gpu)
+    lines = _directives(template, s, job_name, tasks, log_dir)
+    lines += ["", "set -euo pipefail"]
+    if template == "csd3-ampere":
+        lines += [". /etc/profile.d/modules.sh", "module purge", "module load rhel8/default-amp"]
+    lines += list(s.setup)
+    lines.append("")
+    if s.packed:
+        return "\n".join(lines + _packed_body(s, run_dirs, hpcdiff))
+    if len(run_dirs) > 1:
+        lines.append("RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")")
+        lines.append('RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"')
+    else:
+        lines.append(f"RUN_DIR={shlex.quote(run_dirs[0])}")
+    lines += ["", f'srun --kill-on-bad-exit=1 {hpcdiff} train --no-progress "$RUN_DIR"', "",
+              _REQUEUE.format(max_requeues=s.max_requeues)]
+    return "\n".join(lines)
+
+
+def _directives(template: str, s: SlurmSpec, job_name: str, tasks: int, log_dir: str) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={shlex.quote(job_name)}"]
     if s.account:
         lines.append(f"#SBATCH --account={s.account}")
@@ -75,24 +99,56 @@ def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], l
         lines.append(f"#SBATCH --constraint={shlex.quote(s.constraint)}")
     if s.mail_user:
         lines += [f"#SBATCH --mail-user={s.mail_user}", f"#SBATCH --mail-type={s.mail_type or 'END,FAIL'}"]
-    lines += [f"#SBATCH --signal=USR2@{s.signal_delay_s}", "#SBATCH --requeue",
-              f"#SBATCH --output={shlex.quote(log_dir + '/%x-%A_%a.out' if len(run_dirs) > 1 else log_dir + '/%x-%j.out')}"]
-    if len(run_dirs) > 1:
-        lines.append(f"#SBATCH --array=0-{len(run_dirs) - 1}%{min(s.array_parallelism, len(run_dirs))}")
-    lines += [f"#SBATCH {line}" for line in s.extra_sbatch]
-    lines += ["", "set -euo pipefail"]
-    if template == "csd3-ampere":
-        lines += [". /etc/profile.d/modules.sh", "module purge", "module load rhel8/default-amp"]
-    lines += list(s.setup)
-    lines.append("")
-    if len(run_dirs) > 1:
-        lines.append("RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")")
-        lines.append('RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"')
-    else:
-        lines.append(f"RUN_DIR={shlex.quote(run_dirs[0])}")
-    lines += ["", f'srun --kill-on-bad-exit=1 {hpcdiff} train --no-progress "$RUN_DIR"', "",
-              _REQUEUE.format(max_requeues=s.max_requeues)]
-    return "\n".join(lines)
+    # Packed runs are the batch shell's own children (no srun step): it takes the warning
+    # (B:) and passes it on.
+    lines += [f"#SBATCH --signal={'B:' if s.packed else ''}USR2@{s.signal_delay_s}", "#SBATCH --requeue",
+              f"#SBATCH --output={shlex.quote(log_dir + '/%x-%A_%a.out' if tasks > 1 else log_dir + '/%x-%j.out')}"]
+    if tasks > 1:
+        lines.append(f"#SBATCH --array=0-{tasks - 1}%{min(s.array_parallelism, tasks)}")
+    return lines + [f"#SBATCH {line}" for line in s.extra_sbatch]
+
+
+_MPS = """# NVIDIA MPS, private to this job: the runs' kernels share the GPU at once.
+export CUDA_MPS_PIPE_DIRECTORY="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID/pipe"
+export CUDA_MPS_LOG_DIRECTORY="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID/log"
+mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+nvidia-cuda-mps-control -d || echo "hpcdiff: MPS did not start; the runs share the GPU without it" >&2
+trap 'echo quit | nvidia-cuda-mps-control || true; rm -rf "${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID"' EXIT
+"""
+
+_PACKED = """# {k} runs at once, one process each, sharing this task's GPU and CPUs; one failing does not
+# stop the others. Stop signals are passed on (again every second: a process that has not
+# yet set up its handler ignores them, as it is started ignoring them).
+K={k}
+TASK_RUNS=("${{RUN_DIRS[@]:$(( ${{SLURM_ARRAY_TASK_ID:-0}} * K )):K}}")
+export OMP_NUM_THREADS=$(( {cpus} / ${{#TASK_RUNS[@]}} > 0 ? {cpus} / ${{#TASK_RUNS[@]}} : 1 ))
+{mps}stop=""
+trap '' USR2 TERM
+for RUN_DIR in "${{TASK_RUNS[@]}}"; do
+    {hpcdiff} train --no-progress "$RUN_DIR" &
+done
+trap 'stop=USR2; kill -USR2 $(jobs -pr) 2>/dev/null || true' USR2
+trap 'stop=${{stop:-TERM}}; kill -TERM $(jobs -pr) 2>/dev/null || true' TERM
+while [ -n "$(jobs -pr)" ]; do
+    if [ -z "$stop" ]; then wait -n || true; else kill -"$stop" $(jobs -pr) 2>/dev/null || true; sleep 1; fi
+done
+
+# Any run stopped by the time-limit warning (state "timeout")? Requeue: the next start
+# resumes each from its own checkpoint (finished runs return at once). Any failed: exit 1.
+states=$(python3 -c 'import json, sys; print(*(json.load(open(d + "/status.json"))["state"] for d in sys.argv[1:]))' "${{TASK_RUNS[@]}}")
+echo "runs of this task: ${{TASK_RUNS[*]}}: $states"
+if [[ " $states " == *" timeout "* ]] && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
+    scontrol requeue "$SLURM_JOB_ID"
+elif [[ " $states " == *" failed "* || " $states " == *" diverged "* ]]; then
+    exit 1
+fi
+"""
+
+
+def _packed_body(s: SlurmSpec, run_dirs: list[str], hpcdiff: str) -> list[str]:
+    return ["RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")", "",
+            _PACKED.format(k=s.runs_per_gpu, cpus=s.cpus_per_task, hpcdiff=hpcdiff, max_requeues=s.max_requeues,
+                           mps=_MPS + "\n" if s.mps else "")]
 
 
 PLACEHOLDERS = {
@@ -101,12 +157,19 @@ PLACEHOLDERS = {
     "gpu": SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32),
     "cpu": SlurmSpec(partition="cpu", time_min=720, cpus_per_task=4, mem_gb=8),
 }
+# Shipped examples beyond the templates themselves: name -> (template, [slurm] section, runs).
+PACKED_EXAMPLES = {
+    "gpu-packed": ("gpu", SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32,
+                                    runs_per_gpu=4, mps=True), 8),
+}
+EXAMPLES = (*TEMPLATES, *PACKED_EXAMPLES)
 
 
-def example(template: str) -> str:
-    """The file shipped as slurm/<template>.sbatch."""
-    return render(template, PLACEHOLDERS[template], job_name="hpcdiff-part2",
-                  run_dirs=["runs/part2/RUN_ID_1", "runs/part2/RUN_ID_2"], log_dir="runs/part2/slurm",
+def example(name: str) -> str:
+    """The file shipped as slurm/<name>.sbatch."""
+    template, spec, n = PACKED_EXAMPLES.get(name, (name, PLACEHOLDERS.get(name), 2))
+    return render(template, spec, job_name="hpcdiff-part2",
+                  run_dirs=[f"runs/part2/RUN_ID_{i}" for i in range(1, n + 1)], log_dir="runs/part2/slurm",
                   hpcdiff="hpcdiff")
 
 

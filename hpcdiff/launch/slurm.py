@@ -5,6 +5,9 @@
   to ``array_parallelism`` tasks at a time (``--array=0-N%P``).
 - Each task runs ``TrainJob(run_dir)``; on SLURM's warning signal the training loop writes
   a checkpoint and submitit requeues the task, which resumes from disk.
+- With ``slurm.runs_per_gpu = K`` each task runs ``PackedTrainJob`` over K runs of its
+  section (hpcdiff.launch.packed): K processes sharing the task's GPU, all recording the
+  task's job id.
 - The job id of each run is written to its status.json; whether a run is still queued is
   read from ``squeue`` (never ``sacct``: accounting differs between clusters).
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 from hpcdiff.storage.rundir import RunDir
 from hpcdiff.config.spec import SlurmSpec
 from hpcdiff.launch.base import Executor, LaunchReport
-from hpcdiff.launch.job import TrainJob, analyze_job
+from hpcdiff.launch.job import PackedTrainJob, TrainJob, analyze_job
 
 # squeue states of a job that will still run (or is running).
 ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
@@ -152,6 +155,19 @@ def sbatch_test_only(script: str) -> str:
     return (proc.stdout + proc.stderr).strip()
 
 
+def pack(runs: list, k: int) -> list[list]:
+    """The runs of one [slurm] section in tasks of up to ``k`` (runs_per_gpu), in order."""
+    k = max(1, k)
+    return [runs[i:i + k] for i in range(0, len(runs), k)]
+
+
+def task_job(run_dirs: list[RunDir], s: SlurmSpec):
+    """What one array task runs: one run, or several packed onto its GPU."""
+    if len(run_dirs) == 1:
+        return TrainJob(str(run_dirs[0].path))
+    return PackedTrainJob([str(rd.path) for rd in run_dirs], mps=s.mps)
+
+
 @dataclass
 class _Group:
     spec: SlurmSpec
@@ -189,21 +205,23 @@ class SlurmExecutor(Executor):
         for group in _groups(run_dirs):
             executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=group.spec.max_requeues)
             executor.update_parameters(**executor_parameters(group.spec, f"hpcdiff-{Path(sweep_dir).name}"))
-            for start in range(0, len(group.runs), limit):
-                chunk = group.runs[start:start + limit]
+            tasks = pack(group.runs, group.spec.runs_per_gpu)
+            for start in range(0, len(tasks), limit):
+                chunk = tasks[start:start + limit]
                 # Before submitting: a task that starts and ends at once must not have its
                 # final state overwritten by this launcher afterwards.
-                for rd in chunk:
+                for rd in (rd for task in chunk for rd in task):
                     rd.write_status(state="pending", submitted=time.time(), error=None, traceback=None)
                 try:
                     with executor.batch():
-                        jobs = [executor.submit(TrainJob(str(rd.path))) for rd in chunk]
+                        jobs = [executor.submit(task_job(task, group.spec)) for task in chunk]
                 except submitit.core.utils.FailedJobError as err:
                     raise SlurmError(f"sbatch refused the array: {err}") from None
-                for rd, job in zip(chunk, jobs):
-                    rd.write_status(job_id=job.job_id)
-                    report.launched.append(rd.run_id)
-                    report.job_ids[rd.run_id] = job.job_id
+                for task, job in zip(chunk, jobs):
+                    for rd in task:  # the runs packed into one task share its job id
+                        rd.write_status(job_id=job.job_id)
+                        report.launched.append(rd.run_id)
+                        report.job_ids[rd.run_id] = job.job_id
                 if jobs:
                     array_ids.append(jobs[0].job_id.split("_")[0])
         if self.then_analyze and array_ids:

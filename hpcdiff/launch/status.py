@@ -95,13 +95,15 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
     from rich.text import Text
 
     slurm_cols = any(r.job_id for r in rows)
+    shared = shared_jobs(rows)
     table_rows = []
     for r in rows:
         after = {"state": r.state, "epoch": f"{r.epoch}/{r.epochs}",
                  "last loss": f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
                  "val loss": f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else ""}
         if slurm_cols:
-            after.update({"job": r.job_id or "", "job state": r.job_state or "", "requeues": str(r.requeues)})
+            after.update({"job": r.job_id or "", "job state": r.job_state or "", "requeues": str(r.requeues),
+                          "runs in job": str(len(shared[r.job_id])) if r.job_id in shared else ""})
         else:
             after["restarts"] = str(r.restarts)
         after["error"] = _headline(r.error)
@@ -112,7 +114,19 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
         text.highlight_words([f"  {state}"], style=colour)
     counts = summary(rows)
     line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({len(rows)} runs)"
+    if shared:
+        line += "\nruns that share a job (slurm.runs_per_gpu):\n" + "\n".join(
+            f"  {job}: {', '.join(ids)}" for job, ids in shared.items())
     return Group(text, Text(line))
+
+
+def shared_jobs(rows: list[RunStatus]) -> dict[str, list[str]]:
+    """Job id -> the run ids it trains, for the jobs that train several (packed runs)."""
+    jobs: dict[str, list[str]] = {}
+    for r in rows:
+        if r.job_id:
+            jobs.setdefault(str(r.job_id), []).append(r.run_id)
+    return {job: ids for job, ids in jobs.items() if len(ids) > 1}
 
 
 def _headline(error: str | None, limit: int = 100) -> str:
@@ -126,6 +140,8 @@ def _headline(error: str | None, limit: int = 100) -> str:
 def cancel_sweep(sweep_dir: str | Path) -> list[str]:
     """scancel the jobs of every run that has not finished; returns the job ids."""
     _, rows = collect_status(sweep_dir)
-    ids = [r.job_id for r in rows if r.job_id and r.state != "done" and r.job_state in slurm.ACTIVE_STATES]
+    # Runs packed into one task share its job id: each job once.
+    ids = list(dict.fromkeys(r.job_id for r in rows
+                             if r.job_id and r.state != "done" and r.job_state in slurm.ACTIVE_STATES))
     slurm.cancel(ids)
     return ids
