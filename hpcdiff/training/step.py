@@ -145,9 +145,9 @@ class TrainStep:
     window's length), then, when ``sync``, the optimiser step that ends the window. Returns
     the batch's loss as a device tensor (no host sync).
 
-    In graph mode a step that cannot be captured (a degradation that reads values back to
-    the host, such as ``downsample``'s per-factor grouping) is trained eagerly from then on,
-    with a warning, and ``state.mode`` says so (recorded in the next checkpoint and archive row)."""
+    In graph mode a step that cannot be captured (a process that reads values back to the
+    host mid-step; none of the registered ones does) is trained eagerly from then on, with a
+    warning, and ``state.mode`` says so (recorded in the next checkpoint and archive row)."""
 
     def __init__(self, state, accelerator, images: torch.Tensor, *, grad_clip: float, mode: StepMode):
         self.state, self.acc, self.images = state, accelerator, images
