@@ -27,6 +27,7 @@ from torch import nn
 from hpcdiff.config.spec import DataSpec, ModelSpec, RunSpec
 from hpcdiff.data import load_splits
 from hpcdiff.science.diffusion import GaussianDDPM
+from hpcdiff.science.graphs import capture
 from hpcdiff.science.models import build_model, conv_flops_per_image
 
 DEFAULT_HIDDEN = (16, 32, 32, 16)
@@ -168,15 +169,7 @@ def bench_conv_ceiling(steps, warmup, batch, device, hidden=DEFAULT_HIDDEN) -> B
         r = _time_steps(body, steps, warmup, batch, device)
         r.name, r.note = "conv-FLOP floor", "fp32, convolutions only"
         return r
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            body()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        body()
+    graph, _ = capture(body, warmup=3)
     r = _time_steps(graph.replay, steps, warmup, batch, device)
     r.name, r.note = "bf16 conv ceiling", "bf16, convolutions only, CUDA graph"
     return r

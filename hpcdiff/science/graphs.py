@@ -21,23 +21,41 @@ log = logging.getLogger(__name__)
 MAX_SHAPES = 4  # one graph per batch shape in use (grid, evaluation chunk, its remainder, ...)
 
 
+class CaptureError(RuntimeError):
+    """The body could not be recorded (a host sync in it); nothing recorded ran."""
+
+
+def capture(body, *, warmup: int, before_capture=None):
+    """``body()`` recorded in a CUDA graph: (graph, what body returned during the capture).
+
+    ``warmup`` uncaptured calls run first on a side stream (cuDNN/cuBLAS choose algorithms
+    and allocate, optimisers create their state), then ``before_capture()`` if given (e.g.
+    to put back what the warm-up changed). Raises CaptureError when the body cannot be
+    captured (errors of the warm-up propagate as they are), with the caller's stream current
+    again: torch.cuda.graph leaves its capture stream current when capture_end fails."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    if before_capture is not None:
+        before_capture()
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.current_stream()
+    try:
+        with torch.cuda.graph(graph):
+            out = body()
+    except RuntimeError as err:
+        torch.cuda.set_stream(stream)
+        raise CaptureError(str(err)) from err
+    return graph, out
+
+
 class _Replay:
     def __init__(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor):
         self.x, self.t = x.clone(), t.clone()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):  # cuDNN/cuBLAS choose and allocate outside the capture
-                net(self.x, self.t)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.current_stream()
-        try:
-            with torch.cuda.graph(self.graph):
-                self.out = net(self.x, self.t)
-        except RuntimeError:
-            torch.cuda.set_stream(stream)  # torch.cuda.graph leaves its stream current on failure
-            raise
+        self.graph, self.out = capture(lambda: net(self.x, self.t), warmup=2)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.x.copy_(x)

@@ -118,7 +118,7 @@ class Session:
     progress: Progress
     steps_per_epoch: int
     step: TrainStep                  # forward, backward and optimiser step (eager or CUDA graph)
-    budget: Budget | None = None     # train.max_steps / max_minutes
+    budget: Budget                   # train.max_steps / max_minutes
     stopped_by: str | None = None    # the budget that ended the run ("max_steps" | "max_minutes")
     batches_done: int = 0            # batches of the running epoch when run_epoch returned
 
@@ -216,11 +216,10 @@ def _open_run_files(session: Session) -> None:
         "hpcdiff_version": __version__, "torch_version": str(torch.__version__),
         "created": time.time(), "image_shape": list(session.image_shape),
     })
-    mode = session.state.mode
-    archive.set_attrs(rd.archive, {"step_mode": mode.mode, "step_mode_reason": mode.reason})
     # Rows after the checkpoint came from epochs whose checkpoint was never written.
     archive.truncate_after(rd.archive, session.state.epoch_done)
-    archive.set_attrs(rd.archive, {"world_size": world})
+    mode = session.state.mode
+    archive.set_attrs(rd.archive, {"world_size": world, "step_mode": mode.mode, "step_mode_reason": mode.reason})
     rd.write_status(state="running", epoch=session.state.epoch_done, epochs=spec.train.epochs,
                     host=socket.gethostname(), error=None, traceback=None,
                     restarts=rd.read_status().get("restarts", -1) + 1, job_id=slurm_job_id(),
@@ -238,7 +237,7 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     perm = torch.randperm(len(session.train_images), generator=generator(t.seed, "epoch_order", epoch)).to(device)
     loss_sum = torch.full((), s.partial_loss if first else 0.0, device=device)
     session.progress.start_epoch(epoch, first)
-    budget = session.budget or Budget(0, 0.0, steps, t.grad_accumulation)
+    budget = session.budget
     session.batches_done = last = first if session.stopped_by else steps
     for i in range(first, last):
         idx = perm[i * t.batch_size: (i + 1) * t.batch_size][rank * local_batch: (rank + 1) * local_batch]
@@ -305,7 +304,7 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
     metrics = {"train_loss": train_loss, "val_loss": val_loss, "lr": current_lr(s.optimizer),
                "epoch_seconds": seconds, "elapsed_seconds": s.elapsed,
                # The common axis of runs compared at equal compute (analysis: vs steps, vs time).
-               "optimizer_steps": session.budget.optimizer_steps(epoch, batches) if session.budget else float("nan"),
+               "optimizer_steps": session.budget.optimizer_steps(epoch, batches),
                "images_per_second": (batches - first) * t.batch_size / seconds}
     if session.evaluator.enabled and due(epoch, spec.eval.every, last):
         with ema_weights(s.core, s.ema):

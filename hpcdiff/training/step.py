@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from hpcdiff.data import to_model_range
+from hpcdiff.science.graphs import CaptureError, capture
 
 log = logging.getLogger(__name__)
 
@@ -235,27 +236,17 @@ class _GraphedStep:
 
     def _capture(self, sync: bool, n: int):
         saved = self._snapshot()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # "capturable=True ... running without CUDA graph capture": the warm-up, by design.
             warnings.filterwarnings("ignore", message=".*capturable.*")
-            for _ in range(WARMUP_ITERATIONS):
-                self.body(sync, n)
-        torch.cuda.current_stream().wait_stream(side)
-        self._restore(saved)
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.current_stream()
-        try:
-            with torch.cuda.graph(graph):
-                loss = self.body(sync, n)
-        except RuntimeError as err:
-            # Nothing recorded ran, and the warm-up was put back: the state is as before.
-            # torch.cuda.graph leaves its capture stream current when capture_end fails.
-            torch.cuda.set_stream(stream)
-            torch.cuda.synchronize()
-            raise CaptureFailed(f"the training step could not be captured in a CUDA graph "
-                                f"({str(err).splitlines()[0]})") from err
+            try:
+                graph, loss = capture(lambda: self.body(sync, n), warmup=WARMUP_ITERATIONS,
+                                      before_capture=lambda: self._restore(saved))
+            except CaptureError as err:
+                # Nothing recorded ran, and the warm-up was put back: the state is as before.
+                torch.cuda.synchronize()
+                raise CaptureFailed(f"the training step could not be captured in a CUDA graph "
+                                    f"({str(err).splitlines()[0]})") from err
         log.info("captured the %s step (batch %d) in a CUDA graph", "optimiser" if sync else "accumulation", n)
         return graph, loss
 
