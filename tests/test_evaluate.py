@@ -136,7 +136,9 @@ def _rank_samples(rank, world, port, spec_dict, queue):
         evaluator = Evaluator(spec, test, "cpu", main=rank == 0, rank=rank, world=world)
         samples = evaluator.samples(core, seed=3)
         metrics = evaluator(core, seed=3)
-        queue.put((rank, samples, metrics, len(calls)))
+        # A numpy array is pickled by value; a tensor would travel as a shared-memory file
+        # descriptor that the parent can only open while this process is still alive.
+        queue.put((rank, samples.numpy(), metrics, len(calls)))
     finally:
         dist.destroy_process_group()
 
@@ -166,7 +168,7 @@ def test_two_processes_draw_the_same_samples_as_one(test_split):
     results = {}
     for _ in procs:
         rank, samples, metrics, n_calls = queue.get(timeout=300)
-        results[rank] = (samples, metrics, n_calls)
+        results[rank] = (torch.from_numpy(samples), metrics, n_calls)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
