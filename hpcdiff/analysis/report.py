@@ -39,7 +39,7 @@ from pathlib import Path
 
 from hpcdiff.analysis.figures import write_figures
 from hpcdiff.analysis.load import Run, is_quality_metric, load_runs, metric_direction, quality_metrics
-from hpcdiff.analysis.tables import config_table, is_descending, per_class_table, sort_rows, write_tables
+from hpcdiff.analysis.tables import config_table, frame, is_descending, per_class_table, sort_rows, write_tables
 from hpcdiff.config.registry import nearest
 from hpcdiff.storage.rundir import read_manifest
 
@@ -125,18 +125,18 @@ def _write_sweep_tables(result: AnalysisResult, name: str, runs: list[Run], vary
     """runs.*, configs.* (when the sweep varies the seed) and per_class.* (when there are
     per-class metrics) into ``result.out_dir``; their paths go to ``result.files``."""
     out_dir, sort_by = result.out_dir, result.sort_by
-    result.files += write_tables(out_dir, "runs", result.columns, result.rows,
+    result.files += write_tables(out_dir, "runs", frame(result.columns, result.rows),
                                  caption=f"Runs of sweep {name}, sorted by {sort_by}")
     if "train.seed" in varying:
         csv_cols, display_cols, configs, display = config_table(result.rows, result.columns, varying, sort_by,
                                                                 is_descending(sort_by))
         result.config_columns, result.configs = csv_cols, configs
-        result.files += write_tables(out_dir, "configs", display_cols, display, csv_columns=csv_cols,
-                                     csv_rows=configs,
+        result.files += write_tables(out_dir, "configs", frame(display_cols, display),
+                                     csv_table=frame(csv_cols, configs),
                                      caption=f"Configs of sweep {name}: mean +- std over seeds")
     per_class_cols, per_class = per_class_table(runs)
     if per_class:
-        result.files += write_tables(out_dir, "per_class", per_class_cols, per_class,
+        result.files += write_tables(out_dir, "per_class", frame(per_class_cols, per_class),
                                      caption=f"Per-class metrics of sweep {name} (last epoch that has them)")
 
 # --------------------------------------------------------------------------- index
