@@ -103,7 +103,7 @@ def summary(metrics: dict, name: str, direction: str) -> tuple[float | None, int
 
 def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str]) -> list[Run]:
     """Every run of a sweep directory, in its directory order; problems go to ``warnings``."""
-    return [_load_run(rd, varying, warnings) for rd in sweep_run_dirs(sweep_dir)]
+    return [read_run(rd, varying, warnings) for rd in sweep_run_dirs(sweep_dir)]
 
 
 def quality_metrics(runs: list[Run]) -> list[str]:
@@ -113,7 +113,8 @@ def quality_metrics(runs: list[Run]) -> list[str]:
     return first + sorted(names - set(first))
 
 
-def _load_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
+def read_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
+    """One run directory (``varying``: the sweep axes its row shows)."""
     meta, config = _read_config(rd, warnings)
     data, damaged = _read_archive(rd, warnings)
     metrics = data["metrics"] if data else {}
