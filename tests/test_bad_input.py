@@ -163,6 +163,13 @@ CORPUS = [
     ("set-no-section", BASE, ["--set", "lr=3"], "--set"),
     ("set-unknown-section", BASE, ["--set", "trian.lr=3"], "did you mean 'train'"),
     ("set-unknown-key", BASE, ["--set", "train.epohcs=3"], "did you mean 'train.epochs'"),
+    # [log]: live trackers
+    ("log-unknown-key", BASE + "[log]\ntracker = ['tensorboard']\n", [], "did you mean 'trackers'"),
+    ("log-unknown-tracker", BASE + "[log]\ntrackers = ['tensorbord']\n", [], "did you mean 'tensorboard'"),
+    ("log-tracker-twice", BASE + "[log]\ntrackers = ['wandb', 'wandb']\n", [], "listed twice"),
+    ("log-wandb-mode", BASE + "[log]\nwandb_mode = 'ofline'\n", [], "did you mean 'offline'"),
+    ("log-trackers-type", BASE + "[log]\ntrackers = 'wandb'\n", [], "log.trackers"),
+    ("set-log-unknown-key", BASE, ["--set", "log.wandb_projct=x"], "did you mean 'log.wandb_project'"),
     ("set-sweep-product", BASE, ["--set", "sweep.product.train.lr=[1]"], "--set sweep.product.train.lr"),
     ("set-bad-type", BASE, ["--set", "train.epochs=three"], "train.epochs"),
     ("set-sweep-name", BASE, ["--set", "sweep.name=a/b"], "sweep.name"),

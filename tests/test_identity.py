@@ -46,7 +46,8 @@ def test_budgets_and_the_model_name_count_only_when_set():
 def test_execution_sections_stay_out_of_the_identity():
     base = RunSpec()
     other = base.replace(slurm=dataclasses.replace(base.slurm, time_min=600, gpus_per_node=4),
-                         eval=dataclasses.replace(base.eval, samples=2000, metrics=("fid_classifier",)))
+                         eval=dataclasses.replace(base.eval, samples=2000, metrics=("fid_classifier",)),
+                         log=dataclasses.replace(base.log, trackers=("tensorboard", "wandb"), wandb_mode="offline"))
     assert run_id(other) == run_id(base)
     assert set(base.run_identity()) == set(IDENTITY_SECTIONS)
     assert run_id(base.replace(train=dataclasses.replace(base.train, lr=1e-3))) != run_id(base)

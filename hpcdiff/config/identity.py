@@ -4,8 +4,8 @@ A run id is a hash of ``run_identity(spec)``. Re-running a sweep finds its finis
 that id, so the rule is a contract with every sweep directory already on disk:
 
 1. Only the sections that say *what is computed* take part: IDENTITY_SECTIONS. Sections
-   about *how a run is executed or observed* ([slurm], [eval], and any later one such as
-   [log]) never do: asking for more time or another metric finds the same runs.
+   about *how a run is executed or observed* ([slurm], [eval], [log] and any later one)
+   never do: asking for more time or another metric finds the same runs.
 2. The keys that existed when the rule was set (IDENTITY_V1 below) always take part, at
    their default values too: that is how every existing id was computed.
 3. A key added later takes part only while it differs from its default. A new setting

@@ -6,7 +6,8 @@ types and out-of-range values, so that a typo in a sweep file never silently fal
 a default. Stdlib only: the CLI validates a sweep before importing torch.
 
 The value checks and ``SpecError`` are in ``config.checks``, the ``[model]`` section in
-``config.model_spec``, the ``[slurm]`` section in ``config.slurm_spec``; all are re-exported here.
+``config.model_spec``, the ``[slurm]`` section in ``config.slurm_spec``, the ``[log]`` section
+in ``config.log_spec``; all are re-exported here.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field, fields
 
 from hpcdiff.config.checks import (INT64_MAX, MAX_STRING, SpecError, check, check_text, choice_msg, coerce,
                                    unknown_key_msg)
+from hpcdiff.config.log_spec import LogSpec
 from hpcdiff.config.model_spec import ModelSpec
 from hpcdiff.config.slurm_spec import SlurmSpec
 
 __all__ = [  # SpecError, check_text and SlurmSpec live beside their kin; import them from here or there
     "SpecError", "check_text", "SlurmSpec", "RunSpec", "SECTIONS", "DataSpec", "ModelSpec", "DiffusionSpec",
-    "DegradationSpec", "TrainSpec", "EvalSpec", "INT64_MAX", "MAX_STRING", "SEED_LIMIT",
+    "DegradationSpec", "TrainSpec", "EvalSpec", "LogSpec", "INT64_MAX", "MAX_STRING", "SEED_LIMIT",
 ]
 
 
@@ -233,6 +235,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainSpec,
     "eval": EvalSpec,
     "slurm": SlurmSpec,
+    "log": LogSpec,
 }
 
 
@@ -245,6 +248,7 @@ class RunSpec:
     train: TrainSpec = TrainSpec()
     eval: EvalSpec = EvalSpec()
     slurm: SlurmSpec = SlurmSpec()
+    log: LogSpec = LogSpec()
 
     @classmethod
     def from_dict(cls, raw: dict, *, source: str | None = None) -> "RunSpec":

@@ -146,7 +146,7 @@ def write_run_config(run_dir: RunDir, spec: RunSpec, *, run_id: str, sweep: str,
         if existing.run_identity() != spec.run_identity():
             raise SpecError(f"{run_dir.config_path} holds a different config than run {run_id}; "
                             f"refusing to overwrite it")
-        if existing.slurm == spec.slurm and existing.eval == spec.eval:
+        if existing.slurm == spec.slurm and existing.eval == spec.eval and existing.log == spec.log:
             return
     content = spec.to_dict()
     header = f"hpcdiff run {run_id} of sweep {sweep}" + (f" ({label})" if label else "")
