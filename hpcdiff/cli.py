@@ -215,6 +215,21 @@ def cancel(sweep_dir):
 
 @main.command()
 @click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="List what `wandb sync` would upload; upload nothing.")
+def sync(sweep_dir, dry_run):
+    """Upload SWEEP_DIR's offline W&B runs (written inside SLURM jobs) with `wandb sync`."""
+    from hpcdiff.launch.wandb_sync import sync_sweep
+
+    try:
+        runs, code = sync_sweep(sweep_dir, dry_run=dry_run)
+    except RuntimeError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"{len(runs)} offline W&B runs under {sweep_dir}" + ("" if runs else ": nothing to sync"))
+    sys.exit(code)
+
+
+@main.command()
+@click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: analysis/<sweep name>/).")
 @click.option("--sort-by", default=None, help="Table column to sort by (default: best FID, else best val loss).")

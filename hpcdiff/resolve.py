@@ -13,6 +13,7 @@ import math
 
 from hpcdiff.config.registry import unknown_message, unknown_name_message
 from hpcdiff.config import sweep as sweep_files
+from hpcdiff.config.log_spec import tracker_install_problem
 from hpcdiff.config.spec import RunSpec, SpecError, check_text
 from hpcdiff.data import KNOWN_IMAGE_SHAPES
 from hpcdiff.evaluation.metrics import METRICS
@@ -126,6 +127,10 @@ def validate_spec(spec: RunSpec) -> RunSpec:
     for i, name in enumerate(spec.eval.metrics):
         if name not in METRICS:
             raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")
+    for i, name in enumerate(spec.log.trackers):
+        problem = tracker_install_problem(name)
+        if problem:
+            raise SpecError(problem, path=f"log.trackers[{i}]")
     return resolve_spec(spec)
 
 

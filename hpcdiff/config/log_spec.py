@@ -34,3 +34,24 @@ class LogSpec:
             seen.add(name)
         check(self.wandb_mode in WANDB_MODES, f"{p}.wandb_mode", choice_msg(self.wandb_mode, WANDB_MODES))
         check(self.wandb_project != "", f"{p}.wandb_project", "must not be empty")
+
+
+# Each tracker's package and the extra that installs it (pyproject's optional dependencies).
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+
+
+def tracker_install_problem(name: str) -> str | None:
+    """Why tracker ``name`` cannot run here (its package is missing), or None. Asked at
+    `hpcdiff sweep` and again when a run starts: Accelerate itself would only drop a missing
+    tracker with a debug message, and the run would train with no curves at all."""
+    import importlib.util
+
+    package = TRACKER_PACKAGES[name]
+    try:
+        found = importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # a broken install, or one blocked in sys.modules
+        found = False
+    if found:
+        return None
+    return (f"{name!r} needs the {package} package, which is not installed: "
+            f"pip install 'hpcdiff[{name}]'")

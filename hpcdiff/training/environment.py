@@ -35,7 +35,8 @@ def resolve_precision(requested: str, *, use_cpu: bool, bf16_supported: bool) ->
     return "bf16" if not use_cpu and bf16_supported else "no"
 
 
-def make_accelerator(spec):
+def make_accelerator(spec, trackers: list | None = None):
+    """The run's Accelerator; ``trackers``: Accelerate tracker objects (training.trackers)."""
     from accelerate import Accelerator
     from accelerate.utils import InitProcessGroupKwargs
 
@@ -54,7 +55,8 @@ def make_accelerator(spec):
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     # Gradient accumulation is done in the training loop, not by Accelerate: its windows
     # would run across epoch ends, and a checkpoint written there would lose the gradients.
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, kwargs_handlers=[timeout])
+    accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, kwargs_handlers=[timeout],
+                              log_with=trackers or None)
     log.info("device %s (process %d of %d), mixed precision %s", device_name(accelerator.device),
              accelerator.process_index, accelerator.num_processes, accelerator.mixed_precision)
     return accelerator

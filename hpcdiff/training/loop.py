@@ -40,6 +40,7 @@ from hpcdiff.training.progress import Progress
 from hpcdiff.training.signals import StopRequested, hand_on_to_submitit, stop_on_signals
 from hpcdiff.training.state import TrainState, ema_weights
 from hpcdiff.training.step import TrainStep, current_lr, resolve_mode
+from hpcdiff.training.trackers import RunTrackers, build_trackers
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Session:
     steps_per_epoch: int
     step: TrainStep                  # forward, backward and optimiser step (eager or CUDA graph)
     budget: Budget                   # train.max_steps / max_minutes
+    trackers: RunTrackers | None = None  # [log] trackers: TensorBoard / W&B (rank 0)
     stopped_by: str | None = None    # the budget that ended the run ("max_steps" | "max_minutes")
     batches_done: int = 0            # batches of the running epoch when run_epoch returned
 
@@ -141,12 +143,15 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     session.stopped_by = session.budget.spent(session.budget.optimizer_steps(state.epoch_done + 1, state.start_batch),
                                               state.elapsed)
     nothing_left = session.stopped_by is not None and not state.start_batch
-    with stop_on_signals(session.monitor), session.progress:
-        for epoch in range(state.epoch_done + 1, t.epochs + 1) if not nothing_left else ():
-            first = state.start_batch if epoch == state.epoch_done + 1 else 0
-            train_loss, seconds = run_epoch(session, epoch, first)
-            if end_epoch(session, epoch, train_loss, seconds, first):
-                break
+    try:
+        with stop_on_signals(session.monitor), session.progress:
+            for epoch in range(state.epoch_done + 1, t.epochs + 1) if not nothing_left else ():
+                first = state.start_batch if epoch == state.epoch_done + 1 else 0
+                train_loss, seconds = run_epoch(session, epoch, first)
+                if end_epoch(session, epoch, train_loss, seconds, first):
+                    break
+    finally:
+        session.trackers.finish()
     session.accelerator.wait_for_everyone()
     if session.main:
         budget = {"stopped_by": session.stopped_by} if session.stopped_by else {}
@@ -161,7 +166,7 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     from accelerate.utils import set_seed
 
     t = spec.train
-    accelerator = make_accelerator(spec)
+    accelerator = make_accelerator(spec, build_trackers(rd, spec))
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     # Same initial weights on every rank (DDP also broadcasts rank 0's), then a different
     # noise stream per rank: otherwise every rank draws the same t and eps for its images.
@@ -206,6 +211,7 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
         budget=Budget.of(t, steps))
     if session.main:
         _open_run_files(session)
+    session.trackers = RunTrackers.start(accelerator, rd, spec, first_epoch=state.epoch_done + 1)
     return session
 
 
@@ -318,6 +324,7 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         archive.append_epoch(rd.archive, epoch, metrics, samples,
                              attrs={"best_epoch": s.stopper.best_epoch, "best_loss": s.stopper.best,
                                     "step_mode": s.mode.mode, "step_mode_reason": s.mode.reason})
+        session.trackers.log_epoch(epoch, metrics, samples)
         if due(epoch, t.checkpoint_every, last):
             session.save(epoch)
         rd.write_status(state="running", epoch=epoch, last_loss=train_loss, val_loss=val_loss,
