@@ -123,6 +123,20 @@ def test_tensorboard_curves_after_a_kill_and_resume(fashion_dir, tmp_path):
     assert done["best_val_loss"] == pytest.approx(run.metrics["val_loss"].min())
 
 
+def test_only_the_main_process_logs(fashion_dir, tmp_path):
+    """Two DDP processes (the local executor's --processes, gloo on the CPU): one event file,
+    each epoch once."""
+    sweep_file = tmp_path / "ddp.toml"
+    sweep_file.write_text(sweep_text(fashion_dir, "ddp", '["tensorboard"]', epochs=2, subset=320))
+    result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local", "--processes", "2")
+    assert result.exit_code == 0, result.output
+    (rd,) = [p for p in (tmp_path / "runs" / "ddp").iterdir() if (p / "config.toml").exists()]
+    assert archive.read(rd / "archive.h5")["attrs"]["world_size"] == 2
+    assert len(list((rd / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    events = tensorboard_events(rd / "tensorboard")
+    assert [step for step, _ in events["train_loss"]] == [1, 2] and [s for s, _ in events["samples"]] == [1, 2]
+
+
 # ------------------------------------------------------------------------------ W&B
 
 
@@ -191,6 +205,18 @@ def test_wandb_logs_offline_inside_a_slurm_job(fashion_dir, tmp_path):
                           capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 offline W&B runs" in proc.stdout and log_file.name in proc.stdout + proc.stderr
+
+
+def test_adding_trackers_to_a_sweep_keeps_its_runs(fashion_dir, tmp_path):
+    """[log] is observation: the same run ids, and the run's config.toml now asks for the
+    trackers (a resumed run starts logging)."""
+    plain, tracked = tmp_path / "a.toml", tmp_path / "b.toml"
+    plain.write_text(sweep_text(fashion_dir, "same", "[]", epochs=1, subset=64))
+    tracked.write_text(sweep_text(fashion_dir, "same", '["tensorboard"]', epochs=1, subset=64))
+    before = make_run_dir(plain, tmp_path / "runs")
+    assert before.load_spec().log.trackers == ()
+    after = make_run_dir(tracked, tmp_path / "runs")
+    assert after.path == before.path and after.load_spec().log.trackers == ("tensorboard",)
 
 
 def test_wandb_mode_rule():
