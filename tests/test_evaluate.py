@@ -204,3 +204,23 @@ def test_configs_from_before_eval_steps_keep_their_method_and_auto_resolves(tiny
     rd.config_path.write_text(tomlio.dumps(config))
     assert train(rd.path) == "done"
     assert archive.read(rd.archive)["metrics"]["diversity_trace"][0] > 0
+
+
+def test_metrics_score_the_images_not_the_samplers_overshoot(test_split):
+    """An untrained DDPM's DDIM samples from n_T = 1000 overshoot [-0.5, 0.5] by orders of
+    magnitude (x0 is divided by sqrt(alpha_bar_T) ~ 0.006); the evaluation samples and the
+    metrics are those of the images a user sees, clamped to what an image can hold."""
+    from hpcdiff.evaluation.metrics import MetricContext, compute_metrics
+
+    spec = _spec(diffusion={"n_T": 1000}, eval={"metrics": ["diversity"], "samples": 64, "steps": 5})
+    core, _ = _core(spec)
+    evaluator = Evaluator(spec, test_split, "cpu")
+    with torch.no_grad():
+        raw = core.sample(torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)), sampler="ddim", steps=5)
+    assert raw.abs().max() > 5.0  # the overshoot this test is about
+    samples = evaluator.samples(core, seed=3)
+    assert samples.min() >= -0.5 and samples.max() <= 0.5
+    assert (samples.abs() == 0.5).any()  # clamped, not rescaled
+    metrics = evaluator(core, seed=3)
+    expected = compute_metrics(["diversity"], MetricContext(samples=samples, real=evaluator.real))
+    assert metrics["diversity_trace"] == pytest.approx(expected["diversity_trace"], rel=1e-6)

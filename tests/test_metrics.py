@@ -406,3 +406,32 @@ def test_classifier_loads_onto_accelerates_cpu_device(clf, cache_dir):
     on_cpu0 = load_classifier(path, torch.device("cpu", 0))
     x = torch.rand(4, 1, 28, 28) - 0.5
     assert torch.equal(on_cpu0.outputs(x)[1], clf.outputs(x)[1])
+
+
+_TRAIN_OR_LOAD = """
+import sys, hashlib
+from hpcdiff.config.spec import DataSpec
+from hpcdiff.evaluation.classifier import get_classifier
+model = get_classifier(DataSpec(name="mnist-5k"), sys.argv[1], "cpu", epochs=2,
+                       log=lambda msg: print("TRAINED", msg, flush=True))
+digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in model.state_dict().values()))
+print("WEIGHTS", digest.hexdigest())
+"""
+
+
+def test_runs_starting_together_train_the_classifier_once(tmp_path):
+    """A sweep's first runs start at once on a fresh cache: one process trains the
+    classifier, the others wait for its file and load the same weights (without the lock
+    each would see no file and train its own)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_OR_LOAD, str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert sum("TRAINED" in out for out in outs) == 1, outs
+    weights = {line for out in outs for line in out.splitlines() if line.startswith("WEIGHTS")}
+    assert len(weights) == 1, outs
+    assert len(list(tmp_path.glob("classifier-*.pt"))) == 1

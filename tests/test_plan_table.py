@@ -14,18 +14,22 @@ JOBS = Path(__file__).resolve().parent.parent / "jobs"
 WIDTH = 80
 
 
+def _sweep_file(name) -> Path:
+    return name if isinstance(name, Path) else JOBS / f"{name}.toml"
+
+
 def dry_run(name, tmp_path, monkeypatch):
     # A relative --output keeps the title short; COLUMNS as a user's terminal would set it.
     monkeypatch.chdir(tmp_path)
     result = CliRunner(env={"COLUMNS": str(WIDTH)}).invoke(
-        main, ["sweep", str(JOBS / f"{name}.toml"), "--dry-run", "--executor", "local", "--output", "runs"])
+        main, ["sweep", str(_sweep_file(name)), "--dry-run", "--executor", "local", "--output", "runs"])
     assert result.exit_code == 0, result.output
     return result.output
 
 
 def expected_values(name):
     """run id -> {varying key: its compact text}, from the loaded sweep."""
-    sweep = load_sweep(JOBS / f"{name}.toml")
+    sweep = load_sweep(_sweep_file(name))
     shown = {}
     for run in sweep.runs:
         identity = run.spec.run_identity()
@@ -83,9 +87,22 @@ def test_part1_lists_and_small_floats(tmp_path, monkeypatch):
     assert by_label["deep-small-betas"]["diffusion.beta1"] == "1e-5"
 
 
+NARROW_SWEEP = """
+[sweep]
+name = "narrow"
+[sweep.product]
+train.lr = [2e-3, 5e-4]
+diffusion.n_T = [100, 400]
+[data]
+name = "mnist-5k"
+"""
+
+
 def test_a_narrow_sweep_is_a_table_of_its_varying_columns(tmp_path, monkeypatch):
-    output = dry_run("quick", tmp_path, monkeypatch)
-    sweep, expected = expected_values("quick")
+    sweep_file = tmp_path / "narrow.toml"
+    sweep_file.write_text(NARROW_SWEEP)
+    output = dry_run(sweep_file, tmp_path, monkeypatch)
+    sweep, expected = expected_values(sweep_file)
     lines = output.splitlines()
     assert "…" not in output
     assert lines[1].split() == ["run", "id", "diffusion.n_T", "train.lr", "action"]
@@ -137,3 +154,16 @@ def test_status_uses_the_same_layout(tmp_path, monkeypatch):
     for rid, values in expected.items():
         assert {k: blocks[rid][k] for k in values} == values
     assert "8 pending (8 runs)" in result.output
+
+
+def test_keys_only_some_runs_have_are_varying_columns(tmp_path, monkeypatch):
+    """quick.toml sets a CNN beside a UNet: each model's own keys vary (shown as "-" for
+    the other model), not only the keys of the first run."""
+    sweep = load_sweep(JOBS / "quick.toml")
+    assert {"model.hidden", "model.name", "model.base_channels", "model.channel_mults", "train.seed"} <= set(sweep.varying)
+    blocks = parse_blocks(dry_run("quick", tmp_path, monkeypatch))
+    by_label = {(r.label, r.spec.train.seed): blocks[r.run_id] for r in sweep.runs}
+    assert by_label[("unet", 0)]["model.channel_mults"] == "[1, 2, 4]"
+    assert by_label[("unet", 0)]["model.hidden"] == "-"
+    assert by_label[("starter-cnn", 1)]["model.hidden"] == "[16, 32, 32, 16]"
+    assert by_label[("starter-cnn", 1)]["model.base_channels"] == "-"

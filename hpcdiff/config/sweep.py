@@ -329,9 +329,7 @@ def _varying(specs: list[RunSpec]) -> list[str]:
     if len(specs) < 2:
         return []
     flat = [dict(_flatten(s.run_identity(), "")) for s in specs]
-    keys = []
-    for key in flat[0]:
-        values = {json.dumps(f.get(key), sort_keys=True) for f in flat}
-        if len(values) > 1:
-            keys.append(key)
-    return keys
+    # Every run's keys, not only the first's: a key that one model has and another lacks
+    # (a UNet's channel_mults beside a CNN; model.name, absent at its default) varies too.
+    keys = list(dict.fromkeys(key for f in flat for key in f))
+    return [key for key in keys if len({json.dumps(f.get(key), sort_keys=True) for f in flat}) > 1]

@@ -11,7 +11,9 @@ never pick up stale weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import math
@@ -270,6 +272,27 @@ def get_classifier(data_spec: DataSpec, cache_dir=None, device="cpu", train_if_m
         raise MissingAssetError(
             f"no cached classifier for {spec.name} ({path} is missing). Run `hpcdiff prepare` "
             f"(or let a job train it with the data available) to build it.")
+    # The first runs of a sweep start together: one trains, the others wait and load its
+    # file instead of each spending the same minutes of CPU on the same classifier.
+    with _exclusive(path.with_name(path.name + ".lock")):
+        if path.is_file():
+            return load_classifier(path, device)
+        return _train_and_cache(spec, info, key, path, device, seed, log, train, test)
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Blocks until this process holds ``lock_path`` (released by the OS if it dies)."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _train_and_cache(spec, info, key, path, device, seed, log, train, test) -> Classifier:
     tic = time.perf_counter()
     model, acc = train_classifier(spec, epochs=info["epochs"], device=device, seed=seed, log=log,
                                   data=(train, test))

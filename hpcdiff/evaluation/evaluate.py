@@ -21,7 +21,7 @@ from contextlib import contextmanager
 
 import torch
 
-from hpcdiff.data import Dataset, to_model_range
+from hpcdiff.data import Dataset, clamp_to_model_range, to_model_range
 from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, needs_classifier
 from hpcdiff.evaluation.stats import reconstruction_metrics
 from hpcdiff.config.spec import RunSpec
@@ -139,7 +139,9 @@ class Evaluator:
             return self._draw(core, seed, self.spec.eval.samples, self._sample_chunk, ("samples",))["samples"]
 
     def _sample(self, core, x_T, generator):
-        return core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler, steps=self.spec.eval.steps)
+        # Metrics score the images a user would see, not the sampler's overshoot.
+        return clamp_to_model_range(core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler,
+                                                steps=self.spec.eval.steps))
 
     def _draw(self, core, seed: int, n: int, chunk_fn, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Run ``chunk_fn`` over fixed chunks of ``n`` draws, this process taking every
@@ -184,7 +186,7 @@ class Evaluator:
         idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
         x_T = core.degrade_to_start(self.starts[idx])
         return {"samples": self._sample(core, x_T, g), "degraded": x_T,
-                "direct": core.reconstruct_direct(x_T, core.n_T)}
+                "direct": clamp_to_model_range(core.reconstruct_direct(x_T, core.n_T))}
 
     def _reconstruction_table(self, drawn: dict[str, torch.Tensor]) -> dict[str, float]:
         """Held-out images degraded to level T, restored in one step (direct) and by the

@@ -36,7 +36,7 @@ def plan_rows(plan) -> list[RunRow]:
     rows = []
     for pr in plan.runs:
         run = by_id[pr.run_dir.run_id]
-        values = lookup(run.spec.run_identity(), plan.sweep.varying)
+        values = lookup(run.spec.to_dict(), plan.sweep.varying)
         rows.append(RunRow(run.run_id, run.label, values, {"action": pr.action}))
     return rows
 
