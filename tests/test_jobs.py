@@ -17,11 +17,11 @@ SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_sam
 # part1's ancestral chains are 100-2000 steps of the big CNN (minutes on CI's 2 cores): its
 # smoke run samples with 5 DDIM steps instead and leaves the metrics (checked on quick and
 # part2) out; the ancestral sampler itself is tested in test_diffusion.py.
-SMOKE_BY_JOB = {"quick": SMOKE, "part2": SMOKE,
+SMOKE_BY_JOB = {"quick": SMOKE, "part2": SMOKE, "mnist-equal-time": SMOKE,
                 "part1": SMOKE + ["eval.metrics=[]", "diffusion.sampler=ddim", "diffusion.sample_steps=5"]}
 
 
-@pytest.mark.parametrize("name,count", [("quick", 4), ("part1", 5), ("part2", 8)])
+@pytest.mark.parametrize("name,count", [("quick", 3), ("part1", 5), ("part2", 8), ("mnist-equal-time", 4)])
 def test_job_file_dry_run(name, count, tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(JOBS / f"{name}.toml"), "--dry-run", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -37,7 +37,7 @@ def test_part2_covers_every_cold_degradation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quick", "part1", "part2"])
+@pytest.mark.parametrize("name", ["quick", "part1", "part2", "mnist-equal-time"])
 def test_every_run_trains_one_epoch(name, tmp_path):
     args = ["sweep", str(JOBS / f"{name}.toml"), "--executor", "debug", "--output", str(tmp_path)]
     for s in SMOKE_BY_JOB[name]:

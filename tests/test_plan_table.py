@@ -165,5 +165,5 @@ def test_keys_only_some_runs_have_are_varying_columns(tmp_path, monkeypatch):
     by_label = {(r.label, r.spec.train.seed): blocks[r.run_id] for r in sweep.runs}
     assert by_label[("unet", 0)]["model.channel_mults"] == "[1, 2, 4]"
     assert by_label[("unet", 0)]["model.hidden"] == "-"
-    assert by_label[("starter-cnn", 1)]["model.hidden"] == "[16, 32, 32, 16]"
-    assert by_label[("starter-cnn", 1)]["model.base_channels"] == "-"
+    assert by_label[("starter-cnn", 0)]["model.hidden"] == "[16, 32, 32, 16]"
+    assert by_label[("starter-cnn", 0)]["model.base_channels"] == "-"

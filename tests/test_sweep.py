@@ -71,4 +71,4 @@ def test_shipped_quick_sweep_expands():
     from pathlib import Path
 
     sweep = load_sweep(Path(__file__).parent.parent / "jobs" / "quick.toml")
-    assert sweep.name == "quick" and len(sweep.runs) == 4
+    assert sweep.name == "quick" and len(sweep.runs) == 3
