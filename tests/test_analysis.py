@@ -341,3 +341,25 @@ def test_damaged_archive_and_nan_metrics_do_not_crash(sweep_dir, tmp_path):
     assert rows[damaged]["state"] == "done (archive unreadable)" and damaged in result.incomplete
     assert f"`{damaged}`: done (archive unreadable)" in (tmp_path / "out" / "index.md").read_text()
     assert (tmp_path / "out" / "loss_curves.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_titles_beside_a_label_show_only_what_varies_within_it():
+    """A CNN case beside a UNet case varies a dozen keys; the label names them, so a title
+    is the label and what differs among that label's runs (the seed, a product axis)."""
+    from hpcdiff.analysis.figures import _short_title, title_keys
+    from hpcdiff.analysis.load import Run
+
+    def run(rid, label, **row):
+        return Run(rid, {"label": label, "state": "done", **row}, {}, {}, {})
+
+    varying = ["model.hidden", "model.channel_mults", "train.lr", "train.seed"]
+    runs = [run("a", "cnn", **{"model.hidden": [16, 32], "train.lr": 2e-4, "train.seed": s}) for s in (0, 1)]
+    runs += [run(f"u{s}{lr}", "unet", **{"model.channel_mults": [1, 2], "train.lr": lr, "train.seed": s})
+             for s in (0, 1) for lr in (1e-3, 2e-3)]
+    keys = title_keys(runs, varying)
+    assert keys == ["train.lr", "train.seed"]
+    assert _short_title(runs[0], keys) == "cnn lr=0.0002 seed=0"
+    assert _short_title(runs[2], keys) == "unet lr=0.001 seed=0"
+    unlabeled = [run("x", "", **{"train.lr": 1e-3, "model.hidden": [4]}), run("y", "", **{"train.lr": 2e-3})]
+    assert title_keys(unlabeled, varying[:3]) == varying[:3]
+    assert _short_title(unlabeled[1], varying[:3]) == "lr=0.002"  # no "hidden=" for a key it lacks

@@ -30,26 +30,40 @@ def write_figures(out_dir: Path, runs: list[Run], varying: list[str], quality: l
     """Every figure of a sweep into ``out_dir``; the returned writer lists the files and the
     index entries. Figures that cannot be drawn add a line to ``warnings``."""
     fw = Figures(out_dir)
+    titled = title_keys(runs, varying)
     with_data = [r for r in runs if len(r.metrics.get("epoch", []))]
     if with_data:
-        _loss_curves(fw, with_data, varying)
+        _loss_curves(fw, with_data, titled)
     with_samples = [r for r in runs if r.samples]
     if with_samples:
-        _samples_side_by_side(fw, with_samples, varying, warnings)
+        _samples_side_by_side(fw, with_samples, titled, warnings)
     for m in quality:
         if not m.endswith("_std") or m[: -len("_std")] not in quality:
-            _metric_vs_epoch(fw, with_data, varying, m)
-    compute_axis_figures(fw, with_data, varying, quality, warnings, _short_title)
+            _metric_vs_epoch(fw, with_data, titled, m)
+    compute_axis_figures(fw, with_data, titled, quality, warnings, _short_title)
     axes = _plot_axes(runs, varying)
     for column in dict.fromkeys([sort_by, "best_val_loss"]):
         if any(is_num(r.row.get(column)) for r in runs):
             for axis in axes:
                 _metric_vs_axis(fw, runs, varying, column, axis)
-    _class_histograms(fw, with_data, varying)
+    _class_histograms(fw, with_data, titled)
     _degradation_strips(fw, runs, warnings)
     for r in with_samples:
-        _run_samples(fw, r, varying)
+        _run_samples(fw, r, titled)
     return fw
+
+
+def title_keys(runs: list[Run], varying: list[str]) -> list[str]:
+    """The varying keys a run's title shows. A case's label already names everything the
+    case sets (a CNN's four model keys, its lr, its n_T...), so beside a label only the keys
+    that vary among the runs of that label are shown (the seed, a product axis)."""
+    if not any(r.row.get("label") for r in runs):
+        return list(varying)
+    groups: dict[str, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(r.row.get("label") or "", []).append(r)
+    return [k for k in varying
+            if any(len({fmt(r.row.get(k)) for r in group}) > 1 for group in groups.values())]
 
 
 class Figures:
@@ -83,7 +97,8 @@ class Figures:
 
 
 def _short_title(run: Run, varying: list[str]) -> str:
-    parts = [f"{k.split('.')[-1]}={fmt(run.row.get(k))}" for k in varying if k != "train.seed"]
+    parts = [f"{k.split('.')[-1]}={fmt(run.row.get(k))}" for k in varying
+             if k != "train.seed" and run.row.get(k) is not None]
     if "train.seed" in varying:
         parts.append(f"seed={run.row.get('train.seed')}")
     text = " ".join(([run.row["label"]] if run.row.get("label") else []) + parts) or run.run_id
