@@ -46,6 +46,77 @@ def test_alg2_with_perfect_restorer_recovers_x0(name, digits):
     torch.testing.assert_close(out, digits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("steps", [0, 7])
+@pytest.mark.parametrize("name", COLD)
+def test_both_algorithms_with_perfect_restorer_return_x0_on_any_subsequence(name, steps, digits):
+    """Started from a degraded image with the draw the sampler uses (start and sampler given
+    one generator), Algorithm 2 telescopes and Algorithm 1 re-degrades to level 0 exactly,
+    on all levels or on a subsequence of them."""
+    cd = _cold(name)
+    cd.sample_start = "degraded_test"
+    g = torch.Generator().manual_seed(11)
+    times = sampling_times(cd.n_T, steps)
+    x_T = cd.degrade_to_start(digits, g)
+    for alg in ("cold_alg2", "cold_alg1"):
+        out = SAMPLERS.get(alg)(cd, x_T, generator=g, restorer=lambda x, s: digits, times=times)
+        torch.testing.assert_close(out, digits, atol=1e-5, rtol=0)
+
+
+def _leaky(x0, eps):
+    """A restorer off by a fixed small error: it leaks a fraction eps of what its input
+    still gets wrong (a real restorer's error depends on its input)."""
+    return lambda x, s: x0 + eps * (x - x0)
+
+
+def _full_sampler_error(cd, digits, eps):
+    g = torch.Generator().manual_seed(3)
+    x_T = cd.degrade_to_start(digits, g)
+    out = SAMPLERS.get("cold_alg2")(cd, x_T, generator=g, restorer=_leaky(digits, eps))
+    return float((out - digits).abs().max())
+
+
+def _independent_draws(monkeypatch, name):
+    import dataclasses
+
+    monkeypatch.setitem(DEGRADATION_INFO, name, dataclasses.replace(DEGRADATION_INFO[name], draws="independent"))
+
+
+@pytest.mark.parametrize("name", ["impulse", "luminance_mask"])
+def test_alg2_stays_within_the_restorers_error_under_masks(name, digits, monkeypatch):
+    """Impulse noise and the luminance mask share one draw across a trajectory's levels, so
+    each pixel is uncovered once and keeps the restorer's error of that one step: the output
+    is within eps of the truth (every pixel's error |x - x0| <= 1) at any number of levels.
+    The control (the old per-level draws) re-corrupts pixels at every step and its error
+    grows with the number of levels."""
+    eps = 0.05
+    for n_T in (10, 50, 200):
+        assert _full_sampler_error(_cold(name, n_T), digits, eps) <= eps + 1e-5
+    _independent_draws(monkeypatch, name)
+    assert _full_sampler_error(_cold(name, 200), digits, eps) > 5 * eps
+
+
+def test_alg2_error_under_pixel_swap_does_not_grow_with_the_levels(digits, monkeypatch):
+    """A permutation's pixels move again each time its reach grows, so under pixel_swap the
+    error is a few times eps, but the same for 10 or 200 levels (the reach takes at most 27
+    values whatever n_T); the per-level draws of the control let it grow with n_T."""
+    eps = 0.05
+    shared = [_full_sampler_error(_cold("pixel_swap", n_T), digits, eps) for n_T in (10, 50, 200)]
+    assert max(shared) <= 10 * eps and shared[2] <= 1.5 * shared[0]
+    _independent_draws(monkeypatch, "pixel_swap")
+    independent = [_full_sampler_error(_cold("pixel_swap", n_T), digits, eps) for n_T in (10, 200)]
+    assert independent[1] > 2 * independent[0] and independent[1] > 3 * shared[2]
+
+
+def test_evaluation_chunks_draw_different_trajectories(digits):
+    """The shared draw is keyed by the sampling generator: two chunks (two generators)
+    corrupt different pixels, and one generator always the same ones."""
+    cd = _cold("impulse")
+    a = cd.degrade_to_start(digits, torch.Generator().manual_seed(1))
+    b = cd.degrade_to_start(digits, torch.Generator().manual_seed(2))
+    again = cd.degrade_to_start(digits, torch.Generator().manual_seed(1))
+    assert torch.equal(a, again) and not torch.equal(a, b)
+
+
 @pytest.mark.parametrize("name", [n for n in COLD if DEGRADATION_INFO[n].deterministic])
 def test_alg1_with_perfect_restorer_recovers_x0_for_deterministic(name, digits):
     cd = _cold(name)

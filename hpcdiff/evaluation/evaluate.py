@@ -184,7 +184,7 @@ class Evaluator:
     def _reconstruction_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
         # Held-out images in a fixed order (cycled when there are more samples than images).
         idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
-        x_T = core.degrade_to_start(self.starts[idx])
+        x_T = core.degrade_to_start(self.starts[idx], g)
         return {"samples": self._sample(core, x_T, g), "degraded": x_T,
                 "direct": clamp_to_model_range(core.reconstruct_direct(x_T, core.n_T))}
 

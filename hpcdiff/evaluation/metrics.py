@@ -29,8 +29,8 @@ import torch
 from hpcdiff.config.registry import Registry
 from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
 from hpcdiff.evaluation.stats import (frechet_distance, gaussian_fit, inception_score_from_logits,
-                                      kernel_inception_distance, reconstruction_metrics, to_inception_input,
-                                      to_unit_range)
+                                      kernel_inception_distance, reconstruction_metrics, ssim_per_image,
+                                      to_inception_input, to_unit_range)
 from hpcdiff.storage.checkpoint import save_object
 
 __all__ = [
@@ -274,16 +274,14 @@ def diversity(ctx: MetricContext) -> dict[str, float]:
 
 @_metric("ssim")
 def ssim(ctx: MetricContext) -> dict[str, float]:
-    """Mean SSIM between each sample and the real image paired with it (same index), on
-    [0, 1] images with data_range 1; for reconstructions against their ground truth."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
+    """Mean SSIM (the standard definition, :func:`ssim_per_image`) between each sample and
+    the real image paired with it (same index), on [0, 1] images with data_range 1; for
+    reconstructions against their ground truth."""
     real = ctx.need_real("ssim")
     if real.shape != ctx.samples.shape:
         raise ValueError(f"ssim pairs samples with real images: shapes {tuple(ctx.samples.shape)} and "
                          f"{tuple(real.shape)} differ")
-    val = structural_similarity_index_measure(to_unit_range(ctx.samples), to_unit_range(real), data_range=1.0)
-    return {"ssim": float(val)}
+    return {"ssim": float(ssim_per_image(to_unit_range(ctx.samples), to_unit_range(real)).mean())}
 
 
 # ---------------------------------------------------------------------------- Inception FID

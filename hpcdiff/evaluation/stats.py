@@ -69,7 +69,8 @@ def kernel_inception_distance(f1: torch.Tensor, f2: torch.Tensor, *, n_subsets: 
                + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
         vals.append(mmd)
     t = torch.stack(vals)
-    return float(t.mean()), float(t.std()) if len(vals) > 1 else 0.0
+    # torchmetrics' KID reports the population std over subsets (unbiased=False).
+    return float(t.mean()), float(t.std(unbiased=False))
 
 
 def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
@@ -87,6 +88,9 @@ def inception_score_from_logits(logits: torch.Tensor, splits: int = 10, seed: in
     return float(t.mean()), float(t.std()) if len(scores) > 1 else 0.0
 
 
+SSIM_WINDOW = 11
+
+
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """[-0.5, 0.5] model range -> [0, 1], clamped (samples overshoot)."""
     return (x.detach().float() + 0.5).clamp(0.0, 1.0)
@@ -102,6 +106,22 @@ def to_inception_input(x: torch.Tensor) -> torch.Tensor:
     return u8
 
 
+def ssim_per_image(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM of each image pair as Wang et al. (2004) define it: an 11x11 Gaussian window of
+    sigma 1.5, K1 = 0.01, K2 = 0.03, averaged over the windows that lie inside the image
+    (as scikit-image, pytorch-msssim, piq and torchmetrics <= 1.4.1 do; torchmetrics >= 1.4.2
+    pads and averages over the border too, which on 28x28 digits is most of the map).
+    Computed by pytorch-msssim in float64; channels averaged. ``[N]`` float64."""
+    from pytorch_msssim import ssim
+
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"ssim needs two [N, C, H, W] batches of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
+    if min(x.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {tuple(x.shape[-2:])}")
+    return ssim(x.detach().double(), y.detach().double(), data_range=data_range, size_average=False,
+                win_size=SSIM_WINDOW, win_sigma=1.5, K=(0.01, 0.03))
+
+
 def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor | None = None,
                            *, n_classes: int = 10) -> dict[str, float]:
     """MSE and SSIM of reconstructions against their ground truth, overall and per class
@@ -114,7 +134,7 @@ def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, labels: tor
         raise ValueError(f"recon {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in shape")
     r, t = to_unit_range(recon), to_unit_range(truth)
     mse = (r - t).double().square().flatten(1).mean(1)
-    ssim_each = structural_similarity_index_measure(r, t, data_range=1.0, reduction="none").double()
+    ssim_each = ssim_per_image(r, t)
     out = {"mse": float(mse.mean()), "ssim": float(ssim_each.mean())}
     if labels is not None:
         labels = labels.detach().cpu()

@@ -31,6 +31,21 @@ COMMON_KWARGS = ("n_steps", "schedule", "generator")
 #: diffusion (the network restores x0, the samplers alternate restoring and degrading).
 PROCESSES = ("gaussian", "cold")
 
+#: How a degradation's random draws relate across levels, which is what a cold sampler
+#: needs to know to degrade its running estimate consistently:
+#:   "none"         deterministic: x_t depends on (x0, t) only, the generator is unused;
+#:   "shared"       one draw per sample trajectory serves every level, and with that draw the
+#:                  corruption only grows with t (impulse noise's corrupted set, a mask, a
+#:                  permutation's reach): Algorithm 2 then uncovers what level s-1 no longer
+#:                  corrupts instead of re-corrupting half of the pixels at every step;
+#:   "independent"  every level takes its own draw (Gaussian noise).
+LEVEL_DRAWS = ("none", "shared", "independent")
+
+#: ``keeps_image(params, n_steps, image_shape) -> str | None``: why level ``n_steps`` still
+#: shows the image (a start from a prior fitted at that level would not be a generation),
+#: with the setting that makes it forget; None when level ``n_steps`` forgets the image.
+KeepsImage = Callable[[Mapping[str, Any], int, tuple], "str | None"]
+
 
 @dataclass(frozen=True)
 class DegradationInfo:
@@ -38,13 +53,26 @@ class DegradationInfo:
 
     name: str
     process: str  # one of PROCESSES
-    deterministic: bool  # x_t depends on (x0, t) only: the generator is not used
+    draws: str  # one of LEVEL_DRAWS
     has_known_prior: bool  # x_T can be sampled without data (a start for sampling)
     prior: str | None  # how to sample x_T, in words, when has_known_prior
     n_steps: int  # the recipe's number of levels (the reports' / Bansal's settings)
     # Read from the function's signature once, at registration (degrade runs every step).
     params: Mapping[str, Any]  # its own keyword parameters and their defaults
     default_schedule: str  # the schedule it uses when none is given
+    keeps_image: KeepsImage | None = None  # None: level T never forgets the image
+
+    @property
+    def deterministic(self) -> bool:
+        """x_t depends on (x0, t) only: the generator is not used."""
+        return self.draws == "none"
+
+    def level_T_keeps_image(self, params: Mapping[str, Any], n_steps: int, image_shape: tuple) -> str | None:
+        """Why a start fitted at level ``n_steps`` would still carry the image (None: it
+        would not, so sampling from it generates)."""
+        if self.keeps_image is None:
+            return f"no setting of {self.name!r} forgets the image at its last level"
+        return self.keeps_image({**self.params, **params}, n_steps, tuple(image_shape))
 
 
 DEGRADATION_INFO: dict[str, DegradationInfo] = {}
@@ -59,19 +87,21 @@ def _keyword_defaults(fn: DegradationFn) -> dict[str, Any]:
     return found
 
 
-def register_degradation(name: str, *, deterministic: bool, n_steps: int, prior: str | None = None,
-                 process: str = "cold"):
+def register_degradation(name: str, *, draws: str, n_steps: int, prior: str | None = None,
+                         process: str = "cold", keeps_image: KeepsImage | None = None):
     if process not in PROCESSES:
         raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
+    if draws not in LEVEL_DRAWS:
+        raise ValueError(f"draws must be one of {LEVEL_DRAWS}, got {draws!r}")
 
     def decorator(fn: DegradationFn) -> DegradationFn:
         kw = _keyword_defaults(fn)
         DEGRADATIONS.register(name)(fn)
         DEGRADATION_INFO[name] = info = DegradationInfo(
-            name=name, process=process, deterministic=deterministic, has_known_prior=prior is not None,
-            prior=prior, n_steps=n_steps, default_schedule=kw["schedule"],
+            name=name, process=process, draws=draws, has_known_prior=prior is not None,
+            prior=prior, n_steps=n_steps, default_schedule=kw["schedule"], keeps_image=keeps_image,
             params=MappingProxyType({k: v for k, v in kw.items() if k not in COMMON_KWARGS}))
-        fn.deterministic = deterministic  # type: ignore[attr-defined]
+        fn.deterministic = info.deterministic  # type: ignore[attr-defined]
         fn.has_known_prior = info.has_known_prior  # type: ignore[attr-defined]
         return fn
 

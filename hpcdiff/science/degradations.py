@@ -52,7 +52,8 @@ def ddpm_alpha_bar(n_steps: int, beta1: float, beta2: float, device=None) -> Ten
     return ddpm_schedule(n_steps, beta1, beta2, device=device)[1]
 
 
-@register_degradation("gaussian", process="gaussian", deterministic=False, n_steps=1000, prior="standard normal N(0, I)")
+@register_degradation("gaussian", process="gaussian", draws="independent", n_steps=1000,
+                      prior="standard normal N(0, I)", keeps_image=lambda params, n_steps, shape: None)
 def gaussian(
     x0: Tensor,
     t: Tensor,
@@ -78,7 +79,15 @@ def gaussian(
 # --------------------------------------------------------------------------- impulse
 
 
-@register_degradation("impulse", deterministic=False, n_steps=150)
+def _impulse_keeps_image(params, n_steps, shape):
+    rho = params["rho_end"]
+    if rho < 0.5:
+        return (f"at rho_end = {rho} level T corrupts {2 * rho:.0%} of the pixels and the digit is still "
+                f"visible; set degradation.params.rho_end = 0.5 (every pixel corrupted at level T)")
+    return None
+
+
+@register_degradation("impulse", draws="shared", n_steps=150, keeps_image=_impulse_keeps_image)
 def impulse(
     x0: Tensor,
     t: Tensor,
@@ -112,7 +121,13 @@ def impulse(
 # --------------------------------------------------------------------------- pixel swap
 
 
-@register_degradation("pixel_swap", deterministic=False, n_steps=100)
+def _pixel_swap_keeps_image(params, n_steps, shape):
+    return ("a permutation keeps every pixel's value and moves it at most max_half_width places, so level T "
+            "still holds the digit's ink and rough shape (one restoration step recovers much of it); "
+            "no pixel_swap setting forgets the image")
+
+
+@register_degradation("pixel_swap", draws="shared", n_steps=100, keeps_image=_pixel_swap_keeps_image)
 def pixel_swap(
     x0: Tensor,
     t: Tensor,
@@ -155,7 +170,13 @@ def pixel_swap(
 # --------------------------------------------------------------------------- luminance mask
 
 
-@register_degradation("luminance_mask", deterministic=False, n_steps=100)
+def _luminance_mask_keeps_image(params, n_steps, shape):
+    masked = min(1.0, params["dropout"] / 2) if params["dropout"] <= 1 else 1 - 1 / (2 * params["dropout"])
+    return (f"level T masks about {masked:.0%} of the pixels (dropout = {params['dropout']}) and leaves the "
+            f"rest of the digit as it was; no luminance_mask setting masks every pixel")
+
+
+@register_degradation("luminance_mask", draws="shared", n_steps=100, keeps_image=_luminance_mask_keeps_image)
 def luminance_mask(
     x0: Tensor,
     t: Tensor,
@@ -192,11 +213,35 @@ def luminance_mask(
 # --------------------------------------------------------------------------- blur
 
 
+#: A level-T image whose slowest spatial pattern keeps more than this fraction of its contrast
+#: still shows where the digit was.
+FORGOTTEN_CONTRAST = 0.02
+
+
+def _blur_keeps_image(params, n_steps, shape):
+    # The slowest pattern of a circular image, cos(2 pi j / N), is damped by the kernel's
+    # response at that frequency once per level (non-circular paddings damp it about as much).
+    size = max(shape[-2:])
+    g = gaussian_kernel1d(params["kernel_size"], params["sigma"])
+    offsets = torch.arange(len(g), dtype=torch.float64) - len(g) // 2
+    response = float((g.double() * torch.cos(2 * torch.pi * offsets / size)).sum().abs())
+    kept = response**n_steps
+    if kept > FORGOTTEN_CONTRAST:
+        import math
+
+        need = math.ceil(math.log(FORGOTTEN_CONTRAST) / math.log(response)) if response < 1 else None
+        fix = f"set diffusion.n_T >= {need} (or raise sigma)" if need else "raise degradation.params.sigma"
+        return (f"after {n_steps} blurs the image's slowest pattern keeps {kept:.0%} of its contrast, so "
+                f"level T still shows the digit's position; {fix}")
+    return None
+
+
 @register_degradation(
     "blur",
-    deterministic=True,
+    draws="none",
     n_steps=20,
     prior="per-channel mean image (x_T is nearly constant) plus small Gaussian noise",
+    keeps_image=_blur_keeps_image,
 )
 def blur(
     x0: Tensor,
@@ -233,7 +278,24 @@ def blur(
 # --------------------------------------------------------------------------- inpaint
 
 
-@register_degradation("inpaint", deterministic=True, n_steps=50)
+#: MNIST-family digits are drawn inside the image less a border of this many pixels.
+DIGIT_BORDER = 4
+
+
+def _inpaint_keeps_image(params, n_steps, shape):
+    import math
+
+    H, W = shape[-2:]
+    r2 = ((H - 1) / 2 - DIGIT_BORDER) ** 2 + ((W - 1) / 2 - DIGIT_BORDER) ** 2  # a corner of the digit box
+    kept = 1 - math.exp(-r2 / (2 * params["max_sigma"] ** 2))
+    if kept > 0.05:
+        need = math.ceil(math.sqrt(r2 / (2 * -math.log(1 - 0.05))))
+        return (f"at max_sigma = {params['max_sigma']} level T keeps up to {kept:.0%} of the digit's contrast "
+                f"at the edge of the digit box; set degradation.params.max_sigma >= {need}")
+    return None
+
+
+@register_degradation("inpaint", draws="none", n_steps=50, keeps_image=_inpaint_keeps_image)
 def inpaint(
     x0: Tensor,
     t: Tensor,
@@ -270,7 +332,22 @@ def inpaint(
 # --------------------------------------------------------------------------- downsample
 
 
-@register_degradation("downsample", deterministic=True, n_steps=20)
+#: A level-T image of at most this many blocks across is a summary small enough for a
+#: mixture fitted on it to generate from (the prior models exactly what level T keeps).
+MAX_PRIOR_BLOCKS = 7
+
+
+def _downsample_keeps_image(params, n_steps, shape):
+    f = params["max_factor"]
+    across = -(-max(shape[-2:]) // f) if f > 1 else max(shape[-2:])
+    if across > MAX_PRIOR_BLOCKS:
+        need = -(-max(shape[-2:]) // MAX_PRIOR_BLOCKS)
+        return (f"max_factor = {f} leaves {across}x{across} blocks at level T, too much of the digit for a "
+                f"fitted prior; set degradation.params.max_factor >= {need}")
+    return None
+
+
+@register_degradation("downsample", draws="none", n_steps=20, keeps_image=_downsample_keeps_image)
 def downsample(
     x0: Tensor,
     t: Tensor,

@@ -19,10 +19,10 @@ from torch.nn import functional as F
 
 from hpcdiff.config.registry import Registry
 from hpcdiff.config.spec import RunSpec
-from hpcdiff.science.degradations import degrade, is_gaussian
+from hpcdiff.science.degradations import degrade, info_of, is_gaussian
 from hpcdiff.science.graphs import GraphedDenoisers
 from hpcdiff.science.schedules import ddpm_schedule
-from hpcdiff.science.streams import generator as stream_generator
+from hpcdiff.science.streams import generator as stream_generator, stream_seed
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
@@ -187,6 +187,9 @@ class ColdDiffusion(_Sampling):
         self.sample_start = sample_start
         self.start_noise = start_noise
         self.noise_seed = noise_seed
+        # The fitted level-T prior of sample_start "prior" (science/priors.py); the trainer
+        # sets it from the run directory, so a resume and a later evaluation draw from it.
+        self.prior = None
 
     def degrade(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> torch.Tensor:
         return degrade(self.degradation, x0, t, n_steps=self.n_T, schedule=self.schedule,
@@ -201,18 +204,39 @@ class ColdDiffusion(_Sampling):
         x_t = self.degrade(x0, t)
         return self.criterion(self.gt(x_t, t / self.n_T), x0)
 
-    def level_generator(self, s: int, device: torch.device | None = None) -> torch.Generator:
-        """The same random draw for level s every time it is asked for, so that Algorithm 2's
-        D(x0_hat, s) terms telescope for stochastic degradations too. On a GPU the generator
-        lives there: a CPU draw copied over would make the host wait for the device at every
-        sampling step."""
-        return stream_generator(self.noise_seed, "degradation_level", s, device=sampling_device(device))
+    def level_generator(self, s: int, generator: torch.Generator | None = None,
+                        device: torch.device | None = None) -> torch.Generator | None:
+        """The draw that degrades level s of the trajectories sampled with ``generator``:
+        the same every time it is asked for, so that Algorithm 2's D(x0_hat, s) terms
+        telescope. A degradation whose levels share one draw (``draws = "shared"``: impulse
+        noise, masks, permutations) gets the same draw at every level, so the sampler uncovers
+        what level s-1 no longer corrupts; independent draws would re-corrupt about half of
+        the pixels at every step and the restorer's error would grow like a random walk over
+        the levels. The draw is keyed by the sampling generator's seed (read, not consumed):
+        ``start`` and ``sample`` given the same generator use the same draw, evaluation chunks
+        with their own generators different ones. On a GPU the generator lives there: a CPU
+        draw copied over would make the host wait for the device at every sampling step."""
+        draws = info_of(self.degradation).draws
+        if draws == "none":
+            return None
+        key = generator.initial_seed() if generator is not None else 0
+        trajectory = stream_seed(self.noise_seed, "degradation_trajectory", key)
+        where = sampling_device(device)
+        if draws == "shared":
+            return torch.Generator(device=where).manual_seed(trajectory)
+        return stream_generator(trajectory, "degradation_level", s, device=where)
 
     def start(self, n: int, size, *, generator=None, device=None, test_images=None):
         """x_T and a word saying where it came from (recorded in the archive)."""
         start = self.sample_start
         if start == "noise":
             return _randn((n, *size), generator, device), "noise"
+        if start == "prior":
+            if self.prior is None:
+                raise ValueError("sample_start 'prior' needs the run's fitted prior (science.priors.fit_prior)")
+            rendered = self.prior.sample(n, generator=generator, device=device)
+            x_T = self.degrade_to_start(rendered, generator) + self.start_noise * _randn(rendered.shape, generator, device)
+            return x_T, "prior fitted on training images at level T"
         if test_images is None or len(test_images) == 0:
             raise ValueError("sampling cold diffusion needs held-out test images to start from")
         idx = torch.randint(0, len(test_images), (n,), generator=generator,
@@ -221,14 +245,14 @@ class ColdDiffusion(_Sampling):
         if start == "channel_mean":
             mean = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)
             return mean + self.start_noise * _randn(x0.shape, generator, device), "channel-mean test images + noise"
-        return self.degrade_to_start(x0), "maximally degraded test images"
+        return self.degrade_to_start(x0, generator), "maximally degraded test images"
 
-    def degrade_to_start(self, x0: torch.Tensor) -> torch.Tensor:
-        """x0 degraded to level T with level T's fixed draw: the samplers' first step
-        subtracts D(x0_hat, T) with that same draw, so Algorithm 2 still telescopes for
-        stochastic degradations."""
+    def degrade_to_start(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x0 degraded to level T with the draw the sampler given ``generator`` uses at level
+        T: its first step subtracts D(x0_hat, T) with that same draw, so Algorithm 2 still
+        telescopes for stochastic degradations."""
         t = torch.full((x0.shape[0],), self.n_T, dtype=torch.long, device=x0.device)
-        return self.degrade(x0, t, self.level_generator(self.n_T, x0.device))
+        return self.degrade(x0, t, self.level_generator(self.n_T, generator, x0.device))
 
     def reconstruct_direct(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         """One restoration step (the reports' 'direct reconstruction')."""
@@ -245,7 +269,7 @@ def cold_alg1(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
     for k, s in enumerate(times):
         nxt = times[k + 1] if k + 1 < len(times) else 0
         x0_hat = restore(x, s)
-        x = cd.degrade(x0_hat, nxt, cd.level_generator(nxt, x.device))
+        x = cd.degrade(x0_hat, nxt, cd.level_generator(nxt, generator, x.device))
     return x
 
 
@@ -260,8 +284,8 @@ def cold_alg2(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
     for k, s in enumerate(times):
         nxt = times[k + 1] if k + 1 < len(times) else 0
         x0_hat = restore(x, s)
-        x = (x - cd.degrade(x0_hat, s, cd.level_generator(s, x.device))
-             + cd.degrade(x0_hat, nxt, cd.level_generator(nxt, x.device)))
+        x = (x - cd.degrade(x0_hat, s, cd.level_generator(s, generator, x.device))
+             + cd.degrade(x0_hat, nxt, cd.level_generator(nxt, generator, x.device)))
     return x
 
 

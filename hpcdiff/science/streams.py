@@ -26,8 +26,13 @@ _STREAMS: dict[str, Callable[..., int]] = {
     "sample_grid": lambda seed: seed + 2_000_003,
     # Evaluation samples, chunk c: the same draws whichever process computes the chunk.
     "eval_chunk": lambda seed, chunk: seed * 1_000_003 + 3_000_017 + chunk,
-    # Cold diffusion's stochastic degradations at level s: one fixed draw per level.
+    # Cold diffusion's stochastic degradations at level s: one fixed draw per level (the
+    # draws of degradations whose levels take independent draws; see "degradation_trajectory").
     "degradation_level": lambda seed, level: seed * 1_000_003 + level,
+    # The one draw a sampled trajectory's levels share ("shared" degradations), keyed by the
+    # seed of the sampling generator, so that a start and the sampler given the same
+    # generator degrade with the same draw, and two evaluation chunks with different ones.
+    "degradation_trajectory": lambda seed, sampling_seed: seed * 1_000_003 + 5_000_011 + sampling_seed,
     # Degradation strips of `hpcdiff degrade`, one per degradation name.
     "strip": lambda seed, name_code: seed * 1_000_003 + name_code,
 }
