@@ -34,7 +34,9 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     sampler = d.sampler if d.sampler != "auto" else ("ancestral" if gaussian else "cold_alg2")
     start = d.sample_start
     if start == "auto":
-        start = "noise" if gaussian else "degraded_test"
+        # Generation wherever it is honest: a degradation whose level T forgets the image
+        # starts from its fitted prior; the others restore test images (and say so).
+        start = "noise" if gaussian else ("prior" if _level_T_keeps_image(spec) is None else "degraded_test")
     schedule = spec.degradation.schedule or default_schedule(name)
     eval_sampler = spec.eval.sampler
     if eval_sampler == "auto":
@@ -106,6 +108,20 @@ def _check_sampling(spec: RunSpec) -> None:
         raise SpecError("the Gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
     if d.sample_start == "channel_mean" and not DEGRADATION_INFO[name].has_known_prior:
         raise SpecError(f"'channel_mean' is a start for blur, not {name!r}", path="diffusion.sample_start")
+    if d.sample_start == "prior":
+        keeps = _level_T_keeps_image(spec)
+        if keeps:
+            raise SpecError(f"a start from a prior fitted at level T would not be a generation: {keeps}; or use "
+                            f"sample_start = \"degraded_test\" (a restoration of test images)",
+                            path="diffusion.sample_start")
+
+
+def _level_T_keeps_image(spec: RunSpec) -> str | None:
+    """Why level T of the run's degradation still shows the image (None: it forgets it)."""
+    deg = spec.degradation
+    info = DEGRADATION_INFO[deg.name]
+    shape = KNOWN_IMAGE_SHAPES.get(spec.data.name, (1, 28, 28))
+    return info.level_T_keeps_image(deg.params, spec.diffusion.n_T or info.n_steps, shape)
 
 
 def validate_spec(spec: RunSpec) -> RunSpec:

@@ -175,7 +175,7 @@ def test_ddim_runs_with_fewer_steps():
 def test_spec_resolves_recipes_and_rejects_bad_params():
     spec = validate_spec(RunSpec.from_dict({"degradation": {"name": "blur"}}))
     assert spec.diffusion.n_T == 20 and spec.diffusion.sampler == "cold_alg2"
-    assert spec.diffusion.sample_start == "degraded_test" and spec.degradation.schedule
+    assert spec.diffusion.sample_start == "prior" and spec.degradation.schedule  # level T forgets the digit
     gauss = validate_spec(RunSpec())
     assert gauss.diffusion.n_T == 1000 and gauss.diffusion.sampler == "ancestral"
     cases = [

@@ -65,6 +65,8 @@ def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-
                                                 "eval": dict(eval_overrides or {})}))
         torch.manual_seed(0)
         core = build_diffusion(spec, build_model(spec.model)).to(device)
+        if spec.diffusion.sample_start == "prior":  # fitted as a run fits it before its first step
+            core.prior = core.fit_prior(to_model_range(splits.train.images), seed=0)
         evaluator = Evaluator(spec, splits.test, device)  # trains the classifier on first need
         times = []
         for _ in range(2):  # the first call also extracts the real images' features, once per run

@@ -68,7 +68,21 @@ class DataSpec:
                f"must be in [0, 1), got {self.val_fraction}")
 
 
-SAMPLE_STARTS = ("auto", "noise", "degraded_test", "channel_mean")
+SAMPLE_STARTS = ("auto", "noise", "degraded_test", "channel_mean", "prior")
+
+#: What the samples of each start measure. A generation starts from nothing a test image
+#: gave it (noise, a prior fitted on training images at level T; Bansal's channel-mean start
+#: keeps one number per channel of a test image, not its digit); a restoration starts from
+#: maximally degraded held-out test images, so its IS/FID measure how well test digits are
+#: recovered and are never ranked beside generations.
+START_MEASURES = {"noise": "generation", "prior": "generation", "channel_mean": "generation",
+                  "degraded_test": "restoration"}
+
+
+def start_measures(sample_start: str) -> str:
+    """"generation" or "restoration" for a resolved sample_start (old configs: "" -> generation
+    from noise, the only start a run without one could have had)."""
+    return START_MEASURES.get(sample_start or "noise", "generation")
 
 
 @dataclass(frozen=True)
@@ -86,9 +100,12 @@ class DiffusionSpec:
     # Steps (levels) the sampler visits, evenly spaced; 0 = all n_T. Skipping steps is exact
     # for ddim and cold_alg2, and respaces the betas for ancestral.
     sample_steps: int = 0
-    # Where sampling starts: "auto" is noise for gaussian and maximally degraded held-out
-    # test images for degradations without a known prior; "channel_mean" is Bansal's
-    # blur start (each channel's mean of a test image plus start_noise).
+    # Where sampling starts (START_MEASURES says which starts generate and which restore):
+    # "noise" (gaussian); "prior", a Gaussian mixture fitted on the training images at level
+    # T, for degradations whose level T forgets the image; "degraded_test", maximally
+    # degraded held-out test images (a restoration); "channel_mean", Bansal's blur start (each
+    # channel's mean of a test image plus start_noise). "auto": noise for gaussian, "prior"
+    # where level T forgets the image, "degraded_test" otherwise.
     sample_start: str = "auto"
     start_noise: float = 0.002
 

@@ -12,6 +12,7 @@ Two processes:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -23,6 +24,9 @@ from hpcdiff.science.degradations import degrade, info_of, is_gaussian
 from hpcdiff.science.graphs import GraphedDenoisers
 from hpcdiff.science.schedules import ddpm_schedule
 from hpcdiff.science.streams import generator as stream_generator, stream_seed
+
+if TYPE_CHECKING:
+    from hpcdiff.science.priors import LevelPrior
 
 SAMPLERS: Registry = Registry("sampler")
 LOSSES = {"mse": F.mse_loss, "l2": F.mse_loss, "l1": F.l1_loss}
@@ -246,6 +250,18 @@ class ColdDiffusion(_Sampling):
             mean = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)
             return mean + self.start_noise * _randn(x0.shape, generator, device), "channel-mean test images + noise"
         return self.degrade_to_start(x0, generator), "maximally degraded test images"
+
+    def fit_prior(self, train_images: torch.Tensor, *, seed: int) -> "LevelPrior":
+        """The level-T prior of sample_start "prior", fitted on training images (model
+        range): each degraded to level T with its own draw, then summarised and fitted
+        (science/priors.py). A random subset of at most MAX_FIT_IMAGES images."""
+        from hpcdiff.science.priors import MAX_FIT_IMAGES, fit_prior
+
+        g = stream_generator(seed, "prior_fit")
+        idx = torch.randperm(len(train_images), generator=g)[:MAX_FIT_IMAGES].to(train_images.device)
+        x0 = train_images[idx]
+        t = torch.full((len(x0),), self.n_T, dtype=torch.long, device=x0.device)
+        return fit_prior(self.degrade(x0, t, g.manual_seed(stream_seed(seed, "prior_fit") + 1)), seed=seed)
 
     def degrade_to_start(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x0 degraded to level T with the draw the sampler given ``generator`` uses at level

@@ -54,6 +54,11 @@ class RunDir:
         return self.path / "archive.h5"
 
     @property
+    def prior(self) -> Path:
+        """The fitted level-T prior of sample_start = "prior" (science/priors.py)."""
+        return self.path / "prior.pt"
+
+    @property
     def log(self) -> Path:
         return self.path / "log.txt"
 

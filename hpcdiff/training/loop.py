@@ -22,12 +22,13 @@ import torch
 
 from hpcdiff import __version__
 from hpcdiff.config import tomlio
-from hpcdiff.config.spec import RunSpec
+from hpcdiff.config.spec import RunSpec, start_measures
 from hpcdiff.data import load_splits, to_model_range, to_uint8
 from hpcdiff.evaluation.evaluate import Evaluator, eval_mode
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.diffusion import build_diffusion, sampling_device
 from hpcdiff.science.models import build_model, check_image_shape
+from hpcdiff.science.priors import LevelPrior
 from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
@@ -178,6 +179,8 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     # Built before training so that a missing classifier fails now, not after the last epoch.
     evaluator = Evaluator(spec, splits.test, device, main=accelerator.is_main_process, rank=rank, world=world)
     diffusion = build_diffusion(spec, build_model(spec.model, splits.train.image_shape)).to(device)
+    if spec.diffusion.sample_start == "prior":
+        diffusion.prior = level_prior(rd, diffusion, splits.train.images, t.seed, accelerator)
     if rank:
         set_seed(stream_seed(t.seed, "rank_noise", rank))
     resumed = checkpoint.load_latest(rd.checkpoints)
@@ -215,6 +218,20 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     return session
 
 
+def level_prior(rd: RunDir, core, train_images: torch.Tensor, seed: int, accelerator) -> LevelPrior:
+    """The run's level-T prior: fitted once on its training images by the main process and
+    saved in the run directory, so that every process, every resume and every later
+    evaluation draws its starts from the same one."""
+    if accelerator.is_main_process and not rd.prior.exists():
+        tic = time.perf_counter()
+        prior = core.fit_prior(to_model_range(train_images), seed=seed)
+        checkpoint.save_object(prior.state_dict(), rd.prior)
+        log.info("sampling starts from a prior fitted on the training images at level T: %s (%.1f s)",
+                 prior.describe(), time.perf_counter() - tic)
+    accelerator.wait_for_everyone()
+    return LevelPrior.from_state_dict(torch.load(rd.prior, weights_only=True))
+
+
 def _open_run_files(session: Session) -> None:
     rd, spec, world = session.rd, session.spec, session.accelerator.num_processes
     archive.create(rd.archive, {
@@ -225,7 +242,11 @@ def _open_run_files(session: Session) -> None:
     # Rows after the checkpoint came from epochs whose checkpoint was never written.
     archive.truncate_after(rd.archive, session.state.epoch_done)
     mode = session.state.mode
-    archive.set_attrs(rd.archive, {"world_size": world, "step_mode": mode.mode, "step_mode_reason": mode.reason})
+    prior = getattr(session.state.core, "prior", None)
+    archive.set_attrs(rd.archive, {"world_size": world, "step_mode": mode.mode, "step_mode_reason": mode.reason,
+                                   "sample_start": spec.diffusion.sample_start,
+                                   "samples_measure": start_measures(spec.diffusion.sample_start),
+                                   "prior": prior.describe() if prior is not None else ""})
     rd.write_status(state="running", epoch=session.state.epoch_done, epochs=spec.train.epochs,
                     host=socket.gethostname(), error=None, traceback=None,
                     restarts=rd.read_status().get("restarts", -1) + 1, job_id=slurm_job_id(),
