@@ -363,3 +363,79 @@ def test_titles_beside_a_label_show_only_what_varies_within_it():
     unlabeled = [run("x", "", **{"train.lr": 1e-3, "model.hidden": [4]}), run("y", "", **{"train.lr": 2e-3})]
     assert title_keys(unlabeled, varying[:3]) == varying[:3]
     assert _short_title(unlabeled[1], varying[:3]) == "lr=0.002"  # no "hidden=" for a key it lacks
+
+
+MIXED_SWEEP = """
+[sweep]
+name = "mixed"
+
+[[sweep.cases]]
+label = "ddpm"
+
+[[sweep.cases]]
+label = "inpaint-restores"
+degradation = { name = "inpaint" }
+diffusion = { n_T = 10, loss = "l1" }
+
+[[sweep.cases]]
+label = "blur-generates"
+degradation = { name = "blur" }
+diffusion = { n_T = 20, loss = "l1" }
+
+[data]
+name = "mnist-5k"
+
+[model]
+hidden = [4, 4]
+
+[diffusion]
+n_T = 10
+
+[train]
+epochs = 1
+
+[eval]
+metrics = ["fid_classifier", "inception_score"]
+samples = 8
+"""
+
+
+def test_restorations_are_labelled_and_ranked_apart_from_generations(tmp_path):
+    """Inpainting from degraded test images has the best FID of the sweep (the digit is still
+    visible at its start), yet it is ranked only among restorations: the runs table says what
+    each run's samples measure, generations come first, and the index ranks each kind on its
+    own; figures name the restoration."""
+    import csv
+
+    import numpy as np
+
+    from hpcdiff.analysis.report import analyze
+    from hpcdiff.launch.plan import plan_sweep
+    from hpcdiff.storage import archive
+    from hpcdiff.storage.rundir import RunDir, update_manifest, write_run_config
+
+    sweep_file = tmp_path / "mixed.toml"
+    sweep_file.write_text(MIXED_SWEEP)
+    plan = plan_sweep(sweep_file, output=tmp_path / "runs")
+    fid = {"ddpm": 290.0, "inpaint-restores": 33.0, "blur-generates": 500.0}
+    for run in plan.sweep.runs:
+        rd = RunDir(plan.sweep_dir / run.run_id)
+        write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
+        rd.write_status(state="done", epoch=1, epochs=1)
+        archive.create(rd.archive, {"run_id": run.run_id, "config": rd.config_path.read_text()})
+        archive.append_epoch(rd.archive, 1, {"train_loss": 0.1, "fid_classifier": fid[run.label],
+                                             "inception_score": 3.0},
+                             {"images": np.zeros((4, 28, 28), np.uint8), "attrs": {"start": "x"}})
+    update_manifest(plan.sweep_dir, plan.sweep, MIXED_SWEEP)
+    result = analyze(plan.sweep_dir, tmp_path / "out")
+    order = [(r["label"], r["measures"]) for r in result.rows]
+    assert order == [("ddpm", "generation"), ("blur-generates", "generation"), ("inpaint-restores", "restoration")]
+    with open(tmp_path / "out" / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["measures"] for r in rows] == ["generation", "generation", "restoration"]
+    index = (tmp_path / "out" / "index.md").read_text()
+    gen = index.index("**Generations")
+    rest = index.index("**Restorations of held-out test images (not comparable with generations)")
+    assert gen < rest and "1. `" in index[rest:] and "inpaint-restores: 33" in index[rest:]
+    assert "inpaint-restores" not in index[gen:rest]
+    assert "inpaint-restores (restoration)" in index

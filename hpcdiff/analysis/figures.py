@@ -102,6 +102,7 @@ def _short_title(run: Run, varying: list[str]) -> str:
     if "train.seed" in varying:
         parts.append(f"seed={run.row.get('train.seed')}")
     text = " ".join(([run.row["label"]] if run.row.get("label") else []) + parts) or run.run_id
+    text += " (restoration)" if run.restores else ""
     return text + ("" if run.complete else f" [{run.row['state']}]")
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hpcdiff.config import tomlio
+from hpcdiff.config.spec import START_MEASURES, start_measures
 from hpcdiff.storage import archive
 from hpcdiff.storage.rundir import RunDir, read_run_meta, sweep_run_dirs
 
@@ -46,6 +47,10 @@ METRIC_ORDER = ("fid_classifier", "fid_inception", "kid_classifier", "inception_
 
 #: A per-class metric: ``class_<k>`` (the class histogram) or ``<family>_class_<k>``.
 PER_CLASS = re.compile(r"^(?:(?P<family>.+)_)?class_(?P<k>\d+)$")
+
+
+#: The kinds of result, in the order analyze ranks them (each among its own kind only).
+MEASURES = tuple(dict.fromkeys(START_MEASURES.values()))
 
 
 def metric_direction(name: str) -> str:
@@ -77,6 +82,11 @@ class Run:
     @property
     def complete(self) -> bool:
         return self.row["state"] == "done"
+
+    @property
+    def restores(self) -> bool:
+        """Its samples restore held-out test images (they are not generations)."""
+        return self.row.get("measures") == "restoration"
 
 
 def series(metrics: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +132,8 @@ def read_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
     row = {"run_id": rd.run_id, "label": meta.get("label", "")}
     for key in varying:
         row[key] = _axis_value(meta.get("axes", {}), config, key)
+    # Generation or restoration of test images: what the samples' IS/FID measure.
+    row["measures"] = start_measures(config.get("diffusion", {}).get("sample_start", "")) if config else None
     epochs = np.asarray(metrics.get("epoch", []))
     total = rd.read_status().get("epochs") or config.get("train", {}).get("epochs") or 0
     # A damaged archive makes even a finished run incomplete: its numbers are missing.

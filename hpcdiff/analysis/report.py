@@ -38,8 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcdiff.analysis.figures import write_figures
-from hpcdiff.analysis.load import Run, is_quality_metric, load_runs, metric_direction, quality_metrics
-from hpcdiff.analysis.tables import config_table, frame, is_descending, per_class_table, sort_rows, write_tables
+from hpcdiff.analysis.load import (MEASURES, Run, is_quality_metric, load_runs, metric_direction,
+                                   quality_metrics)
+from hpcdiff.analysis.tables import (config_table, fmt, frame, is_descending, per_class_table, sort_rows,
+                                     write_tables)
 from hpcdiff.config.registry import nearest
 from hpcdiff.storage.rundir import read_manifest
 
@@ -78,7 +80,7 @@ def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: st
     quality = quality_metrics(runs)
     columns = _runs_columns(varying, quality)
     sort_by = _sort_column(sort_by, columns)
-    rows = sort_rows([r.row for r in runs], sort_by, is_descending(sort_by))
+    rows = rank_rows([r.row for r in runs], sort_by)
     by_id = {r.run_id: r for r in runs}
     runs = [by_id[row["run_id"]] for row in rows]
 
@@ -97,9 +99,20 @@ def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: st
     return result
 
 
+def rank_rows(rows: list[dict], sort_by: str) -> list[dict]:
+    """Rows ranked by ``sort_by`` within each kind of result: generations first, then
+    restorations of test images (whose IS/FID measure recovery of a visible digit and are
+    never ranked beside generations); a row of unknown kind (unreadable config) last."""
+    ranked = []
+    for kind in (*MEASURES, None):
+        ranked += sort_rows([r for r in rows if r.get("measures") == kind], sort_by, is_descending(sort_by))
+    return ranked
+
+
 def _runs_columns(varying: list[str], quality: list[str]) -> list[str]:
-    """The runs table's columns: identity, axes, state, losses, then each quality metric."""
-    columns = ["run_id", "label", *varying, "state", "epochs", "final_train_loss", "best_train_loss",
+    """The runs table's columns: identity, axes, what the samples measure, state, losses,
+    then each quality metric."""
+    columns = ["run_id", "label", *varying, "measures", "state", "epochs", "final_train_loss", "best_train_loss",
                "final_val_loss", "best_val_loss", "best_val_loss_epoch", "wall_seconds"]
     for m in quality:
         columns += ([f"best_{m}"] if metric_direction(m) != "final" else []) + [f"final_{m}"]
@@ -162,6 +175,27 @@ def _evaluation_settings(runs: list[Run]) -> list[str]:
     return [f"{text} ({n} runs)" for text, n in variants.items()]
 
 
+def _rankings(result: AnalysisResult) -> list[str]:
+    """Index lines ranking each kind of result on its own when a sweep holds both: a
+    restoration's IS/FID say how well visible test digits were recovered, not how well a
+    model generates."""
+    kinds = {r.get("measures") for r in result.rows} & set(MEASURES)
+    if len(kinds) < 2:
+        return []
+    col = result.sort_by
+    lines = []
+    titles = {"generation": "Generations (from noise or a fitted prior), ranked by",
+              "restoration": "Restorations of held-out test images (not comparable with generations), ranked by"}
+    for kind in MEASURES:
+        rows = [r for r in result.rows if r.get("measures") == kind]
+        if not rows:
+            continue
+        lines += ["", f"**{titles[kind]} `{col}`**:", ""]
+        lines += [f"{i}. `{r['run_id']}` {r.get('label') or ''}: {fmt(r.get(col)) or 'no value'}"
+                  for i, r in enumerate(rows, 1)]
+    return lines
+
+
 def _write_index(out_dir: Path, name: str, result: AnalysisResult, figures: list[tuple[str, str, Path]]) -> Path:
     lines = [f"# Sweep `{name}`", ""]
     done = sum(1 for r in result.rows if r["state"] == "done")
@@ -171,6 +205,7 @@ def _write_index(out_dir: Path, name: str, result: AnalysisResult, figures: list
         lines += ["", "**Incomplete runs** (their numbers are from the epochs they finished):", ""]
         lines += [f"- `{r['run_id']}`: {r['state']}, epochs {r['epochs']}" for r in result.rows
                   if r["run_id"] in result.incomplete]
+    lines += _rankings(result)
     if result.evaluation:
         lines += ["", "**How the metrics were computed** (the `[eval]` section):", ""]
         lines += [f"- {line}" for line in result.evaluation]

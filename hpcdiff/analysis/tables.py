@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcdiff.analysis.load import PER_CLASS, Run, is_quality_metric, metric_direction
+from hpcdiff.analysis.load import MEASURES, PER_CLASS, Run, is_quality_metric, metric_direction
 
 
 class PlusMinus:
@@ -84,8 +84,9 @@ def config_table(rows, columns, varying, sort_by, descending):
 
     Returns (CSV columns, display columns, CSV rows with ``<col>_mean``/``<col>_std``,
     display rows with a :class:`PlusMinus` per numeric column)."""
-    key_cols = (["label"] if any(r.get("label") for r in rows) else []) + [k for k in varying if k != "train.seed"]
-    skip = {"run_id", "label", "state", "epochs", *varying}
+    key_cols = ((["label"] if any(r.get("label") for r in rows) else []) + [k for k in varying if k != "train.seed"]
+                + (["measures"] if any(r.get("measures") for r in rows) else []))
+    skip = {"run_id", "label", "measures", "state", "epochs", *varying}
     numeric = [c for c in columns if c not in skip and any(is_num(r.get(c)) for r in rows)]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -96,7 +97,9 @@ def config_table(rows, columns, varying, sort_by, descending):
         configs.append(c)
         display.append(d)
     if sort_by in numeric:
-        order = sort_rows(configs, f"{sort_by}_mean", descending)
+        ranked = sort_rows(configs, f"{sort_by}_mean", descending)
+        # each kind of result ranked on its own (generations, then restorations)
+        order = [c for kind in (*MEASURES, None) for c in ranked if c.get("measures") == kind]
         display = [display[configs.index(c)] for c in order]
         configs = order
     head = key_cols + ["n_seeds", "n_incomplete", "seeds"]
