@@ -17,11 +17,12 @@ SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_sam
 # part1's ancestral chains are 100-2000 steps of the big CNN (minutes on CI's 2 cores): its
 # smoke run samples with 5 DDIM steps instead and leaves the metrics (checked on quick and
 # part2) out; the ancestral sampler itself is tested in test_diffusion.py.
-SMOKE_BY_JOB = {"quick": SMOKE, "part2": SMOKE, "mnist-equal-time": SMOKE,
+SMOKE_BY_JOB = {"quick": SMOKE, "part2": SMOKE, "mnist-equal-time": SMOKE, "cold-diffusion": SMOKE,
                 "part1": SMOKE + ["eval.metrics=[]", "diffusion.sampler=ddim", "diffusion.sample_steps=5"]}
 
 
-@pytest.mark.parametrize("name,count", [("quick", 3), ("part1", 5), ("part2", 8), ("mnist-equal-time", 4)])
+@pytest.mark.parametrize("name,count", [("quick", 3), ("part1", 5), ("part2", 10), ("mnist-equal-time", 4),
+                                        ("cold-diffusion", 9)])
 def test_job_file_dry_run(name, count, tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(JOBS / f"{name}.toml"), "--dry-run", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -37,7 +38,7 @@ def test_part2_covers_every_cold_degradation():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["quick", "part1", "part2", "mnist-equal-time"])
+@pytest.mark.parametrize("name", ["quick", "part1", "part2", "mnist-equal-time", "cold-diffusion"])
 def test_every_run_trains_one_epoch(name, tmp_path):
     args = ["sweep", str(JOBS / f"{name}.toml"), "--executor", "debug", "--output", str(tmp_path)]
     for s in SMOKE_BY_JOB[name]:
@@ -55,6 +56,20 @@ def test_every_run_trains_one_epoch(name, tmp_path):
             assert 1.0 <= data["metrics"]["inception_score"][0] <= 10.0
         if run.spec.degradation.name != "gaussian":
             assert {"recon_direct_mse", "recon_full_mse", "recon_degraded_mse"} <= set(data["metrics"])
-        expected_start = "noise" if run.spec.degradation.name == "gaussian" else (
-            "channel-mean" if run.spec.diffusion.sample_start == "channel_mean" else "degraded")
+        expected_start = {"noise": "noise", "channel_mean": "channel-mean", "prior": "prior",
+                          "degraded_test": "degraded"}[run.spec.diffusion.sample_start]
         assert expected_start in sample["attrs"]["start"], run.label
+
+
+def test_shipped_cold_sweeps_generate_and_restore():
+    """part2 keeps the reports' settings (restorations, labelled) and adds generative
+    variants; the results sweep has both kinds for every degradation that can generate."""
+    from hpcdiff.config.spec import start_measures
+
+    for name in ("part2", "cold-diffusion"):
+        kinds = {r.label: start_measures(r.spec.diffusion.sample_start) for r in load_sweep(JOBS / f"{name}.toml").runs}
+        assert kinds["impulse-generative"] == "generation" and kinds["inpaint-generative"] == "generation"
+        assert kinds["blur-bansal"] == kinds["downsample"] == "generation"
+        assert kinds["inpaint-bansal"] == "restoration"
+    part2 = {r.label: r.spec for r in load_sweep(JOBS / "part2.toml").runs}
+    assert part2["impulse-dropout-plateau"].degradation.params["rho_end"] == 0.25  # report C4, as it was
