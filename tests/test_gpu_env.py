@@ -17,7 +17,7 @@ from hpcdiff.config.spec import DataSpec, RunSpec
 from hpcdiff.data import Dataset, load_splits, to_model_range
 from hpcdiff.evaluation.evaluate import Evaluator
 from hpcdiff.resolve import validate_spec
-from hpcdiff.science.degradations import DEGRADATIONS, is_gaussian
+from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, is_gaussian
 from hpcdiff.science.diffusion import build_diffusion
 from hpcdiff.science.models import build_model
 from hpcdiff.science.streams import generator
@@ -50,6 +50,8 @@ def test_every_degradation_trains_and_samples_on_the_device(name, test_device, i
     core = build_diffusion(spec, build_model(spec.model)).to(test_device)
     opt = torch.optim.Adam(core.parameters(), lr=1e-3)
     train, held_out = to_model_range(images[0], test_device), to_model_range(images[1].images, test_device)
+    if spec.diffusion.sample_start == "prior":  # blur, downsample: fitted as a run fits it
+        core.prior = core.fit_prior(train, seed=0)
     before = [p.detach().clone() for p in core.gt.parameters()]
     bf16 = test_device == "cuda" and expected_precision(test_device) == "bf16"
     for step in range(3):
@@ -75,7 +77,11 @@ def test_every_degradation_trains_and_samples_on_the_device(name, test_device, i
     core.to("cpu")
     on_cpu, _ = core.start(8, (1, 28, 28), generator=generator(0, "sample_grid"), device="cpu",
                            test_images=held_out.cpu())
-    torch.testing.assert_close(x_T.cpu(), on_cpu, atol=1e-4, rtol=0)
+    # The images (or prior draws) come from the CPU generator; a stochastic degradation's
+    # level-T draw is made by a generator on the sampling device (no host round trip per
+    # step), so only the deterministic degradations start from identical images.
+    if DEGRADATION_INFO[name].deterministic or test_device == "cpu":
+        torch.testing.assert_close(x_T.cpu(), on_cpu, atol=1e-4, rtol=0)
 
 
 def test_accelerate_launch_one_process(test_device, gpu_sweep, tmp_path):
