@@ -439,3 +439,29 @@ def test_restorations_are_labelled_and_ranked_apart_from_generations(tmp_path):
     assert gen < rest and "1. `" in index[rest:] and "inpaint-restores: 33" in index[rest:]
     assert "inpaint-restores" not in index[gen:rest]
     assert "inpaint-restores (restoration)" in index
+
+
+def test_ssim_from_before_the_standard_definition_is_flagged(tmp_path):
+    """An archive without `ssim_standard_from_epoch` (written by an older hpcdiff) holds
+    torchmetrics' padded SSIM: analyze says so instead of mixing it with standard values;
+    one resumed across the change says from which epoch its values are standard."""
+    from hpcdiff.analysis.load import read_run
+    from hpcdiff.storage import archive
+    from hpcdiff.storage.rundir import RunDir
+
+    rd = RunDir(tmp_path / "abc")
+    rd.path.mkdir()
+    archive.create(rd.archive, {"run_id": "abc"})
+    for epoch in (1, 2):
+        archive.append_epoch(rd.archive, epoch, {"train_loss": 0.1, "recon_full_ssim": 0.8})
+    warnings: list[str] = []
+    read_run(rd, [], warnings)
+    assert any("SSIM of every epoch is torchmetrics' padded" in w for w in warnings), warnings
+    archive.set_attrs(rd.archive, {"ssim_standard_from_epoch": 2})
+    warnings.clear()
+    read_run(rd, [], warnings)
+    assert any("SSIM before epoch 2" in w for w in warnings), warnings
+    archive.set_attrs(rd.archive, {"ssim_standard_from_epoch": 1})
+    warnings.clear()
+    read_run(rd, [], warnings)
+    assert not any("SSIM" in w for w in warnings), warnings

@@ -49,6 +49,12 @@ def create(path: Path, attrs: dict) -> None:
         f.require_group("samples")
 
 
+def read_attrs(path: Path) -> dict:
+    """The archive's attributes only (cheap: no series, no images)."""
+    with h5py.File(path, "r") as f:
+        return {k: _plain(v) for k, v in f.attrs.items()}
+
+
 def set_attrs(path: Path, attrs: dict) -> None:
     with _update(path) as f:
         for k, v in attrs.items():
