@@ -259,16 +259,15 @@ def analyze(sweep_dir, out, sort_by):
 @click.option("--root", default=None, help="data.root (for mnist, fashion-mnist, idx).")
 def degrade(list_names, names, out, data_name, root):
     """Strips of each degradation at several t on real test images (PNG)."""
-    from hpcdiff.config.spec import start_measures
     from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
 
     if list_names:
         for name in DEGRADATIONS.names():
             info = DEGRADATION_INFO[name]
             keeps = info.level_T_keeps_image({}, info.n_steps, (1, 28, 28))
-            start = "noise" if info.process == "gaussian" else ("prior" if keeps is None else "degraded_test")
+            generates = "noise" if info.process == "gaussian" else ("prior" if keeps is None else "no")
             click.echo(f"{name:16s} recipe T={info.n_steps:<5d} schedule={default_schedule(name):7s} "
-                       f"draws={info.draws:11s} auto start={start} ({start_measures(start)})")
+                       f"draws={info.draws:11s} generates at the recipe from: {generates}")
         return
     from hpcdiff.analysis.strips import degradation_strips, strips_request
 

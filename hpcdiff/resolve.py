@@ -34,9 +34,11 @@ def resolve_spec(spec: RunSpec) -> RunSpec:
     sampler = d.sampler if d.sampler != "auto" else ("ancestral" if gaussian else "cold_alg2")
     start = d.sample_start
     if start == "auto":
-        # Generation wherever it is honest: a degradation whose level T forgets the image
-        # starts from its fitted prior; the others restore test images (and say so).
-        start = "noise" if gaussian else ("prior" if _level_T_keeps_image(spec) is None else "degraded_test")
+        # Cold diffusion restores held-out test images unless a sweep asks for "prior", and
+        # every table says so. "auto" keeps that meaning because sample_start is part of the
+        # run id: were "auto" to become "prior" wherever level T forgets the digit, every
+        # existing blur and downsample run would get a new id and be trained again.
+        start = "noise" if gaussian else "degraded_test"
     schedule = spec.degradation.schedule or default_schedule(name)
     eval_sampler = spec.eval.sampler
     if eval_sampler == "auto":

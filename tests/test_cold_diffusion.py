@@ -48,10 +48,11 @@ def test_alg2_with_perfect_restorer_recovers_x0(name, digits):
 
 @pytest.mark.parametrize("steps", [0, 7])
 @pytest.mark.parametrize("name", COLD)
-def test_both_algorithms_with_perfect_restorer_return_x0_on_any_subsequence(name, steps, digits):
+def test_alg2_with_perfect_restorer_returns_x0_from_its_own_start_on_any_subsequence(name, steps, digits):
     """Started from a degraded image with the draw the sampler uses (start and sampler given
-    one generator), Algorithm 2 telescopes and Algorithm 1 re-degrades to level 0 exactly,
-    on all levels or on a subsequence of them."""
+    one generator), Algorithm 2 telescopes on all levels or on a subsequence of them (with
+    another generator's start it would not for a stochastic degradation: the control).
+    Algorithm 1 ends with D(x0, 0) = x0, checked alongside."""
     cd = _cold(name)
     cd.sample_start = "degraded_test"
     g = torch.Generator().manual_seed(11)
@@ -60,6 +61,10 @@ def test_both_algorithms_with_perfect_restorer_return_x0_on_any_subsequence(name
     for alg in ("cold_alg2", "cold_alg1"):
         out = SAMPLERS.get(alg)(cd, x_T, generator=g, restorer=lambda x, s: digits, times=times)
         torch.testing.assert_close(out, digits, atol=1e-5, rtol=0)
+    if not DEGRADATION_INFO[name].deterministic:
+        other = SAMPLERS.get("cold_alg2")(cd, x_T, generator=torch.Generator().manual_seed(12),
+                                         restorer=lambda x, s: digits, times=times)
+        assert (other - digits).abs().max() > 0.1
 
 
 def _leaky(x0, eps):
@@ -108,13 +113,19 @@ def test_alg2_error_under_pixel_swap_does_not_grow_with_the_levels(digits, monke
 
 
 def test_evaluation_chunks_draw_different_trajectories(digits):
-    """The shared draw is keyed by the sampling generator: two chunks (two generators)
-    corrupt different pixels, and one generator always the same ones."""
+    """The shared draw is keyed by the sampling generator: the generators of two evaluation
+    chunks corrupt different pixels, one generator always the same ones, and a generator
+    seeded from the OS (any 64-bit seed) works too."""
+    from hpcdiff.science.streams import generator
+
     cd = _cold("impulse")
-    a = cd.degrade_to_start(digits, torch.Generator().manual_seed(1))
-    b = cd.degrade_to_start(digits, torch.Generator().manual_seed(2))
-    again = cd.degrade_to_start(digits, torch.Generator().manual_seed(1))
+    a = cd.degrade_to_start(digits, generator(0, "eval_chunk", 0))
+    b = cd.degrade_to_start(digits, generator(0, "eval_chunk", 1))
+    again = cd.degrade_to_start(digits, generator(0, "eval_chunk", 0))
     assert torch.equal(a, again) and not torch.equal(a, b)
+    os_seeded = torch.Generator()
+    os_seeded.seed()
+    assert cd.degrade_to_start(digits, os_seeded).shape == digits.shape
 
 
 @pytest.mark.parametrize("name", [n for n in COLD if DEGRADATION_INFO[n].deterministic])
@@ -175,7 +186,7 @@ def test_ddim_runs_with_fewer_steps():
 def test_spec_resolves_recipes_and_rejects_bad_params():
     spec = validate_spec(RunSpec.from_dict({"degradation": {"name": "blur"}}))
     assert spec.diffusion.n_T == 20 and spec.diffusion.sampler == "cold_alg2"
-    assert spec.diffusion.sample_start == "prior" and spec.degradation.schedule  # level T forgets the digit
+    assert spec.diffusion.sample_start == "degraded_test" and spec.degradation.schedule
     gauss = validate_spec(RunSpec())
     assert gauss.diffusion.n_T == 1000 and gauss.diffusion.sampler == "ancestral"
     cases = [

@@ -32,19 +32,19 @@ def test_prior_is_rejected_where_level_T_still_shows_the_digit(name, params, n_T
     with pytest.raises(SpecError, match="would not be a generation") as err:
         _spec(name, params, n_T=n_T, sample_start="prior")
     assert fix in str(err.value) and err.value.path == "diffusion.sample_start"
-    # "auto" falls back to restoring test images, which analyze labels as restorations
-    assert _spec(name, params, n_T=n_T).diffusion.sample_start == "degraded_test"
 
 
 @pytest.mark.parametrize("name, params, n_T", [
     ("impulse", {"rho_end": 0.5}, 150), ("inpaint", {"max_sigma": 42.0}, 50), ("blur", {}, 20),
     ("downsample", {"max_factor": 7}, 20)])
-def test_auto_generates_where_level_T_forgets_the_digit(name, params, n_T):
-    spec = _spec(name, params, n_T=n_T)
-    assert spec.diffusion.sample_start == "prior" and start_measures("prior") == "generation"
+def test_prior_is_accepted_where_level_T_forgets_the_digit_and_auto_keeps_its_run_ids(name, params, n_T):
+    """"prior" generates where level T forgets the digit; "auto" still restores test images
+    (labelled as restorations), so the run ids of existing sweeps do not change."""
     assert _spec(name, params, n_T=n_T, sample_start="prior").diffusion.sample_start == "prior"
-    assert validate_spec(RunSpec()).diffusion.sample_start == "noise"
+    assert start_measures("prior") == "generation"
+    assert _spec(name, params, n_T=n_T).diffusion.sample_start == "degraded_test"
     assert start_measures("degraded_test") == "restoration"
+    assert validate_spec(RunSpec()).diffusion.sample_start == "noise"
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def train_images():
 
 
 def _fitted(name, params, n_T, train_images):
-    spec = _spec(name, params, n_T=n_T)
+    spec = _spec(name, params, n_T=n_T, sample_start="prior")
     cd = ColdDiffusion(build_model(ModelSpec(hidden=(4,))), degradation=name, schedule=spec.degradation.schedule,
                        params=params, n_T=n_T, sample_start="prior", start_noise=0.002)
     cd.prior = cd.fit_prior(train_images, seed=0)
@@ -97,18 +97,24 @@ def test_prior_round_trips_and_draws_are_fixed_by_the_generator(train_images, tm
     assert again.components.shape[0] < 16 and again.explained > 0.99
 
 
-def test_a_run_fits_its_prior_once_and_a_resume_draws_from_it(tiny_sweep, tmp_path):
-    """A blur run (auto -> prior) fits the prior on its training images before the first
+def test_a_run_fits_its_prior_once_and_a_resume_draws_from_it(tiny_sweep, tmp_path, monkeypatch):
+    """A blur run with sample_start = "prior" fits the prior on its training images before the first
     step, saves it beside its outputs, records what its samples measure, and a resumed run
     loads the same file: its sample grid starts from the very same images."""
     from helpers import make_run_dir, resume_with
     from hpcdiff.training.loop import train
 
     sweep = tiny_sweep('[degradation]\nname = "blur"\n', epochs=1)
+    sweep.write_text(sweep.read_text().replace("n_T = 20", 'n_T = 20\nsample_start = "prior"'))
     rd = make_run_dir(sweep, tmp_path / "runs")
     assert train(rd.path) == "done"
     assert rd.prior.is_file()
     saved = rd.prior.read_bytes()
+
+    def refit(*args, **kwargs):
+        raise AssertionError("a resumed run fitted its prior again")
+
+    monkeypatch.setattr(ColdDiffusion, "fit_prior", refit)
     resume_with(rd, epochs=2)
     assert rd.prior.read_bytes() == saved
     with h5py.File(rd.archive, "r") as f:

@@ -78,12 +78,13 @@ def benchmark_eval(*, degradations=DEGRADATIONS, device="cpu", data_name="mnist-
         first_s, eval_s = times
         # The run's own sampler on all n_T steps, one chunk, scaled to the sample count.
         k = min(EVAL_CHUNK, spec.eval.samples)
-        x_T, _ = core.start(k, tuple(splits.test.image_shape), generator=torch.Generator().manual_seed(0),
-                            device=device, test_images=evaluator.starts)
+        g = torch.Generator().manual_seed(0)  # one generator: the start's level-T draw is the sampler's
+        x_T, _ = core.start(k, tuple(splits.test.image_shape), generator=g, device=device,
+                            test_images=evaluator.starts)
         core.eval()
         sync_device(device)
         tic = time.perf_counter()
-        core.sample(x_T, generator=torch.Generator().manual_seed(1), steps=0)
+        core.sample(x_T, generator=g, steps=0)
         sync_device(device)
         full_sampling_s = (time.perf_counter() - tic) * spec.eval.samples / k
         passes = 2 if (not is_gaussian(spec.degradation.name) and spec.eval.reconstruction

@@ -104,8 +104,8 @@ class DiffusionSpec:
     # "noise" (gaussian); "prior", a Gaussian mixture fitted on the training images at level
     # T, for degradations whose level T forgets the image; "degraded_test", maximally
     # degraded held-out test images (a restoration); "channel_mean", Bansal's blur start (each
-    # channel's mean of a test image plus start_noise). "auto": noise for gaussian, "prior"
-    # where level T forgets the image, "degraded_test" otherwise.
+    # channel's mean of a test image plus start_noise). "auto": noise for gaussian,
+    # "degraded_test" otherwise (resolve.py says why).
     sample_start: str = "auto"
     start_noise: float = 0.002
 

@@ -127,9 +127,8 @@ def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, labels: tor
     """MSE and SSIM of reconstructions against their ground truth, overall and per class
     (``mse_class_3``, ``ssim_class_3``, ... for the classes present), e.g. for cold
     diffusion's direct (one-step) vs full-sampler table. MSE is the mean per-pixel squared
-    error with the intensity range = 1 (model range or [0, 1]; after clamping to it)."""
-    from torchmetrics.functional.image import structural_similarity_index_measure
-
+    error with the intensity range = 1 (model range or [0, 1]; after clamping to it); SSIM is
+    :func:`ssim_per_image`."""
     if recon.shape != truth.shape:
         raise ValueError(f"recon {tuple(recon.shape)} and truth {tuple(truth.shape)} differ in shape")
     r, t = to_unit_range(recon), to_unit_range(truth)

@@ -225,10 +225,10 @@ class ColdDiffusion(_Sampling):
             return None
         key = generator.initial_seed() if generator is not None else 0
         trajectory = stream_seed(self.noise_seed, "degradation_trajectory", key)
-        where = sampling_device(device)
-        if draws == "shared":
-            return torch.Generator(device=where).manual_seed(trajectory)
-        return stream_generator(trajectory, "degradation_level", s, device=where)
+        if draws == "independent":
+            trajectory = stream_seed(trajectory, "degradation_level", s)
+        # A generator's own seed may be any 64-bit number; manual_seed takes < 2**64.
+        return torch.Generator(device=sampling_device(device)).manual_seed(trajectory % 2**63)
 
     def start(self, n: int, size, *, generator=None, device=None, test_images=None):
         """x_T and a word saying where it came from (recorded in the archive)."""
@@ -238,9 +238,14 @@ class ColdDiffusion(_Sampling):
         if start == "prior":
             if self.prior is None:
                 raise ValueError("sample_start 'prior' needs the run's fitted prior (science.priors.fit_prior)")
-            rendered = self.prior.sample(n, generator=generator, device=device)
-            x_T = self.degrade_to_start(rendered, generator) + self.start_noise * _randn(rendered.shape, generator, device)
-            return x_T, "prior fitted on training images at level T"
+            x_T = self.prior.sample(n, generator=generator, device=device)
+            if not info_of(self.degradation).deterministic:
+                # The draw is the prior's level-T look (a summary cannot hold which pixels are
+                # salt): degraded again with the sampler's own draw at level T, so the first
+                # step subtracts the corruption that is there. A deterministic level T is
+                # what the prior was fitted on already (blurring it again would not be).
+                x_T = self.degrade_to_start(x_T, generator)
+            return x_T + self.start_noise * _randn(x_T.shape, generator, device), "prior fitted on training images at level T"
         if test_images is None or len(test_images) == 0:
             raise ValueError("sampling cold diffusion needs held-out test images to start from")
         idx = torch.randint(0, len(test_images), (n,), generator=generator,
@@ -257,11 +262,10 @@ class ColdDiffusion(_Sampling):
         (science/priors.py). A random subset of at most MAX_FIT_IMAGES images."""
         from hpcdiff.science.priors import MAX_FIT_IMAGES, fit_prior
 
-        g = stream_generator(seed, "prior_fit")
-        idx = torch.randperm(len(train_images), generator=g)[:MAX_FIT_IMAGES].to(train_images.device)
-        x0 = train_images[idx]
+        order = torch.randperm(len(train_images), generator=stream_generator(seed, "prior_fit", 0))
+        x0 = train_images[order[:MAX_FIT_IMAGES].to(train_images.device)]
         t = torch.full((len(x0),), self.n_T, dtype=torch.long, device=x0.device)
-        return fit_prior(self.degrade(x0, t, g.manual_seed(stream_seed(seed, "prior_fit") + 1)), seed=seed)
+        return fit_prior(self.degrade(x0, t, stream_generator(seed, "prior_fit", 1)), seed=seed)
 
     def degrade_to_start(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """x0 degraded to level T with the draw the sampler given ``generator`` uses at level

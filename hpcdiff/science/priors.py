@@ -27,6 +27,7 @@ SUMMARY_DIM = 16
 MIXTURE_COMPONENTS = 10
 #: Training images a prior is fitted on at most (a random subset of larger sets).
 MAX_FIT_IMAGES = 10_000
+MIN_FIT_IMAGES = 4
 PRIOR_VERSION = 1
 
 
@@ -79,8 +80,9 @@ def fit_prior(level_T: Tensor, *, summary_dim: int = SUMMARY_DIM, mixture: int =
 
     x = level_T.detach().to("cpu", torch.float64).flatten(1)
     n, d = x.shape
-    if n < 2 * mixture:
-        raise ValueError(f"a level-T prior needs at least {2 * mixture} training images, got {n}")
+    if n < MIN_FIT_IMAGES:
+        raise ValueError(f"a level-T prior needs at least {MIN_FIT_IMAGES} training images, got {n}")
+    mixture = min(mixture, n // MIN_FIT_IMAGES * 2)  # a few images per component on tiny subsets
     mean = x.mean(0)
     centred = x - mean
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)

@@ -33,8 +33,8 @@ _STREAMS: dict[str, Callable[..., int]] = {
     # seed of the sampling generator, so that a start and the sampler given the same
     # generator degrade with the same draw, and two evaluation chunks with different ones.
     "degradation_trajectory": lambda seed, sampling_seed: seed * 1_000_003 + 5_000_011 + sampling_seed,
-    # The training images a level-T prior is fitted on, and their level-T draws.
-    "prior_fit": lambda seed: seed * 1_000_003 + 6_000_007,
+    # A level-T prior's fit: 0 picks the training images, 1 draws their level-T degradations.
+    "prior_fit": lambda seed, part: seed * 1_000_003 + 6_000_007 + part,
     # Degradation strips of `hpcdiff degrade`, one per degradation name.
     "strip": lambda seed, name_code: seed * 1_000_003 + name_code,
 }
