@@ -100,16 +100,17 @@ def test_alg2_stays_within_the_restorers_error_under_masks(name, digits, monkeyp
     assert _full_sampler_error(_cold(name, 200), digits, eps) > 5 * eps
 
 
-def test_alg2_error_under_pixel_swap_does_not_grow_with_the_levels(digits, monkeypatch):
-    """A permutation's pixels move again each time its reach grows, so under pixel_swap the
-    error is a few times eps, but the same for 10 or 200 levels (the reach takes at most 27
-    values whatever n_T); the per-level draws of the control let it grow with n_T."""
+def test_alg2_error_under_pixel_swap_stays_within_the_restorers_error(digits, monkeypatch):
+    """pixel_swap swaps fixed pairs whose reach grows with t, so each pixel moves once along a
+    trajectory and is put back once, carrying the restorer's error at both ends of its swap:
+    within 2 eps at any number of levels. The control's per-level draws pair pixels anew
+    at every level and its error grows with n_T."""
     eps = 0.05
-    shared = [_full_sampler_error(_cold("pixel_swap", n_T), digits, eps) for n_T in (10, 50, 200)]
-    assert max(shared) <= 10 * eps and shared[2] <= 1.5 * shared[0]
+    for n_T in (10, 50, 200):
+        assert _full_sampler_error(_cold("pixel_swap", n_T), digits, eps) <= 2 * eps + 1e-5
     _independent_draws(monkeypatch, "pixel_swap")
     independent = [_full_sampler_error(_cold("pixel_swap", n_T), digits, eps) for n_T in (10, 200)]
-    assert independent[1] > 2 * independent[0] and independent[1] > 3 * shared[2]
+    assert independent[1] > 2 * independent[0] and independent[1] > 5 * eps
 
 
 def test_evaluation_chunks_draw_different_trajectories(digits):

@@ -365,17 +365,26 @@ def _positions(hw: int = 28) -> torch.Tensor:
     return torch.arange(hw * hw, dtype=torch.float32).view(1, 1, hw, hw)
 
 
-def test_pixel_swap_is_local_permutation():
+def test_pixel_swap_swaps_pairs_within_a_reach_that_grows_with_t():
+    """A permutation of each image made of swaps of fixed pairs (an involution), each within
+    the reach w_t; for one draw the swapped set only grows with t, and at t = T every pixel
+    has left its place (what lets the sampler put each pixel back once)."""
     n = 100
     pos = _positions().expand(32, 1, 28, 28).contiguous()
-    for t, w in ((1, 1), (10, 1 + round(26 * 0.1)), (50, 14)):
+    moved_before = torch.zeros(32, 1, 28, 28, dtype=torch.bool)
+    for t, w in ((1, 1), (10, 1 + round(26 * 0.1)), (50, 14), (100, 27)):
         out = run("pixel_swap", pos, t)
         assert torch.equal(out.flatten(1).sort(1).values, pos.flatten(1))  # a permutation
         src = out.long()
+        again = src.flatten(1).gather(1, src.flatten(1))  # swapping twice puts every pixel back
+        assert torch.equal(again, pos.long().flatten(1))
         dy = (src // 28 - pos.long() // 28).abs()
         dx = (src % 28 - pos.long() % 28).abs()
-        assert dy.max() <= w and dx.max() <= w
-        assert (dy + dx).float().mean() > 0.1 * w
+        assert torch.maximum(dy, dx).max() <= w
+        moved = src != pos.long()
+        assert moved.any() and (moved | ~moved_before).all()  # nested: what moved stays moved
+        moved_before = moved
+    assert moved_before.all()
     mixed = run("pixel_swap", pos, n).long()
     disp = (mixed // 28 - pos.long() // 28).abs() + (mixed % 28 - pos.long() % 28).abs()
     assert disp.float().mean() > 8  # whole-image mixing at t = T

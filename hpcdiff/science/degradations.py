@@ -122,9 +122,8 @@ def impulse(
 
 
 def _pixel_swap_keeps_image(params, n_steps, shape):
-    return ("a permutation keeps every pixel's value and moves it at most max_half_width places, so level T "
-            "still holds the digit's ink and rough shape (one restoration step recovers much of it); "
-            "no pixel_swap setting forgets the image")
+    return ("a permutation keeps every pixel's value, so level T still holds the digit's ink (how much of "
+            "the image is stroke); no pixel_swap setting forgets it")
 
 
 @register_degradation("pixel_swap", draws="shared", n_steps=100, keeps_image=_pixel_swap_keeps_image)
@@ -137,34 +136,37 @@ def pixel_swap(
     generator: torch.Generator | None = None,
     max_half_width: int = 0,
 ) -> Tensor:
-    """Local random permutation of the pixels; the window's half-width ``w_t`` grows with ``t``.
+    """Pixels swapped in pairs; the reach ``w_t`` of a swap grows with ``t``.
 
-    ``w_t = 1 + round((w_max - 1) * schedule(t))`` for ``t >= 1`` (so 1 at ``t = 1``), 0 at
-    ``t = 0``; ``max_half_width = 0`` means ``w_max = max(H, W) - 1``: at ``t = n_steps`` any
-    pixel can reach any position.
+    One draw pairs every pixel of an image with a random partner (a random perfect matching
+    of the pixels: a random permutation read two by two). At level ``t`` the pairs whose
+    Chebyshev distance is at most ``w_t`` are swapped, the others stay:
+    ``w_t = 1 + round((w_max - 1) * schedule(t))`` for ``t >= 1``, 0 at ``t = 0`` (nothing
+    swapped), and ``max_half_width = 0`` means ``w_max = max(H, W) - 1``, so at
+    ``t = n_steps`` every pixel has left its place (the image is a random shuffle of its own
+    pixels; its values are kept, never duplicated). Channels move together.
 
-    Vectorised as two "jittered sorts": within every row, pixel ``j`` gets the key
-    ``j + (w + 1) * u`` with ``u ~ U[0, 1)`` and the row is reordered by key; then the same
-    within every column. Each pass is a permutation moving a pixel at most ``w`` places (a
-    pixel can only overtake ones fewer than ``w + 1`` places away), so the result is a
-    permutation of each image's pixels (values are exchanged, never duplicated: the multiset
-    of values is kept) with every pixel inside its ``(2w+1) x (2w+1)`` window. Channels move
-    together. This replaces the users' sequential per-pixel swap loop
-    (:func:`pixel_swap_loop_reference`), which is also a permutation but not local: a pixel
-    can be swapped several times.
+    Why pairs with a fixed partner: for one draw the swapped set only grows with ``t`` and
+    each pixel moves once along a trajectory, so a cold sampler that shares the draw across
+    levels (``draws = "shared"``) puts each pixel back once, carrying the restorer's error
+    of that one step. (The earlier form, two "jittered sorts" of rows and columns whose
+    reach grew with ``t``, moved a pixel again at every growth of the reach: its samples
+    stayed salt-and-pepper noise.) The users' sequential per-pixel swap loop
+    (:func:`pixel_swap_loop_reference`) is kept for benchmarks.
     """
     t = levels(x0, t)
     B, C, H, W = x0.shape
+    n = H * W
     full = max_half_width if max_half_width > 0 else max(H, W) - 1
-    amp = per_sample((swap_half_width(t, n_steps, schedule, full) + 1).to(torch.float32))
-    u = uniform((2, B, 1, H, W), generator, x0.device)
-    cols = torch.arange(W, device=x0.device, dtype=torch.float32)
-    rows = torch.arange(H, device=x0.device, dtype=torch.float32).view(H, 1)
-    # amp = 1 (t = 0) gives keys j + u with u < 1: already sorted, so the identity
-    src_col = torch.argsort(cols + amp * u[0], dim=-1)
-    x = torch.gather(x0, -1, src_col.expand(B, C, H, W))
-    src_row = torch.argsort(rows + amp * u[1], dim=-2)
-    return torch.gather(x, -2, src_row.expand(B, C, H, W))
+    reach = per_sample(swap_half_width(t, n_steps, schedule, full)).view(B, 1)
+    order = torch.argsort(uniform((B, n), generator, x0.device), dim=1)
+    k = torch.arange(n, device=x0.device)
+    mate = torch.where((k ^ 1) < n, k ^ 1, k)  # an odd pixel count leaves the last one alone
+    partner = torch.empty_like(order).scatter_(1, order, order.gather(1, mate.expand(B, n)))
+    distance = torch.maximum((partner // W - k // W).abs(), (partner % W - k % W).abs())
+    source = torch.where(distance <= reach, partner, k)
+    out = x0.flatten(2).gather(2, source.unsqueeze(1).expand(B, C, n))
+    return out.view(B, C, H, W)
 
 
 # --------------------------------------------------------------------------- luminance mask
