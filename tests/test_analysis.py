@@ -380,7 +380,7 @@ diffusion = { n_T = 10, loss = "l1" }
 [[sweep.cases]]
 label = "blur-generates"
 degradation = { name = "blur" }
-diffusion = { n_T = 20, loss = "l1" }
+diffusion = { n_T = 20, loss = "l1", sample_start = "prior" }
 
 [data]
 name = "mnist-5k"
