@@ -153,7 +153,7 @@ def test_status_uses_the_same_layout(tmp_path, monkeypatch):
     blocks = parse_blocks(result.output)
     for rid, values in expected.items():
         assert {k: blocks[rid][k] for k in values} == values
-    assert "8 pending (8 runs)" in result.output
+    assert "10 pending (10 runs)" in result.output
 
 
 def test_keys_only_some_runs_have_are_varying_columns(tmp_path, monkeypatch):

@@ -28,7 +28,6 @@ from hpcdiff.evaluation.evaluate import Evaluator, eval_mode
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.diffusion import build_diffusion, sampling_device
 from hpcdiff.science.models import build_model, check_image_shape
-from hpcdiff.science.priors import LevelPrior
 from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
@@ -36,6 +35,7 @@ from hpcdiff.storage.rundir import RunDir
 from hpcdiff.training.budget import Budget
 from hpcdiff.training.distributed import env_from_slurm, process_rank
 from hpcdiff.training.environment import NoGpuError, attach_log, detach_log, make_accelerator, record_state, slurm_job_id
+from hpcdiff.training.level_prior import load_or_fit_prior
 from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
 from hpcdiff.training.progress import Progress
 from hpcdiff.training.signals import StopRequested, hand_on_to_submitit, stop_on_signals
@@ -180,7 +180,7 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     evaluator = Evaluator(spec, splits.test, device, main=accelerator.is_main_process, rank=rank, world=world)
     diffusion = build_diffusion(spec, build_model(spec.model, splits.train.image_shape)).to(device)
     if spec.diffusion.sample_start == "prior":
-        diffusion.prior = level_prior(rd, diffusion, splits.train.images, t.seed, accelerator)
+        diffusion.prior = load_or_fit_prior(rd, diffusion, splits.train.images, t.seed, accelerator)
     if rank:
         set_seed(stream_seed(t.seed, "rank_noise", rank))
     resumed = checkpoint.load_latest(rd.checkpoints)
@@ -216,28 +216,6 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
         _open_run_files(session)
     session.trackers = RunTrackers.start(accelerator, rd, spec, first_epoch=state.epoch_done + 1)
     return session
-
-
-def level_prior(rd: RunDir, core, train_images: torch.Tensor, seed: int, accelerator) -> LevelPrior:
-    """The run's level-T prior: fitted once on its training images by the main process and
-    saved in the run directory, so that every process, every resume and every later
-    evaluation draws its starts from the same one."""
-    failure = None
-    if accelerator.is_main_process and not rd.prior.exists():
-        tic = time.perf_counter()
-        try:
-            prior = core.fit_prior(to_model_range(train_images), seed=seed)
-            checkpoint.save_object(prior.state_dict(), rd.prior)
-            log.info("sampling starts from a prior fitted on the training images at level T: %s (%.1f s)",
-                     prior.describe(), time.perf_counter() - tic)
-        except Exception as err:  # every rank must reach the barrier, or the others wait forever
-            failure = err
-    accelerator.wait_for_everyone()
-    if failure is not None:
-        raise failure
-    if not rd.prior.exists():
-        raise RuntimeError(f"the main process could not fit the level-T prior ({rd.prior} is missing): see its log")
-    return LevelPrior.from_state_dict(torch.load(rd.prior, weights_only=True))
 
 
 def _open_run_files(session: Session) -> None:
