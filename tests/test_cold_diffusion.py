@@ -20,10 +20,10 @@ def digits():
     return to_model_range(splits.test.images[::25])  # 20 real digits, 2 per class
 
 
-def _cold(name, n_T=None):
+def _cold(name, n_T=None, **params):
     n_T = n_T or min(DEGRADATION_INFO[name].n_steps, 30)
     return ColdDiffusion(build_model(ModelSpec(hidden=(4,))), degradation=name,
-                         schedule=default_schedule(name), params={}, n_T=n_T, noise_seed=7)
+                         schedule=default_schedule(name), params=params, n_T=n_T, noise_seed=7)
 
 
 class Oracle(torch.nn.Module):
@@ -100,16 +100,19 @@ def test_alg2_stays_within_the_restorers_error_under_masks(name, digits, monkeyp
     assert _full_sampler_error(_cold(name, 200), digits, eps) > 5 * eps
 
 
-def test_alg2_error_under_pixel_swap_stays_within_the_restorers_error(digits, monkeypatch):
+@pytest.mark.parametrize("max_half_width", [0, 3])
+def test_alg2_error_under_pixel_swap_stays_within_the_restorers_error(max_half_width, digits, monkeypatch):
     """pixel_swap swaps fixed pairs whose reach grows with t, so each pixel moves once along a
     trajectory and is put back once, carrying the restorer's error at both ends of its swap:
-    within 2 eps at any number of levels. The control's per-level draws pair pixels anew
-    at every level and its error grows with n_T."""
+    within 2 eps at any number of levels, whole-image pairs or local tiles. The control's
+    per-level draws pair pixels anew at every level and its error grows with n_T."""
     eps = 0.05
     for n_T in (10, 50, 200):
-        assert _full_sampler_error(_cold("pixel_swap", n_T), digits, eps) <= 2 * eps + 1e-5
+        cd = _cold("pixel_swap", n_T, max_half_width=max_half_width)
+        assert _full_sampler_error(cd, digits, eps) <= 2 * eps + 1e-5
     _independent_draws(monkeypatch, "pixel_swap")
-    independent = [_full_sampler_error(_cold("pixel_swap", n_T), digits, eps) for n_T in (10, 200)]
+    independent = [_full_sampler_error(_cold("pixel_swap", n_T, max_half_width=max_half_width), digits, eps)
+                   for n_T in (10, 200)]
     assert independent[1] > 2 * independent[0] and independent[1] > 5 * eps
 
 

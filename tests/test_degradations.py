@@ -390,6 +390,27 @@ def test_pixel_swap_swaps_pairs_within_a_reach_that_grows_with_t():
     assert disp.float().mean() > 8  # whole-image mixing at t = T
 
 
+def test_pixel_swap_local_tiles_keep_each_tiles_pixels(digits):
+    """max_half_width = 3: pairs within 4x4 tiles (the users' local swap). At T every pixel
+    has moved, but only inside its tile, so each tile keeps its pixels (and its mean: the
+    digit's coarse shape); the swapped set still grows with t. The default (one tile) moves
+    pixels across the image: the control."""
+    pos = _positions().expand(8, 1, 28, 28).contiguous()
+    tile = lambda i: (i // 28 // 4) * 7 + (i % 28 // 4)
+    moved_before = torch.zeros(8, 1, 28, 28, dtype=torch.bool)
+    for t in (1, 30, 70, 100):
+        src = run("pixel_swap", pos, t, max_half_width=3).long()
+        assert torch.equal(tile(src), tile(pos.long()))
+        moved = src != pos.long()
+        assert (moved | ~moved_before).all()
+        moved_before = moved
+    assert moved_before.all()
+    at_T = run("pixel_swap", digits, 100, max_half_width=3)
+    torch.testing.assert_close(torch.nn.functional.avg_pool2d(at_T, 4), torch.nn.functional.avg_pool2d(digits, 4))
+    src = run("pixel_swap", pos, 100).long()
+    assert not torch.equal(tile(src), tile(pos.long()))
+
+
 def test_pixel_swap_vectorised_vs_loop_reference(digits):
     x0 = digits[:2]
     t = torch.tensor([0, 100])

@@ -25,6 +25,8 @@ degradation registers its facts (process, recipe, prior) with itself
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -126,6 +128,22 @@ def _pixel_swap_keeps_image(params, n_steps, shape):
             "the image is stroke); no pixel_swap setting forgets it")
 
 
+@functools.lru_cache(maxsize=16)
+def _tile_pairing(H: int, W: int, side: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For square tiles of ``side`` pixels: each pixel's tile, and which position of the
+    tile-grouped order each position is paired with (two by two within a tile; an odd tile
+    leaves its last one alone). The same for every draw, so it is built once on the host
+    (reading no value on the device, and before any graph capture) and kept."""
+    k = torch.arange(H * W)
+    tile = (k // W // side) * -(-W // side) + (k % W // side)
+    counts = torch.bincount(tile)
+    tile_of_position = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    start = (torch.cumsum(counts, 0) - counts)[tile_of_position]
+    rank = k - start
+    mate = torch.where((rank ^ 1) < counts[tile_of_position], start + (rank ^ 1), k)
+    return tile.to(device), mate.to(device)
+
+
 @register_degradation("pixel_swap", draws="shared", n_steps=100, keeps_image=_pixel_swap_keeps_image)
 def pixel_swap(
     x0: Tensor,
@@ -138,13 +156,17 @@ def pixel_swap(
 ) -> Tensor:
     """Pixels swapped in pairs; the reach ``w_t`` of a swap grows with ``t``.
 
-    One draw pairs every pixel of an image with a random partner (a random perfect matching
-    of the pixels: a random permutation read two by two). At level ``t`` the pairs whose
-    Chebyshev distance is at most ``w_t`` are swapped, the others stay:
-    ``w_t = 1 + round((w_max - 1) * schedule(t))`` for ``t >= 1``, 0 at ``t = 0`` (nothing
-    swapped), and ``max_half_width = 0`` means ``w_max = max(H, W) - 1``, so at
-    ``t = n_steps`` every pixel has left its place (the image is a random shuffle of its own
-    pixels; its values are kept, never duplicated). Channels move together.
+    One draw pairs every pixel of an image with a random partner in its tile (a random
+    perfect matching of each tile's pixels: a random permutation read two by two). Tiles are
+    squares of side ``max_half_width + 1`` from the top-left corner (the last row and column
+    of tiles may be smaller); ``max_half_width = 0`` means one tile, the whole image. At
+    level ``t`` the pairs whose Chebyshev distance is at most ``w_t`` are swapped, the others
+    stay: ``w_t = 1 + round((w_max - 1) * schedule(t))`` for ``t >= 1``, 0 at ``t = 0``
+    (nothing swapped), with ``w_max = max_half_width`` (``max(H, W) - 1`` for one tile), so
+    at ``t = n_steps`` every pixel has left its place: the whole image (or each tile) is a
+    random shuffle of its own pixels, values kept, never duplicated. Channels move together.
+    Local tiles are the users' "local pixel swap" (report B): level T keeps each tile's
+    mean, the digit's coarse shape; one tile forgets everything but the ink.
 
     Why pairs with a fixed partner: for one draw the swapped set only grows with ``t`` and
     each pixel moves once along a trajectory, so a cold sampler that shares the draw across
@@ -157,11 +179,15 @@ def pixel_swap(
     t = levels(x0, t)
     B, C, H, W = x0.shape
     n = H * W
-    full = max_half_width if max_half_width > 0 else max(H, W) - 1
-    reach = per_sample(swap_half_width(t, n_steps, schedule, full)).view(B, 1)
-    order = torch.argsort(uniform((B, n), generator, x0.device), dim=1)
+    side = max_half_width + 1 if max_half_width > 0 else max(H, W)
+    reach = per_sample(swap_half_width(t, n_steps, schedule, side - 1)).view(B, 1)
     k = torch.arange(n, device=x0.device)
-    mate = torch.where((k ^ 1) < n, k ^ 1, k)  # an odd pixel count leaves the last one alone
+    tile, mate = _tile_pairing(H, W, side, x0.device)
+    # Pixels in random order, then grouped by tile (a stable sort keeps the random order
+    # within a tile); with one tile this is the plain random order.
+    order = torch.argsort(uniform((B, n), generator, x0.device), dim=1)
+    if side < max(H, W):
+        order = order.gather(1, torch.argsort(tile[order], dim=1, stable=True))
     partner = torch.empty_like(order).scatter_(1, order, order.gather(1, mate.expand(B, n)))
     distance = torch.maximum((partner // W - k // W).abs(), (partner % W - k % W).abs())
     source = torch.where(distance <= reach, partner, k)
