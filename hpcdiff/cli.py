@@ -289,9 +289,17 @@ def degrade(list_names, names, out, data_name, root):
               help="Where to fetch the Inception weights (a mirror URL, file:// URL or path); "
                    "default $HPCDIFF_INCEPTION_URL or torch-fidelity's release.")
 @click.option("--device", default="cpu", show_default=True)
-def prepare(sweep_files, datasets, root, inception, inception_url, device):
+@click.option("--train-reference", "train_reference", default=None, metavar="FAMILY",
+              help="Retrain the shipped reference classifier of FAMILY (mnist) from the IDX files under "
+                   "--root, into --reference-out (default: the package's assets).")
+@click.option("--reference-out", type=click.Path(file_okay=False, path_type=Path), default=None)
+def prepare(sweep_files, datasets, root, inception, inception_url, device, train_reference, reference_out):
     """On a login node (with internet): download the datasets and Inception weights the
-    sweeps need and train the feature classifiers, so jobs run offline."""
+    sweeps need and train the feature classifiers, so jobs run offline. MNIST and mnist-5k
+    are scored by the reference classifier shipped with hpcdiff (nothing to train)."""
+    if train_reference is not None:
+        _retrain_reference(train_reference, root, reference_out, device)
+        return
     from hpcdiff.evaluation.assets import prepare as run_prepare
     from hpcdiff.config.spec import DataSpec
     from hpcdiff.resolve import load_sweep
@@ -299,6 +307,7 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device):
     specs: dict = {}
     wants_inception = False
     classifier_epochs = None
+    trained: set[str] = set()
     try:
         for path in sweep_files:
             for run in load_sweep(path).runs:
@@ -306,6 +315,8 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device):
                 specs[(d.name, d.root)] = DataSpec(name=d.name, root=d.root, download=d.name in ("mnist", "fashion-mnist"))
                 wants_inception |= "fid_inception" in run.spec.eval.metrics
                 classifier_epochs = run.spec.eval.classifier_epochs or classifier_epochs
+                if run.spec.eval.classifier == "trained":
+                    trained.add(d.name)
         for name in datasets:
             d = DataSpec(name=name, download=name in ("mnist", "fashion-mnist"), **({"root": root} if root else {}))
             d.validate("--dataset")
@@ -320,7 +331,7 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device):
     try:
         report = run_prepare(list(specs.values()), inception=wants_inception if inception is None else inception,
                              device=device, classifier_epochs=classifier_epochs, inception_url=inception_url,
-                             log=click.echo)
+                             log=click.echo, trained=frozenset(trained))
     except (MissingAssetError, DataError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
@@ -329,6 +340,21 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device):
     if report["inception"]:
         click.echo(f"inception weights: {report['inception']}")
     click.echo(f"cache: {report['cache_dir']}; jobs can now run offline")
+
+
+def _retrain_reference(family: str, root, out, device) -> None:
+    from hpcdiff.evaluation.classifier import MissingAssetError
+    from hpcdiff.evaluation.reference import ASSETS, train_reference
+
+    if root is None:
+        _fail_invalid(SpecError("--train-reference needs --root DIR (the dataset's IDX files)"))
+    try:
+        facts = train_reference(family, Path(root), out_dir=out or ASSETS, device=device, log=click.echo)
+    except (ValueError, MissingAssetError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2 if isinstance(err, ValueError) else 1)
+    click.echo(f"{facts['name']}: test accuracy {facts['test_accuracy']:.4f} ({facts['tested_on']}), "
+               f"sha256 {facts['sha256'][:16]}..., {out or ASSETS}/{facts['file']}")
 
 
 @main.command("sbatch")

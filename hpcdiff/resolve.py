@@ -17,6 +17,7 @@ from hpcdiff.config.log_spec import tracker_install_problem
 from hpcdiff.config.spec import RunSpec, SpecError, check_text
 from hpcdiff.data import KNOWN_IMAGE_SHAPES
 from hpcdiff.evaluation.metrics import METRICS
+from hpcdiff.evaluation.reference import reference_for, references
 from hpcdiff.science.degradations import (DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params,
                                           default_schedule, is_gaussian, process_of)
 from hpcdiff.science.diffusion import SAMPLER_KIND, SAMPLERS
@@ -145,6 +146,11 @@ def validate_spec(spec: RunSpec) -> RunSpec:
     for i, name in enumerate(spec.eval.metrics):
         if name not in METRICS:
             raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")
+    if spec.eval.classifier == "reference" and reference_for(spec.data.name) is None:
+        shipped = sorted({d for r in references().values() for d in r.datasets})
+        raise SpecError(f"hpcdiff ships no reference classifier for data.name = {spec.data.name!r} (it ships "
+                        f"one for {', '.join(shipped) or 'none'}); use \"auto\" or \"trained\" to score with a "
+                        f"classifier trained on the dataset", path="eval.classifier")
     for i, name in enumerate(spec.log.trackers):
         problem = tracker_install_problem(name)
         if problem:

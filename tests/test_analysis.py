@@ -465,3 +465,32 @@ def test_ssim_from_before_the_standard_definition_is_flagged(tmp_path):
     warnings.clear()
     read_run(rd, [], warnings)
     assert not any("SSIM" in w for w in warnings), warnings
+
+
+def test_a_sweep_scored_by_several_classifiers_says_which_runs_each_scored(tmp_path):
+    """IS and classifier-FID compare only within one classifier: runs scored by the shipped
+    reference beside runs of an older hpcdiff (a classifier trained where they ran) are
+    named by group; one resumed across the change says from which epoch. One classifier
+    for every run: no warning (the control)."""
+    from hpcdiff.analysis.load import check_classifiers, read_run
+
+    runs, warnings = [], []
+    for name, attrs in (("old", {}), ("new", {"classifier": "mnist-reference-v1", "classifier_from_epoch": 1}),
+                        ("resumed", {"classifier": "mnist-reference-v1", "classifier_from_epoch": 2})):
+        rd = RunDir(tmp_path / name)
+        rd.path.mkdir()
+        archive.create(rd.archive, {"run_id": name})
+        for epoch in (1, 2):
+            archive.append_epoch(rd.archive, epoch, {"train_loss": 0.1, "fid_classifier": 50.0 - epoch})
+        archive.set_attrs(rd.archive, attrs)
+        runs.append(read_run(rd, [], warnings))
+    assert [r.scored_by for r in runs] == ["", "mnist-reference-v1", "mnist-reference-v1"]
+    assert [w for w in warnings if "config.toml" not in w] == [
+        "resumed: IS/FID before epoch 2 were scored by another classifier than mnist-reference-v1 "
+        "(the run was resumed across the change)"]
+    check_classifiers(runs, warnings)
+    assert "2 classifiers" in warnings[-1] and "mnist-reference-v1: new, resumed" in warnings[-1]
+    assert "unrecorded (trained where the run ran): old" in warnings[-1]
+    warnings.clear()
+    check_classifiers(runs[1:], warnings)
+    assert warnings == []

@@ -47,14 +47,14 @@ def test_eval_spec_defaults_are_the_registered_defaults():
 
 
 def test_evaluator_loads_the_classifier_only_for_metrics_registered_as_needing_it(test_split, monkeypatch):
-    from hpcdiff.evaluation import classifier
+    from hpcdiff.evaluation import reference
     from hpcdiff.evaluation.metrics import METRIC_INFO, needs_classifier
 
     assert {n for n, i in METRIC_INFO.items() if i.needs_classifier} == {
         "fid_classifier", "kid_classifier", "inception_score", "class_histogram", "tsne_kl"}
     assert needs_classifier(["diversity", "kid_classifier"]) and not needs_classifier(["diversity", "ssim"])
     loaded = []
-    monkeypatch.setattr(classifier, "get_classifier", lambda *a, **k: loaded.append(1) or object())
+    monkeypatch.setattr(reference, "scoring_classifier", lambda *a, **k: loaded.append(1) or object())
     Evaluator(_spec(eval={"metrics": ["diversity"]}), test_split, "cpu")
     assert not loaded
     Evaluator(_spec(eval={"metrics": ["diversity", "inception_score"]}), test_split, "cpu")

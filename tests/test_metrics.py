@@ -31,7 +31,10 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def prepared(cache_dir):
-    return prepare([MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS)
+    """A classifier trained on mnist-5k (eval.classifier = "trained"): what these tests score
+    with, and what runs scored before hpcdiff shipped its reference."""
+    return prepare([MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS,
+                   trained=frozenset({"mnist-5k"}))
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +69,16 @@ def test_prepare_trains_and_caches_the_mnist_classifier(prepared, cache_dir, mon
     assert prepared["inception"] is None
     # Idempotent: a second prepare finds the cached classifier and trains nothing.
     monkeypatch.setattr(clf_mod, "train_classifier", _no_training)
-    again = prepare([MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS)
+    again = prepare([MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS,
+                    trained=frozenset({"mnist-5k"}))
     assert again["datasets"][0]["classifier_key"] == entry["classifier_key"]
+
+
+def test_prepare_trains_nothing_where_a_reference_ships(tmp_path, monkeypatch):
+    monkeypatch.setattr(clf_mod, "train_classifier", _no_training)
+    (entry,) = prepare([MNIST], tmp_path, inception=False, device="cpu")["datasets"]
+    assert entry["classifier_key"] == "mnist-reference-v1" and entry["test_accuracy"] >= 0.99
+    assert entry["classifier_path"].endswith("classifier-mnist-reference-v1.pt") and list(tmp_path.iterdir()) == []
 
 
 def _no_training(*args, **kwargs):

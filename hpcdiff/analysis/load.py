@@ -78,6 +78,9 @@ class Run:
     metrics: dict
     samples: dict
     axes: dict = field(default_factory=dict)  # the sweep axes the run was expanded with
+    # The classifier that scored its IS/FID/KID/histograms (archive attribute; "" before
+    # hpcdiff recorded it: a classifier trained on the machine that ran it).
+    scored_by: str = ""
 
     @property
     def complete(self) -> bool:
@@ -113,7 +116,9 @@ def summary(metrics: dict, name: str, direction: str) -> tuple[float | None, int
 
 def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str]) -> list[Run]:
     """Every run of a sweep directory, in its directory order; problems go to ``warnings``."""
-    return [read_run(rd, varying, warnings) for rd in sweep_run_dirs(sweep_dir)]
+    runs = [read_run(rd, varying, warnings) for rd in sweep_run_dirs(sweep_dir)]
+    check_classifiers(runs, warnings)
+    return runs
 
 
 def quality_metrics(runs: list[Run]) -> list[str]:
@@ -141,7 +146,50 @@ def read_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
     row["epochs"] = f"{int(epochs[-1]) if len(epochs) else 0}/{int(total)}"
     row.update(_summary_columns(metrics))
     _check_ssim_definition(rd.run_id, data, warnings)
-    return Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {})))
+    scored_by = _check_classifier(rd.run_id, data, warnings)
+    return Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {})), scored_by)
+
+
+CLASSIFIER_METRICS = ("fid_classifier", "inception_score", "kid_classifier", "class_entropy")
+
+
+def _scored_epochs(data: dict) -> np.ndarray:
+    epochs = np.asarray(data["metrics"].get("epoch", []))
+    scored = np.zeros(len(epochs), dtype=bool)
+    for name in CLASSIFIER_METRICS:
+        values = np.asarray(data["metrics"].get(name, []), dtype=np.float64)
+        if len(values) == len(epochs):
+            scored |= np.isfinite(values)
+    return epochs[scored]
+
+
+def _check_classifier(run_id: str, data: dict | None, warnings: list[str]) -> str:
+    """The classifier that scored the run's classifier metrics ("" when unrecorded); a run
+    resumed across a change of classifier is said to be mixed."""
+    if not data:
+        return ""
+    scored = _scored_epochs(data)
+    if not len(scored):
+        return ""
+    name = str(data["attrs"].get("classifier", ""))
+    since = data["attrs"].get("classifier_from_epoch")
+    if name and since is not None and int(scored.min()) < int(since):
+        warnings.append(f"{run_id}: IS/FID before epoch {since} were scored by another classifier than "
+                        f"{name} (the run was resumed across the change)")
+    return name
+
+
+def check_classifiers(runs: list[Run], warnings: list[str]) -> None:
+    """IS, classifier-FID, KID and histograms compare only within one classifier: a sweep
+    scored by several says which runs each scored (they are still tabled and ranked)."""
+    groups: dict[str, list[str]] = {}
+    for run in runs:
+        if any(n in run.metrics for n in CLASSIFIER_METRICS):
+            groups.setdefault(run.scored_by or "unrecorded (trained where the run ran)", []).append(run.run_id)
+    if len(groups) > 1:
+        parts = "; ".join(f"{name}: {', '.join(ids)}" for name, ids in sorted(groups.items()))
+        warnings.append(f"IS/FID/KID of this sweep come from {len(groups)} classifiers, comparable only within "
+                        f"one ({parts})")
 
 
 def _check_ssim_definition(run_id: str, data: dict | None, warnings: list[str]) -> None:

@@ -205,6 +205,9 @@ class TrainSpec:
                f"must be in [0, {MAX_BUDGET_MINUTES:g}] (0 = no budget), got {self.max_minutes}")
 
 
+CLASSIFIER_CHOICES = ("auto", "reference", "trained")
+
+
 @dataclass(frozen=True)
 class EvalSpec:
     """Quality metrics computed during training (not part of a run's identity: changing
@@ -222,6 +225,11 @@ class EvalSpec:
     # Denoising steps (levels) the evaluation samples take; 0 = all n_T. Sampling is nearly
     # all of an evaluation's cost: this keeps it a fraction of an epoch.
     steps: int = 50
+    # The feature classifier of IS, classifier-FID, KID and class histograms: "auto" = the
+    # reference shipped with hpcdiff for the dataset's family (mnist, mnist-5k), else one
+    # trained on the dataset and cached; "reference" = the shipped one (an error where there
+    # is none); "trained" = one trained on the dataset, as before the references.
+    classifier: str = "auto"
     # Epochs of the feature classifier when it has to be trained; 0 = hpcdiff's default.
     classifier_epochs: int = 0
     # Train the classifier on first need (data are local); false = require `hpcdiff prepare`.
@@ -240,6 +248,8 @@ class EvalSpec:
             # A repeated name would be computed twice and write the same archive series twice.
             check(name not in seen, f"{p}.metrics[{i}]", f"{name!r} is listed twice")
             seen.add(name)
+        check(self.classifier in CLASSIFIER_CHOICES, f"{p}.classifier",
+              f"must be one of {', '.join(map(repr, CLASSIFIER_CHOICES))}, got {self.classifier!r}")
         check(self.classifier_epochs >= 0, f"{p}.classifier_epochs",
                f"must be >= 0, got {self.classifier_epochs}")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from hpcdiff.evaluation.classifier import MissingAssetError, default_cache_dir, get_classifier
+from hpcdiff.evaluation.reference import load_reference, reference_for
 from hpcdiff.data import load_splits
 from hpcdiff.storage.atomic import atomic_path
 from hpcdiff.evaluation.metrics import INCEPTION_WEIGHTS_URL
@@ -26,9 +27,12 @@ TORCHVISION_DATASETS = ("mnist", "fashion-mnist")
 
 
 def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device="cpu",
-            classifier_epochs: int | None = None, inception_url: str | None = None, log=None) -> dict:
+            classifier_epochs: int | None = None, inception_url: str | None = None, log=None,
+            trained: frozenset[str] = frozenset()) -> dict:
     """Download the datasets (torchvision ones with ``download=True``), the Inception weights
-    (if ``inception``) and train + cache each dataset's classifier.
+    (if ``inception``) and train + cache each dataset's classifier, except where a reference
+    classifier ships with hpcdiff (checked, not trained) and ``trained`` (dataset names whose
+    runs ask for ``eval.classifier = "trained"``) does not name the dataset.
 
     Returns a report: {"cache_dir", "datasets": [{name, root, classifier_key, classifier_path,
     test_accuracy, seconds}], "inception": {"path", "downloaded"} or None}."""
@@ -41,12 +45,18 @@ def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device
         if spec.name in TORCHVISION_DATASETS:
             say(f"fetching {spec.name} into {spec.root}")
             load_splits(dataclasses.replace(spec, download=True))  # torchvision skips what exists
-        say(f"classifier for {spec.name} (trained unless cached)")
-        model = get_classifier(dataclasses.replace(spec, download=False), cache_dir, device,
-                               train_if_missing=True, epochs=classifier_epochs, log=say)
+        ref = reference_for(spec.name) if spec.name not in trained else None
+        if ref is not None:
+            say(f"classifier for {spec.name}: {ref.name}, shipped with hpcdiff")
+            model, path = load_reference(ref, device), ref.path
+        else:
+            say(f"classifier for {spec.name} (trained unless cached)")
+            model = get_classifier(dataclasses.replace(spec, download=False), cache_dir, device,
+                                   train_if_missing=True, epochs=classifier_epochs, log=say)
+            path = cache_dir / f"classifier-{model.cache_key}.pt"
         report["datasets"].append({
             "name": spec.name, "root": spec.root, "classifier_key": model.cache_key,
-            "classifier_path": str(cache_dir / f"classifier-{model.cache_key}.pt"),
+            "classifier_path": str(path),
             "test_accuracy": model.test_accuracy, "seconds": time.perf_counter() - tic,
         })
         say(f"{spec.name}: classifier test accuracy {model.test_accuracy:.4f}")

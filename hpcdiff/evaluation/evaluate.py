@@ -63,10 +63,11 @@ class Evaluator:
         self.metrics = tuple(spec.eval.metrics)
         self.classifier = None
         if main and needs_classifier(self.metrics):
-            from hpcdiff.evaluation.classifier import get_classifier
+            from hpcdiff.evaluation.reference import scoring_classifier
 
-            self.classifier = get_classifier(spec.data, device=device, train_if_missing=spec.eval.train_classifier,
-                                             epochs=spec.eval.classifier_epochs or None)
+            self.classifier = scoring_classifier(spec.data, spec.eval.classifier, device=device,
+                                                 train_if_missing=spec.eval.train_classifier,
+                                                 epochs=spec.eval.classifier_epochs or None)
         # Two disjoint halves of the held-out set: the reference statistics, and the images
         # cold-diffusion sampling and reconstructions start from (otherwise samples would be
         # restorations of the very images they are compared with).

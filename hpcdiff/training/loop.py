@@ -231,8 +231,14 @@ def _open_run_files(session: Session) -> None:
     prior = getattr(session.state.core, "prior", None)
     # SSIM became Wang et al.'s (valid windows) at some hpcdiff version: a run resumed across
     # that change says from which epoch its SSIM values are the standard ones.
-    if "ssim_standard_from_epoch" not in archive.read_attrs(rd.archive):
+    recorded = archive.read_attrs(rd.archive)
+    if "ssim_standard_from_epoch" not in recorded:
         archive.set_attrs(rd.archive, {"ssim_standard_from_epoch": session.state.epoch_done + 1})
+    # Which classifier scores IS/FID/KID/histograms from which epoch (a run resumed across
+    # the shipped references changes classifier there).
+    scorer = getattr(session.evaluator.classifier, "cache_key", None)
+    if scorer and recorded.get("classifier") != scorer:
+        archive.set_attrs(rd.archive, {"classifier": scorer, "classifier_from_epoch": session.state.epoch_done + 1})
     archive.set_attrs(rd.archive, {"world_size": world, "step_mode": mode.mode, "step_mode_reason": mode.reason,
                                    "sample_start": spec.diffusion.sample_start,
                                    "samples_measure": start_measures(spec.diffusion.sample_start),
