@@ -25,8 +25,6 @@ degradation registers its facts (process, recipe, prior) with itself
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import Tensor
 
@@ -36,7 +34,7 @@ from hpcdiff.science.degradation_registry import (COMMON_KWARGS, DEGRADATION_INF
                                                   register_degradation)
 from hpcdiff.science.image_ops import (BLUR_PADDINGS, blur_by_convolution, blur_circular_fft, downsample_factor,
                                        gaussian_kernel1d, levels, normal, per_sample, pixel_swap_loop_reference,
-                                       pixelate, swap_half_width, uniform)
+                                       pixelate, swap_half_width, tile_pairing, uniform)
 from hpcdiff.science.schedules import ddpm_schedule, schedule_fraction, strength
 
 __all__ = [  # the registry's names are re-exported: import them from here (this fills it)
@@ -128,22 +126,6 @@ def _pixel_swap_keeps_image(params, n_steps, shape):
             "the image is stroke); no pixel_swap setting forgets it")
 
 
-@functools.lru_cache(maxsize=16)
-def _tile_pairing(H: int, W: int, side: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """For square tiles of ``side`` pixels: each pixel's tile, and which position of the
-    tile-grouped order each position is paired with (two by two within a tile; an odd tile
-    leaves its last one alone). The same for every draw, so it is built once on the host
-    (reading no value on the device, and before any graph capture) and kept."""
-    k = torch.arange(H * W)
-    tile = (k // W // side) * -(-W // side) + (k % W // side)
-    counts = torch.bincount(tile)
-    tile_of_position = torch.repeat_interleave(torch.arange(len(counts)), counts)
-    start = (torch.cumsum(counts, 0) - counts)[tile_of_position]
-    rank = k - start
-    mate = torch.where((rank ^ 1) < counts[tile_of_position], start + (rank ^ 1), k)
-    return tile.to(device), mate.to(device)
-
-
 @register_degradation("pixel_swap", draws="shared", n_steps=100, keeps_image=_pixel_swap_keeps_image)
 def pixel_swap(
     x0: Tensor,
@@ -182,7 +164,7 @@ def pixel_swap(
     side = max_half_width + 1 if max_half_width > 0 else max(H, W)
     reach = per_sample(swap_half_width(t, n_steps, schedule, side - 1)).view(B, 1)
     k = torch.arange(n, device=x0.device)
-    tile, mate = _tile_pairing(H, W, side, x0.device)
+    tile, mate = tile_pairing(H, W, side, x0.device)
     # Pixels in random order, then grouped by tile (a stable sort keeps the random order
     # within a tile); with one tile this is the plain random order.
     order = torch.argsort(uniform((B, n), generator, x0.device), dim=1)

@@ -8,6 +8,8 @@ pixelation, pixel-swap windows, and the users' per-pixel swap loop kept for benc
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -41,6 +43,22 @@ def swap_half_width(t: Tensor, n_steps: int, schedule: str, full: int) -> Tensor
     hw = 1 + torch.round((full - 1) * schedule_fraction(schedule, t, n_steps)).long()
     return torch.where(t == 0, torch.zeros_like(hw), hw)
 
+
+
+@functools.lru_cache(maxsize=16)
+def tile_pairing(H: int, W: int, side: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """For square tiles of ``side`` pixels: each pixel's tile, and which position of the
+    tile-grouped order each position is paired with (two by two within a tile; an odd tile
+    leaves its last one alone). The same for every draw, so it is built once on the host
+    (reading no value on the device, and before any graph capture) and kept."""
+    k = torch.arange(H * W)
+    tile = (k // W // side) * -(-W // side) + (k % W // side)
+    counts = torch.bincount(tile)
+    tile_of_position = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    start = (torch.cumsum(counts, 0) - counts)[tile_of_position]
+    rank = k - start
+    mate = torch.where((rank ^ 1) < counts[tile_of_position], start + (rank ^ 1), k)
+    return tile.to(device), mate.to(device)
 
 
 def pixel_swap_loop_reference(
