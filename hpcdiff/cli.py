@@ -68,9 +68,10 @@ def main():
 @click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
               help="Local executor: processes (DDP ranks) per run, the counterpart of GPUs per node.")
 @click.option("--force", is_flag=True, help="Rerun finished runs too (their results are moved aside).")
+@click.option("--long", is_flag=True, help="List every varying key of every run (one block per run if needed).")
 @click.option("--then-analyze", is_flag=True,
               help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
-def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze):
+def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze, long):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
     from hpcdiff.launch.plan import execute_plan, plan_sweep
 
@@ -79,7 +80,7 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     except SpecError as err:
         _fail_invalid(err)
     console = _console()
-    _print_plan(console, plan)
+    _print_plan(console, plan, long)
     failed: list[str] = []
     if dry_run:
         _print_dry_run(console, plan, executor)
@@ -102,6 +103,11 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
         failed = [r for r, s in report.results.items() if s in ("failed", "diverged")]
+        if not report.job_ids:  # local: the runs have ended; their table is the sweep's summary
+            from hpcdiff.launch.status import collect_status, status_table
+
+            console.print(status_table(plan.sweep_dir, *collect_status(plan.sweep_dir), width=console.width),
+                          soft_wrap=True)
         diverged = [r for r, s in report.results.items() if s == "diverged"]
         crashed = [r for r in failed if r not in diverged]
         console.print(f"{report.executor}: launched {len(report.launched)} runs"
@@ -140,15 +146,14 @@ def _print_dry_run(console, plan, executor: str) -> None:
             console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
         console.print("\n".join([f"GPU-hours requested: {report.gpu_hours:.1f} ({report.tasks} array tasks x "
                                  f"nodes x GPUs x time limit)", *report.packing]), highlight=False)
-    console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} would be launched "
-                  f"with the {backend} executor; nothing written or submitted.")
+    console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} to launch ({backend}); "
+                  f"nothing written or submitted.")
 
 
-def _print_plan(console, plan) -> None:
-    from hpcdiff.launch.run_table import plan_rows, render
+def _print_plan(console, plan, long: bool = False) -> None:
+    from hpcdiff.launch.run_table import plan_text
 
-    title = f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}"
-    console.print(render(title, plan_rows(plan), console.width), markup=False, highlight=False, soft_wrap=True)
+    console.print(plan_text(plan, console.width, long=long), markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()
@@ -182,13 +187,16 @@ def train(run_dir, progress):
 @click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--watch", is_flag=True, help="Refresh until every run has ended (Ctrl-C to stop).")
 @click.option("--interval", type=click.FloatRange(min=0.5), default=10.0, show_default=True)
-def status(sweep_dir, watch, interval):
-    """Table of the runs of SWEEP_DIR: state, epoch, losses, SLURM job and requeues."""
+@click.option("--long", is_flag=True, help="Every varying key and status field (one block per run if needed).")
+def status(sweep_dir, watch, interval, long):
+    """Table of the runs of SWEEP_DIR: state, progress, validation loss, wall time (--long:
+    every varying key, losses, SLURM job, requeues and errors)."""
     from hpcdiff.launch.status import collect_status, is_finished, status_table
 
     console = _console()
     if not watch:
-        console.print(status_table(sweep_dir, *collect_status(sweep_dir), width=console.width), soft_wrap=True)
+        console.print(status_table(sweep_dir, *collect_status(sweep_dir), width=console.width, long=long),
+                      soft_wrap=True)
         return
     from rich.live import Live
 
@@ -197,7 +205,7 @@ def status(sweep_dir, watch, interval):
     with Live(console=console, auto_refresh=False) as live:
         while True:
             varying, rows = collect_status(sweep_dir)
-            live.update(status_table(sweep_dir, varying, rows, width=console.width), refresh=True)
+            live.update(status_table(sweep_dir, varying, rows, width=console.width, long=long), refresh=True)
             if is_finished(rows):
                 break
             _time.sleep(interval)  # display refresh period, not synchronisation
@@ -235,18 +243,15 @@ def sync(sweep_dir, dry_run):
 @click.option("--sort-by", default=None, help="Table column to sort by (default: best FID, else best val loss).")
 def analyze(sweep_dir, out, sort_by):
     """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
+    from hpcdiff.analysis.compact import console_text
     from hpcdiff.analysis.report import analyze as run_analysis
-    from hpcdiff.analysis.tables import console_table
 
     try:
         result = run_analysis(sweep_dir, out, sort_by=sort_by)
     except ValueError as err:
         _fail_invalid(err)
     console = _console()
-    console.print(console_table(f"{sweep_dir}", result.columns, result.rows))
-    if result.incomplete:
-        console.print(f"[yellow]incomplete runs[/]: {', '.join(result.incomplete)}")
-    console.print(f"Wrote {len(result.files)} files to [bold]{result.out_dir}[/] (open index.md)")
+    console.print(console_text(sweep_dir, result, console.width), markup=False, highlight=False, soft_wrap=True)
 
 
 @main.command()

@@ -1,5 +1,6 @@
 """The shipped sweep files: they expand, validate, and every run trains for one epoch."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def test_part2_covers_every_cold_degradation():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["quick", "part1", "part2", "mnist-equal-time", "cold-diffusion"])
-def test_every_run_trains_one_epoch(name, tmp_path):
+def test_every_run_trains_one_epoch(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     args = ["sweep", str(JOBS / f"{name}.toml"), "--executor", "debug", "--output", str(tmp_path)]
     for s in SMOKE_BY_JOB[name]:
         args += ["--set", s]
@@ -61,6 +63,36 @@ def test_every_run_trains_one_epoch(name, tmp_path):
         expected_start = {"noise": "noise", "channel_mean": "channel-mean", "prior": "prior",
                           "degraded_test": "degraded"}[run.spec.diffusion.sample_start]
         assert expected_start in sample["attrs"]["start"], run.label
+    _check_console_tables(tmp_path / name, sweep, result.output)
+
+
+def _check_console_tables(sweep_dir, sweep, sweep_output):
+    """status and analyze of the trained sweep, at 80 columns and piped (CliRunner is not a
+    terminal): one line per run plus a header (title, column names, rule) and a footer,
+    nothing cut; the sweep's own summary ends with the same status table."""
+    n = len(sweep.runs)
+    env = {"COLUMNS": "80"}
+    os.chdir(sweep_dir.parent)  # relative paths: the titles are short, as in a user's shell
+    status = CliRunner(env=env).invoke(main, ["status", sweep_dir.name])
+    lines = status.output.splitlines()
+    assert status.exit_code == 0 and len(lines) == 3 + n + 1, status.output
+    assert lines[1].split()[:4] == ["run", "label", "state", "progress"] or lines[1].split()[:2] == ["run", "label"]
+    assert lines[-1] == f"{n} done ({n} runs)"
+    assert "…" not in status.output and all(len(line) <= 80 for line in lines), status.output
+    # the sweep's summary (its own width, piped) holds the same rows
+    assert all(line in sweep_output.splitlines() for line in lines[3:3 + n]), sweep_output
+    for line in lines[3:3 + n]:  # one epoch ended each run (the smoke settings), not a budget
+        assert "  1/1 ep" in line, line
+    analysis = CliRunner(env=env).invoke(main, ["analyze", sweep_dir.name, "--out", "analysis"])
+    lines = analysis.output.splitlines()
+    assert analysis.exit_code == 0, analysis.output
+    assert "…" not in analysis.output and all(len(line) <= 80 for line in lines), analysis.output
+    assert lines[1].split()[:3] == ["#", "run", "label"] and set(lines[2]) <= {"-", " "}
+    ranked = [line.split()[1] for line in lines[3:3 + n]]
+    assert sorted(ranked) == sorted(run.run_id for run in sweep.runs)
+    assert lines[3 + n].startswith("ranked by ") and lines[-1].startswith("wrote ")
+    footer = lines[3 + n:]
+    assert all(line.startswith(("ranked by", "(not shown", "warning:", "wrote")) for line in footer), footer
 
 
 def test_shipped_cold_sweeps_generate_and_restore():

@@ -46,11 +46,25 @@ def _md_rows(path: Path) -> list[list[str]]:
     return [rows[0]] + rows[2:]
 
 
-@pytest.mark.parametrize("stem", ["runs", "per_class"])
-def test_markdown_holds_the_csv_cells(tables, stem):
+def test_markdown_holds_the_csv_cells(tables):
     """Same rows, columns and text as the CSV (configs.md shows mean ± std where the CSV has
-    two columns: checked below)."""
-    assert _md_rows(tables / f"{stem}.md") == _csv_rows(tables / f"{stem}.csv")
+    two columns: checked below; runs.md is the compact table: checked below)."""
+    assert _md_rows(tables / "per_class.md") == _csv_rows(tables / "per_class.csv")
+
+
+def test_runs_markdown_is_the_compact_table_of_the_csvs_runs(tables):
+    """runs.md (and runs.tex) hold the compact columns a report takes, in the CSV's order of
+    runs; the CSV keeps every column. The metrics are the CSV's, at fixed decimals."""
+    header, *rows = _md_rows(tables / "runs.md")
+    csv_header, *csv_rows = _csv_rows(tables / "runs.csv")
+    assert header[:3] == ["#", "run", "label"] and {"state", "FID", "IS", "val loss", "wall"} <= set(header)
+    assert len(header) < len(csv_header)
+    assert [r[1] for r in rows] == [r[0] for r in csv_rows]
+    for md, csv_row in zip(rows, csv_rows):
+        md, full = dict(zip(header, md)), dict(zip(csv_header, csv_row))
+        assert md["label"] == full["label"]
+        for short, column, digits in (("FID", "best_fid_classifier", 1), ("val loss", "best_val_loss", 4)):
+            assert md[short] == (f"{float(full[column]):.{digits}f}" if full[column] else "")
 
 
 def test_configs_markdown_shows_mean_and_std(tables):
@@ -75,7 +89,7 @@ def test_latex_is_a_booktabs_tabular_with_escaped_text(tables, stem):
     assert lines[0].startswith("% ") and lines[1].startswith("\\begin{tabular}{")
     assert [line for line in lines if line.endswith("rule")] == ["\\toprule", "\\midrule", "\\bottomrule"]
     rows = _tex_rows(tex)
-    n_columns = len(_csv_rows(tables / f"{stem}.csv")[0]) if stem != "configs" else len(_md_rows(tables / "configs.md")[0])
+    n_columns = len(_csv_rows(tables / f"{stem}.csv")[0]) if stem == "per_class" else len(_md_rows(tables / f"{stem}.md")[0])
     assert len(rows) == len(_csv_rows(tables / f"{stem}.csv"))  # header + the same rows
     for line in rows:
         # The labels' "&" is escaped, so it does not make a column; no bare TeX specials.
@@ -84,7 +98,8 @@ def test_latex_is_a_booktabs_tabular_with_escaped_text(tables, stem):
         assert not re.search(r"(?<!\\)\$", line.replace("$\\pm$", "")), line
     if stem != "per_class":
         assert r"lr\_hi \#2 \textasciitilde x\textasciicircum y" in tex
-        assert r'lr\_lo, "q" \& 50\%' in tex and r"best\_val\_loss" in tex
+        assert r'lr\_lo, "q" \& 50\%' in tex
+        assert (r"best\_val\_loss" if stem == "configs" else "val loss") in tex
 
 
 def test_latex_tables_compile_with_pdflatex(tables, tmp_path):

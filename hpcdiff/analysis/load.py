@@ -81,6 +81,7 @@ class Run:
     # The classifier that scored its IS/FID/KID/histograms (archive attribute; "" before
     # hpcdiff recorded it: a classifier trained on the machine that ran it).
     scored_by: str = ""
+    stopped_by: str | None = None  # the budget that ended it (status.json), if one did
 
     @property
     def complete(self) -> bool:
@@ -147,7 +148,8 @@ def read_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
     row.update(_summary_columns(metrics))
     _check_ssim_definition(rd.run_id, data, warnings)
     scored_by = _check_classifier(rd.run_id, data, warnings)
-    return Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {})), scored_by)
+    return Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {})), scored_by,
+               rd.read_status().get("stopped_by"))
 
 
 CLASSIFIER_METRICS = ("fid_classifier", "inception_score", "kid_classifier", "class_entropy")

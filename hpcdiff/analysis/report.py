@@ -37,6 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcdiff.analysis.compact import compact_table
 from hpcdiff.analysis.figures import write_figures
 from hpcdiff.analysis.load import (MEASURES, Run, is_quality_metric, load_runs, metric_direction,
                                    quality_metrics)
@@ -59,6 +60,9 @@ class AnalysisResult:
     warnings: list[str] = field(default_factory=list)
     # How the runs' metrics were computed (sample count, sampler, steps), one line per variant.
     evaluation: list[str] = field(default_factory=list)
+    # The compact table (analysis.compact): what the console shows and runs.md / runs.tex hold.
+    compact_columns: list = field(default_factory=list)
+    compact_rows: list[dict] = field(default_factory=list)
 
 
 def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: str | None = None,
@@ -89,6 +93,7 @@ def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: st
     incomplete = [r["run_id"] for r in rows if r["state"] != "done"]
     result = AnalysisResult(out_dir=out_dir, columns=columns, rows=rows, incomplete=incomplete,
                             sort_by=sort_by, warnings=warnings, evaluation=_evaluation_settings(runs))
+    result.compact_columns, result.compact_rows = compact_table(runs, varying, sort_by)
     _write_sweep_tables(result, name, runs, varying)
     figure_list: list[tuple[str, str, Path]] = []
     if figures:
@@ -138,8 +143,10 @@ def _write_sweep_tables(result: AnalysisResult, name: str, runs: list[Run], vary
     """runs.*, configs.* (when the sweep varies the seed) and per_class.* (when there are
     per-class metrics) into ``result.out_dir``; their paths go to ``result.files``."""
     out_dir, sort_by = result.out_dir, result.sort_by
-    result.files += write_tables(out_dir, "runs", frame(result.columns, result.rows),
-                                 caption=f"Runs of sweep {name}, sorted by {sort_by}")
+    compact = frame([c.key for c in result.compact_columns], result.compact_rows)
+    compact.columns = [c.header for c in result.compact_columns]
+    result.files += write_tables(out_dir, "runs", compact, csv_table=frame(result.columns, result.rows),
+                                 caption=f"Runs of sweep {name}, ranked by {sort_by} (every column: runs.csv)")
     if "train.seed" in varying:
         csv_cols, display_cols, configs, display = config_table(result.rows, result.columns, varying, sort_by,
                                                                 is_descending(sort_by))

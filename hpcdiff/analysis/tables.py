@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcdiff.config.text_table import Fixed
 from hpcdiff.analysis.load import MEASURES, PER_CLASS, Run, is_quality_metric, metric_direction
 
 
@@ -33,6 +34,8 @@ def fmt(v, digits: int = 5) -> str:
     if isinstance(v, PlusMinus):
         mean, std = v.parts()
         return f"{mean} ± {std}" if mean and std else mean
+    if isinstance(v, Fixed):
+        return str(v)
     if isinstance(v, float):
         if math.isnan(v):
             return ""

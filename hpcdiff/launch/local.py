@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hpcdiff.config import tomlio
+from hpcdiff.config.text_table import progress_numbers
 from hpcdiff.storage.rundir import RunDir
 from hpcdiff.launch.base import Executor, LaunchReport
 
@@ -130,12 +132,14 @@ class LocalExecutor(Executor):
 
 
 class _SweepProgress:
-    """One bar per run (epochs from status.json) and one for the sweep."""
+    """One bar per run (from status.json, in the unit that ends the run: steps under a step
+    budget, minutes under a time budget, else epochs) and one for the sweep."""
 
     def __init__(self, enabled: bool, run_dirs: list[RunDir]):
         self.enabled = enabled
         self.run_dirs = run_dirs
         self._p = None
+        self._train: dict[str, dict] = {}
 
     def __enter__(self):
         if self.enabled:
@@ -152,19 +156,33 @@ class _SweepProgress:
         if self._p is not None:
             self._p.__exit__(*exc)
 
+    def _numbers(self, rd: RunDir, st: dict, *, ended: bool) -> tuple[float | None, float, str]:
+        if rd.run_id not in self._train:
+            try:
+                self._train[rd.run_id] = tomlio.load(rd.config_path).get("train", {})
+            except (OSError, ValueError):
+                self._train[rd.run_id] = {}
+        return progress_numbers(self._train[rd.run_id], epoch=int(st.get("epoch", 0)), epochs=int(st.get("epochs", 1)),
+                                steps=st.get("steps"), seconds=st.get("elapsed"), ended=ended,
+                                stopped_by=st.get("stopped_by"))
+
     def refresh(self, running, results):
         if self._p is None:
             return
         for run_id, (_proc, rd) in running.items():
             st = rd.read_status()
+            done, total, unit = self._numbers(rd, st, ended=False)
             if run_id not in self._tasks:
-                self._tasks[run_id] = self._p.add_task(f"run {run_id}", total=st.get("epochs", 1), info="")
+                self._tasks[run_id] = self._p.add_task(f"run {run_id} ({unit})", total=total, info="")
             loss = st.get("last_loss")
             info = f"loss {loss:.4f}" if isinstance(loss, float) else st.get("state", "")
-            self._p.update(self._tasks[run_id], completed=st.get("epoch", 0), total=st.get("epochs", 1), info=info)
+            self._p.update(self._tasks[run_id], completed=done or 0, total=total, info=info)
         for run_id, state in results.items():
             if run_id in self._tasks:
-                self._p.update(self._tasks[run_id], info=state, completed=self._p.tasks[self._tasks[run_id]].total)
+                rd = next(r for r in self.run_dirs if r.run_id == run_id)
+                done, total, unit = self._numbers(rd, rd.read_status(), ended=True)
+                self._p.update(self._tasks[run_id], info=state, completed=done or 0, total=total,
+                               description=f"run {run_id} ({unit})")
         done = len(results)
         self._p.update(self._sweep, completed=done,
                        info=f"{sum(1 for s in results.values() if s == 'done')} done, "

@@ -1,8 +1,12 @@
 """The run tables of `hpcdiff sweep` (the plan a dry run shows) and `hpcdiff status`, as
 plain text for a given width.
 
-Pure functions, no rich, no torch. Every value is shown verbatim and compactly, never cut:
-a table when its natural width fits, else one block per run:
+By default one compact line per run (:func:`compact`, laid out by
+:mod:`hpcdiff.config.text_table`): the run, its label, only what varies *within* a label
+(the seed, say), the model as one value when it does, then the caller's columns (action, or
+state, progress, loss and wall time). ``--long`` shows every varying key (:func:`render`):
+every value verbatim and compactly, never cut, a table when its natural width fits, else
+one block per run:
 
     a5264cdf2e  impulse-dropout-plateau  new
         diffusion.n_T      = 150
@@ -14,6 +18,9 @@ Only the columns whose shown values differ between runs appear.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from hpcdiff.config.text_table import (Column, dropped_note, fit, format_value, short_headers,
+                                       varying_within_labels)
 
 GAP = "  "
 INDENT = "    "
@@ -28,6 +35,8 @@ class RunRow:
     # Columns after the values, name -> text: the first one (the plan's action, a run's
     # state) heads the run's block; the others are left out where every run has none.
     after: dict = field(default_factory=dict)
+    # The run's ModelSpec, described in one value when the model varies within a label.
+    model: object = None
 
 
 def plan_rows(plan) -> list[RunRow]:
@@ -36,9 +45,59 @@ def plan_rows(plan) -> list[RunRow]:
     rows = []
     for pr in plan.runs:
         run = by_id[pr.run_dir.run_id]
-        values = lookup(run.spec.to_dict(), plan.sweep.varying)
-        rows.append(RunRow(run.run_id, run.label, values, {"action": pr.action}))
+        values = with_model_name(lookup(run.spec.to_dict(), plan.sweep.varying), run.spec.model)
+        rows.append(RunRow(run.run_id, run.label, values, {"action": pr.action}, model=run.spec.model))
     return rows
+
+
+def plan_text(plan, width: int, *, long: bool = False) -> str:
+    """What `hpcdiff sweep` prints first: a title and the plan's runs with their action."""
+    title = f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}"
+    if long:
+        return render(title, plan_rows(plan), width)
+    lines, dropped = compact(plan_rows(plan), [Column("action", "action")], width)
+    return "\n".join([title, *lines, *[n for n in [dropped_note(dropped)] if n]])
+
+
+def with_model_name(values: dict, model) -> dict:
+    """A CNN's config leaves out ``name`` (its config.toml is what it was before the UNet):
+    the table says "cnn" rather than "-"."""
+    if "model.name" in values and values["model.name"] is None and model is not None:
+        values = {**values, "model.name": model.name}
+    return values
+
+
+def compact(rows: list[RunRow], columns: list[Column], width: int) -> tuple[list[str], list[str]]:
+    """One line per run: run id, label, what varies within a label (the model as one
+    compact value), then ``columns`` (keys of each row's ``after``). Returns (lines, headers
+    of the columns left out to fit ``width``)."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row.values if k not in keys]
+    flat = [{"label": r.label, **r.values} for r in rows]
+    within = varying_within_labels(flat, keys)
+    model_varies = any(k.startswith("model.") for k in within)
+    within = [k for k in within if not k.startswith("model.")]
+    headers = short_headers(within)
+    cells = []
+    for r in rows:
+        cell = {"run_id": r.run_id, "label": r.label, **{k: format_value(r.values.get(k)) for k in within},
+                **r.after}
+        if model_varies:
+            cell["model"] = _model_text(r.model)
+        cells.append(cell)
+    table = [Column("run_id", "run"), Column("label", "label"),
+             *(Column(k, headers[k], drop_order=3) for k in within),
+             *([Column("model", "model", drop_order=4)] if model_varies else []), *columns]
+    return fit(table, cells, width)
+
+
+def _model_text(model) -> str:
+    if model is None:
+        return ""
+    from hpcdiff.science.models import describe_model
+
+    return describe_model(model)
 
 
 def lookup(tree: dict, keys) -> dict:
@@ -50,38 +109,6 @@ def lookup(tree: dict, keys) -> dict:
             node = node.get(part) if isinstance(node, dict) else None
         out[key] = node
     return out
-
-
-def format_value(value) -> str:
-    """Compact and verbatim: `kernel_size=11 sigma=7.0` (a table, keys sorted),
-    `[16, 32, 32, 16]`, 0.0002 and 1e-5 (floats as a TOML file would write them),
-    true/false, strings bare, `-` for no value."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return _format_float(value)
-    if isinstance(value, dict):
-        if not value:
-            return "{}"
-        return " ".join(f"{k}={_format_nested(value[k])}" for k in sorted(value))
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(format_value(v) for v in value) + "]"
-    return str(value)
-
-
-def _format_nested(value) -> str:
-    # A table inside a table keeps its braces so that its items stay together.
-    return "{" + format_value(value) + "}" if isinstance(value, dict) and value else format_value(value)
-
-
-def _format_float(x: float) -> str:
-    text = repr(x)  # the shortest text that reads back as x: 0.0002, 7.0, 1e-05, inf
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        text = f"{mantissa}e{int(exponent)}"  # 1e-05 -> 1e-5
-    return text
 
 
 def varying_columns(rows: list[RunRow]) -> list[str]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from hpcdiff.config import tomlio
 from hpcdiff.launch import slurm
 from hpcdiff.storage.rundir import read_manifest, read_run_meta, sweep_run_dirs
-from hpcdiff.launch.run_table import RunRow, lookup, render
+from hpcdiff.config.text_table import Column, dropped_note, duration, number, progress_text
+from hpcdiff.launch.run_table import RunRow, compact, lookup, render, with_model_name
 
 ENDED = ("done", "failed", "timeout", "interrupted", "diverged")
 COLOURS = {"done": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timeout": "yellow",
@@ -34,6 +35,11 @@ class RunStatus:
     # The run's resolved value of each varying key (from its config.toml; its axes where
     # that cannot be read).
     values: dict | None = None
+    steps: int | None = None  # optimiser steps done (status.json; absent before hpcdiff wrote it)
+    stopped_by: str | None = None  # the budget that ended it
+    elapsed: float | None = None  # seconds of training
+    train: dict | None = None  # the run's [train] section (its budgets)
+    model: object = None  # its ModelSpec, when config.toml reads
 
 
 def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
@@ -64,16 +70,28 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
             state=state, epoch=int(st.get("epoch", 0)), epochs=int(st.get("epochs", 0)),
             last_loss=st.get("last_loss"), val_loss=st.get("val_loss"), error=st.get("error"),
             restarts=int(st.get("restarts", 0) or 0), job_id=job_id, job_state=job_state,
-            requeues=int(st.get("requeues", 0) or 0), values=_resolved_values(rd, varying, meta.get("axes", {})),
+            requeues=int(st.get("requeues", 0) or 0), steps=st.get("steps"), elapsed=st.get("elapsed"),
+            stopped_by=st.get("stopped_by"),
+            **_config_facts(rd, varying, meta.get("axes", {})),
         ))
     return varying, rows
 
 
-def _resolved_values(rd, varying: list[str], axes: dict) -> dict:
+def _config_facts(rd, varying: list[str], axes: dict) -> dict:
+    """The run's varying values, [train] section and ModelSpec, from its config.toml (its
+    axes where that cannot be read)."""
     try:
-        return lookup(tomlio.load(rd.config_path), varying)
+        config = tomlio.load(rd.config_path)
     except (OSError, ValueError):  # no or unreadable config.toml (tomllib's error is a ValueError)
-        return {k: axes.get(k) for k in varying}
+        return {"values": {k: axes.get(k) for k in varying}, "train": {}, "model": None}
+    try:
+        from hpcdiff.config.spec import RunSpec
+
+        model = RunSpec.from_dict({"model": config.get("model", {})}).model
+    except ValueError:
+        model = None
+    return {"values": with_model_name(lookup(config, varying), model), "train": config.get("train", {}),
+            "model": model}
 
 
 def summary(rows: list[RunStatus]) -> dict[str, int]:
@@ -88,9 +106,11 @@ def is_finished(rows: list[RunStatus]) -> bool:
     return all(r.state in ENDED and r.job_state not in slurm.ACTIVE_STATES for r in rows)
 
 
-def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: int = 100):
-    """The run table (hpcdiff.launch.run_table: one block per run when a table would not fit in
-    `width`) and a summary line."""
+def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: int = 100, *, long: bool = False):
+    """One compact line per run (state, progress in the unit that ends it, validation loss,
+    wall time) and a footer: the counts, each failed run's error, columns left out.
+    ``long``: every varying key and every status field (one block per run when a table
+    would not fit in ``width``)."""
     from rich.console import Group
     from rich.text import Text
 
@@ -98,26 +118,50 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
     shared = shared_jobs(rows)
     table_rows = []
     for r in rows:
-        after = {"state": r.state, "epoch": f"{r.epoch}/{r.epochs}",
-                 "last loss": f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
-                 "val loss": f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else ""}
-        if slurm_cols:
-            after.update({"job": r.job_id or "", "job state": r.job_state or "", "requeues": str(r.requeues),
-                          "runs in job": str(len(shared[r.job_id])) if r.job_id in shared else ""})
-        else:
-            after["restarts"] = str(r.restarts)
-        after["error"] = _headline(r.error)
         values = r.values if r.values is not None else {k: r.axes.get(k) for k in varying}
-        table_rows.append(RunRow(r.run_id, r.label, values, after))
-    text = Text(render(str(sweep_dir), table_rows, width))
+        if long:
+            after = {"state": r.state, "epoch": f"{r.epoch}/{r.epochs}",
+                     "last loss": f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
+                     "val loss": f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else ""}
+            if slurm_cols:
+                after.update({"job": r.job_id or "", "job state": r.job_state or "", "requeues": str(r.requeues),
+                              "runs in job": str(len(shared[r.job_id])) if r.job_id in shared else ""})
+            else:
+                after["restarts"] = str(r.restarts)
+            after["error"] = _headline(r.error)
+        else:
+            after = {"state": r.state, "job": r.job_id or "",
+                     "progress": progress_text(r.train or {}, epoch=r.epoch, epochs=r.epochs, steps=_steps(r),
+                                               seconds=r.elapsed, ended=r.state in ENDED, stopped_by=r.stopped_by),
+                     "val loss": number(r.val_loss, 4), "wall": duration(r.elapsed)}
+        table_rows.append(RunRow(r.run_id, r.label, values, after, model=r.model))
+    counts = summary(rows)
+    footer = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({len(rows)} runs)"]
+    if long:
+        body = render(str(sweep_dir), table_rows, width)
+    else:
+        lines, dropped = compact(table_rows, [Column("state", "state"), Column("job", "job", drop_order=5),
+                                              Column("progress", "progress"),
+                                              Column("val loss", "val loss", drop_order=2, right=True),
+                                              Column("wall", "wall", drop_order=1, right=True)], width)
+        body = "\n".join([str(sweep_dir), *lines])
+        footer += [f"{r.run_id} {r.state}: {_headline(r.error)}" for r in rows if r.error and r.state != "done"]
+        footer += [note for note in [dropped_note(dropped)] if note]
+    text = Text(body)
     for state, colour in COLOURS.items():
         text.highlight_words([f"  {state}"], style=colour)
-    counts = summary(rows)
-    line = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({len(rows)} runs)"
+    line = "\n".join(footer)
     if shared:
         line += "\nruns that share a job (slurm.runs_per_gpu):\n" + "\n".join(
             f"  {job}: {', '.join(ids)}" for job, ids in shared.items())
     return Group(text, Text(line))
+
+
+def _steps(r: RunStatus) -> int | None:
+    """Optimiser steps done; a run that an older hpcdiff stopped at its step budget did them all."""
+    if r.steps is not None:
+        return int(r.steps)
+    return int((r.train or {}).get("max_steps", 0)) if r.stopped_by == "max_steps" else None
 
 
 def shared_jobs(rows: list[RunStatus]) -> dict[str, list[str]]:

@@ -4,6 +4,8 @@ the image) live beside its registration in MODELS."""
 
 from __future__ import annotations
 
+import functools
+
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -85,11 +87,30 @@ class ModelInfo:
     build: Callable[[ModelSpec, tuple], nn.Module]
     # Times the model halves H and W (each must stay an integer for the skips to line up).
     halvings: Callable[[ModelSpec], int]
+    # Its shape in a few characters, for tables: the keys that size it.
+    shape: Callable[[ModelSpec], str]
 
 
 MODELS: Registry[ModelInfo] = Registry("model")
-MODELS.register("cnn")(ModelInfo(build=CNN, halvings=lambda spec: 0))
-MODELS.register("unet")(ModelInfo(build=UNet, halvings=lambda spec: len(spec.channel_mults) - 1))
+MODELS.register("cnn")(ModelInfo(build=CNN, halvings=lambda spec: 0,
+                                 shape=lambda spec: "[" + ",".join(map(str, spec.hidden)) + "]"))
+MODELS.register("unet")(ModelInfo(build=UNet, halvings=lambda spec: len(spec.channel_mults) - 1,
+                                  shape=lambda spec: f"{spec.base_channels}x({','.join(map(str, spec.channel_mults))})"
+                                  + (f"x{spec.res_blocks}" if spec.res_blocks != 1 else "")
+                                  + ("+attn" if spec.attention else "")))
+
+
+@functools.lru_cache(maxsize=64)
+def describe_model(spec: ModelSpec, image_shape=(1, 28, 28)) -> str:
+    """One compact value for a table: ``unet 16x(1,2,4) 0.48M``, ``cnn [16,32,32,16] 0.29M``
+    (name, the sizes that shape it, parameters)."""
+    info = MODELS.get(spec.name)
+    try:
+        params = sum(p.numel() for p in build_model(spec, image_shape).parameters())
+        size = f" {params / 1e6:.2f}M"
+    except (ValueError, RuntimeError):  # a spec that cannot be built here still gets its shape
+        size = ""
+    return f"{spec.name} {info.shape(spec)}{size}"
 
 
 class ImageSizeError(ValueError):

@@ -345,7 +345,7 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         if due(epoch, t.checkpoint_every, last):
             session.save(epoch)
         rd.write_status(state="running", epoch=epoch, last_loss=train_loss, val_loss=val_loss,
-                        elapsed=s.elapsed, best_epoch=s.stopper.best_epoch)
+                        elapsed=s.elapsed, best_epoch=s.stopper.best_epoch, steps=int(metrics["optimizer_steps"]))
     log.info("epoch %d/%d train_loss %.5f val_loss %.5f %.0f img/s", epoch, t.epochs,
              train_loss, val_loss, metrics["images_per_second"])
     session.progress.end_epoch(epoch, train_loss, val_loss)
