@@ -174,12 +174,13 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
 
 
 def test_missing_classifier_fails_early_naming_prepare(tmp_path, monkeypatch):
-    """Offline compute node: the classifier is not cached and may not be trained there."""
+    """Offline compute node: the classifier the runs ask for (their dataset's own, not the
+    shipped reference) is not cached and may not be trained there."""
     monkeypatch.setenv("HPCDIFF_CACHE", str(tmp_path / "empty-cache"))
     sweep_file = tmp_path / "offline.toml"
     sweep_file.write_text("[sweep]\nname = \"offline\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
                           "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 3\n"
-                          "[eval]\ntrain_classifier = false\n")
+                          "[eval]\ntrain_classifier = false\nclassifier = \"trained\"\n")
     result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
     assert result.exit_code == 1
     rd = next(RunDir(p) for p in (tmp_path / "runs" / "offline").iterdir() if p.is_dir())
@@ -195,7 +196,8 @@ def test_prepare_then_offline_run(tmp_path, monkeypatch):
     sweep_file = tmp_path / "prep.toml"
     sweep_file.write_text("[sweep]\nname = \"prep\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
                           "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 1\n"
-                          "[eval]\ntrain_classifier = false\nclassifier_epochs = 1\nsamples = 16\n")
+                          "[eval]\ntrain_classifier = false\nclassifier_epochs = 1\nsamples = 16\n"
+                          "classifier = \"trained\"\n")
     result = cli("prepare", sweep_file, "--no-inception")
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and list((tmp_path / "cache").glob("classifier-mnist-5k-*.pt"))
