@@ -23,7 +23,7 @@ SMOKE_BY_JOB = {"quick": SMOKE, "part2": SMOKE, "mnist-equal-time": SMOKE, "cold
 
 
 @pytest.mark.parametrize("name,count", [("quick", 3), ("part1", 5), ("part2", 10), ("mnist-equal-time", 4),
-                                        ("cold-diffusion", 10)])
+                                        ("cold-diffusion", 11)])
 def test_job_file_dry_run(name, count, tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(JOBS / f"{name}.toml"), "--dry-run", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
