@@ -97,7 +97,7 @@ def _load_raw(spec: DataSpec) -> tuple[Dataset, Dataset]:
     if spec.name == "mnist-5k":
         return _load_mnist_5k()
     if spec.name == "idx":
-        return _load_idx_dir(root)
+        return load_idx_dir(root)
     return _load_torchvision(spec.name, root, spec.download)
 
 
@@ -170,7 +170,8 @@ def _find_idx(root: Path, stem: str) -> Path:
     raise DataError(f"no {stem}[.gz] in {root} (data.name = 'idx' expects MNIST-format IDX files)")
 
 
-def _load_idx_dir(root: Path) -> tuple[Dataset, Dataset]:
+def load_idx_dir(root: Path) -> tuple[Dataset, Dataset]:
+    """(train, test) of a folder of MNIST-format IDX files (train-* and t10k-*, optionally gzipped)."""
     if not root.is_dir():
         raise DataError(f"data.root {root} is not a directory")
 

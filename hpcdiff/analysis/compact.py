@@ -45,9 +45,10 @@ def compact_table(runs: list[Run], varying: list[str], sort_by: str) -> tuple[li
     rank = {kind: 0 for kind in (*MEASURES, None)}
     for run in runs:
         kind = run.row.get("measures")
-        rank[kind if kind in rank else None] += 1
-        cells = {"rank": rank[kind if kind in rank else None], "run_id": run.run_id, "label": run.row.get("label", ""),
-                 **{k: _text(run.row.get(k)) for k in within},
+        kind = kind if kind in rank else None
+        rank[kind] += 1
+        cells = {"rank": rank[kind], "run_id": run.run_id, "label": run.row.get("label", ""),
+                 **{k: format_value(run.row.get(k)) for k in within},
                  "measures": SHORT_MEASURES.get(kind, ""), "state": run.row.get("state", ""),
                  "progress": _progress(run), "wall": duration(run.row.get("wall_seconds"))}
         if model_varies:
@@ -61,10 +62,6 @@ def compact_table(runs: list[Run], varying: list[str], sort_by: str) -> tuple[li
 
 def _finite(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _text(value) -> str:
-    return format_value(value)
 
 
 def _progress(run: Run) -> str:

@@ -14,6 +14,7 @@ real images its FID is computed against, are then held out from the classifier t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import time
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hpcdiff.data import Dataset, mnist_5k_arrays, read_idx
+from hpcdiff.data import DataError, Dataset, load_idx_dir, mnist_5k_arrays
 from hpcdiff.evaluation.classifier import (Classifier, MissingAssetError, evaluate_accuracy, get_classifier,
                                            load_classifier, train_classifier)
 
@@ -55,6 +56,7 @@ def _read_facts() -> dict:
         return {}
 
 
+@functools.lru_cache(maxsize=1)
 def references() -> dict[str, ReferenceClassifier]:
     """The shipped references by family."""
     out = {}
@@ -106,23 +108,14 @@ def mnist_reference_data(root: Path) -> tuple[Dataset, Dataset]:
     """(MNIST's training digits without mnist-5k's 5,000, MNIST's 10,000 test digits), from
     the original IDX files in ``root`` (``root/MNIST/raw``, where torchvision puts them)."""
     raw = Path(root).expanduser() / "MNIST" / "raw"
-    if not raw.is_dir():
-        raw = Path(root).expanduser()
-
-    def idx(stem: str) -> np.ndarray:
-        for name in (stem, stem + ".gz"):
-            if (raw / name).is_file():
-                return read_idx(raw / name)
-        raise MissingAssetError(f"no {stem}[.gz] under {raw}: download MNIST first "
-                                f"(hpcdiff prepare --dataset mnist --root {root})")
-
-    train_x, train_y = idx("train-images-idx3-ubyte"), idx("train-labels-idx1-ubyte")
-    test_x, test_y = idx("t10k-images-idx3-ubyte"), idx("t10k-labels-idx1-ubyte")
+    try:
+        train, test = load_idx_dir(raw if raw.is_dir() else Path(root).expanduser())
+    except DataError as err:
+        raise MissingAssetError(f"{err}: download MNIST first (hpcdiff prepare --dataset mnist --root {root})") from None
     subset, _ = mnist_5k_arrays()
     held_out = {image.tobytes() for image in subset}
-    keep = np.array([image.tobytes() not in held_out for image in train_x])
-    as_ds = lambda x, y: Dataset(torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
-    return as_ds(train_x[keep], train_y[keep]), as_ds(test_x, test_y)
+    keep = torch.tensor([image.numpy().tobytes() not in held_out for image in train.images[:, 0]])
+    return Dataset(train.images[keep].contiguous(), train.labels[keep].contiguous()), test
 
 
 def train_reference(family: str, root: Path, *, out_dir: Path = ASSETS, version: int = 1, device="cpu",
