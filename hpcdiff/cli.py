@@ -73,7 +73,7 @@ def main():
               help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
 def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze, long):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
-    from hpcdiff.launch.plan import execute_plan, plan_sweep
+    from hpcdiff.launch.plan import execute_plan, outcome_lines, plan_sweep
 
     try:
         plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
@@ -108,23 +108,8 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
 
             console.print(status_table(plan.sweep_dir, *collect_status(plan.sweep_dir), width=console.width),
                           soft_wrap=True)
-        diverged = [r for r, s in report.results.items() if s == "diverged"]
-        crashed = [r for r in failed if r not in diverged]
-        console.print(f"{report.executor}: launched {len(report.launched)} runs"
-                      + (f", [red]{len(crashed)} failed[/]: {', '.join(crashed)}" if crashed else "")
-                      + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else ""))
-        if report.job_ids:
-            arrays = sorted({j.split("_")[0] for k, j in report.job_ids.items() if k != "analyze"})
-            tasks = len({j for k, j in report.job_ids.items() if k != "analyze"})
-            console.print(f"submitted SLURM job array(s) {', '.join(arrays)}"
-                          + (f" ({tasks} tasks: slurm.runs_per_gpu)" if tasks < len(report.launched) else "")
-                          + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else ""))
-            console.print(f"  hpcdiff status {plan.sweep_dir} --watch")
-        if crashed:
-            console.print(f"See {plan.sweep_dir}/<run_id>/log.txt; rerunning the same command resumes them.")
-        if diverged:
-            console.print(f"Diverged runs say why in {plan.sweep_dir}/<run_id>/log.txt and `hpcdiff status`; "
-                          f"rerunning does not relaunch them.")
+        for line in outcome_lines(plan, report):
+            console.print(line)
     console.print(f"Results: [bold]{plan.sweep_dir}[/]")
     console.print(f"  hpcdiff status {plan.sweep_dir}")
     console.print(f"  hpcdiff analyze {plan.sweep_dir}")
@@ -179,7 +164,7 @@ def train(run_dir, progress):
         sys.exit(1)
     except RunBusyError as err:
         click.echo(f"error: {err}", err=True)
-        sys.exit(3)
+        sys.exit(RunBusyError.exit_code)
     click.echo(f"{run_dir}: {state}")
 
 
@@ -241,17 +226,48 @@ def sync(sweep_dir, dry_run):
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder (default: analysis/<sweep name>/).")
 @click.option("--sort-by", default=None, help="Table column to sort by (default: best FID, else best val loss).")
-def analyze(sweep_dir, out, sort_by):
+@click.option("--training-scores", is_flag=True,
+              help="Report the metrics computed during training even where `hpcdiff evaluate` re-scored a run.")
+def analyze(sweep_dir, out, sort_by, training_scores):
     """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
     from hpcdiff.analysis.compact import console_text
     from hpcdiff.analysis.report import analyze as run_analysis
 
     try:
-        result = run_analysis(sweep_dir, out, sort_by=sort_by)
+        result = run_analysis(sweep_dir, out, sort_by=sort_by, training_scores=training_scores)
     except ValueError as err:
         _fail_invalid(err)
     console = _console()
     console.print(console_text(sweep_dir, result, console.width), markup=False, highlight=False, soft_wrap=True)
+
+
+@main.command()
+@click.argument("target", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--set", "overrides", multiple=True, metavar="eval.KEY=VALUE",
+              help="Change an evaluation setting, e.g. eval.classifier=reference or eval.samples=2000 (repeatable).")
+@click.option("--device", default=None, help="torch device (default: cuda when there is one, else cpu).")
+def evaluate(target, overrides, device):
+    """Evaluate again the latest checkpoint of TARGET (a run or a sweep directory) with
+    today's code and [eval] settings, e.g. to score old runs with the shipped reference
+    classifier. Recorded in each archive beside the training-time values; `analyze` then
+    reports it."""
+    from rich.progress import Progress
+
+    from hpcdiff.training.rescore import evaluate_runs, evaluation_table
+
+    console = _console()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("evaluating", total=None)
+        try:
+            result = evaluate_runs(target, overrides, device=device,
+                                   on_run=lambda run_id: bar.update(task, description=f"evaluating {run_id}"))
+        except SpecError as err:
+            _fail_invalid(err)
+    click.echo(evaluation_table(result, console.width))
+    for run_id, why in result.skipped.items():
+        click.echo(f"skipped {run_id}: {why}")
+    click.echo(f"{len(result.done)} evaluated, recorded in each archive's evaluations/; "
+               f"`hpcdiff analyze` reports them in place of the training-time values")
 
 
 @main.command()
@@ -305,38 +321,22 @@ def prepare(sweep_files, datasets, root, inception, inception_url, device, train
     if train_reference is not None:
         _retrain_reference(train_reference, root, reference_out, device)
         return
-    from hpcdiff.evaluation.assets import prepare as run_prepare
-    from hpcdiff.config.spec import DataSpec
+    from hpcdiff.evaluation.assets import needs_of, prepare as run_prepare
     from hpcdiff.resolve import load_sweep
 
-    specs: dict = {}
-    wants_inception = False
-    classifier_epochs = None
-    trained: set[str] = set()
     try:
-        for path in sweep_files:
-            for run in load_sweep(path).runs:
-                d = run.spec.data
-                specs[(d.name, d.root)] = DataSpec(name=d.name, root=d.root, download=d.name in ("mnist", "fashion-mnist"))
-                wants_inception |= "fid_inception" in run.spec.eval.metrics
-                classifier_epochs = run.spec.eval.classifier_epochs or classifier_epochs
-                if run.spec.eval.classifier == "trained":
-                    trained.add(d.name)
-        for name in datasets:
-            d = DataSpec(name=name, download=name in ("mnist", "fashion-mnist"), **({"root": root} if root else {}))
-            d.validate("--dataset")
-            specs[(d.name, d.root)] = d
+        needs = needs_of([run.spec for path in sweep_files for run in load_sweep(path).runs], datasets, root)
     except SpecError as err:
         _fail_invalid(err)
-    if not specs:
+    if not needs.datasets:
         _fail_invalid(SpecError("name a sweep file or --dataset"))
     from hpcdiff.evaluation.classifier import MissingAssetError
     from hpcdiff.data import DataError
 
     try:
-        report = run_prepare(list(specs.values()), inception=wants_inception if inception is None else inception,
-                             device=device, classifier_epochs=classifier_epochs, inception_url=inception_url,
-                             log=click.echo, trained=frozenset(trained))
+        report = run_prepare(list(needs.datasets.values()), inception=needs.inception if inception is None else inception,
+                             device=device, classifier_epochs=needs.classifier_epochs, inception_url=inception_url,
+                             log=click.echo, trained=frozenset(needs.trained))
     except (MissingAssetError, DataError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)

@@ -72,3 +72,44 @@ def test_shipped_quick_sweep_expands():
 
     sweep = load_sweep(Path(__file__).parent.parent / "jobs" / "quick.toml")
     assert sweep.name == "quick" and len(sweep.runs) == 3
+
+
+
+def test_a_run_another_process_trains_is_busy_not_failed(tiny_sweep, tmp_path):
+    """Two sweeps of one file planned at once both launch a run; the second child finds the
+    training lock taken (here held by the test, as the first sweep's trainer holds it): the
+    launcher reports that run busy, not failed, leaves its status to its owner, and the
+    sweep's summary says so."""
+    from helpers import make_run_dir
+    from hpcdiff.launch.local import LocalExecutor
+    from hpcdiff.launch.plan import outcome_lines, plan_sweep
+
+    sweep = tiny_sweep(epochs=1)
+    held = make_run_dir(sweep, tmp_path / "runs")
+    lock = held.lock()
+    try:
+        report = LocalExecutor(show_progress=False).launch(held.path.parent, [held])
+    finally:
+        lock.close()
+    assert report.results == {held.run_id: "busy"}
+    assert held.read_status().get("state", "pending") == "pending"
+    text = " ".join(outcome_lines(plan_sweep(sweep, output=tmp_path / "runs"), report))
+    assert f"1 busy in another process: {held.run_id}" in text and "failed" not in text
+
+
+def test_two_sweeps_of_one_file_at_once_train_each_run_once_and_report_no_failure(tiny_sweep, tmp_path):
+    import subprocess
+    import sys
+
+    from hpcdiff.storage.rundir import sweep_run_dirs
+
+    sweep = tiny_sweep("[sweep]\nseeds = [0, 1]\n", epochs=1)
+    cmd = [sys.executable, "-m", "hpcdiff", "sweep", str(sweep), "-o", str(tmp_path / "runs"), "--executor", "local"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    for p, out in zip(procs, outputs):
+        assert p.returncode == 0 and "failed:" not in out, out
+    runs = sweep_run_dirs(tmp_path / "runs" / "tiny")
+    assert len(runs) == 2 and all(rd.read_status()["state"] == "done" for rd in runs)
+    for rd in runs:  # trained once: one start, no second training after the first finished
+        assert rd.log.read_text().count("starting run") == 1

@@ -82,6 +82,10 @@ class Run:
     # hpcdiff recorded it: a classifier trained on the machine that ran it).
     scored_by: str = ""
     stopped_by: str | None = None  # the budget that ended it (status.json), if one did
+    # The `hpcdiff evaluate` record its quality metrics come from ("" = training-time values).
+    evaluation: str = ""
+    # The [eval] settings its quality metrics were computed with.
+    eval_settings: dict = field(default_factory=dict)
 
     @property
     def complete(self) -> bool:
@@ -115,10 +119,18 @@ def summary(metrics: dict, name: str, direction: str) -> tuple[float | None, int
     return float(values[i]), int(epochs[i]), final
 
 
-def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str]) -> list[Run]:
-    """Every run of a sweep directory, in its directory order; problems go to ``warnings``."""
-    runs = [read_run(rd, varying, warnings) for rd in sweep_run_dirs(sweep_dir)]
+def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str], *,
+              evaluations: bool = True) -> list[Run]:
+    """Every run of a sweep directory, in its directory order; problems go to ``warnings``.
+    ``evaluations``: a run's latest `hpcdiff evaluate` of its last epoch replaces its
+    training-time quality metrics (False: the training-time values)."""
+    runs = [read_run(rd, varying, warnings, evaluations=evaluations) for rd in sweep_run_dirs(sweep_dir)]
     check_classifiers(runs, warnings)
+    evaluated = [r.run_id for r in runs if r.evaluation]
+    if evaluated:
+        warnings.append(f"{len(evaluated)} of {len(runs)} runs report a later `hpcdiff evaluate` of their last "
+                        f"checkpoint instead of their training-time metrics ({', '.join(evaluated)}); "
+                        f"`analyze --training-scores` shows those")
     return runs
 
 
@@ -129,10 +141,16 @@ def quality_metrics(runs: list[Run]) -> list[str]:
     return first + sorted(names - set(first))
 
 
-def read_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
-    """One run directory (``varying``: the sweep axes its row shows)."""
+def read_run(rd: RunDir, varying: list[str], warnings: list[str], *, evaluations: bool = True) -> Run:
+    """One run directory (``varying``: the sweep axes its row shows; ``evaluations``: see
+    :func:`load_runs`)."""
     meta, config = _read_config(rd, warnings)
     data, damaged = _read_archive(rd, warnings)
+    evaluation = latest_evaluation(data, rd.run_id, warnings) if evaluations else None
+    eval_settings = dict(config.get("eval", {})) if config else {}
+    if evaluation is not None:
+        apply_evaluation(data, evaluation[1])
+        eval_settings = tomlio.loads(evaluation[1]["attrs"].get("settings", "")).get("eval", eval_settings)
     metrics = data["metrics"] if data else {}
     samples = data["samples"] if data else {}
     row = {"run_id": rd.run_id, "label": meta.get("label", "")}
@@ -149,7 +167,53 @@ def read_run(rd: RunDir, varying: list[str], warnings: list[str]) -> Run:
     _check_ssim_definition(rd.run_id, data, warnings)
     scored_by = _check_classifier(rd.run_id, data, warnings)
     return Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {})), scored_by,
-               rd.read_status().get("stopped_by"))
+               rd.read_status().get("stopped_by"), evaluation[0] if evaluation else "", eval_settings)
+
+
+def latest_evaluation(data: dict | None, run_id: str, warnings: list[str]) -> tuple[str, dict] | None:
+    """(key, record) of the newest `hpcdiff evaluate` of the run's last archived epoch, or
+    None. One of an earlier epoch (the run trained on after it) is said and not used."""
+    if not data or not data.get("evaluations"):
+        return None
+    epochs = np.asarray(data["metrics"].get("epoch", []))
+    last = int(epochs[-1]) if len(epochs) else None
+    current = {k: e for k, e in data["evaluations"].items() if e["attrs"].get("epoch") == last}
+    if not current:
+        warnings.append(f"{run_id}: its `hpcdiff evaluate` results are of an earlier epoch than its last ({last}); "
+                        f"training-time metrics shown (evaluate it again)")
+        return None
+    return max(current.items(), key=lambda item: float(item[1]["attrs"].get("created", 0)))
+
+
+def depends_on_classifier(name: str) -> bool:
+    """IS, classifier-FID/KID, class entropy and the class histogram."""
+    return name in CLASSIFIER_METRICS or bool(re.match(r"^class_\d+$", name)) or "classifier" in name \
+        or name.startswith("inception_score")
+
+
+def apply_evaluation(data: dict, record: dict) -> None:
+    """The archive's contents as if its last epoch had been evaluated as ``record`` says:
+    every metric the record holds has that one value at that epoch (earlier epochs' values
+    came from other weights, possibly another classifier or SSIM: they are left out, so a
+    best-of never mixes the two); a classifier metric it lacks is dropped when the
+    classifier changed; the classifier and SSIM attributes become the record's."""
+    metrics, attrs = data["metrics"], record["attrs"]
+    epochs = np.asarray(metrics.get("epoch", []))
+    at = epochs == attrs["epoch"]
+    changed = str(attrs.get("classifier", "")) != str(data["attrs"].get("classifier", ""))
+    for name in [n for n in metrics if is_quality_metric(n)]:
+        if name not in record["metrics"] and changed and depends_on_classifier(name):
+            del metrics[name]
+    for name, value in record["metrics"].items():
+        if name.endswith("_seconds"):
+            continue
+        series = np.full(len(epochs), np.nan)
+        series[at] = value
+        metrics[name] = series
+    if attrs.get("classifier"):
+        data["attrs"].update(classifier=attrs["classifier"], classifier_from_epoch=int(attrs["epoch"]))
+    if attrs.get("standard_ssim"):
+        data["attrs"]["ssim_standard_from_epoch"] = int(attrs["epoch"])
 
 
 CLASSIFIER_METRICS = ("fid_classifier", "inception_score", "kid_classifier", "class_entropy")

@@ -66,12 +66,14 @@ class AnalysisResult:
 
 
 def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: str | None = None,
-            figures: bool = True) -> AnalysisResult:
+            figures: bool = True, training_scores: bool = False) -> AnalysisResult:
     """Tables, figures and an index of a sweep directory (see the module docstring).
 
     ``sort_by``: a column of the runs table (default ``best_fid_classifier`` when some run
     has it, else ``best_val_loss``); best-first for metrics, ascending otherwise. An
     unknown column raises ValueError naming the valid ones, before anything is written.
+    ``training_scores``: the metrics computed while the runs trained, even where a later
+    `hpcdiff evaluate` re-scored a run's last checkpoint (whose results are used otherwise).
     """
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
@@ -80,7 +82,7 @@ def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: st
     name = manifest.get("name", sweep_dir.name)
     varying = list(manifest.get("varying", []))
     warnings: list[str] = []
-    runs = load_runs(sweep_dir, varying, warnings)
+    runs = load_runs(sweep_dir, varying, warnings, evaluations=not training_scores)
     quality = quality_metrics(runs)
     columns = _runs_columns(varying, quality)
     sort_by = _sort_column(sort_by, columns)
@@ -167,7 +169,7 @@ def _evaluation_settings(runs: list[Run]) -> list[str]:
     metric drawn with 50 DDIM steps is not comparable with one drawn with all 1000."""
     variants: dict[str, int] = {}
     for run in runs:
-        ev = run.config.get("eval", {})
+        ev = run.eval_settings
         if not ev.get("metrics") or not any(is_quality_metric(k) for k in run.metrics):
             continue
         n_T = run.config.get("diffusion", {}).get("n_T", 0)
@@ -175,7 +177,8 @@ def _evaluation_settings(runs: list[Run]) -> list[str]:
         on = "all n_T steps" if not steps or steps >= n_T else f"{steps} evenly spaced steps"
         text = (f"{ev.get('samples', '?')} samples per evaluation, drawn with `{ev.get('sampler', '?')}` on "
                 f"{on}; every "
-                + (f"{ev['every']} epochs" if ev.get("every") else "run at its last epoch only"))
+                + (f"{ev['every']} epochs" if ev.get("every") else "run at its last epoch only")
+                + ("" if not run.evaluation else ", evaluated after training (`hpcdiff evaluate`)"))
         variants[text] = variants.get(text, 0) + 1
     if len(variants) == 1:
         return list(variants)

@@ -18,6 +18,10 @@ def load(path: str | Path) -> dict:
         return tomllib.load(f)
 
 
+def loads(text: str) -> dict:
+    return tomllib.loads(text)
+
+
 def _value(v) -> str:
     if isinstance(v, bool):
         return "true" if v else "false"

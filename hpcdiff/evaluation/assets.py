@@ -26,6 +26,38 @@ from hpcdiff.config.spec import DataSpec
 TORCHVISION_DATASETS = ("mnist", "fashion-mnist")
 
 
+#: Datasets `prepare` downloads (the others are read from files the user has).
+DOWNLOADABLE = ("mnist", "fashion-mnist")
+
+
+@dataclasses.dataclass
+class Needs:
+    """What a set of runs needs before they can run offline."""
+
+    datasets: dict = dataclasses.field(default_factory=dict)  # (name, root) -> DataSpec
+    inception: bool = False
+    classifier_epochs: int | None = None
+    trained: set = dataclasses.field(default_factory=set)  # datasets scored by their own classifier
+
+
+def needs_of(specs, datasets=(), root: str | None = None) -> Needs:
+    """The datasets, Inception weights and classifiers of ``specs`` (RunSpecs), plus the
+    ``datasets`` named on the command line (under ``root``). Raises SpecError for a bad name."""
+    needs = Needs()
+    for spec in specs:
+        d = spec.data
+        needs.datasets[(d.name, d.root)] = DataSpec(name=d.name, root=d.root, download=d.name in DOWNLOADABLE)
+        needs.inception |= "fid_inception" in spec.eval.metrics
+        needs.classifier_epochs = spec.eval.classifier_epochs or needs.classifier_epochs
+        if spec.eval.classifier == "trained":
+            needs.trained.add(d.name)
+    for name in datasets:
+        d = DataSpec(name=name, download=name in DOWNLOADABLE, **({"root": root} if root else {}))
+        d.validate("--dataset")
+        needs.datasets[(d.name, d.root)] = d
+    return needs
+
+
 def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device="cpu",
             classifier_epochs: int | None = None, inception_url: str | None = None, log=None,
             trained: frozenset[str] = frozenset()) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hpcdiff.config import tomlio
 from hpcdiff.config.text_table import progress_numbers
-from hpcdiff.storage.rundir import RunDir
+from hpcdiff.storage.rundir import RunBusyError, RunDir
 from hpcdiff.launch.base import Executor, LaunchReport
 
 POLL_SECONDS = 0.5
@@ -112,8 +112,10 @@ class LocalExecutor(Executor):
                     del running[run_id]
                     gpus.pop(run_id, None)
                     state = rd.read_status().get("state", "failed")
-                    # A diverged run exits non-zero too, but it is not a crash.
-                    report.results[run_id] = state if code == 0 or state == "diverged" else "failed"
+                    # A diverged run exits non-zero too, but it is not a crash; nor is a run
+                    # that another process (another sweep of the same file) is training.
+                    report.results[run_id] = ("busy" if code == RunBusyError.exit_code
+                                              else state if code == 0 or state == "diverged" else "failed")
             progress.refresh(running, report.results)
             if running:
                 try:
@@ -186,4 +188,6 @@ class _SweepProgress:
         done = len(results)
         self._p.update(self._sweep, completed=done,
                        info=f"{sum(1 for s in results.values() if s == 'done')} done, "
-                            f"{sum(1 for s in results.values() if s == 'failed')} failed")
+                            f"{sum(1 for s in results.values() if s == 'failed')} failed"
+                            + (f", {busy} busy elsewhere" if (busy := sum(1 for s in results.values() if s == 'busy'))
+                               else ""))

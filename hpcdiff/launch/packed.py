@@ -24,11 +24,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from hpcdiff.storage.rundir import RunDir
+from hpcdiff.storage.rundir import RunBusyError, RunDir
 
 POLL_SECONDS = 1.0
-# `hpcdiff train` exits 3 when another process holds the run (cli.py): its status is not ours.
-EXIT_BUSY = 3
 ENDED = ("done", "failed", "diverged")
 FORWARDED = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1)
 # Set by srun for each task of a step: a child keeping them would take itself for one rank
@@ -160,7 +158,7 @@ def settle(rd: RunDir, code: int, stopped: int | None) -> str:
     """A run's end state after its process exited with ``code``: what it recorded, or, when
     it could not record one (killed, crashed before training), what the task knows."""
     state = rd.read_status().get("state")
-    if code == EXIT_BUSY:
+    if code == RunBusyError.exit_code:
         return "busy"
     if code == 0 or state in ("failed", "diverged"):
         return state or "failed"

@@ -239,3 +239,33 @@ def _packing_line(s, runs: int, tasks: int) -> str:
 
 
 __all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]
+
+
+def outcome_lines(plan: SweepPlan, report: LaunchReport) -> list[str]:
+    """What `hpcdiff sweep` says after launching (rich markup): how many runs ended how, the
+    SLURM arrays, and what to do about failures. A run another process was training when
+    this sweep reached it is "busy", not failed: that process trains it."""
+    results = report.results
+    diverged = [r for r, s in results.items() if s == "diverged"]
+    crashed = [r for r, s in results.items() if s == "failed"]
+    busy = [r for r, s in results.items() if s == "busy"]
+    lines = [f"{report.executor}: launched {len(report.launched)} runs"
+             + (f", [red]{len(crashed)} failed[/]: {', '.join(crashed)}" if crashed else "")
+             + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else "")
+             + (f", {len(busy)} busy in another process: {', '.join(busy)}" if busy else "")]
+    if report.job_ids:
+        arrays = sorted({j.split("_")[0] for k, j in report.job_ids.items() if k != "analyze"})
+        tasks = len({j for k, j in report.job_ids.items() if k != "analyze"})
+        lines.append(f"submitted SLURM job array(s) {', '.join(arrays)}"
+                     + (f" ({tasks} tasks: slurm.runs_per_gpu)" if tasks < len(report.launched) else "")
+                     + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else ""))
+        lines.append(f"  hpcdiff status {plan.sweep_dir} --watch")
+    if crashed:
+        lines.append(f"See {plan.sweep_dir}/<run_id>/log.txt; rerunning the same command resumes them.")
+    if diverged:
+        lines.append(f"Diverged runs say why in {plan.sweep_dir}/<run_id>/log.txt and `hpcdiff status`; "
+                     f"rerunning does not relaunch them.")
+    if busy:
+        lines.append(f"Busy runs are being trained by another process (another `hpcdiff sweep` or job); "
+                     f"`hpcdiff status {plan.sweep_dir}` follows them.")
+    return lines

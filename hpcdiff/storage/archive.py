@@ -5,6 +5,8 @@ Layout of ``archive.h5``:
     metrics/<name>   float64 [n_epochs]; metrics/epoch int64 [n_epochs]
     samples/epoch_NNNN  uint8 [n, H, W] (attrs: epoch, start = where sampling started)
     sample_starts/epoch_NNNN  uint8 [n, H, W]: the x_T each sample started from
+    evaluations/<key>   one `hpcdiff evaluate` of a checkpoint (attrs: epoch, classifier,
+                        settings, created, ...; its metrics as the attrs of <key>/metrics)
 
 HDF5 files can be corrupted by a kill in the middle of a write, so every update goes to a
 copy that is fsynced and renamed over the archive: a reader (or a resumed run) always sees
@@ -130,8 +132,25 @@ def _truncate(f: h5py.File, epoch: int) -> None:
                 del sgroup[key]
 
 
+def add_evaluation(path: Path, key: str, attrs: dict, metrics: dict[str, float]) -> None:
+    """Record a later evaluation of one checkpoint beside the training-time rows (which stay
+    as they were). The same key again replaces it: re-evaluating with the same settings
+    never adds a duplicate."""
+    with _update(path) as f:
+        group = f.require_group("evaluations")
+        if key in group:
+            del group[key]
+        entry = group.create_group(key)
+        for k, v in attrs.items():
+            entry.attrs[k] = v
+        values = entry.create_group("metrics")
+        for k, v in metrics.items():
+            values.attrs[k] = float(v)
+
+
 def read(path: Path) -> dict:
-    """Everything in the archive as numpy arrays and plain attributes."""
+    """Everything in the archive as numpy arrays and plain attributes (``evaluations``: the
+    `hpcdiff evaluate` records by key, each ``{"attrs": ..., "metrics": ...}``)."""
     with h5py.File(path, "r") as f:
         attrs = {k: _plain(v) for k, v in f.attrs.items()}
         metrics = {k: f["metrics"][k][:] for k in f.get("metrics", {})}
@@ -142,7 +161,11 @@ def read(path: Path) -> dict:
             if key in f.get("sample_starts", {}):
                 entry["starts"] = f["sample_starts"][key][:]
             samples[int(ds.attrs["epoch"])] = entry
-    return {"attrs": attrs, "metrics": metrics, "samples": dict(sorted(samples.items()))}
+        evaluations = {key: {"attrs": {k: _plain(v) for k, v in group.attrs.items()},
+                             "metrics": {k: float(v) for k, v in group["metrics"].attrs.items()}}
+                       for key, group in f.get("evaluations", {}).items()}
+    return {"attrs": attrs, "metrics": metrics, "samples": dict(sorted(samples.items())),
+            "evaluations": evaluations}
 
 
 def _plain(v):

@@ -28,6 +28,9 @@ from hpcdiff.config.spec import RunSpec, SpecError
 class RunBusyError(RuntimeError):
     """Another process is training this run right now."""
 
+    #: What `hpcdiff train` exits with then: a launcher tells "busy elsewhere" from a crash.
+    exit_code = 3
+
 
 @dataclass(frozen=True)
 class RunDir:

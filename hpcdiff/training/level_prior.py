@@ -16,12 +16,12 @@ from hpcdiff.storage.rundir import RunDir
 log = logging.getLogger(__name__)
 
 
-def load_or_fit_prior(rd: RunDir, core, train_images: torch.Tensor, seed: int, accelerator) -> LevelPrior:
+def load_or_fit_prior(rd: RunDir, core, train_images: torch.Tensor, seed: int, accelerator=None) -> LevelPrior:
     """The run's level-T prior: fitted once on its training images by the main process and
     saved in the run directory, so that every process, every resume and every later
-    evaluation draws its starts from the same one."""
+    evaluation (``accelerator=None``: one process) draws its starts from the same one."""
     failure = None
-    if accelerator.is_main_process and not rd.prior.exists():
+    if (accelerator is None or accelerator.is_main_process) and not rd.prior.exists():
         tic = time.perf_counter()
         try:
             prior = core.fit_prior(to_model_range(train_images), seed=seed)
@@ -30,7 +30,8 @@ def load_or_fit_prior(rd: RunDir, core, train_images: torch.Tensor, seed: int, a
                      prior.describe(), time.perf_counter() - tic)
         except Exception as err:  # every rank must reach the barrier, or the others wait forever
             failure = err
-    accelerator.wait_for_everyone()
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     if failure is not None:
         raise failure
     if not rd.prior.exists():
