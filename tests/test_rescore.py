@@ -79,7 +79,7 @@ def test_other_settings_add_a_record_that_analyze_reports(trained_run, tmp_path)
     (out,) = report.rows
     assert out["best_fid_classifier"] == out["final_fid_classifier"] == now
     assert out["best_fid_classifier_epoch"] == 2
-    assert any("hpcdiff evaluate" in w and rd.run_id in w for w in report.warnings)
+    assert any("later `hpcdiff evaluate`" in w for w in report.warnings)
     assert any("96 samples" in line and "evaluated after training" in line for line in report.evaluation)
     # --training-scores: the values computed while it trained (the best of its two epochs)
     (old,) = analyze(rd.path.parent, tmp_path / "an2", figures=False, training_scores=True).rows

@@ -128,9 +128,10 @@ def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str], *,
     check_classifiers(runs, warnings)
     evaluated = [r.run_id for r in runs if r.evaluation]
     if evaluated:
-        warnings.append(f"{len(evaluated)} of {len(runs)} runs report a later `hpcdiff evaluate` of their last "
-                        f"checkpoint instead of their training-time metrics ({', '.join(evaluated)}); "
-                        f"`analyze --training-scores` shows those")
+        which = ("the run" if len(runs) == 1 else f"all {len(runs)} runs" if len(evaluated) == len(runs)
+                 else f"{len(evaluated)} of {len(runs)} runs ({', '.join(evaluated)})")
+        warnings.append(f"{which} report a later `hpcdiff evaluate` of their last checkpoint instead of their "
+                        f"training-time metrics; `analyze --training-scores` shows those")
     return runs
 
 
