@@ -74,6 +74,7 @@ def main():
 def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze, long):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
     from hpcdiff.launch.plan import execute_plan, outcome_lines, plan_sweep
+    from hpcdiff.storage.runstate import RunState
 
     try:
         plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
@@ -102,7 +103,7 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
         except SlurmError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
-        failed = [r for r, s in report.results.items() if s in ("failed", "diverged")]
+        failed = [r for r, s in report.results.items() if s in (RunState.FAILED, RunState.DIVERGED)]
         if not report.job_ids:  # local: the runs have ended; their table is the sweep's summary
             from hpcdiff.launch.status import collect_status, status_table
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from helpers import fabricate_status
 
 SWEEP = """
 [sweep]
@@ -83,7 +84,7 @@ def build(root: Path) -> Path:
         write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
         case, seed = LABELS.index(run.label), run.axes["train.seed"]
         state, epochs = RUNS[(case, seed)]
-        rd.write_status(state=state, epoch=epochs, epochs=3)
+        fabricate_status(rd, state=state, epoch=epochs, epochs=3)
         if not epochs:
             continue
         archive.create(rd.archive, {"run_id": run.run_id, "config": rd.config_path.read_text()})

@@ -29,6 +29,7 @@ from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS
 from hpcdiff.storage.rundir import RunDir
 from hpcdiff.config.spec import DataSpec
 from hpcdiff.analysis.strips import DPI, degradation_strips, strip_figure_size, strip_levels
+from helpers import fabricate_status
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -98,7 +99,7 @@ def sweep_dir(tmp_path_factory) -> Path:
     # A run killed after its first epoch: archive cut back to epoch 1, status failed.
     cut = RunDir(next(pr for pr in plan.runs if key(pr) == ("lr_hi #2", 0)).run_dir.path)
     archive.truncate_after(cut.archive, 1)
-    cut.write_status(state="failed", epoch=1)
+    fabricate_status(cut, state="failed", epoch=1)
     return plan.sweep_dir
 
 
@@ -421,7 +422,7 @@ def test_restorations_are_labelled_and_ranked_apart_from_generations(tmp_path):
     for run in plan.sweep.runs:
         rd = RunDir(plan.sweep_dir / run.run_id)
         write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
-        rd.write_status(state="done", epoch=1, epochs=1)
+        fabricate_status(rd, state="done", epoch=1, epochs=1)
         archive.create(rd.archive, {"run_id": run.run_id, "config": rd.config_path.read_text()})
         archive.append_epoch(rd.archive, 1, {"train_loss": 0.1, "fid_classifier": fid[run.label],
                                              "inception_score": 3.0},

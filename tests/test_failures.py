@@ -15,7 +15,7 @@ from hpcdiff.storage import archive, checkpoint
 from hpcdiff.config import tomlio
 from hpcdiff.cli import main
 from hpcdiff.storage.rundir import sweep_run_dirs
-from helpers import cli, make_run_dir
+from helpers import cli, make_run_dir, fabricate_status
 
 PAGE = 4096
 
@@ -74,7 +74,7 @@ def test_divergence_after_good_epochs_keeps_the_last_good_checkpoint(tiny_sweep,
         group["lr"] = 1e6
     torch.save(good, path)
     _set_config(rd, epochs=3)
-    rd.write_status(state="timeout")
+    fabricate_status(rd, state="timeout")
     result = cli("train", rd.path)
     assert result.exit_code == 1
     assert "training diverged at epoch 2" in result.output and "Traceback" not in result.output
@@ -186,7 +186,7 @@ def test_full_disk_fails_cleanly_keeps_the_last_checkpoint_and_resumes(fails, sm
     rd = make_run_dir(sweep_file, small_disk / "runs")
     assert cli("train", rd.path).exit_code == 0
     _set_config(rd, epochs=3)
-    rd.write_status(state="timeout")
+    fabricate_status(rd, state="timeout")
     ckpt_pages = _pages(checkpoint.path_for(rd.checkpoints, 1))
     archive_pages = _pages(rd.archive)
     # What each scenario relies on: the archive's copy-on-write fits where a checkpoint does not.

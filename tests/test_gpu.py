@@ -35,7 +35,7 @@ from hpcdiff.config import tomlio
 from hpcdiff.config.spec import DataSpec, TrainSpec
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.rundir import sweep_run_dirs
-from helpers import (GPU_CLASSIFIER_EPOCHS, TRAIN_TIMEOUT_S, cli, device_line, make_run_dir, output_of, train_process,
+from helpers import (fabricate_status, GPU_CLASSIFIER_EPOCHS, TRAIN_TIMEOUT_S, cli, device_line, make_run_dir, output_of, train_process,
                      train_to_end)
 
 pytestmark = pytest.mark.gpu
@@ -181,7 +181,7 @@ def test_resume_on_another_device_and_back(test_device, gpu_sweep, tmp_path):
             config = tomlio.load(rd.config_path)
             config["train"].update(device=device, epochs=epoch)
             rd.config_path.write_text(tomlio.dumps(config))
-            rd.write_status(state="timeout")  # as if its job had reached its time limit
+            fabricate_status(rd, state="timeout")  # as if its job had reached its time limit
         train_to_end(rd)
         status = rd.read_status()
         assert status["state"] == "done" and status["epoch"] == epoch

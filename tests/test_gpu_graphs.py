@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_run_dir, train_to_end
+from helpers import make_run_dir, train_to_end, fabricate_status
 
 from hpcdiff.config.spec import ModelSpec
 from hpcdiff.science.diffusion import GaussianDDPM
@@ -92,7 +92,7 @@ def test_a_graph_run_matches_an_eager_run_and_resumes_exactly(tiny_sweep, tmp_pa
     config = tomlio.load(split.config_path)
     config["train"]["epochs"] = 3
     split.config_path.write_text(tomlio.dumps(config))
-    split.write_status(state="timeout")
+    fabricate_status(split, state="timeout")
     train_to_end(split)
     # cuDNN's backward kernels may sum in another order from run to run: not bit-exact on a GPU.
     np.testing.assert_allclose(_losses(split), _losses(whole), rtol=2e-3)

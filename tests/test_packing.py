@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from helpers import TINY_BASE, cli, make_run_dir
+from helpers import TINY_BASE, cli, make_run_dir, fabricate_status
 
 from hpcdiff.config.spec import SlurmSpec
 from hpcdiff.launch.job import PackedTrainJob, TrainJob
@@ -62,7 +62,7 @@ def test_a_process_that_could_not_record_its_end_is_settled_by_the_task(tmp_path
     assert "killed by SIGKILL" in rd.read_status()["error"]
     rd.write_status(state="running")
     assert settle(rd, -signal.SIGUSR2, signal.SIGUSR2) == "timeout"  # resumes after the requeue
-    rd.write_status(state="diverged")
+    fabricate_status(rd, state="diverged")
     assert settle(rd, 1, None) == "diverged"
     rd.write_status(state="running")
     assert settle(rd, 3, None) == "busy" and rd.read_status()["state"] == "running"  # not ours to write
@@ -99,7 +99,7 @@ def test_packed_job_trains_its_runs_at_once_and_a_failure_stays_its_own(tmp_path
         job()
     assert runs[0].read_status()["state"] == "done" and runs[1].read_status()["state"] == "failed"
     # A requeue restarts only the runs that are not over (here: one stopped by the warning).
-    runs[0].write_status(state="timeout")
+    fabricate_status(runs[0], state="timeout")
     assert job.checkpoint().function.run_dirs == [str(runs[0].path)]
 
 

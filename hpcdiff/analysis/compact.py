@@ -15,6 +15,7 @@ import math
 from hpcdiff.analysis.load import MEASURES, Run
 from hpcdiff.config.text_table import (Column, Fixed, dropped_note, duration, fit, format_value, progress_text,
                                        short_headers, varying_within_labels)
+from hpcdiff.storage.runstate import RunState
 
 # column of the full runs table -> (header, decimals)
 HEADLINE = {"best_fid_classifier": ("FID", 1), "best_inception_score": ("IS", 2), "best_val_loss": ("val loss", 4)}
@@ -73,7 +74,7 @@ def _progress(run: Run) -> str:
         finite = [float(x) for x in steps if math.isfinite(float(x))]
         last_steps = int(finite[-1]) if finite else None
     return progress_text(run.config.get("train", {}), epoch=int(done or 0), epochs=int(total or 0), steps=last_steps,
-                         seconds=run.row.get("wall_seconds"), ended=run.row.get("state") == "done",
+                         seconds=run.row.get("wall_seconds"), ended=run.row.get("state") == RunState.DONE,
                          stopped_by=run.stopped_by)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from hpcdiff.analysis.load import load_runs, read_run
 from hpcdiff.storage.rundir import RunDir, read_manifest
+from hpcdiff.storage import runstate
 
 
 def load_results(sweep_dir: str | Path):
@@ -91,7 +92,7 @@ class RunResults:
 
     @property
     def state(self) -> str:
-        return self.status.get("state", "pending")
+        return str(runstate.parse(self.status.get("state")))
 
 
 def load_run(run_dir: str | Path) -> RunResults:

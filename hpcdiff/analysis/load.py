@@ -25,6 +25,7 @@ from hpcdiff.config import tomlio
 from hpcdiff.config.spec import START_MEASURES, start_measures
 from hpcdiff.storage import archive
 from hpcdiff.storage.rundir import RunDir, read_run_meta, sweep_run_dirs
+from hpcdiff.storage.runstate import RunState
 
 #: Per-epoch series that describe training rather than sample quality (plus ``*_seconds``).
 TRAINING_SERIES = frozenset({"epoch", "train_loss", "val_loss", "lr", "images_per_second", "optimizer_steps"})
@@ -89,7 +90,7 @@ class Run:
 
     @property
     def complete(self) -> bool:
-        return self.row["state"] == "done"
+        return self.row["state"] == RunState.DONE
 
     @property
     def restores(self) -> bool:

@@ -45,6 +45,7 @@ from hpcdiff.analysis.tables import (config_table, fmt, frame, is_descending, pe
                                      write_tables)
 from hpcdiff.config.registry import nearest
 from hpcdiff.storage.rundir import read_manifest
+from hpcdiff.storage.runstate import RunState
 
 
 @dataclass
@@ -92,7 +93,7 @@ def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: st
 
     out_dir = Path(out) if out else Path("analysis") / name
     out_dir.mkdir(parents=True, exist_ok=True)
-    incomplete = [r["run_id"] for r in rows if r["state"] != "done"]
+    incomplete = [r["run_id"] for r in rows if r["state"] != RunState.DONE]
     result = AnalysisResult(out_dir=out_dir, columns=columns, rows=rows, incomplete=incomplete,
                             sort_by=sort_by, warnings=warnings, evaluation=_evaluation_settings(runs))
     result.compact_columns, result.compact_rows = compact_table(runs, varying, sort_by)
@@ -208,7 +209,7 @@ def _rankings(result: AnalysisResult) -> list[str]:
 
 def _write_index(out_dir: Path, name: str, result: AnalysisResult, figures: list[tuple[str, str, Path]]) -> Path:
     lines = [f"# Sweep `{name}`", ""]
-    done = sum(1 for r in result.rows if r["state"] == "done")
+    done = sum(1 for r in result.rows if r["state"] == RunState.DONE)
     lines.append(f"{len(result.rows)} runs, {done} done. Runs sorted by `{result.sort_by}`"
                  + (" (higher is better)." if is_descending(result.sort_by) else "."))
     if result.incomplete:

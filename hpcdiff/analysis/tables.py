@@ -15,6 +15,7 @@ import numpy as np
 
 from hpcdiff.config.text_table import Fixed
 from hpcdiff.analysis.load import MEASURES, PER_CLASS, Run, is_quality_metric, metric_direction
+from hpcdiff.storage.runstate import RunState
 
 
 class PlusMinus:
@@ -114,7 +115,7 @@ def _config_row(members: list[dict], key_cols: list[str], numeric: list[str]) ->
     """(CSV row, display row) of one config from the rows of its seeds."""
     c = {k: members[0].get(k) for k in key_cols}
     c["n_seeds"] = len(members)
-    c["n_incomplete"] = sum(m["state"] != "done" for m in members)
+    c["n_incomplete"] = sum(m["state"] != RunState.DONE for m in members)
     c["seeds"] = sorted(m.get("train.seed") for m in members if m.get("train.seed") is not None)
     d = dict(c)
     for col in numeric:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.storage.runstate import RunState
 from hpcdiff.launch.base import Executor, LaunchReport
 
 
@@ -24,5 +25,5 @@ class DebugExecutor(Executor):
             try:
                 report.results[rd.run_id] = train(rd.path, show_progress=self.show_progress)
             except Diverged:  # recorded in status.json and the log; the next run goes on
-                report.results[rd.run_id] = "diverged"
+                report.results[rd.run_id] = RunState.DIVERGED
         return report

@@ -17,6 +17,7 @@ from pathlib import Path
 from hpcdiff.config import tomlio
 from hpcdiff.config.text_table import progress_numbers
 from hpcdiff.storage.rundir import RunBusyError, RunDir
+from hpcdiff.storage.runstate import RunState
 from hpcdiff.launch.base import Executor, LaunchReport
 
 POLL_SECONDS = 0.5
@@ -111,11 +112,12 @@ class LocalExecutor(Executor):
                 if code is not None:
                     del running[run_id]
                     gpus.pop(run_id, None)
-                    state = rd.read_status().get("state", "failed")
+                    state = rd.state
                     # A diverged run exits non-zero too, but it is not a crash; nor is a run
                     # that another process (another sweep of the same file) is training.
-                    report.results[run_id] = ("busy" if code == RunBusyError.exit_code
-                                              else state if code == 0 or state == "diverged" else "failed")
+                    report.results[run_id] = (RunState.BUSY if code == RunBusyError.exit_code
+                                              else state if code == 0 or state == RunState.DIVERGED
+                                              else RunState.FAILED)
             progress.refresh(running, report.results)
             if running:
                 try:
@@ -187,7 +189,7 @@ class _SweepProgress:
                                description=f"run {run_id} ({unit})")
         done = len(results)
         self._p.update(self._sweep, completed=done,
-                       info=f"{sum(1 for s in results.values() if s == 'done')} done, "
-                            f"{sum(1 for s in results.values() if s == 'failed')} failed"
-                            + (f", {busy} busy elsewhere" if (busy := sum(1 for s in results.values() if s == 'busy'))
-                               else ""))
+                       info=f"{sum(1 for s in results.values() if s == RunState.DONE)} done, "
+                            f"{sum(1 for s in results.values() if s == RunState.FAILED)} failed"
+                            + (f", {busy} busy elsewhere" if (busy := sum(1 for s in results.values()
+                                                                          if s == RunState.BUSY)) else ""))

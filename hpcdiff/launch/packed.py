@@ -25,9 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from hpcdiff.storage.rundir import RunBusyError, RunDir
+from hpcdiff.storage.runstate import RunState
 
 POLL_SECONDS = 1.0
-ENDED = ("done", "failed", "diverged")
 FORWARDED = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1)
 # Set by srun for each task of a step: a child keeping them would take itself for one rank
 # of a K-process run and wait for peers that never come. SLURM_JOB_ID and SLURM_ARRAY_*
@@ -62,7 +62,7 @@ def child_env(k: int, extra: dict | None = None, environ=None) -> dict[str, str]
 
 def unfinished(run_dirs: list[str]) -> list[str]:
     """The runs a requeued task still has to train (done, failed and diverged ones stay so)."""
-    return [d for d in run_dirs if RunDir(Path(d)).read_status().get("state") not in ENDED]
+    return [d for d in run_dirs if not RunDir(Path(d)).state.final]
 
 
 def run_packed(run_dirs: list[str], *, mps: bool = False) -> dict[str, str]:
@@ -83,12 +83,13 @@ def run_packed(run_dirs: list[str], *, mps: bool = False) -> dict[str, str]:
     states = {RunDir(Path(d)).run_id: settle(RunDir(Path(d)), p.returncode, stopped)
               for d, p in zip(run_dirs, procs)}
     print(f"hpcdiff: packed runs ended: {states}", flush=True)
-    if stopped == signal.SIGUSR2 and "timeout" in states.values():
+    if stopped == signal.SIGUSR2 and RunState.TIMEOUT in states.values():
         hand_on_to_submitit(signal.SIGUSR2)  # checkpoint() -> requeue, then exits
-    bad = {run_id: s for run_id, s in states.items() if s not in ("done", "timeout")}
+    # busy: another process trains it (and records how it ends)
+    bad = {run_id: s for run_id, s in states.items() if s not in (RunState.DONE, RunState.TIMEOUT, RunState.BUSY)}
     if bad:
         raise PackedRunsFailed(_summary(run_dirs, bad))
-    return states
+    return {run_id: str(state) for run_id, state in states.items()}
 
 
 @contextmanager
@@ -154,23 +155,23 @@ def _wait_all(procs: list[subprocess.Popen], forward: _Forwarder) -> None:
             pass
 
 
-def settle(rd: RunDir, code: int, stopped: int | None) -> str:
+def settle(rd: RunDir, code: int, stopped: int | None) -> RunState:
     """A run's end state after its process exited with ``code``: what it recorded, or, when
     it could not record one (killed, crashed before training), what the task knows."""
-    state = rd.read_status().get("state")
+    state = rd.state
     if code == RunBusyError.exit_code:
-        return "busy"
-    if code == 0 or state in ("failed", "diverged"):
-        return state or "failed"
+        return RunState.BUSY
+    if code == 0 or state.final:
+        return state
     if stopped is not None:
         # Stopped before it could checkpoint: it resumes from its latest checkpoint.
-        return _record(rd, state="timeout", error=None)
+        return _record(rd, state=RunState.TIMEOUT, error=None)
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    return _record(rd, state="failed", error=f"its process {how} without recording how the run ended",
+    return _record(rd, state=RunState.FAILED, error=f"its process {how} without recording how the run ended",
                    traceback=None)
 
 
-def _record(rd: RunDir, **fields) -> str:
+def _record(rd: RunDir, **fields) -> RunState:
     try:
         rd.write_status(**fields)
     except OSError as err:

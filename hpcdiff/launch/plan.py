@@ -20,6 +20,7 @@ from pathlib import Path
 from hpcdiff.launch import get_executor, resolve_executor_name, slurm
 from hpcdiff.launch.base import LaunchReport
 from hpcdiff.storage.rundir import RunDir, manifest_path, update_manifest, write_run_config
+from hpcdiff.storage.runstate import RunState
 from hpcdiff.config.spec import SpecError
 from hpcdiff.config.sweep import Sweep
 from hpcdiff.resolve import load_sweep
@@ -95,9 +96,9 @@ def _plan(sweep: Sweep, sweep_dir: Path, force: bool) -> SweepPlan:
                 action = "skip-running"
             elif slurm.is_queued(rd.read_status(), queue):
                 action = "skip-queued"
-            elif state == "done":
+            elif state == RunState.DONE:
                 action = "rerun" if force else "skip-done"
-            elif state == "diverged":
+            elif state == RunState.DIVERGED:
                 action = "resume" if force else "skip-diverged"
             else:
                 action = "resume"
@@ -186,7 +187,7 @@ def _archive_previous(rd: RunDir) -> None:
     for name in ("checkpoints", "archive.h5", "log.txt", "stdout.txt"):
         if (rd.path / name).exists():
             (rd.path / name).rename(dest / name)
-    rd.write_status(state="pending", epoch=0, error=None, traceback=None, elapsed=0.0, early_stopped=None)
+    rd.write_status(state=RunState.PENDING, epoch=0, error=None, traceback=None, elapsed=0.0, early_stopped=None)
 
 
 @dataclass
@@ -244,11 +245,11 @@ __all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan"
 def outcome_lines(plan: SweepPlan, report: LaunchReport) -> list[str]:
     """What `hpcdiff sweep` says after launching (rich markup): how many runs ended how, the
     SLURM arrays, and what to do about failures. A run another process was training when
-    this sweep reached it is "busy", not failed: that process trains it."""
+    this sweep reached it is busy, not failed: that process trains it."""
     results = report.results
-    diverged = [r for r, s in results.items() if s == "diverged"]
-    crashed = [r for r, s in results.items() if s == "failed"]
-    busy = [r for r, s in results.items() if s == "busy"]
+    diverged = [r for r, s in results.items() if s == RunState.DIVERGED]
+    crashed = [r for r, s in results.items() if s == RunState.FAILED]
+    busy = [r for r, s in results.items() if s == RunState.BUSY]
     lines = [f"{report.executor}: launched {len(report.launched)} runs"
              + (f", [red]{len(crashed)} failed[/]: {', '.join(crashed)}" if crashed else "")
              + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else "")

@@ -19,14 +19,17 @@ import sys
 from pathlib import Path
 
 from hpcdiff.config.spec import SlurmSpec, SpecError
+from hpcdiff.storage.runstate import RunState
 
 TEMPLATES = ("csd3-ampere", "gpu", "cpu")
+# The shell's view of the states it acts on (storage/runstate.py owns them).
+STATE_NAMES = {s.value: s.value for s in (RunState.TIMEOUT, RunState.FAILED, RunState.DIVERGED)}
 
 _REQUEUE = """\
 # Stopped by the time-limit warning (state "timeout")? Requeue: the next start resumes
 # from the checkpoint written before stopping.
 state=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["state"])' "$RUN_DIR/status.json")
-if [ "$state" = "timeout" ] && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
+if [ "$state" = "{timeout}" ] && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
     scontrol requeue "$SLURM_JOB_ID"
 fi
 """
@@ -75,7 +78,7 @@ def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], l
     else:
         lines.append(f"RUN_DIR={shlex.quote(run_dirs[0])}")
     lines += ["", f'srun --kill-on-bad-exit=1 {hpcdiff} train --no-progress "$RUN_DIR"', "",
-              _REQUEUE.format(max_requeues=s.max_requeues)]
+              _REQUEUE.format(max_requeues=s.max_requeues, **STATE_NAMES)]
     return "\n".join(lines)
 
 
@@ -137,9 +140,9 @@ done
 # resumes each from its own checkpoint (finished runs return at once). Any failed: exit 1.
 states=$(python3 -c 'import json, sys; print(*(json.load(open(d + "/status.json"))["state"] for d in sys.argv[1:]))' "${{TASK_RUNS[@]}}")
 echo "runs of this task: ${{TASK_RUNS[*]}}: $states"
-if [[ " $states " == *" timeout "* ]] && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
+if [[ " $states " == *" {timeout} "* ]] && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
     scontrol requeue "$SLURM_JOB_ID"
-elif [[ " $states " == *" failed "* || " $states " == *" diverged "* ]]; then
+elif [[ " $states " == *" {failed} "* || " $states " == *" {diverged} "* ]]; then
     exit 1
 fi
 """
@@ -147,7 +150,7 @@ fi
 
 def _packed_body(s: SlurmSpec, run_dirs: list[str], hpcdiff: str) -> list[str]:
     return ["RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")", "",
-            _PACKED.format(k=s.runs_per_gpu, cpus=s.cpus_per_task, hpcdiff=hpcdiff, max_requeues=s.max_requeues,
+            _PACKED.format(**STATE_NAMES, k=s.runs_per_gpu, cpus=s.cpus_per_task, hpcdiff=hpcdiff, max_requeues=s.max_requeues,
                            mps=_MPS + "\n" if s.mps else "")]
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.storage.runstate import RunState
 from hpcdiff.config.spec import SlurmSpec
 from hpcdiff.launch.base import Executor, LaunchReport
 from hpcdiff.launch.job import PackedTrainJob, TrainJob, analyze_job
@@ -211,7 +212,7 @@ class SlurmExecutor(Executor):
                 # Before submitting: a task that starts and ends at once must not have its
                 # final state overwritten by this launcher afterwards.
                 for rd in (rd for task in chunk for rd in task):
-                    rd.write_status(state="pending", submitted=time.time(), error=None, traceback=None)
+                    rd.write_status(state=RunState.PENDING, submitted=time.time(), error=None, traceback=None)
                 try:
                     with executor.batch():
                         jobs = [executor.submit(task_job(task, group.spec)) for task in chunk]

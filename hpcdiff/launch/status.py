@@ -9,12 +9,13 @@ from pathlib import Path
 from hpcdiff.config import tomlio
 from hpcdiff.launch import slurm
 from hpcdiff.storage.rundir import read_manifest, read_run_meta, sweep_run_dirs
+from hpcdiff.storage.runstate import RunState
 from hpcdiff.config.text_table import Column, dropped_note, duration, number, progress_text
 from hpcdiff.launch.run_table import RunRow, compact, lookup, render, with_model_name
 
-ENDED = ("done", "failed", "timeout", "interrupted", "diverged")
-COLOURS = {"done": "green", "running": "cyan", "failed": "red", "diverged": "magenta", "timeout": "yellow",
-           "interrupted": "yellow", "pending": "white", "queued": "white"}
+COLOURS = {RunState.DONE: "green", RunState.RUNNING: "cyan", RunState.FAILED: "red", RunState.DIVERGED: "magenta",
+           RunState.TIMEOUT: "yellow", RunState.INTERRUPTED: "yellow", RunState.PENDING: "white",
+           RunState.QUEUED: "white", RunState.BUSY: "cyan"}
 
 
 @dataclass
@@ -22,7 +23,7 @@ class RunStatus:
     run_id: str
     label: str
     axes: dict
-    state: str
+    state: RunState
     epoch: int
     epochs: int
     last_loss: float | None
@@ -58,13 +59,13 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
         job_id = st.get("job_id")
         job_state = queue.get(str(job_id)) if job_id else None
         state = rd.effective_state()
-        if state in ("timeout", "pending") and job_state in slurm.ACTIVE_STATES:
-            state = "queued"  # waiting for its (re)start
-        elif (state == "running" and job_id and answered is not None and str(job_id) not in queue
+        if state in (RunState.TIMEOUT, RunState.PENDING) and job_state in slurm.ACTIVE_STATES:
+            state = RunState.QUEUED  # waiting for its (re)start
+        elif (state == RunState.RUNNING and job_id and answered is not None and str(job_id) not in queue
               and not rd.is_locked()):
             # Its job has left the queue without the run saying how it ended: killed without
             # a signal it could handle (out of memory, node failure, scancel -s KILL).
-            state = "interrupted"
+            state = RunState.INTERRUPTED
         rows.append(RunStatus(
             run_id=rd.run_id, label=meta.get("label", ""), axes=meta.get("axes", {}),
             state=state, epoch=int(st.get("epoch", 0)), epochs=int(st.get("epochs", 0)),
@@ -103,7 +104,7 @@ def summary(rows: list[RunStatus]) -> dict[str, int]:
 
 def is_finished(rows: list[RunStatus]) -> bool:
     """Nothing left that will still change by itself."""
-    return all(r.state in ENDED and r.job_state not in slurm.ACTIVE_STATES for r in rows)
+    return all(r.state.ended and r.job_state not in slurm.ACTIVE_STATES for r in rows)
 
 
 def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: int = 100, *, long: bool = False):
@@ -132,7 +133,7 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
         else:
             after = {"state": r.state, "job": r.job_id or "",
                      "progress": progress_text(r.train or {}, epoch=r.epoch, epochs=r.epochs, steps=_steps(r),
-                                               seconds=r.elapsed, ended=r.state in ENDED, stopped_by=r.stopped_by),
+                                               seconds=r.elapsed, ended=r.state.ended, stopped_by=r.stopped_by),
                      "val loss": number(r.val_loss, 4), "wall": duration(r.elapsed)}
         table_rows.append(RunRow(r.run_id, r.label, values, after, model=r.model))
     counts = summary(rows)
@@ -145,7 +146,7 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
                                               Column("val loss", "val loss", drop_order=2, right=True),
                                               Column("wall", "wall", drop_order=1, right=True)], width)
         body = "\n".join([str(sweep_dir), *lines])
-        footer += [f"{r.run_id} {r.state}: {_headline(r.error)}" for r in rows if r.error and r.state != "done"]
+        footer += [f"{r.run_id} {r.state}: {_headline(r.error)}" for r in rows if r.error and r.state != RunState.DONE]
         footer += [note for note in [dropped_note(dropped)] if note]
     text = Text(body)
     for state, colour in COLOURS.items():
@@ -186,6 +187,6 @@ def cancel_sweep(sweep_dir: str | Path) -> list[str]:
     _, rows = collect_status(sweep_dir)
     # Runs packed into one task share its job id: each job once.
     ids = list(dict.fromkeys(r.job_id for r in rows
-                             if r.job_id and r.state != "done" and r.job_state in slurm.ACTIVE_STATES))
+                             if r.job_id and r.state != RunState.DONE and r.job_state in slurm.ACTIVE_STATES))
     slurm.cancel(ids)
     return ids

@@ -1,9 +1,9 @@
-"""The on-disk layout of sweeps and runs, and each run's status state machine.
+"""The on-disk layout of sweeps and runs (each run's state machine: storage/runstate.py).
 
     <output>/<sweep>/sweep.json            manifest: every run ever expanded from the sweep
     <output>/<sweep>/sweep.toml            copy of the sweep file as last launched
     <output>/<sweep>/<run_id>/config.toml  resolved config (rebuilds every object)
-                             status.json   pending -> running -> done | failed | timeout | diverged
+                             status.json   the run's state and progress (storage/runstate.py)
                              checkpoints/  atomic full-state checkpoints
                              archive.h5    metrics and samples
                              log.txt       training log
@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdiff.config import tomlio
+from hpcdiff.storage import runstate
 from hpcdiff.storage.atomic import atomic_write_bytes
+from hpcdiff.storage.runstate import RunState
 from hpcdiff.config.spec import RunSpec, SpecError
 
 
@@ -87,18 +89,16 @@ class RunDir:
         return RunSpec.from_dict(raw, source=str(self.config_path))
 
     def read_status(self) -> dict:
-        try:
-            return json.loads(self.status_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {"state": "pending"}
+        return runstate.read(self.status_path)
 
     def write_status(self, **fields) -> dict:
-        status = self.read_status()
-        status.update(fields)
-        status["updated"] = time.time()
-        data = json.dumps(status, indent=2, sort_keys=True).encode()
-        atomic_write_bytes(self.status_path, data)
-        return status
+        """Change these fields of status.json (under its lock: storage/runstate.py)."""
+        return runstate.update(self.status_path, **fields)
+
+    @property
+    def state(self) -> RunState:
+        """The recorded state."""
+        return runstate.parse(self.read_status().get("state"))
 
     def is_locked(self) -> bool:
         """True while a live process holds the training lock."""
@@ -134,13 +134,13 @@ class RunDir:
         f.flush()
         return f
 
-    def effective_state(self) -> str:
-        """status.json's state, except a 'running' run whose process is gone on this host
-        reads 'interrupted' (killed before it could say so)."""
+    def effective_state(self) -> RunState:
+        """The recorded state, except a running run whose process is gone on this host reads
+        interrupted (killed before it could say so)."""
         status = self.read_status()
-        state = status.get("state", "pending")
-        if state == "running" and status.get("host") == socket.gethostname() and not self.is_locked():
-            return "interrupted"
+        state = runstate.parse(status.get("state"))
+        if state == RunState.RUNNING and status.get("host") == socket.gethostname() and not self.is_locked():
+            return RunState.INTERRUPTED
         return state
 
 
@@ -163,7 +163,7 @@ def write_run_config(run_dir: RunDir, spec: RunSpec, *, run_id: str, sweep: str,
     data = text.encode()
     atomic_write_bytes(run_dir.config_path, data)
     if not run_dir.status_path.exists():
-        run_dir.write_status(state="pending", epoch=0, epochs=spec.train.epochs)
+        run_dir.write_status(state=RunState.PENDING, epoch=0, epochs=spec.train.epochs)
 
 
 def read_run_meta(run_dir: RunDir) -> dict:

@@ -32,6 +32,7 @@ from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.storage.runstate import RunState
 from hpcdiff.training.budget import Budget
 from hpcdiff.training.distributed import env_from_slurm, process_rank
 from hpcdiff.training.environment import NoGpuError, attach_log, detach_log, make_accelerator, record_state, slurm_job_id
@@ -52,11 +53,11 @@ def due(epoch: int, every: int, last: bool) -> bool:
     return last or bool(every and epoch % every == 0)
 
 
-def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
-    """Train or resume the run in ``run_dir``. Returns the final state ("done" or "timeout").
+def train(run_dir: str | Path, *, show_progress: bool = False) -> RunState:
+    """Train or resume the run in ``run_dir``. Returns the final state (done or timeout).
 
-    Raises ``Diverged`` (state "diverged") when the loss or the weights stop being finite, and
-    ``StorageError`` (state "failed") when a run file cannot be written, e.g. on a full disk;
+    Raises ``Diverged`` (state diverged) when the loss or the weights stop being finite, and
+    ``StorageError`` (state failed) when a run file cannot be written, e.g. on a full disk;
     both leave the last complete checkpoint and archive as they were."""
     rd = RunDir(Path(run_dir))
     # Resolved again: a config written by an older hpcdiff (or edited by hand) may still say
@@ -68,31 +69,31 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> str:
     lock = rd.lock() if main else None
     handler = attach_log(rd) if main else None
     try:
-        if rd.read_status().get("state") == "done":
+        if rd.state == RunState.DONE:
             log.info("run %s is already done; nothing to do", rd.run_id)
-            return "done"
+            return RunState.DONE
         return _train_locked(rd, spec, show_progress)
     except StopRequested as stop:
         if main:
-            record_state(rd, state="timeout")
+            record_state(rd, state=RunState.TIMEOUT)
             log.warning("%s: checkpoint written, stopping", stop)
         hand_on_to_submitit(stop.signum)
-        return "timeout"
+        return RunState.TIMEOUT
     except SystemExit:
         # e.g. submitit's requeue handler exiting before training installed its own
         if main:
-            record_state(rd, state="timeout")
+            record_state(rd, state=RunState.TIMEOUT)
         raise
     except (Diverged, StorageError, NoGpuError) as err:
         # Not bugs: no traceback, the message names what happened and where.
         if main:
-            record_state(rd, state="diverged" if isinstance(err, Diverged) else "failed",
+            record_state(rd, state=RunState.DIVERGED if isinstance(err, Diverged) else RunState.FAILED,
                          error=str(err), traceback=None)
             log.error("%s", err)
         raise
     except BaseException as err:
         if main:
-            record_state(rd, state="failed", error=f"{type(err).__name__}: {err}",
+            record_state(rd, state=RunState.FAILED, error=f"{type(err).__name__}: {err}",
                          traceback=traceback.format_exc()[-4000:])
             log.error("run failed: %s", traceback.format_exc())
         raise
@@ -139,7 +140,7 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     session = start_session(rd, spec, show_progress)
     t, state = spec.train, session.state
     # A run resumed after its budget was spent trains no more: spent at an epoch's end (killed
-    # before it could say "done"), there is nothing left to do; spent mid-epoch (a stop
+    # before it could say it was done), there is nothing left to do; spent mid-epoch (a stop
     # signal's checkpoint at that very step), the epoch is closed without another batch.
     session.stopped_by = session.budget.spent(session.budget.optimizer_steps(state.epoch_done + 1, state.start_batch),
                                               state.elapsed)
@@ -156,9 +157,9 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     session.accelerator.wait_for_everyone()
     if session.main:
         budget = {"stopped_by": session.stopped_by} if session.stopped_by else {}
-        rd.write_status(state="done", **budget)
+        rd.write_status(state=RunState.DONE, **budget)
         archive.set_attrs(rd.archive, {"finished": True, "training_seconds": state.elapsed, **budget})
-    return "done"
+    return RunState.DONE
 
 
 def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Session:
@@ -243,7 +244,7 @@ def _open_run_files(session: Session) -> None:
                                    "sample_start": spec.diffusion.sample_start,
                                    "samples_measure": start_measures(spec.diffusion.sample_start),
                                    "prior": prior.describe() if prior is not None else ""})
-    rd.write_status(state="running", epoch=session.state.epoch_done, epochs=spec.train.epochs,
+    rd.write_status(state=RunState.RUNNING, epoch=session.state.epoch_done, epochs=spec.train.epochs,
                     host=socket.gethostname(), error=None, traceback=None,
                     restarts=rd.read_status().get("restarts", -1) + 1, job_id=slurm_job_id(),
                     requeues=int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0), world_size=world)
@@ -344,7 +345,7 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         session.trackers.log_epoch(epoch, metrics, samples)
         if due(epoch, t.checkpoint_every, last):
             session.save(epoch)
-        rd.write_status(state="running", epoch=epoch, last_loss=train_loss, val_loss=val_loss,
+        rd.write_status(state=RunState.RUNNING, epoch=epoch, last_loss=train_loss, val_loss=val_loss,
                         elapsed=s.elapsed, best_epoch=s.stopper.best_epoch, steps=int(metrics["optimizer_steps"]))
     log.info("epoch %d/%d train_loss %.5f val_loss %.5f %.0f img/s", epoch, t.epochs,
              train_loss, val_loss, metrics["images_per_second"])
