@@ -112,3 +112,24 @@ def bench_eval(degradations, overrides, device, data_name):
     except SpecError as err:
         fail_invalid(err)
     console().print(format_eval_report(results))
+
+
+@bench.command("archive")
+@click.option("--at", default="1,100,500", show_default=True, help="Epochs to report (the run goes to the last).")
+@click.option("--dir", "directory", default=None, help="Where to write (default: the temporary directory).")
+def bench_archive(at, directory):
+    """Time and bytes written to record one epoch (25-image grid) at epochs 1, 100 and 500:
+    the epoch files against the whole-archive copy of before."""
+    from hpcdiff.bench.archive import benchmark_archive
+
+    epochs = tuple(int(x) for x in at.split(",") if x.strip())
+    rows = benchmark_archive(epochs, directory=directory)
+    base = {r["epoch"]: r for r in rows if r["method"].startswith("copy")}
+    for r in rows:
+        extra = f"  archive {r['archive kB']:.0f} kB" if "archive kB" in r else ""
+        ratio = ""
+        if not r["method"].startswith("copy") and r["epoch"] in base and isinstance(r["epoch"], int):
+            b = base[r["epoch"]]
+            ratio = f"  ({b['ms'] / r['ms']:.1f}x less time, {b['kB written'] / max(r['kB written'], 1e-9):.1f}x fewer bytes)"
+        kb = "" if r["kB written"] != r["kB written"] else f"{r['kB written']:9.0f} kB written"
+        click.echo(f"{r['method']:24s} epoch {str(r['epoch']):>15s}: {r['ms']:8.1f} ms {kb}{extra}{ratio}")

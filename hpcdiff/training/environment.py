@@ -98,6 +98,18 @@ def record_state(rd: RunDir, **fields) -> None:
               f"({err}); reason: {fields.get('error') or '-'}", file=sys.stderr, flush=True)
 
 
+def fold_archive(rd: RunDir) -> None:
+    """However training ended, its epoch files are folded into archive.h5 for readers that
+    open it with h5py; where that fails (a full disk) they stay, and hpcdiff reads them."""
+    from hpcdiff.storage import archive
+
+    try:
+        archive.consolidate(rd.archive)
+    except OSError as err:  # StorageError is one
+        print(f"hpcdiff: run {rd.run_id}: the epoch files stay beside {rd.archive} ({err}); "
+              f"hpcdiff reads them as they are", file=sys.stderr, flush=True)
+
+
 class _RunLogHandler(logging.FileHandler):
     """log.txt; a write that fails (a full disk) is reported once on stderr, not as a
     logging traceback per line."""

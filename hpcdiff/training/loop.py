@@ -35,7 +35,8 @@ from hpcdiff.storage.rundir import RunDir
 from hpcdiff.storage.runstate import RunState
 from hpcdiff.training.budget import Budget
 from hpcdiff.training.distributed import env_from_slurm, process_rank
-from hpcdiff.training.environment import NoGpuError, attach_log, detach_log, make_accelerator, record_state, slurm_job_id
+from hpcdiff.training.environment import (NoGpuError, attach_log, detach_log, fold_archive, make_accelerator,
+                                          record_state, slurm_job_id)
 from hpcdiff.training.level_prior import load_or_fit_prior
 from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
 from hpcdiff.training.progress import Progress
@@ -98,10 +99,13 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> RunState:
             log.error("run failed: %s", traceback.format_exc())
         raise
     finally:
+        if main:
+            fold_archive(rd)
         if handler is not None:
             detach_log(handler)
         if lock is not None:
             lock.close()
+
 
 
 @dataclass
