@@ -11,11 +11,10 @@ from pathlib import Path
 
 import click
 
+from hpcdiff.config.catalog import EXECUTORS
 from hpcdiff.config.spec import SpecError
 
 EXIT_INVALID = 2
-# The names in hpcdiff.launch.CHOICES, spelled out so `--help` does not import the backends.
-EXECUTORS = ["auto", "local", "debug", "slurm"]
 
 
 # Width of piped output when COLUMNS is not set: a log or a file is read later in an editor

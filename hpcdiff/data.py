@@ -15,16 +15,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpcdiff.config import catalog
+from hpcdiff.config.registry import Registry
 from hpcdiff.config.spec import DataSpec
 
 # The data split does not depend on train.seed, so runs that differ only in seed see the
 # same train/val images and their spread measures the training, not the split.
 SPLIT_SEED = 12345
 
-# The image shape (C, H, W) of each dataset whose shape is known before it is read: checks
-# that depend on the image size run when a sweep is validated. "idx" files can hold any
-# size, so their runs are checked when the data are loaded.
-KNOWN_IMAGE_SHAPES = {"mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "mnist-5k": (1, 28, 28)}
+# The image shape (C, H, W) of each dataset whose shape is known before it is read (checks
+# that depend on the image size run when a sweep is validated); "idx" runs are checked when
+# the data are loaded.
+KNOWN_IMAGE_SHAPES = {name: f.image_shape for name, f in catalog.DATASETS.items() if f.image_shape}
+
+#: How each dataset of hpcdiff.config.catalog.DATASETS is read: ``fn(spec) -> (train, test)``.
+LOADERS: Registry = Registry("dataset", declared=catalog.DATASETS)
 
 
 class DataError(RuntimeError):
@@ -93,18 +98,16 @@ def load_splits(spec: DataSpec) -> Splits:
 
 
 def _load_raw(spec: DataSpec) -> tuple[Dataset, Dataset]:
-    root = Path(spec.root).expanduser()
-    if spec.name == "mnist-5k":
-        return _load_mnist_5k()
-    if spec.name == "idx":
-        return load_idx_dir(root)
-    return _load_torchvision(spec.name, root, spec.download)
+    return LOADERS.get(spec.name)(spec)
 
 
-def _load_torchvision(name: str, root: Path, download: bool) -> tuple[Dataset, Dataset]:
+@LOADERS.register("mnist")
+@LOADERS.register("fashion-mnist")
+def _load_torchvision(spec: DataSpec) -> tuple[Dataset, Dataset]:
     from torchvision import datasets
 
-    cls = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}[name]
+    name, root, download = spec.name, Path(spec.root).expanduser(), spec.download
+    cls = getattr(datasets, catalog.DATASETS[name].torchvision)
     try:
         train = cls(str(root), train=True, download=download)
         test = cls(str(root), train=False, download=download)
@@ -132,7 +135,8 @@ def mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"the shipped MNIST subset {MNIST_5K} cannot be read ({err}): reinstall hpcdiff") from None
 
 
-def _load_mnist_5k() -> tuple[Dataset, Dataset]:
+@LOADERS.register("mnist-5k")
+def _load_mnist_5k(spec: DataSpec | None = None) -> tuple[Dataset, Dataset]:
     """The 5,000-digit MNIST subset shipped in the package (no network, no extra package).
     It is sorted by label, 500 per class: the last 50 of each class are held out as test."""
     x, y = mnist_5k_arrays()
@@ -183,3 +187,11 @@ def load_idx_dir(root: Path) -> tuple[Dataset, Dataset]:
         return Dataset(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
     return pair("train"), pair("t10k")
+
+
+@LOADERS.register("idx")
+def _load_idx_spec(spec: DataSpec) -> tuple[Dataset, Dataset]:
+    return load_idx_dir(Path(spec.root).expanduser())
+
+
+LOADERS.seal()

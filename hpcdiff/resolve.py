@@ -15,8 +15,7 @@ from hpcdiff.config.registry import unknown_message, unknown_name_message
 from hpcdiff.config import sweep as sweep_files
 from hpcdiff.config.log_spec import tracker_install_problem
 from hpcdiff.config.spec import RunSpec, SpecError, check_text
-from hpcdiff.data import KNOWN_IMAGE_SHAPES
-from hpcdiff.evaluation.metrics import METRICS
+from hpcdiff.config.catalog import DATASETS
 from hpcdiff.evaluation.reference import reference_for, references
 from hpcdiff.science.degradations import (DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params,
                                           default_schedule, is_gaussian, process_of)
@@ -123,7 +122,7 @@ def _level_T_keeps_image(spec: RunSpec) -> str | None:
     """Why level T of the run's degradation still shows the image (None: it forgets it)."""
     deg = spec.degradation
     info = DEGRADATION_INFO[deg.name]
-    shape = KNOWN_IMAGE_SHAPES.get(spec.data.name, (1, 28, 28))
+    shape = DATASETS[spec.data.name].image_shape or (1, 28, 28)
     return info.level_T_keeps_image(deg.params, spec.diffusion.n_T or info.n_steps, shape)
 
 
@@ -139,13 +138,10 @@ def validate_spec(spec: RunSpec) -> RunSpec:
     _check_param_types(deg)
     _check_param_values(spec)
     _check_sampling(spec)
-    shape = KNOWN_IMAGE_SHAPES.get(spec.data.name)
+    shape = DATASETS[spec.data.name].image_shape
     problem = image_size_problem(spec.model, shape) if shape else None
     if problem:
         raise SpecError(f"{problem} (data.name = {spec.data.name!r})", path="model.channel_mults")
-    for i, name in enumerate(spec.eval.metrics):
-        if name not in METRICS:
-            raise SpecError(unknown_name_message("metric", name, METRICS.names()), path=f"eval.metrics[{i}]")
     if spec.eval.classifier == "reference" and reference_for(spec.data.name) is None:
         shipped = sorted({d for r in references().values() for d in r.datasets})
         raise SpecError(f"hpcdiff ships no reference classifier for data.name = {spec.data.name!r} (it ships "

@@ -231,6 +231,10 @@ def test_default_metric_set_runs_on_a_classifier_context(clf, mnist, stats):
     out = compute_metrics(DEFAULT_METRICS, ctx(mnist["train"], mnist["test"], clf, stats))
     assert {"fid_classifier", "inception_score", "class_entropy", "diversity_trace"} <= set(out)
     assert all(isinstance(v, float) for v in out.values())
+    # Every series a metric writes is declared in the catalog as that metric's, with its direction.
+    from hpcdiff.config.catalog import series_facts
+    assert {k: series_facts(k).metric for k in out} == {
+        k: next(m for m in DEFAULT_METRICS if k.startswith(m[:5])) for k in out}
     with pytest.raises(KeyError, match="did you mean 'fid_classifier'"):
         compute_metrics(["fid_clasifier"], ctx(mnist["train"], mnist["test"], clf, stats))
     with pytest.raises(ValueError, match="classifier"):

@@ -103,8 +103,3 @@ def test_int_accepted_for_float_but_not_bool():
         RunSpec.from_dict({"train": {"lr": True}})
 
 
-def test_cli_executor_names_match_the_backends():
-    from hpcdiff.cli import EXECUTORS
-    from hpcdiff.launch import BACKENDS, CHOICES
-
-    assert EXECUTORS == list(CHOICES) and set(CHOICES) - {"auto"} == set(BACKENDS)

@@ -16,10 +16,8 @@ import math
 import numpy as np
 
 from hpcdiff.analysis.load import Run, metric_direction
+from hpcdiff.config.catalog import DATASETS
 
-# Training images before the validation split, for the datasets whose size is fixed (idx
-# files can hold any number): only for deriving optimizer_steps of older archives.
-FULL_TRAIN_SIZES = {"mnist": 60_000, "fashion-mnist": 60_000, "mnist-5k": 4_500}
 
 # (series in the archive, axis label, scale, file-name slug)
 AXES = (("optimizer_steps", "optimizer steps", 1.0, "optimizer_steps"),
@@ -29,7 +27,8 @@ AXES = (("optimizer_steps", "optimizer steps", 1.0, "optimizer_steps"),
 def derived_optimizer_steps(config: dict, epochs: np.ndarray) -> np.ndarray | None:
     """Optimiser steps at the end of each whole epoch, from the run's config, or None."""
     data, train = config.get("data", {}), config.get("train", {})
-    full = FULL_TRAIN_SIZES.get(data.get("name"))
+    facts = DATASETS.get(data.get("name"))
+    full = facts.train_images if facts else None  # only for deriving optimizer_steps of older archives
     if full is None or "batch_size" not in train:
         return None
     images = min(int(data.get("subset") or full), full)

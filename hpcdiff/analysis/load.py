@@ -6,7 +6,7 @@ training series (``train_loss``, ``val_loss``, ``lr``, ``images_per_second``,
 ``best_val_loss_epoch`` and ``wall_seconds``; every other metric is a quality metric with
 ``best_<m>``/``best_<m>_epoch`` and ``final_<m>`` (the last finite value: metrics
 evaluated every k epochs are NaN in between), or ``final_<m>`` only when "best" has no
-meaning, following :data:`DIRECTION_RULES`. Per-class metrics stay out of the row (they
+meaning (the better direction of each series is a fact in hpcdiff.config.catalog). Per-class metrics stay out of the row (they
 have their own table and figure).
 
 A run that cannot be read (a half-written config, a damaged archive) still gets its row,
@@ -21,30 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from hpcdiff.config import tomlio
+from hpcdiff.config import catalog, tomlio
 from hpcdiff.config.spec import START_MEASURES, start_measures
 from hpcdiff.storage import archive
 from hpcdiff.storage.rundir import RunDir, read_run_meta, sweep_run_dirs
 from hpcdiff.storage.runstate import RunState
 
 #: Per-epoch series that describe training rather than sample quality (plus ``*_seconds``).
-TRAINING_SERIES = frozenset({"epoch", "train_loss", "val_loss", "lr", "images_per_second", "optimizer_steps"})
-
-#: Which value of a metric is its best, first matching rule wins. "final": no best (a
-#: spread, a diagnostic whose ideal is a target value, or an unknown metric): only the
-#: final value is reported.
-DIRECTION_RULES: tuple[tuple[str, str], ...] = (
-    (r"_std$", "final"),                          # spreads of another metric
-    (r"(^|_)class_\d+$", "final"),                # per-class fractions / per-class values
-    (r"(^|_)(fid|kid|mse|loss)(_|$)", "min"),     # distances and errors
-    (r"(^|_)(inception_score|ssim)(_|$)", "max"),  # IS, structural similarity
-    (r"^class_entropy$", "max"),                  # 1 = samples spread evenly over classes
-    (r"^diversity", "final"),                     # target is the real data's value, not max
-)
+TRAINING_SERIES = frozenset(catalog.TRAINING_SERIES)
 
 #: Quality metrics listed first, in this order; the rest follow alphabetically.
-METRIC_ORDER = ("fid_classifier", "fid_inception", "kid_classifier", "inception_score", "class_entropy",
-                "diversity_trace", "ssim")
+METRIC_ORDER = tuple(s for m in catalog.METRICS.values() for s in m.outputs if "{k}" not in s and not s.endswith("_std"))
 
 #: A per-class metric: ``class_<k>`` (the class histogram) or ``<family>_class_<k>``.
 PER_CLASS = re.compile(r"^(?:(?P<family>.+)_)?class_(?P<k>\d+)$")
@@ -55,11 +42,9 @@ MEASURES = tuple(dict.fromkeys(START_MEASURES.values()))
 
 
 def metric_direction(name: str) -> str:
-    """'min', 'max' or 'final' for a metric name (see :data:`DIRECTION_RULES`)."""
-    for pattern, direction in DIRECTION_RULES:
-        if re.search(pattern, name):
-            return direction
-    return "final"
+    """'min', 'max' or 'final' (no best: only the final value is reported) for a series, as
+    hpcdiff.config.catalog declares it; 'final' for a series it does not know."""
+    return catalog.better_direction(name)
 
 
 def is_quality_metric(name: str) -> bool:
@@ -187,10 +172,7 @@ def latest_evaluation(data: dict | None, run_id: str, warnings: list[str]) -> tu
     return max(current.items(), key=lambda item: float(item[1]["attrs"].get("created", 0)))
 
 
-def depends_on_classifier(name: str) -> bool:
-    """IS, classifier-FID/KID, class entropy and the class histogram."""
-    return name in CLASSIFIER_METRICS or bool(re.match(r"^class_\d+$", name)) or "classifier" in name \
-        or name.startswith("inception_score")
+depends_on_classifier = catalog.depends_on_classifier
 
 
 def apply_evaluation(data: dict, record: dict) -> None:
@@ -218,13 +200,10 @@ def apply_evaluation(data: dict, record: dict) -> None:
         data["attrs"]["ssim_standard_from_epoch"] = int(attrs["epoch"])
 
 
-CLASSIFIER_METRICS = ("fid_classifier", "inception_score", "kid_classifier", "class_entropy")
-
-
 def _scored_epochs(data: dict) -> np.ndarray:
     epochs = np.asarray(data["metrics"].get("epoch", []))
     scored = np.zeros(len(epochs), dtype=bool)
-    for name in CLASSIFIER_METRICS:
+    for name in filter(depends_on_classifier, data["metrics"]):
         values = np.asarray(data["metrics"].get(name, []), dtype=np.float64)
         if len(values) == len(epochs):
             scored |= np.isfinite(values)
@@ -252,7 +231,7 @@ def check_classifiers(runs: list[Run], warnings: list[str]) -> None:
     scored by several says which runs each scored (they are still tabled and ranked)."""
     groups: dict[str, list[str]] = {}
     for run in runs:
-        if any(n in run.metrics for n in CLASSIFIER_METRICS):
+        if any(map(depends_on_classifier, run.metrics)):
             groups.setdefault(run.scored_by or "unrecorded (trained where the run ran)", []).append(run.run_id)
     if len(groups) > 1:
         parts = "; ".join(f"{name}: {', '.join(ids)}" for name, ids in sorted(groups.items()))

@@ -22,8 +22,8 @@ Columns. Training series (``train_loss``, ``val_loss``, ``lr``, ``images_per_sec
 ``*_seconds``) give ``final_/best_train_loss``, ``final_/best_val_loss``,
 ``best_val_loss_epoch`` and ``wall_seconds``. Every other metric in an archive is a quality
 metric: ``best_<m>`` and ``final_<m>`` (the last finite value: metrics evaluated every k
-epochs are NaN in between), or ``final_<m>`` only when "best" has no meaning, following
-:data:`hpcdiff.analysis.load.DIRECTION_RULES`. The sort column's epoch of best is added as
+epochs are NaN in between), or ``final_<m>`` only when "best" has no meaning, as
+hpcdiff.config.catalog declares for each series. The sort column's epoch of best is added as
 ``<column>_epoch``. Per-class metrics stay out of the runs table (a column per class and
 metric would bury it): they go to ``per_class.*`` and the class histograms.
 

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcdiff.config import catalog
 from hpcdiff.storage import archive
 from hpcdiff.storage.atomic import atomic_path
 
-METRICS = ("train_loss", "val_loss", "lr", "epoch_seconds", "elapsed_seconds", "optimizer_steps",
-           "images_per_second", "fid_classifier", "inception_score", *(f"class_{k}" for k in range(10)))
+# What a run with the default metrics writes each epoch.
+METRICS = (*catalog.default_series(), "epoch_seconds", "elapsed_seconds")
 
 
 def _written_bytes() -> int | None:

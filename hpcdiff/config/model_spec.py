@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from hpcdiff.config.catalog import MODEL_KEYS, MODELS as MODEL_NAMES
 from hpcdiff.config.checks import SpecError, check, choice_msg
 
-# The denoisers of hpcdiff.science.models (a test checks that the registry agrees).
-MODEL_NAMES = ("cnn", "unet")
 ACTIVATIONS = ("gelu", "relu", "silu", "leaky_relu", "tanh")
 MAX_CHANNELS = 4096  # per layer
 MAX_LAYERS = 64
@@ -25,10 +24,6 @@ MAX_LEVELS = 8
 MAX_RES_BLOCKS = 16
 
 SHARED_KEYS = frozenset({"name", "dropout"})
-MODEL_KEYS: dict[str, frozenset[str]] = {
-    "cnn": frozenset({"hidden", "activation", "kernel_size", "last_kernel_size"}),
-    "unet": frozenset({"base_channels", "channel_mults", "res_blocks", "attention", "groups"}),
-}
 
 
 @dataclass(frozen=True)

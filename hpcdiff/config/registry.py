@@ -41,12 +41,26 @@ def unknown_name_message(kind: str, name: str, choices) -> str:
     return unknown_message(kind, name, sorted(choices))
 
 
+class UndeclaredName(ValueError):
+    """A registry and hpcdiff.config.catalog disagree about the names that exist."""
+
+
 class Registry(Generic[T]):
-    def __init__(self, kind: str):
+    """Objects by name. ``declared``: the names config.catalog lists for this kind; then only
+    those may be registered, and ``seal()`` (called where the registering module ends) fails
+    for a declared name nothing registered. None: an open registry."""
+
+    def __init__(self, kind: str, declared=None):
         self.kind = kind
+        self.declared = tuple(declared) if declared is not None else None
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        if self.declared is not None and name not in self.declared:
+            raise UndeclaredName(
+                unknown_message(f"{self.kind} name", name, self.declared, listing="declared in hpcdiff/config/catalog.py")
+                + f"; add {name!r} there first")
+
         def decorator(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
@@ -54,6 +68,13 @@ class Registry(Generic[T]):
             return obj
 
         return decorator
+
+    def seal(self) -> "Registry[T]":
+        missing = [n for n in (self.declared or ()) if n not in self._items]
+        if missing:
+            raise UndeclaredName(f"hpcdiff/config/catalog.py declares {self.kind} name(s) "
+                                 f"{', '.join(map(repr, missing))} that nothing registers")
+        return self
 
     def get(self, name: str) -> T:
         try:

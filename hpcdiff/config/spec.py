@@ -16,10 +16,12 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
 
+from hpcdiff.config import catalog
 from hpcdiff.config.checks import (INT64_MAX, MAX_STRING, SpecError, check, check_text, choice_msg, coerce,
                                    unknown_key_msg)
 from hpcdiff.config.log_spec import LogSpec
 from hpcdiff.config.model_spec import ModelSpec
+from hpcdiff.config.registry import unknown_name_message
 from hpcdiff.config.slurm_spec import SlurmSpec
 
 __all__ = [  # SpecError, check_text and SlurmSpec live beside their kin; import them from here or there
@@ -28,7 +30,7 @@ __all__ = [  # SpecError, check_text and SlurmSpec live beside their kin; import
 ]
 
 
-DATASETS = ("mnist", "fashion-mnist", "mnist-5k", "idx")
+DATASETS = tuple(catalog.DATASETS)
 OPTIMIZERS = ("adam", "adamw")
 LOSSES = ("mse", "l1", "l2")
 DEVICES = ("auto", "cpu", "cuda")
@@ -213,8 +215,8 @@ class EvalSpec:
     """Quality metrics computed during training (not part of a run's identity: changing
     them never retrains a finished run)."""
 
-    # Names in hpcdiff.evaluation.metrics.METRICS.
-    metrics: tuple[str, ...] = ("fid_classifier", "inception_score", "class_histogram", "diversity")
+    # Names in hpcdiff.config.catalog.METRICS.
+    metrics: tuple[str, ...] = catalog.DEFAULT_METRICS
     # Evaluate every N epochs; 0 = only at the last epoch.
     every: int = 0
     # Generated samples per evaluation (and held-out images for reconstructions).
@@ -247,6 +249,8 @@ class EvalSpec:
         for i, name in enumerate(self.metrics):
             # A repeated name would be computed twice and write the same archive series twice.
             check(name not in seen, f"{p}.metrics[{i}]", f"{name!r} is listed twice")
+            check(name in catalog.METRICS, f"{p}.metrics[{i}]",
+                  unknown_name_message("metric", name, catalog.METRICS))
             seen.add(name)
         check(self.classifier in CLASSIFIER_CHOICES, f"{p}.classifier",
               f"must be one of {', '.join(map(repr, CLASSIFIER_CHOICES))}, got {self.classifier!r}")

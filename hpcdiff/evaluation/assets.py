@@ -21,13 +21,12 @@ from hpcdiff.evaluation.reference import load_reference, reference_for
 from hpcdiff.data import load_splits
 from hpcdiff.storage.atomic import atomic_path
 from hpcdiff.evaluation.metrics import INCEPTION_WEIGHTS_URL
+from hpcdiff.config.catalog import DATASETS, METRICS
 from hpcdiff.config.spec import DataSpec
 
-TORCHVISION_DATASETS = ("mnist", "fashion-mnist")
-
-
-#: Datasets `prepare` downloads (the others are read from files the user has).
-DOWNLOADABLE = ("mnist", "fashion-mnist")
+#: Datasets `prepare` downloads (the others are read from files the user has or ship inside
+#: the package).
+DOWNLOADABLE = tuple(name for name, f in DATASETS.items() if f.torchvision)
 
 
 @dataclasses.dataclass
@@ -47,7 +46,7 @@ def needs_of(specs, datasets=(), root: str | None = None) -> Needs:
     for spec in specs:
         d = spec.data
         needs.datasets[(d.name, d.root)] = DataSpec(name=d.name, root=d.root, download=d.name in DOWNLOADABLE)
-        needs.inception |= "fid_inception" in spec.eval.metrics
+        needs.inception |= any(METRICS[m].needs_inception for m in spec.eval.metrics)
         needs.classifier_epochs = spec.eval.classifier_epochs or needs.classifier_epochs
         if spec.eval.classifier == "trained":
             needs.trained.add(d.name)
@@ -74,7 +73,7 @@ def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device
     report: dict = {"cache_dir": str(cache_dir), "datasets": [], "inception": None}
     for spec in datasets:
         tic = time.perf_counter()
-        if spec.name in TORCHVISION_DATASETS:
+        if spec.name in DOWNLOADABLE:
             say(f"fetching {spec.name} into {spec.root}")
             load_splits(dataclasses.replace(spec, download=True))  # torchvision skips what exists
         ref = reference_for(spec.name) if spec.name not in trained else None

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from hpcdiff.storage.checkpoint import save_object
 from hpcdiff.data import DataError, Dataset, load_splits, to_model_range
+from hpcdiff.config.catalog import DATASETS
 from hpcdiff.config.spec import DataSpec
 
 # Bump when the architecture or the training recipe changes: old cache files stop matching.
@@ -203,7 +204,7 @@ def dataset_identity(data_spec: DataSpec, train: Dataset | None = None, test: Da
     h.update(str(tuple(test.images.shape)).encode())
     h.update(test.images.contiguous().numpy().tobytes())
     h.update(test.labels.contiguous().numpy().tobytes())
-    root = "" if data_spec.name == "mnist-5k" else str(Path(data_spec.root).expanduser().resolve())
+    root = "" if DATASETS[data_spec.name].shipped else str(Path(data_spec.root).expanduser().resolve())
     return {"name": data_spec.name, "root": root, "subset": data_spec.subset, "n_train": len(train),
             "test_shape": list(test.images.shape), "test_sha256": h.hexdigest()[:16]}
 

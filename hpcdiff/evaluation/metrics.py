@@ -1,7 +1,8 @@
 """Sample-quality metrics, registered by name: ``compute_metrics(names, ctx)``.
 
-Every metric is a function ``fn(ctx: MetricContext) -> dict[str, float]``, registered with
-its facts (``METRIC_INFO``: whether it needs the classifier, whether it is a default). Images
+Every metric is a function ``fn(ctx: MetricContext) -> dict[str, float]``, registered under a
+name that ``hpcdiff.config.catalog.METRICS`` declares with its facts (its series and their
+better direction, whether it needs the classifier, whether it is a default). Images
 are float tensors N x 1 x 28 x 28 in the model range [-0.5, 0.5]. The maths (Fréchet
 distance, KID, IS, reconstruction errors) is in ``hpcdiff.evaluation.stats``.
 
@@ -26,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from hpcdiff.config import catalog
 from hpcdiff.config.registry import Registry
 from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
 from hpcdiff.evaluation.stats import (frechet_distance, gaussian_fit, inception_score_from_logits,
@@ -34,38 +36,19 @@ from hpcdiff.evaluation.stats import (frechet_distance, gaussian_fit, inception_
 from hpcdiff.storage.checkpoint import save_object
 
 __all__ = [
-    "METRICS", "METRIC_INFO", "MetricInfo", "DEFAULT_METRICS", "needs_classifier", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
+    "METRICS", "METRIC_INFO", "DEFAULT_METRICS", "needs_classifier", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
     "reconstruction_metrics", "frechet_distance", "gaussian_fit", "kernel_inception_distance",
     "inception_score_from_logits", "to_inception_input", "to_unit_range", "find_inception_weights",
     "inception_weights_candidates", "INCEPTION_WEIGHTS_FILE",
 ]
 
-METRICS: Registry[Callable[["MetricContext"], dict[str, float]]] = Registry("metric")
+METRICS: Registry[Callable[["MetricContext"], dict[str, float]]] = Registry("metric", declared=catalog.METRICS)
+METRIC_INFO = catalog.METRICS
+DEFAULT_METRICS = catalog.DEFAULT_METRICS
 
 
-@dataclass(frozen=True)
-class MetricInfo:
-    """What the rest of hpcdiff needs to know about a metric besides its function."""
-
-    name: str
-    # Computed on the dataset classifier's outputs: the evaluator loads (or trains) it.
-    needs_classifier: bool
-    # Computed per evaluated epoch unless configured otherwise (EvalSpec.metrics' default):
-    # cheap (one classifier pass over the samples; the real statistics are cached) and
-    # needing nothing downloaded.
-    default: bool
-
-
-METRIC_INFO: dict[str, MetricInfo] = {}
-
-
-def _metric(name: str, *, needs_classifier: bool = False, default: bool = False):
-    def decorator(fn):
-        METRICS.register(name)(fn)
-        METRIC_INFO[name] = MetricInfo(name, needs_classifier=needs_classifier, default=default)
-        return fn
-
-    return decorator
+def _metric(name: str):
+    return METRICS.register(name)
 
 
 def needs_classifier(names) -> bool:
@@ -218,7 +201,7 @@ def compute_metrics(names, ctx: MetricContext) -> dict[str, float]:
 
 # ------------------------------------------------------------------------------- metrics
 
-@_metric("fid_classifier", needs_classifier=True, default=True)
+@_metric("fid_classifier")
 def fid_classifier(ctx: MetricContext) -> dict[str, float]:
     """Frechet distance between Gaussian fits of the classifier's 128-d penultimate features
     of the samples and of the real set (real statistics cached)."""
@@ -228,7 +211,7 @@ def fid_classifier(ctx: MetricContext) -> dict[str, float]:
     return {"fid_classifier": frechet_distance(mu, sigma, real["mu"], real["sigma"])}
 
 
-@_metric("kid_classifier", needs_classifier=True)
+@_metric("kid_classifier")
 def kid_classifier(ctx: MetricContext) -> dict[str, float]:
     feats, _ = ctx.sample_outputs("kid_classifier")
     real = ctx.real_feature_stats("kid_classifier")
@@ -236,7 +219,7 @@ def kid_classifier(ctx: MetricContext) -> dict[str, float]:
     return {"kid_classifier": mean, "kid_classifier_std": std}
 
 
-@_metric("inception_score", needs_classifier=True, default=True)
+@_metric("inception_score")
 def inception_score(ctx: MetricContext) -> dict[str, float]:
     """Inception Score with the dataset classifier's logits, 10 splits."""
     _, logits = ctx.sample_outputs("inception_score")
@@ -244,7 +227,7 @@ def inception_score(ctx: MetricContext) -> dict[str, float]:
     return {"inception_score": mean, "inception_score_std": std}
 
 
-@_metric("class_histogram", needs_classifier=True, default=True)
+@_metric("class_histogram")
 def class_histogram(ctx: MetricContext) -> dict[str, float]:
     """Fraction of samples per predicted class, and the histogram's entropy / log(n_classes)
     (1 = uniform over classes, 0 = every sample the same class: mode collapse)."""
@@ -259,7 +242,7 @@ def class_histogram(ctx: MetricContext) -> dict[str, float]:
     return out
 
 
-@_metric("diversity", default=True)
+@_metric("diversity")
 def diversity(ctx: MetricContext) -> dict[str, float]:
     """Trace of the sample covariance of the flattened images (report B's diversity): the sum
     over the 784 pixels of each pixel's variance across samples. Units: squared intensity
@@ -286,7 +269,7 @@ def ssim(ctx: MetricContext) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- Inception FID
 
-@_metric("tsne_kl", needs_classifier=True)
+@_metric("tsne_kl")
 def tsne_kl(ctx: MetricContext) -> dict[str, float]:
     """Report B's analysis: a 2-D t-SNE of the classifier features of up to 200 samples and
     up to 2,000 real held-out images (embedded together), a 10-component Gaussian mixture
@@ -373,6 +356,4 @@ def fid_inception(ctx: MetricContext) -> dict[str, float]:
     return {"fid_inception": float(metric.compute())}
 
 
-# What a run computes unless configured otherwise, in registration order (config.spec.EvalSpec
-# repeats it without importing torch; a test keeps the two equal).
-DEFAULT_METRICS = tuple(name for name, info in METRIC_INFO.items() if info.default)
+METRICS.seal()

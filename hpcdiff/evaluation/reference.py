@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hpcdiff.config.catalog import family_datasets
 from hpcdiff.data import DataError, Dataset, load_idx_dir, mnist_5k_arrays
 from hpcdiff.evaluation.classifier import (Classifier, MissingAssetError, evaluate_accuracy, get_classifier,
                                            load_classifier, train_classifier)
@@ -139,7 +140,7 @@ def train_reference(family: str, root: Path, *, out_dir: Path = ASSETS, version:
                 "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}},
                out_dir / file)
     facts = {
-        "name": name, "datasets": ["mnist", "mnist-5k"], "file": file, "sha256": _sha256(out_dir / file),
+        "name": name, "datasets": family_datasets(family), "file": file, "sha256": _sha256(out_dir / file),
         "test_accuracy": round(accuracy, 4),
         "mnist_5k_accuracy": round(evaluate_accuracy(model, subset, device), 4),
         "trained_on": f"MNIST training set without mnist-5k's digits ({len(train)} images)",

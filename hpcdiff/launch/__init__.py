@@ -7,14 +7,20 @@ answers, local processes otherwise.
 
 from __future__ import annotations
 
+from hpcdiff.config import catalog
+from hpcdiff.config.registry import Registry, unknown_name_message
 from hpcdiff.launch.base import Executor, LaunchReport
 from hpcdiff.launch.debug import DebugExecutor
 from hpcdiff.launch.local import LocalExecutor
 from hpcdiff.launch import slurm
 from hpcdiff.launch.slurm import SlurmExecutor
 
-BACKENDS: dict[str, type] = {"local": LocalExecutor, "debug": DebugExecutor, "slurm": SlurmExecutor}
-CHOICES = ("auto", "local", "debug", "slurm")
+BACKENDS: Registry[type] = Registry("executor", declared=catalog.BACKENDS)
+BACKENDS.register("local")(LocalExecutor)
+BACKENDS.register("debug")(DebugExecutor)
+BACKENDS.register("slurm")(SlurmExecutor)
+BACKENDS.seal()
+CHOICES = catalog.EXECUTORS
 
 
 def resolve_executor_name(name: str) -> str:
@@ -26,9 +32,8 @@ def resolve_executor_name(name: str) -> str:
 def get_executor(name: str, **options) -> Executor:
     name = resolve_executor_name(name)
     if name not in BACKENDS:
-        raise ValueError(f"executor {name!r} is not available in this version of hpcdiff; "
-                         f"available: {', '.join(sorted(BACKENDS))}")
-    return BACKENDS[name](**options)
+        raise ValueError(unknown_name_message("executor", name, BACKENDS.names()))
+    return BACKENDS.get(name)(**options)
 
 
 __all__ = ["Executor", "LaunchReport", "get_executor", "resolve_executor_name", "CHOICES", "BACKENDS"]

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from hpcdiff.config import catalog
 from hpcdiff.config.model_spec import MAX_LEVELS, ModelSpec
 from hpcdiff.config.registry import Registry
 from hpcdiff.science.unet import UNet
@@ -91,13 +92,14 @@ class ModelInfo:
     shape: Callable[[ModelSpec], str]
 
 
-MODELS: Registry[ModelInfo] = Registry("model")
+MODELS: Registry[ModelInfo] = Registry("model", declared=catalog.MODELS)
 MODELS.register("cnn")(ModelInfo(build=CNN, halvings=lambda spec: 0,
                                  shape=lambda spec: "[" + ",".join(map(str, spec.hidden)) + "]"))
 MODELS.register("unet")(ModelInfo(build=UNet, halvings=lambda spec: len(spec.channel_mults) - 1,
                                   shape=lambda spec: f"{spec.base_channels}x({','.join(map(str, spec.channel_mults))})"
                                   + (f"x{spec.res_blocks}" if spec.res_blocks != 1 else "")
                                   + ("+attn" if spec.attention else "")))
+MODELS.seal()
 
 
 @functools.lru_cache(maxsize=64)
