@@ -11,7 +11,8 @@ from helpers import TINY_BASE, cli, make_run_dir, fabricate_status
 from hpcdiff.config.spec import SlurmSpec
 from hpcdiff.launch.job import PackedTrainJob, TrainJob
 from hpcdiff.launch.local import gpu_slots, pick_gpus
-from hpcdiff.launch.packed import PackedRunsFailed, child_env, settle, threads_per_run
+from hpcdiff.launch.child import child_env, threads_per_run
+from hpcdiff.launch.packed import PackedRunsFailed, settle
 from hpcdiff.launch.slurm import pack, task_job
 from hpcdiff.storage.rundir import RunDir
 
@@ -33,7 +34,7 @@ def test_a_task_of_one_run_is_a_plain_train_job(tmp_path):
 def test_each_packed_process_is_a_one_process_run_with_its_share_of_cpus():
     environ = {"SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "6", "SLURM_ARRAY_TASK_ID": "1", "SLURM_PROCID": "0",
                "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "RANK": "0", "SLURM_CPUS_PER_TASK": "8", "PATH": "/bin"}
-    env = child_env(3, {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/x"}, environ)
+    env = child_env(3, extra={"CUDA_MPS_PIPE_DIRECTORY": "/tmp/x"}, environ=environ)
     assert env["OMP_NUM_THREADS"] == "2"  # 8 // 3
     assert {"SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "RANK"}.isdisjoint(env)
     assert env["SLURM_JOB_ID"] == "7" and env["SLURM_ARRAY_TASK_ID"] == "1"  # status.json records the job

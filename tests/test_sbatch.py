@@ -100,12 +100,14 @@ def test_packed_script_runs_k_per_task(runs, k, tasks, tmp_path):
     body = head[head.index("RUN_DIRS="):]
     for task in range(tasks):
         out = subprocess.run(["bash", "-c", body + 'printf "%s\\n" "${TASK_RUNS[@]}"; echo "$OMP_NUM_THREADS"'],
-                             capture_output=True, text=True, env={"SLURM_ARRAY_TASK_ID": str(task), "PATH": "/usr/bin:/bin"})
+                             capture_output=True, text=True, env={"SLURM_ARRAY_TASK_ID": str(task), "SLURM_CPUS_PER_TASK": "8",
+                                                               "PATH": "/usr/bin:/bin"})
         *got, threads = out.stdout.split()
         assert got == dirs[task * k:(task + 1) * k] and int(threads) == 8 // len(got)
     with_mps = render("gpu", SlurmSpec(gpus_per_node=1, runs_per_gpu=k, mps=True), job_name="j", run_dirs=dirs,
                       log_dir="l")
-    assert 'CUDA_MPS_PIPE_DIRECTORY="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID/pipe"' in with_mps
+    assert 'MPS_DIR="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID"' in with_mps
+    assert 'CUDA_MPS_PIPE_DIRECTORY="$MPS_DIR/pipe"' in with_mps and 'hpcdiff_private_dir "$MPS_DIR"' in with_mps
     assert "echo quit | nvidia-cuda-mps-control" in with_mps
 
 

@@ -144,7 +144,7 @@ def bench_notebook(images_uint8, steps, warmup, batch, device, hidden=DEFAULT_HI
     r = _time_steps(step, steps, warmup, batch, device)
     r.name = f"notebook (DataLoader, {num_workers} workers)"
     r.note = "fp32, eager"
-    del state["it"], loader
+    del state["it"]  # stops the persistent workers now, not when the closure is collected
     return r
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from hpcdiff.config import tomlio
@@ -19,16 +18,9 @@ from hpcdiff.config.text_table import progress_numbers
 from hpcdiff.storage.rundir import RunBusyError, RunDir
 from hpcdiff.storage.runstate import RunState
 from hpcdiff.launch.base import Executor, LaunchReport
+from hpcdiff.launch.child import child_env, start_child
 
 POLL_SECONDS = 0.5
-
-
-def train_command(run_dir: Path, processes: int = 1) -> list[str]:
-    if processes > 1:
-        # torchrun sets RANK/WORLD_SIZE/MASTER_ADDR; Accelerate picks gloo on CPU, NCCL on GPU.
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                "-m", "hpcdiff", "train", str(run_dir)]
-    return [sys.executable, "-m", "hpcdiff", "train", str(run_dir)]
 
 
 def gpu_slots(environ=None) -> list[str]:
@@ -72,15 +64,8 @@ class LocalExecutor(Executor):
         report = LaunchReport(self.name)
         queue = list(run_dirs)
         running: dict[str, tuple[subprocess.Popen, RunDir]] = {}
-        env = dict(os.environ)
-        # Inside a multi-task SLURM allocation each child would otherwise take itself for a
-        # rank of that step and wait for peers that never come.
-        for key in ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_NTASKS_PER_NODE", "SLURM_LOCALID"):
-            env.pop(key, None)
-        workers = self.concurrency * self.processes
-        if workers > 1 and "OMP_NUM_THREADS" not in env:
-            # Share the cores instead of oversubscribing them.
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+        # Each child's share of the cores: `concurrency` runs of `processes` ranks each.
+        env = child_env(self.concurrency * self.processes)
         with _SweepProgress(self.show_progress, run_dirs) as progress:
             try:
                 self._loop(queue, running, env, report, progress)
@@ -131,8 +116,7 @@ class LocalExecutor(Executor):
         if gpus:
             env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
         with open(rd.path / "stdout.txt", "ab") as out:
-            return subprocess.Popen(train_command(rd.path, self.processes), stdout=out, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+            return start_child(rd.path, env, processes=self.processes, stdout=out, new_session=True)
 
 
 class _SweepProgress:

@@ -2,8 +2,9 @@
 streaming multiprocessors at once, instead of taking turns in time slices.
 
 The daemon's pipe and log directories are private to the job (keyed by its job id, under
-the node-local ``$TMPDIR``, else /tmp), so jobs sharing a node never talk to each other's
-daemon, and the daemon is told to quit when the job ends. Unverified on a GPU cluster until
+the node-local ``$TMPDIR``, else /tmp; created with mode 0700, and refused when they exist
+and are someone else's or open to others: ``child.private_dir``), so jobs sharing a node
+never talk to each other's daemon, and the daemon is told to quit when the job ends. Unverified on a GPU cluster until
 one has run it: only the commands' shape is tested here.
 """
 
@@ -15,6 +16,8 @@ import subprocess
 import sys
 from contextlib import contextmanager
 from pathlib import Path
+
+from hpcdiff.launch.child import private_dir
 
 CONTROL = "nvidia-cuda-mps-control"
 
@@ -41,8 +44,9 @@ def mps_daemon(job_id: str):
         _warn(f"slurm.mps = true but {CONTROL} is not on PATH; the packed runs share the GPU without MPS")
         yield {}
         return
+    private_dir(base)  # raises PrivateDirError: the job fails rather than use another's pipes
     for d in env.values():
-        Path(d).mkdir(parents=True, exist_ok=True)
+        private_dir(Path(d))
     started = subprocess.run([CONTROL, "-d"], env={**os.environ, **env}, capture_output=True, text=True)
     if started.returncode != 0:
         _warn(f"{CONTROL} -d failed ({started.stderr.strip() or started.returncode}); "

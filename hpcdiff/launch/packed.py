@@ -24,40 +24,16 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from hpcdiff.launch.child import child_env, start_child
 from hpcdiff.storage.rundir import RunBusyError, RunDir
 from hpcdiff.storage.runstate import RunState
 
 POLL_SECONDS = 1.0
 FORWARDED = (signal.SIGUSR2, signal.SIGTERM, signal.SIGUSR1)
-# Set by srun for each task of a step: a child keeping them would take itself for one rank
-# of a K-process run and wait for peers that never come. SLURM_JOB_ID and SLURM_ARRAY_*
-# stay, so that each run's status.json records the job it shares.
-RANK_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS", "SLURM_NPROCS",
-                  "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_STEP_NUM_TASKS",
-                  "SLURM_STEP_TASKS_PER_NODE", "SLURM_GTIDS", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                  "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 class PackedRunsFailed(RuntimeError):
     """Some runs of a packed task failed or diverged (the others ran to their end)."""
-
-
-def threads_per_run(k: int, environ=None) -> int:
-    """The task's CPUs shared by its K runs (SLURM_CPUS_PER_TASK, else this machine's)."""
-    env = os.environ if environ is None else environ
-    cpus = env.get("SLURM_CPUS_PER_TASK", "")
-    total = int(cpus) if cpus.isdigit() else (os.cpu_count() or 1)
-    return max(1, total // max(1, k))
-
-
-def child_env(k: int, extra: dict | None = None, environ=None) -> dict[str, str]:
-    """The environment of each of the K processes: a one-process run, its share of threads."""
-    env = dict(os.environ if environ is None else environ)
-    for key in RANK_VARIABLES:
-        env.pop(key, None)
-    env["OMP_NUM_THREADS"] = str(threads_per_run(k, environ))
-    env.update(extra or {})
-    return env
 
 
 def unfinished(run_dirs: list[str]) -> list[str]:
@@ -74,7 +50,7 @@ def run_packed(run_dirs: list[str], *, mps: bool = False) -> dict[str, str]:
 
     job_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
     with (mps_daemon(job_id) if mps else _no_mps()) as extra:
-        env = child_env(len(run_dirs), extra)
+        env = child_env(len(run_dirs), extra=extra)
         with _forwarding() as forward:
             procs = [_start(d, env) for d in run_dirs]
             forward.procs = procs
@@ -98,8 +74,7 @@ def _no_mps():
 
 
 def _start(run_dir: str, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "hpcdiff", "train", "--no-progress", run_dir]
-    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, preexec_fn=_ignore_stop_signals)
+    proc = start_child(run_dir, env, preexec_fn=_ignore_stop_signals)
     print(f"hpcdiff: run {Path(run_dir).name}: process {proc.pid}", flush=True)
     return proc
 

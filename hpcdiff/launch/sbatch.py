@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from hpcdiff.config.spec import SlurmSpec, SpecError
+from hpcdiff.launch.child import SHELL_PRIVATE_DIR, shell_command, shell_prelude
 from hpcdiff.storage.runstate import RunState
 
 TEMPLATES = ("csd3-ampere", "gpu", "cpu")
@@ -111,12 +112,16 @@ def _directives(template: str, s: SlurmSpec, job_name: str, tasks: int, log_dir:
     return lines + [f"#SBATCH {line}" for line in s.extra_sbatch]
 
 
-_MPS = """# NVIDIA MPS, private to this job: the runs' kernels share the GPU at once.
-export CUDA_MPS_PIPE_DIRECTORY="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID/pipe"
-export CUDA_MPS_LOG_DIRECTORY="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID/log"
-mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+# The directory and variables of hpcdiff.launch.mps, in shell.
+_MPS = SHELL_PRIVATE_DIR + """# NVIDIA MPS, private to this job (mode 0700; the job stops if someone else made the
+# directory first): the runs' kernels share the GPU at once.
+MPS_DIR="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID"
+hpcdiff_private_dir "$MPS_DIR"
+export CUDA_MPS_PIPE_DIRECTORY="$MPS_DIR/pipe" CUDA_MPS_LOG_DIRECTORY="$MPS_DIR/log"
+hpcdiff_private_dir "$CUDA_MPS_PIPE_DIRECTORY"
+hpcdiff_private_dir "$CUDA_MPS_LOG_DIRECTORY"
 nvidia-cuda-mps-control -d || echo "hpcdiff: MPS did not start; the runs share the GPU without it" >&2
-trap 'echo quit | nvidia-cuda-mps-control || true; rm -rf "${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID"' EXIT
+trap 'echo quit | nvidia-cuda-mps-control || true; rm -rf "$MPS_DIR"' EXIT
 """
 
 _PACKED = """# {k} runs at once, one process each, sharing this task's GPU and CPUs; one failing does not
@@ -124,11 +129,11 @@ _PACKED = """# {k} runs at once, one process each, sharing this task's GPU and C
 # yet set up its handler ignores them, as it is started ignoring them).
 K={k}
 TASK_RUNS=("${{RUN_DIRS[@]:$(( ${{SLURM_ARRAY_TASK_ID:-0}} * K )):K}}")
-export OMP_NUM_THREADS=$(( {cpus} / ${{#TASK_RUNS[@]}} > 0 ? {cpus} / ${{#TASK_RUNS[@]}} : 1 ))
-{mps}stop=""
+# Each run's environment, as hpcdiff.launch.child.child_env makes it.
+{prelude}{mps}stop=""
 trap '' USR2 TERM
 for RUN_DIR in "${{TASK_RUNS[@]}}"; do
-    {hpcdiff} train --no-progress "$RUN_DIR" &
+    {command} &
 done
 trap 'stop=USR2; kill -USR2 $(jobs -pr) 2>/dev/null || true' USR2
 trap 'stop=${{stop:-TERM}}; kill -TERM $(jobs -pr) 2>/dev/null || true' TERM
@@ -150,8 +155,8 @@ fi
 
 def _packed_body(s: SlurmSpec, run_dirs: list[str], hpcdiff: str) -> list[str]:
     return ["RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")", "",
-            _PACKED.format(**STATE_NAMES, k=s.runs_per_gpu, cpus=s.cpus_per_task, hpcdiff=hpcdiff, max_requeues=s.max_requeues,
-                           mps=_MPS + "\n" if s.mps else "")]
+            _PACKED.format(**STATE_NAMES, k=s.runs_per_gpu, prelude=shell_prelude(), command=shell_command(hpcdiff),
+                           max_requeues=s.max_requeues, mps=_MPS + "\n" if s.mps else "")]
 
 
 PLACEHOLDERS = {
