@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from hpcdiff.config.catalog import EXECUTORS
+from hpcdiff.config.catalog import EXECUTORS, SBATCH_TEMPLATES
 from hpcdiff.config.spec import SpecError
 
 EXIT_INVALID = 2
@@ -72,8 +72,7 @@ def main():
               help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
 def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze, long):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
-    from hpcdiff.launch.plan import execute_plan, outcome_lines, plan_sweep
-    from hpcdiff.storage.runstate import RunState
+    from hpcdiff.launch.plan import execute_plan, outcome_lines, plan_sweep, preamble_lines
 
     try:
         plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
@@ -85,13 +84,9 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
     if dry_run:
         _print_dry_run(console, plan, executor)
         return
-    skipped_diverged = sum(1 for r in plan.runs if r.action == "skip-diverged")
-    if skipped_diverged:
-        console.print(f"[magenta]{skipped_diverged} diverged run(s) not relaunched[/] (the same config diverges "
-                      f"the same way; --force resumes them from their last good checkpoint).")
-    if not plan.to_launch:
-        console.print("Nothing to do: every run is finished, diverged or running. (--force reruns them.)")
-    else:
+    for line in preamble_lines(plan):
+        console.print(line)
+    if plan.to_launch:
         from hpcdiff.launch.slurm import SlurmError
 
         try:
@@ -102,7 +97,7 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
         except SlurmError as err:
             click.echo(f"error: {err}", err=True)
             sys.exit(1)
-        failed = [r for r, s in report.results.items() if s in (RunState.FAILED, RunState.DIVERGED)]
+        failed = report.failed
         if not report.job_ids:  # local: the runs have ended; their table is the sweep's summary
             from hpcdiff.launch.status import collect_status, status_table
 
@@ -364,7 +359,7 @@ def _retrain_reference(family: str, root, out, device) -> None:
 
 @main.command("sbatch")
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
-@click.option("--template", type=click.Choice(["csd3-ampere", "gpu", "cpu"]), default="csd3-ampere",
+@click.option("--template", type=click.Choice(SBATCH_TEMPLATES), default="csd3-ampere",
               show_default=True)
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
               show_default=True, help="For a sweep file: where its runs go.")

@@ -93,6 +93,7 @@ def test_no_module_keeps_a_second_list_of_catalog_names():
     """A literal collection holding two or more names of one catalog list, anywhere in the
     package but the catalog, is a second owner of that list."""
     lists = {"models": set(catalog.MODELS), "datasets": set(catalog.DATASETS), "executors": set(catalog.EXECUTORS),
+             "templates": set(catalog.SBATCH_TEMPLATES),
              "metrics": set(catalog.METRICS)}
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):

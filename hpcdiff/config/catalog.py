@@ -29,6 +29,9 @@ MODELS = tuple(MODEL_KEYS)
 BACKENDS = ("local", "debug", "slurm")
 EXECUTORS = ("auto",) + BACKENDS
 
+#: The plain sbatch templates (hpcdiff.launch.sbatch, `hpcdiff sbatch --template`).
+SBATCH_TEMPLATES = ("csd3-ampere", "gpu", "cpu")
+
 
 @dataclass(frozen=True)
 class DatasetFacts:

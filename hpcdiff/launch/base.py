@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hpcdiff.storage.rundir import RunDir
+from hpcdiff.storage.runstate import RunState
 
 
 @dataclass
@@ -12,6 +13,14 @@ class LaunchReport:
     launched: list[str] = field(default_factory=list)
     results: dict[str, str] = field(default_factory=dict)  # run id -> final state
     job_ids: dict[str, str] = field(default_factory=dict)  # run id -> backend job id
+
+    def ended(self, state: RunState) -> list[str]:
+        return [run_id for run_id, s in self.results.items() if s == state]
+
+    @property
+    def failed(self) -> list[str]:
+        """Runs that crashed or diverged: the sweep command exits 1."""
+        return self.ended(RunState.FAILED) + self.ended(RunState.DIVERGED)
 
 
 class Executor:

@@ -242,14 +242,23 @@ def _packing_line(s, runs: int, tasks: int) -> str:
 __all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]
 
 
+def preamble_lines(plan: SweepPlan) -> list[str]:
+    """What `hpcdiff sweep` says before launching (rich markup): runs it leaves alone."""
+    lines = []
+    skipped_diverged = sum(1 for r in plan.runs if r.action == "skip-diverged")
+    if skipped_diverged:
+        lines.append(f"[magenta]{skipped_diverged} diverged run(s) not relaunched[/] (the same config diverges "
+                     f"the same way; --force resumes them from their last good checkpoint).")
+    if not plan.to_launch:
+        lines.append("Nothing to do: every run is finished, diverged or running. (--force reruns them.)")
+    return lines
+
+
 def outcome_lines(plan: SweepPlan, report: LaunchReport) -> list[str]:
     """What `hpcdiff sweep` says after launching (rich markup): how many runs ended how, the
     SLURM arrays, and what to do about failures. A run another process was training when
     this sweep reached it is busy, not failed: that process trains it."""
-    results = report.results
-    diverged = [r for r, s in results.items() if s == RunState.DIVERGED]
-    crashed = [r for r, s in results.items() if s == RunState.FAILED]
-    busy = [r for r, s in results.items() if s == RunState.BUSY]
+    diverged, crashed, busy = (report.ended(s) for s in (RunState.DIVERGED, RunState.FAILED, RunState.BUSY))
     lines = [f"{report.executor}: launched {len(report.launched)} runs"
              + (f", [red]{len(crashed)} failed[/]: {', '.join(crashed)}" if crashed else "")
              + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else "")

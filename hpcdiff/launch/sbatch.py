@@ -18,11 +18,13 @@ import shlex
 import sys
 from pathlib import Path
 
+from hpcdiff.config.catalog import SBATCH_TEMPLATES
+from hpcdiff.config.registry import Registry
 from hpcdiff.config.spec import SlurmSpec, SpecError
 from hpcdiff.launch.child import SHELL_PRIVATE_DIR, shell_command, shell_prelude
 from hpcdiff.storage.runstate import RunState
 
-TEMPLATES = ("csd3-ampere", "gpu", "cpu")
+TEMPLATES = SBATCH_TEMPLATES
 # The shell's view of the states it acts on (storage/runstate.py owns them).
 STATE_NAMES = {s.value: s.value for s in (RunState.TIMEOUT, RunState.FAILED, RunState.DIVERGED)}
 
@@ -159,12 +161,13 @@ def _packed_body(s: SlurmSpec, run_dirs: list[str], hpcdiff: str) -> list[str]:
                            max_requeues=s.max_requeues, mps=_MPS + "\n" if s.mps else "")]
 
 
-PLACEHOLDERS = {
-    "csd3-ampere": SlurmSpec(account="MYPROJECT-SL3-GPU", time_min=720, gpus_per_node=4, cpus_per_task=8,
-                             array_parallelism=8),
-    "gpu": SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32),
-    "cpu": SlurmSpec(partition="cpu", time_min=720, cpus_per_task=4, mem_gb=8),
-}
+# Each template's example [slurm] section (the shipped slurm/<template>.sbatch).
+PLACEHOLDERS: Registry[SlurmSpec] = Registry("sbatch template", declared=TEMPLATES)
+PLACEHOLDERS.register("csd3-ampere")(SlurmSpec(account="MYPROJECT-SL3-GPU", time_min=720, gpus_per_node=4,
+                                                cpus_per_task=8, array_parallelism=8))
+PLACEHOLDERS.register("gpu")(SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32))
+PLACEHOLDERS.register("cpu")(SlurmSpec(partition="cpu", time_min=720, cpus_per_task=4, mem_gb=8))
+PLACEHOLDERS.seal()
 # Shipped examples beyond the templates themselves: name -> (template, [slurm] section, runs).
 PACKED_EXAMPLES = {
     "gpu-packed": ("gpu", SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32,
@@ -175,7 +178,7 @@ EXAMPLES = (*TEMPLATES, *PACKED_EXAMPLES)
 
 def example(name: str) -> str:
     """The file shipped as slurm/<name>.sbatch."""
-    template, spec, n = PACKED_EXAMPLES.get(name, (name, PLACEHOLDERS.get(name), 2))
+    template, spec, n = PACKED_EXAMPLES[name] if name in PACKED_EXAMPLES else (name, PLACEHOLDERS.get(name), 2)
     return render(template, spec, job_name="hpcdiff-part2",
                   run_dirs=[f"runs/part2/RUN_ID_{i}" for i in range(1, n + 1)], log_dir="runs/part2/slurm",
                   hpcdiff="hpcdiff")

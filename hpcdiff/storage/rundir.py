@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcdiff.config import tomlio
+from hpcdiff.config import saved
 from hpcdiff.storage import runstate
 from hpcdiff.storage.atomic import atomic_write_bytes
 from hpcdiff.storage.runstate import RunState
@@ -75,18 +75,8 @@ class RunDir:
         return self.config_path.is_file()
 
     def load_spec(self) -> RunSpec:
-        if not self.config_path.is_file():
-            raise SpecError(f"no config.toml in {self.path}: not a run directory")
-        raw = tomlio.load(self.config_path)
-        raw.pop("run", None)
-        ev = raw.get("eval")
-        if isinstance(ev, dict) and "sampler" not in ev and "steps" not in ev:
-            # Written before eval.sampler/eval.steps existed: those runs evaluated with their
-            # own sampler on their own steps. Kept, so that one run's metric curve is never
-            # half one method and half another after a resume.
-            d = raw.get("diffusion", {})
-            ev.update(sampler=d.get("sampler", "auto"), steps=d.get("sample_steps", 0))
-        return RunSpec.from_dict(raw, source=str(self.config_path))
+        """The run's spec, older configs migrated (config/saved.py)."""
+        return saved.read_spec(self.config_path)
 
     def read_status(self) -> dict:
         return runstate.read(self.status_path)
@@ -154,23 +144,16 @@ def write_run_config(run_dir: RunDir, spec: RunSpec, *, run_id: str, sweep: str,
         if existing.run_identity() != spec.run_identity():
             raise SpecError(f"{run_dir.config_path} holds a different config than run {run_id}; "
                             f"refusing to overwrite it")
-        if existing.slurm == spec.slurm and existing.eval == spec.eval and existing.log == spec.log:
+        if existing == spec:
             return
-    content = spec.to_dict()
-    header = f"hpcdiff run {run_id} of sweep {sweep}" + (f" ({label})" if label else "")
-    text = tomlio.dumps({"run": {"id": run_id, "sweep": sweep, "label": label,
-                                 "axes": json.dumps(axes, sort_keys=True)}, **content}, header=header)
-    data = text.encode()
-    atomic_write_bytes(run_dir.config_path, data)
+        # Same run, other settings outside its identity ([slurm], [eval], [log]): the new ones.
+    atomic_write_bytes(run_dir.config_path, saved.render(spec, run_id=run_id, sweep=sweep, axes=axes, label=label))
     if not run_dir.status_path.exists():
         run_dir.write_status(state=RunState.PENDING, epoch=0, epochs=spec.train.epochs)
 
 
 def read_run_meta(run_dir: RunDir) -> dict:
-    raw = tomlio.load(run_dir.config_path)
-    meta = dict(raw.get("run", {}))
-    meta["axes"] = json.loads(meta.get("axes", "{}"))
-    return meta
+    return saved.read_header(run_dir.config_path)
 
 
 def manifest_path(sweep_dir: Path) -> Path:
