@@ -161,9 +161,9 @@ def test_samplers_with_network_are_finite(name, sampler, digits):
 
 def test_loss_is_on_x0_and_l1_or_l2(digits):
     cd = _cold("inpaint")
-    cd.gt = Oracle(digits)  # perfect restorer -> zero loss whatever t is drawn
+    cd.denoiser = Oracle(digits)  # perfect restorer -> zero loss whatever t is drawn
     assert cd(digits).item() == 0.0
-    cd.gt = Oracle(digits + 0.1)
+    cd.denoiser = Oracle(digits + 0.1)
     assert cd(digits).item() == pytest.approx(0.1, rel=1e-5)  # l1 by default
 
 
@@ -181,7 +181,7 @@ def test_ddim_runs_with_fewer_steps():
                                             "model": {"hidden": [4]}}))
     ddpm = build_diffusion(spec, build_model(spec.model))
     calls = []
-    ddpm.gt.register_forward_hook(lambda *_: calls.append(1))
+    ddpm.denoiser.register_forward_hook(lambda *_: calls.append(1))
     x_T, _ = ddpm.start(3, (1, 28, 28), generator=torch.Generator().manual_seed(0), device=torch.device("cpu"))
     out = ddpm.sample(x_T)
     assert out.shape == (3, 1, 28, 28) and torch.isfinite(out).all() and len(calls) == 10
@@ -224,7 +224,7 @@ def test_alg2_on_skipped_levels_recovers_x0(name, digits):
 def test_sample_takes_sampler_and_steps_overrides(digits):
     cd = _cold("blur", n_T=20)
     calls = []
-    cd.gt.register_forward_hook(lambda *_: calls.append(1))
+    cd.denoiser.register_forward_hook(lambda *_: calls.append(1))
     x_T = cd.degrade(digits[:3], cd.n_T)
     cd.sample(x_T, steps=5)
     assert len(calls) == 5

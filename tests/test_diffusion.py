@@ -12,7 +12,7 @@ def test_schedule_is_the_starters():
     assert s["beta_t"][0].item() == pytest.approx(1e-4)
     assert s["beta_t"][-1].item() == pytest.approx(0.02)
     alpha = torch.cumprod(1 - s["beta_t"].double(), 0)
-    assert torch.allclose(s["alpha_t"].double(), alpha, rtol=1e-4)
+    assert torch.allclose(s["alpha_bar"].double(), alpha, rtol=1e-4)
     with pytest.raises(ValueError):
         ddpm_schedules(0.02, 1e-4, 10)
 
@@ -25,7 +25,7 @@ def test_one_ddpm_schedule_for_the_degradation_and_the_model():
 
     beta, alpha_bar = ddpm_schedule(50, 1e-4, 0.02)
     s = ddpm_schedules(1e-4, 0.02, 50)
-    assert torch.equal(s["beta_t"], beta) and torch.equal(s["alpha_t"], alpha_bar)
+    assert torch.equal(s["beta_t"], beta) and torch.equal(s["alpha_bar"], alpha_bar)
     assert torch.equal(ddpm_alpha_bar(50, 1e-4, 0.02), alpha_bar)
     for bad in ((0.02, 1e-4), (0.0, 0.02), (1e-4, 1.0)):
         for build in (lambda: ddpm_schedules(*bad, 10), lambda: ddpm_alpha_bar(10, *bad)):
@@ -91,9 +91,9 @@ def test_samplers_on_skipped_steps_reach_a_point_mass(sampler, steps, tolerance)
     sampler close to it; ancestral steps with the unrespaced betas would leave most of x_T."""
     c = torch.linspace(-0.5, 0.5, 16).reshape(1, 1, 4, 4)
     ddpm = GaussianDDPM(torch.nn.Identity(), beta1=1e-4, beta2=0.02, n_T=1000)
-    ddpm.gt = _PointMassEps(c, ddpm.alpha_t, 1000)
+    ddpm.denoiser = _PointMassEps(c, ddpm.alpha_bar, 1000)
     calls = []
-    ddpm.gt.register_forward_hook(lambda *_: calls.append(1))
+    ddpm.denoiser.register_forward_hook(lambda *_: calls.append(1))
     x_T = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     out = ddpm.sample(x_T, generator=torch.Generator().manual_seed(1), sampler=sampler, steps=steps)
     assert (out - c).abs().mean().item() < tolerance

@@ -32,7 +32,7 @@ def _core(spec):
     torch.manual_seed(0)
     core = build_diffusion(spec, build_model(spec.model))
     calls = []
-    core.gt.register_forward_hook(lambda *_: calls.append(1))
+    core.denoiser.register_forward_hook(lambda *_: calls.append(1))
     return core, calls
 
 
@@ -120,7 +120,7 @@ def test_a_perfect_restorer_reconstructs_exactly_through_the_evaluator(name, tes
         def forward(self, x, t):
             return truth[: len(x)]
 
-    core.gt = Oracle()
+    core.denoiser = Oracle()
     out = evaluator(core, seed=0)
     assert out["recon_degraded_mse"] > 1e-3
     assert out["recon_direct_mse"] == pytest.approx(0.0, abs=1e-10)

@@ -52,7 +52,7 @@ def test_every_degradation_trains_and_samples_on_the_device(name, test_device, i
     train, held_out = to_model_range(images[0], test_device), to_model_range(images[1].images, test_device)
     if spec.diffusion.sample_start == "prior":  # blur, downsample: fitted as a run fits it
         core.prior = core.fit_prior(train, seed=0)
-    before = [p.detach().clone() for p in core.gt.parameters()]
+    before = [p.detach().clone() for p in core.denoiser.parameters()]
     bf16 = test_device == "cuda" and expected_precision(test_device) == "bf16"
     for step in range(3):
         with torch.autocast(test_device, dtype=torch.bfloat16, enabled=bf16):
@@ -62,7 +62,7 @@ def test_every_degradation_trains_and_samples_on_the_device(name, test_device, i
         torch.nn.utils.clip_grad_norm_(core.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    assert any(not torch.equal(a, b) for a, b in zip(before, core.gt.parameters())), name
+    assert any(not torch.equal(a, b) for a, b in zip(before, core.denoiser.parameters())), name
 
     core.eval()
     x_T, start = core.start(8, (1, 28, 28), generator=generator(0, "sample_grid"), device=test_device,

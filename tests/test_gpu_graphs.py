@@ -27,7 +27,7 @@ def _graphed(lr=1e-3, ema=True, clip=1.0):
     dev = torch.device("cuda")
     ddpm = GaussianDDPM(build_model(ModelSpec(hidden=(8, 8))), beta1=1e-4, beta2=0.02, n_T=20).to(dev)
     opt = torch.optim.Adam(ddpm.parameters(), lr=torch.tensor(lr, device=dev), fused=True, capturable=True)
-    avg = EMA(ddpm.gt, 0.9) if ema else None
+    avg = EMA(ddpm.denoiser, 0.9) if ema else None
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, device=dev)
     return ddpm, opt, avg, _GraphedStep(ddpm, opt, avg, images, grad_clip=clip, precision="bf16")
 
@@ -106,12 +106,12 @@ class _SyncingProcess(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.gt = build_model(ModelSpec(hidden=(8, 8)))
+        self.denoiser = build_model(ModelSpec(hidden=(8, 8)))
 
     def forward(self, x):
         t = torch.rand(x.shape[0], device=x.device)
         scale = float(x.abs().mean().item()) + 1.0
-        return ((self.gt(x, t) - x) ** 2).mean() * scale
+        return ((self.denoiser(x, t) - x) ** 2).mean() * scale
 
 
 def test_a_step_that_cannot_be_captured_changes_nothing_and_says_so():

@@ -61,7 +61,7 @@ def test_the_captured_function_computes_the_eager_step():
     for graphed in (False, True):
         ddpm = _ddpm()
         opt = torch.optim.Adam(ddpm.parameters(), lr=1e-3)
-        ema = EMA(ddpm.gt, 0.9)
+        ema = EMA(ddpm.denoiser, 0.9)
         state = SimpleNamespace(diffusion=ddpm, core=ddpm, optimizer=opt, ema=ema)
         if graphed:
             step = _GraphedStep(ddpm, opt, ema, images, grad_clip=0.5, precision="no")

@@ -46,7 +46,10 @@ MAX_RUNS = 10_000
 
 
 @dataclass(frozen=True)
-class Run:
+class SweepRun:
+    """One run a sweep file expands to, before it has a directory (analysis.load.Run is a
+    run read back from its directory)."""
+
     run_id: str
     spec: RunSpec
     # The values that distinguish this run within its sweep, by dotted key path.
@@ -58,7 +61,7 @@ class Run:
 class Sweep:
     name: str
     source: str
-    runs: tuple[Run, ...]
+    runs: tuple[SweepRun, ...]
     # Dotted key paths whose values differ between runs (the columns worth showing).
     varying: tuple[str, ...] = ()
 
@@ -198,10 +201,10 @@ def _check_count(cases: list[dict], axes: list[list[dict]]) -> None:
                         f"more than {MAX_RUNS}; split it into several sweeps", path="sweep")
 
 
-def _runs(raw: dict, cases: list[dict], axes, settings, resolve: Resolver) -> list[Run]:
+def _runs(raw: dict, cases: list[dict], axes, settings, resolve: Resolver) -> list[SweepRun]:
     """Cases x axes, each merged over the base config, with the --set overrides last; runs
     that resolve to the same id are kept once."""
-    runs: list[Run] = []
+    runs: list[SweepRun] = []
     seen: set[str] = set()
     for case_index, case in enumerate(cases):
         case = dict(case)
@@ -231,7 +234,7 @@ def _runs(raw: dict, cases: list[dict], axes, settings, resolve: Resolver) -> li
             shown.update(assignment)
             for parts, _value in settings:
                 shown.pop(".".join(parts), None)
-            runs.append(Run(run_id=rid, spec=spec, axes=shown, label=label))
+            runs.append(SweepRun(run_id=rid, spec=spec, axes=shown, label=label))
     return runs
 
 

@@ -69,9 +69,9 @@ def _randn(shape, generator, device):
 
 def ddpm_schedules(beta1: float, beta2: float, n_T: int) -> dict[str, torch.Tensor]:
     """The coursework starter's schedule (:func:`hpcdiff.science.schedules.ddpm_schedule`):
-    beta_t linear over t = 0..n_T (n_T + 1 entries) and alpha_bar_t, here named alpha_t."""
-    beta_t, alpha_t = ddpm_schedule(n_T, beta1, beta2)
-    return {"beta_t": beta_t, "alpha_t": alpha_t}
+    beta_t linear over t = 0..n_T (n_T + 1 entries) and alpha_bar_t (the product of 1 - beta_s for s <= t)."""
+    beta_t, alpha_bar = ddpm_schedule(n_T, beta1, beta2)
+    return {"beta_t": beta_t, "alpha_bar": alpha_bar}
 
 
 class _Sampling(nn.Module):
@@ -96,7 +96,7 @@ class _Sampling(nn.Module):
         replays = self.__dict__.get("_denoisers")
         if replays is None:
             replays = self.__dict__["_denoisers"] = GraphedDenoisers()
-        return replays(self.gt, x, t)
+        return replays(self.denoiser, x, t)
 
 
 class GaussianDDPM(_Sampling):
@@ -107,10 +107,10 @@ class GaussianDDPM(_Sampling):
     def __init__(self, model: nn.Module, *, beta1: float, beta2: float, n_T: int,
                  loss: str = "mse", sampler: str = "ancestral", sample_steps: int = 0):
         super().__init__()
-        self.gt = model
+        self.denoiser = model
         schedule = ddpm_schedules(beta1, beta2, n_T)
         self.register_buffer("beta_t", schedule["beta_t"])
-        self.register_buffer("alpha_t", schedule["alpha_t"])
+        self.register_buffer("alpha_bar", schedule["alpha_bar"])
         self.n_T = n_T
         self.criterion = LOSSES[loss]
         self.sampler = sampler
@@ -120,9 +120,9 @@ class GaussianDDPM(_Sampling):
         # t ~ U{1, ..., n_T - 1}: torch.randint's upper bound is exclusive, as in the starter.
         t = torch.randint(1, self.n_T, (x.shape[0],), device=x.device)
         eps = torch.randn_like(x)
-        alpha_t = self.alpha_t[t, None, None, None]
-        z_t = torch.sqrt(alpha_t) * x + torch.sqrt(1 - alpha_t) * eps
-        return self.criterion(self.gt(z_t, t / self.n_T), eps)
+        alpha_bar = self.alpha_bar[t, None, None, None]
+        z_t = torch.sqrt(alpha_bar) * x + torch.sqrt(1 - alpha_bar) * eps
+        return self.criterion(self.denoiser(z_t, t / self.n_T), eps)
 
     def start(self, n: int, size, *, generator=None, device=None, **_):
         """x_T: standard normal noise (the known prior)."""
@@ -139,13 +139,13 @@ def ancestral(ddpm: GaussianDDPM, x_T, *, generator, times=None):
     full = len(times) == ddpm.n_T
     z_t = x_T
     for k, i in enumerate(times):
-        alpha_t = ddpm.alpha_t[i]
+        alpha_bar = ddpm.alpha_bar[i]
         if full:
             beta_t = ddpm.beta_t[i]
         else:
             prev = times[k + 1] if k + 1 < len(times) else 0
-            beta_t = 1 - alpha_t / ddpm.alpha_t[prev]
-        z_t = z_t - (beta_t / torch.sqrt(1 - alpha_t)) * ddpm.denoise(z_t, (i / ddpm.n_T) * one)
+            beta_t = 1 - alpha_bar / ddpm.alpha_bar[prev]
+        z_t = z_t - (beta_t / torch.sqrt(1 - alpha_bar)) * ddpm.denoise(z_t, (i / ddpm.n_T) * one)
         z_t = z_t / torch.sqrt(1 - beta_t)
         if k + 1 < len(times):
             z_t = z_t + torch.sqrt(beta_t) * _randn(z_t.shape, generator, z_t.device)
@@ -160,12 +160,12 @@ def ddim(ddpm: GaussianDDPM, x_T, *, generator, times=None):
     one = torch.ones(x_T.shape[0], device=x_T.device)
     z = x_T
     for k, t in enumerate(times):
-        a_t = ddpm.alpha_t[t]
+        a_t = ddpm.alpha_bar[t]
         eps = ddpm.denoise(z, (t / ddpm.n_T) * one)
         x0_hat = (z - torch.sqrt(1 - a_t) * eps) / torch.sqrt(a_t)
         if k + 1 == len(times):
             return x0_hat
-        a_prev = ddpm.alpha_t[times[k + 1]]
+        a_prev = ddpm.alpha_bar[times[k + 1]]
         z = torch.sqrt(a_prev) * x0_hat + torch.sqrt(1 - a_prev) * eps
     return z
 
@@ -183,7 +183,7 @@ class ColdDiffusion(_Sampling):
                  start_noise: float = 0.002, noise_seed: int = 0, sample_steps: int = 0):
         super().__init__()
         self.sample_steps = sample_steps
-        self.gt = model
+        self.denoiser = model
         self.degradation, self.schedule, self.params = degradation, schedule, dict(params)
         self.n_T = n_T
         self.criterion = LOSSES[loss]
@@ -206,7 +206,7 @@ class ColdDiffusion(_Sampling):
         # t ~ U{1, ..., T}: every level the sampler visits is trained.
         t = torch.randint(1, self.n_T + 1, (x0.shape[0],), device=x0.device)
         x_t = self.degrade(x0, t)
-        return self.criterion(self.gt(x_t, t / self.n_T), x0)
+        return self.criterion(self.denoiser(x_t, t / self.n_T), x0)
 
     def level_generator(self, s: int, generator: torch.Generator | None = None,
                         device: torch.device | None = None) -> torch.Generator | None:

@@ -28,8 +28,9 @@ class NoGpuError(RuntimeError):
 def resolve_precision(requested: str, *, use_cpu: bool, bf16_supported: bool) -> str:
     """The mixed precision a run trains with. "auto": fp32 ("no") on the CPU, where bf16
     convolutions are very slow, bf16 on a GPU that has it, and fp32 on one that does not
-    (a V100 or T4 would emulate bf16 slowly; fp16 needs a loss scaler, which checkpoints do
-    not hold, so "auto" never picks it)."""
+    (a V100 or T4 would emulate bf16 slowly). "auto" never picks fp16: its dynamic loss
+    scale (checkpoints keep it) checks for overflow on the host, so its step cannot be
+    replayed from a CUDA graph, and its narrow range overflows where bf16's does not."""
     if requested != "auto":
         return requested
     return "bf16" if not use_cpu and bf16_supported else "no"

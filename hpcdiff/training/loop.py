@@ -244,7 +244,7 @@ def _open_run_files(session: Session) -> None:
     scorer = getattr(session.evaluator.classifier, "cache_key", None)
     if scorer and recorded.get("classifier") != scorer:
         archive.set_attrs(rd.archive, {"classifier": scorer, "classifier_from_epoch": session.state.epoch_done + 1})
-    archive.set_attrs(rd.archive, {"world_size": world, "step_mode": mode.mode, "step_mode_reason": mode.reason,
+    archive.set_attrs(rd.archive, {"world_size": world, "step_mode": mode.mode.value, "step_mode_reason": mode.reason,
                                    "sample_start": spec.diffusion.sample_start,
                                    "samples_measure": start_measures(spec.diffusion.sample_start),
                                    "prior": prior.describe() if prior is not None else ""})
@@ -345,7 +345,7 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
         samples = draw_samples(session) if due(epoch, t.sample_every, last) else None
         archive.append_epoch(rd.archive, epoch, metrics, samples,
                              attrs={"best_epoch": s.stopper.best_epoch, "best_loss": s.stopper.best,
-                                    "step_mode": s.mode.mode, "step_mode_reason": s.mode.reason})
+                                    "step_mode": s.mode.mode.value, "step_mode_reason": s.mode.reason})
         session.trackers.log_epoch(epoch, metrics, samples)
         if due(epoch, t.checkpoint_every, last):
             session.save(epoch)

@@ -97,7 +97,7 @@ def evaluate_run(run_dir: str | Path, overrides=(), *, device: str | torch.devic
         splits = load_splits(spec.data)
         core = build_diffusion(spec, build_model(spec.model, splits.train.image_shape)).to(device)
         # The EMA weights when the run kept an average: what its training-time metrics scored.
-        core.gt.load_state_dict(state["ema"] if state.get("ema") else state["model"])
+        core.denoiser.load_state_dict(state["ema"] if state.get("ema") else state["model"])
         if spec.diffusion.sample_start == "prior":
             core.prior = load_or_fit_prior(rd, core, splits.train.images, spec.train.seed)
         evaluator = Evaluator(spec, splits.test, device)

@@ -57,12 +57,12 @@ def ema_weights(core, ema: EMA | None):
     if ema is None:
         yield
         return
-    saved = {k: v.detach().clone() for k, v in core.gt.state_dict().items()}
-    core.gt.load_state_dict({k: v.to(saved[k].dtype) for k, v in ema.shadow.items()})
+    saved = {k: v.detach().clone() for k, v in core.denoiser.state_dict().items()}
+    core.denoiser.load_state_dict({k: v.to(saved[k].dtype) for k, v in ema.shadow.items()})
     try:
         yield
     finally:
-        core.gt.load_state_dict(saved)
+        core.denoiser.load_state_dict(saved)
 
 
 def rng_state() -> dict:
@@ -133,7 +133,7 @@ class TrainState:
     def build(cls, spec, diffusion: torch.nn.Module, *, device: torch.device | None = None,
               mode: StepMode = StepMode(EAGER, "")) -> "TrainState":
         t = spec.train
-        ema = EMA(diffusion.gt, t.ema_decay) if t.ema_decay else None
+        ema = EMA(diffusion.denoiser, t.ema_decay) if t.ema_decay else None
         optimizer = make_optimizer(t, diffusion.parameters(), device=device or torch.device("cpu"), mode=mode)
         plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.lr_plateau_factor,
                                                               patience=t.lr_plateau_patience)
@@ -142,23 +142,23 @@ class TrainState:
 
     def weights(self) -> list[torch.Tensor]:
         """What must be finite before a checkpoint: the weights and their average."""
-        return [*self.core.gt.parameters(), *(self.ema.shadow.values() if self.ema is not None else ())]
+        return [*self.core.denoiser.parameters(), *(self.ema.shadow.values() if self.ema is not None else ())]
 
     def state_dict(self, *, epoch_done: int, partial: dict | None, config: dict, world: int) -> dict:
         return {
             "format": CHECKPOINT_FORMAT, "hpcdiff_version": __version__, "epoch": epoch_done,
             "step": self.step, "elapsed": self.elapsed, "partial": partial,
-            "model": self.core.gt.state_dict(), "optimizer": portable_optimizer_state(self.optimizer),
+            "model": self.core.denoiser.state_dict(), "optimizer": portable_optimizer_state(self.optimizer),
             "plateau": _portable(self.plateau.state_dict()) if self.plateau is not None else None,
             "stopper": self.stopper.state_dict(), "rng": rng_state(), "config": config,
             "ema": self.ema.state_dict() if self.ema is not None else None, "world_size": world,
-            "compile": self.mode.mode,
+            "compile": self.mode.mode.value,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load_state_dict(self, epoch_done: int, state: dict, *, seed: int, rank: int) -> None:
         """Restore a checkpoint (before Accelerate wraps the model)."""
-        self.diffusion.gt.load_state_dict(state["model"])
+        self.diffusion.denoiser.load_state_dict(state["model"])
         load_optimizer_state(self.optimizer, state["optimizer"])
         if self.plateau is not None and state.get("plateau"):
             self.plateau.load_state_dict(state["plateau"])

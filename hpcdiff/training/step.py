@@ -28,6 +28,7 @@ checkpoint and reused on resume where it still applies.
 
 from __future__ import annotations
 
+import enum
 import logging
 import warnings
 from contextlib import nullcontext
@@ -40,7 +41,18 @@ from hpcdiff.science.graphs import CaptureError, capture
 
 log = logging.getLogger(__name__)
 
-EAGER, GRAPH = "none", "graph"
+class Execution(str, enum.Enum):
+    """How the training step runs. The values are train.compile's spellings, and what
+    checkpoints and archives have recorded since the step could be graphed."""
+
+    EAGER = "none"    # op by op, as PyTorch runs it
+    GRAPH = "graph"   # the whole step replayed from a captured CUDA graph
+
+    def __str__(self) -> str:
+        return self.value
+
+
+EAGER, GRAPH = Execution.EAGER, Execution.GRAPH
 # Uncaptured iterations before a capture: the optimiser creates its state in the first one,
 # the second runs with everything allocated, as the captured one will.
 WARMUP_ITERATIONS = 2
@@ -48,7 +60,7 @@ WARMUP_ITERATIONS = 2
 
 @dataclass(frozen=True)
 class StepMode:
-    mode: str     # EAGER or GRAPH
+    mode: Execution
     reason: str   # why, for the log and the archive
 
     @property
@@ -75,6 +87,7 @@ def resolve_mode(requested: str, *, device: torch.device, world: int, precision:
     being resumed ("auto" then keeps it, so a resumed run runs as it started)."""
     blocker = graph_blocker(device, world, precision)
     want = recorded if requested == "auto" and recorded in (EAGER, GRAPH) else requested
+    want = Execution(want) if want in (EAGER, GRAPH) else want  # "auto" stays a wish
     if want == EAGER:
         return StepMode(EAGER, "train.compile = \"none\"" if requested == EAGER else
                         "eager, as recorded in the checkpoint resumed")
@@ -175,7 +188,7 @@ class TrainStep:
             s.optimizer.step()
             s.optimizer.zero_grad(set_to_none=True)
             if s.ema is not None:
-                s.ema.update(s.core.gt)
+                s.ema.update(s.core.denoiser)
         return loss.detach()
 
 
@@ -216,7 +229,7 @@ class _GraphedStep:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=False)
             if self.ema is not None:
-                self.ema.update(self.core.gt)
+                self.ema.update(self.core.denoiser)
         return loss.detach().float()
 
     def __call__(self, idx: torch.Tensor, window: int, sync: bool) -> torch.Tensor:
