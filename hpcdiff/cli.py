@@ -55,21 +55,49 @@ def main():
 
 @main.command()
 @click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--executor", type=click.Choice(EXECUTORS), default="auto",
-              show_default=True, help="auto: slurm where sbatch exists, else local processes.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="Runs land in OUTPUT/<sweep name>/<run id>/.")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a config value for every run (repeatable).")
+@click.option(
+    "--executor",
+    type=click.Choice(EXECUTORS),
+    default="auto",
+    show_default=True,
+    help="auto: slurm where sbatch exists, else local processes.",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="Runs land in OUTPUT/<sweep name>/<run id>/.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Override a config value for every run (repeatable).",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and list the runs; write and run nothing.")
-@click.option("--concurrency", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs trained at once by the local executor.")
-@click.option("--processes", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local executor: processes (DDP ranks) per run, the counterpart of GPUs per node.")
+@click.option(
+    "--concurrency",
+    "-j",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Runs trained at once by the local executor.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Local executor: processes (DDP ranks) per run, the counterpart of GPUs per node.",
+)
 @click.option("--force", is_flag=True, help="Rerun finished runs too (their results are moved aside).")
 @click.option("--long", is_flag=True, help="List every varying key of every run (one block per run if needed).")
-@click.option("--then-analyze", is_flag=True,
-              help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end.")
+@click.option(
+    "--then-analyze", is_flag=True, help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end."
+)
 def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze, long):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
     from hpcdiff.launch.plan import execute_plan, outcome_lines, plan_sweep, preamble_lines
@@ -90,8 +118,9 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
         from hpcdiff.launch.slurm import SlurmError
 
         try:
-            report = execute_plan(plan, executor=executor, concurrency=concurrency, then_analyze=then_analyze,
-                                  processes=processes)
+            report = execute_plan(
+                plan, executor=executor, concurrency=concurrency, then_analyze=then_analyze, processes=processes
+            )
         except (SpecError, ValueError) as err:
             _fail_invalid(err)
         except SlurmError as err:
@@ -101,8 +130,9 @@ def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, process
         if not report.job_ids:  # local: the runs have ended; their table is the sweep's summary
             from hpcdiff.launch.status import collect_status, status_table
 
-            console.print(status_table(plan.sweep_dir, *collect_status(plan.sweep_dir), width=console.width),
-                          soft_wrap=True)
+            console.print(
+                status_table(plan.sweep_dir, *collect_status(plan.sweep_dir), width=console.width), soft_wrap=True
+            )
         for line in outcome_lines(plan, report):
             console.print(line)
     console.print(f"Results: [bold]{plan.sweep_dir}[/]")
@@ -124,10 +154,20 @@ def _print_dry_run(console, plan, executor: str) -> None:
         for answer in report.test_only:
             # sbatch's answer whole on one line (piped output is PIPED_WIDTH wide).
             console.print(f"[bold]sbatch --test-only[/]: {answer}", highlight=False, soft_wrap=True)
-        console.print("\n".join([f"GPU-hours requested: {report.gpu_hours:.1f} ({report.tasks} array tasks x "
-                                 f"nodes x GPUs x time limit)", *report.packing]), highlight=False)
-    console.print(f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} to launch ({backend}); "
-                  f"nothing written or submitted.")
+        console.print(
+            "\n".join(
+                [
+                    f"GPU-hours requested: {report.gpu_hours:.1f} ({report.tasks} array tasks x "
+                    f"nodes x GPUs x time limit)",
+                    *report.packing,
+                ]
+            ),
+            highlight=False,
+        )
+    console.print(
+        f"[bold]dry run[/]: {len(plan.runs)} runs, {len(plan.to_launch)} to launch ({backend}); "
+        f"nothing written or submitted."
+    )
 
 
 def _print_plan(console, plan, long: bool = False) -> None:
@@ -142,10 +182,10 @@ def _print_plan(console, plan, long: bool = False) -> None:
 def train(run_dir, progress):
     """Train (or resume) the run in RUN_DIR. This is what every job executes."""
     from hpcdiff.storage.atomic import StorageError
-    from hpcdiff.training.environment import NoGpuError
-    from hpcdiff.training.monitor import Diverged
     from hpcdiff.storage.rundir import RunBusyError
+    from hpcdiff.training.environment import NoGpuError
     from hpcdiff.training.loop import train as train_run
+    from hpcdiff.training.monitor import Diverged
 
     if progress is None:
         progress = sys.stdout.isatty()
@@ -175,12 +215,13 @@ def status(sweep_dir, watch, interval, long):
 
     console = _console()
     if not watch:
-        console.print(status_table(sweep_dir, *collect_status(sweep_dir), width=console.width, long=long),
-                      soft_wrap=True)
+        console.print(
+            status_table(sweep_dir, *collect_status(sweep_dir), width=console.width, long=long), soft_wrap=True
+        )
         return
-    from rich.live import Live
-
     import time as _time
+
+    from rich.live import Live
 
     with Live(console=console, auto_refresh=False) as live:
         while True:
@@ -218,11 +259,18 @@ def sync(sweep_dir, dry_run):
 
 @main.command()
 @click.argument("sweep_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder (default: analysis/<sweep name>/).")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder (default: analysis/<sweep name>/).",
+)
 @click.option("--sort-by", default=None, help="Table column to sort by (default: best FID, else best val loss).")
-@click.option("--training-scores", is_flag=True,
-              help="Report the metrics computed during training even where `hpcdiff evaluate` re-scored a run.")
+@click.option(
+    "--training-scores",
+    is_flag=True,
+    help="Report the metrics computed during training even where `hpcdiff evaluate` re-scored a run.",
+)
 def analyze(sweep_dir, out, sort_by, training_scores):
     """Tables (CSV, Markdown) and figures (PNG) of a finished or partly finished sweep."""
     from hpcdiff.analysis.compact import console_text
@@ -236,145 +284,36 @@ def analyze(sweep_dir, out, sort_by, training_scores):
     console.print(console_text(sweep_dir, result, console.width), markup=False, highlight=False, soft_wrap=True)
 
 
-@main.command()
-@click.argument("target", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--set", "overrides", multiple=True, metavar="eval.KEY=VALUE",
-              help="Change an evaluation setting, e.g. eval.classifier=reference or eval.samples=2000 (repeatable).")
-@click.option("--device", default=None, help="torch device (default: cuda when there is one, else cpu).")
-def evaluate(target, overrides, device):
-    """Evaluate again the latest checkpoint of TARGET (a run or a sweep directory) with
-    today's code and [eval] settings, e.g. to score old runs with the shipped reference
-    classifier. Recorded in each archive beside the training-time values; `analyze` then
-    reports it."""
-    from rich.progress import Progress
-
-    from hpcdiff.training.rescore import evaluate_runs, evaluation_table
-
-    console = _console()
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("evaluating", total=None)
-        try:
-            result = evaluate_runs(target, overrides, device=device,
-                                   on_run=lambda run_id: bar.update(task, description=f"evaluating {run_id}"))
-        except SpecError as err:
-            _fail_invalid(err)
-    click.echo(evaluation_table(result, console.width))
-    for run_id, why in result.skipped.items():
-        click.echo(f"skipped {run_id}: {why}")
-    click.echo(f"{len(result.done)} evaluated, recorded in each archive's evaluations/; "
-               f"`hpcdiff analyze` reports them in place of the training-time values")
-
-
-@main.command()
-@click.option("--list", "list_names", is_flag=True, help="Print the registered degradation names.")
-@click.option("--names", default="", help="Comma-separated degradations to draw (default: all).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("analysis/degradations"),
-              show_default=True)
-@click.option("--data", "data_name", default="mnist-5k", show_default=True,
-              help="Dataset whose held-out test images are degraded.")
-@click.option("--root", default=None, help="data.root (for mnist, fashion-mnist, idx).")
-def degrade(list_names, names, out, data_name, root):
-    """Strips of each degradation at several t on real test images (PNG)."""
-    from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule
-
-    if list_names:
-        for name in DEGRADATIONS.names():
-            info = DEGRADATION_INFO[name]
-            keeps = info.level_T_keeps_image({}, info.n_steps, (1, 28, 28))
-            generates = "noise" if info.process == "gaussian" else ("prior" if keeps is None else "no")
-            click.echo(f"{name:16s} recipe T={info.n_steps:<5d} schedule={default_schedule(name):7s} "
-                       f"draws={info.draws:11s} generates at the recipe from: {generates}")
-        return
-    from hpcdiff.analysis.strips import degradation_strips, strips_request
-
-    try:
-        chosen, data = strips_request(names, data_name, root)
-    except SpecError as err:
-        _fail_invalid(err)
-    for f in degradation_strips(chosen, out, data_spec=data):
-        click.echo(str(f))
-
-
-@main.command()
-@click.argument("sweep_files", nargs=-1, type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--dataset", "datasets", multiple=True, help="Also prepare this dataset (mnist, fashion-mnist, ...).")
-@click.option("--root", default=None, help="data.root for --dataset.")
-@click.option("--inception/--no-inception", default=None,
-              help="Fetch the Inception weights for fid_inception (default: when a sweep asks for it).")
-@click.option("--inception-url", default=None,
-              help="Where to fetch the Inception weights (a mirror URL, file:// URL or path); "
-                   "default $HPCDIFF_INCEPTION_URL or torch-fidelity's release.")
-@click.option("--device", default="cpu", show_default=True)
-@click.option("--train-reference", "train_reference", default=None, metavar="FAMILY",
-              help="Retrain the shipped reference classifier of FAMILY (mnist) from the IDX files under "
-                   "--root, into --reference-out (default: the package's assets).")
-@click.option("--reference-out", type=click.Path(file_okay=False, path_type=Path), default=None)
-def prepare(sweep_files, datasets, root, inception, inception_url, device, train_reference, reference_out):
-    """On a login node (with internet): download the datasets and Inception weights the
-    sweeps need and train the feature classifiers, so jobs run offline. MNIST and mnist-5k
-    are scored by the reference classifier shipped with hpcdiff (nothing to train)."""
-    if train_reference is not None:
-        _retrain_reference(train_reference, root, reference_out, device)
-        return
-    from hpcdiff.evaluation.assets import needs_of, prepare as run_prepare
-    from hpcdiff.resolve import load_sweep
-
-    try:
-        needs = needs_of([run.spec for path in sweep_files for run in load_sweep(path).runs], datasets, root)
-    except SpecError as err:
-        _fail_invalid(err)
-    if not needs.datasets:
-        _fail_invalid(SpecError("name a sweep file or --dataset"))
-    from hpcdiff.evaluation.classifier import MissingAssetError
-    from hpcdiff.data import DataError
-
-    try:
-        report = run_prepare(list(needs.datasets.values()), inception=needs.inception if inception is None else inception,
-                             device=device, classifier_epochs=needs.classifier_epochs, inception_url=inception_url,
-                             log=click.echo, trained=frozenset(needs.trained))
-    except (MissingAssetError, DataError) as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    for d in report["datasets"]:
-        click.echo(f"{d['name']}: classifier {d['classifier_path']} (test accuracy {d['test_accuracy']:.4f})")
-    if report["inception"]:
-        click.echo(f"inception weights: {report['inception']}")
-    click.echo(f"cache: {report['cache_dir']}; jobs can now run offline")
-
-
-def _retrain_reference(family: str, root, out, device) -> None:
-    from hpcdiff.evaluation.classifier import MissingAssetError
-    from hpcdiff.evaluation.reference import ASSETS, train_reference
-
-    if root is None:
-        _fail_invalid(SpecError("--train-reference needs --root DIR (the dataset's IDX files)"))
-    try:
-        facts = train_reference(family, Path(root), out_dir=out or ASSETS, device=device, log=click.echo)
-    except (ValueError, MissingAssetError) as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(2 if isinstance(err, ValueError) else 1)
-    click.echo(f"{facts['name']}: test accuracy {facts['test_accuracy']:.4f} ({facts['tested_on']}), "
-               f"sha256 {facts['sha256'][:16]}..., {out or ASSETS}/{facts['file']}")
-
-
 @main.command("sbatch")
 @click.argument("target", type=click.Path(exists=True, path_type=Path))
-@click.option("--template", type=click.Choice(SBATCH_TEMPLATES), default="csd3-ampere",
-              show_default=True)
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-              show_default=True, help="For a sweep file: where its runs go.")
+@click.option("--template", type=click.Choice(SBATCH_TEMPLATES), default="csd3-ampere", show_default=True)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs"),
+    show_default=True,
+    help="For a sweep file: where its runs go.",
+)
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE")
 def sbatch_cmd(target, template, output, overrides):
     """Write a plain sbatch script for a run directory or a sweep file (submit it yourself)."""
-    from hpcdiff.storage.rundir import RunDir
     from hpcdiff.launch.sbatch import render, write_for_sweep
+    from hpcdiff.storage.rundir import RunDir
 
     try:
         if target.is_dir():
             rd = RunDir(target)
             spec = rd.load_spec()
-            click.echo(render(template, spec.slurm, job_name=f"hpcdiff-{rd.run_id}",
-                              run_dirs=[str(target.absolute())], log_dir=str(target.absolute())))
+            click.echo(
+                render(
+                    template,
+                    spec.slurm,
+                    job_name=f"hpcdiff-{rd.run_id}",
+                    run_dirs=[str(target.absolute())],
+                    log_dir=str(target.absolute()),
+                )
+            )
             return
         paths = write_for_sweep(target, template=template, output=output, overrides=overrides)
     except SpecError as err:
@@ -384,10 +323,13 @@ def sbatch_cmd(target, template, output, overrides):
     click.echo("submit with: " + " && ".join(f"sbatch {path}" for path in paths))
 
 
-# The benchmarks' commands live beside this module (cli_bench.py), registered here.
+# The benchmarks' commands and the data and scoring commands live beside this module
+# (cli_bench.py, cli_assets.py), registered here.
+from hpcdiff.cli_assets import degrade, evaluate, prepare  # noqa: E402
 from hpcdiff.cli_bench import bench  # noqa: E402
 
-main.add_command(bench)
+for command in (evaluate, degrade, prepare, bench):
+    main.add_command(command)
 
 if __name__ == "__main__":
     main()

@@ -36,16 +36,29 @@ def _hidden_option(text: str) -> tuple[int, ...]:
 
 
 @bench.command("train")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Timed epochs of the trainer's loop, after one untimed [default: 20 on CUDA, 2 on the CPU].")
-@click.option("--steps", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Timed steps of the notebook loop and the conv ceiling.")
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Timed epochs of the trainer's loop, after one untimed [default: 20 on CUDA, 2 on the CPU].",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    default=30,
+    show_default=True,
+    help="Timed steps of the notebook loop and the conv ceiling.",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--data", "data_name", default="mnist-5k", show_default=True)
-@click.option("--hidden", "hidden_list", multiple=True, metavar="C1,C2,...",
-              help="Model channels (repeatable); default: the starter's 16,32,32,16, and on CUDA also "
-                   "32,64,128,64,32.")
+@click.option(
+    "--hidden",
+    "hidden_list",
+    multiple=True,
+    metavar="C1,C2,...",
+    help="Model channels (repeatable); default: the starter's 16,32,32,16, and on CUDA also 32,64,128,64,32.",
+)
 def bench_train(epochs, steps, batch_size, device, data_name, hidden_list):
     """Images/s of the trainer's loop (eager, and CUDA graphs on CUDA) vs the notebook's
     DataLoader loop and the model's convolutions alone."""
@@ -55,15 +68,20 @@ def bench_train(epochs, steps, batch_size, device, data_name, hidden_list):
     models = [_hidden_option(h) for h in hidden_list] or ([DEFAULT_HIDDEN, WIDE_HIDDEN] if cuda else [DEFAULT_HIDDEN])
     epochs = epochs or (20 if cuda else 2)
     for hidden in models:
-        results = benchmark_train(epochs=epochs, steps=steps, batch_size=batch_size, device=device,
-                                  data_name=data_name, hidden=hidden)
+        results = benchmark_train(
+            epochs=epochs, steps=steps, batch_size=batch_size, device=device, data_name=data_name, hidden=hidden
+        )
         console().print(format_report(results))
 
 
 @bench.command("sample")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--samples", type=click.IntRange(min=1), default=None,
-              help="Images drawn at once [default: 1000 on CUDA, 16 on the CPU].")
+@click.option(
+    "--samples",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Images drawn at once [default: 1000 on CUDA, 16 on the CPU].",
+)
 @click.option("--ancestral-steps", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--ddim-steps", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--hidden", default="16,32,32,16", show_default=True, metavar="C1,C2,...")
@@ -72,9 +90,17 @@ def bench_sample(device, samples, ancestral_steps, ddim_steps, hidden):
     from hpcdiff.bench.sample import benchmark_sample, format_sample_report
 
     samples = samples or (1000 if device.startswith("cuda") else 16)
-    console().print(format_sample_report(benchmark_sample(
-        device=device, samples=samples, ancestral_steps=ancestral_steps, ddim_steps=ddim_steps,
-        hidden=_hidden_option(hidden))))
+    console().print(
+        format_sample_report(
+            benchmark_sample(
+                device=device,
+                samples=samples,
+                ancestral_steps=ancestral_steps,
+                ddim_steps=ddim_steps,
+                hidden=_hidden_option(hidden),
+            )
+        )
+    )
 
 
 @bench.command("degradations")
@@ -88,13 +114,27 @@ def bench_degradations(batch_size, device):
 
 
 @bench.command("eval")
-@click.option("--degradations", default="gaussian,impulse,pixel_swap,blur", show_default=True,
-              help="Comma-separated degradations, each at its recipe n_T.")
-@click.option("--set", "overrides", multiple=True, metavar="eval.KEY=VALUE",
-              help="Override an [eval] setting, e.g. --set eval.samples=1000.")
+@click.option(
+    "--degradations",
+    default="gaussian,impulse,pixel_swap,blur",
+    show_default=True,
+    help="Comma-separated degradations, each at its recipe n_T.",
+)
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="eval.KEY=VALUE",
+    help="Override an [eval] setting, e.g. --set eval.samples=1000.",
+)
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--data", "data_name", default="mnist-5k", show_default=True,
-              help="Dataset of the held-out images and the classifier.")
+@click.option(
+    "--data",
+    "data_name",
+    default="mnist-5k",
+    show_default=True,
+    help="Dataset of the held-out images and the classifier.",
+)
 def bench_eval(degradations, overrides, device, data_name):
     """Time of one evaluation at the [eval] defaults vs one training epoch of full MNIST size."""
     from hpcdiff.bench.eval import benchmark_eval, format_eval_report
@@ -107,8 +147,9 @@ def bench_eval(degradations, overrides, device, data_name):
                 raise SpecError(f"bench eval takes eval.KEY overrides only, got {'.'.join(parts)!r}")
             eval_overrides[parts[1]] = value
         names = [n.strip() for n in degradations.split(",") if n.strip()]
-        results = benchmark_eval(degradations=names, device=device, data_name=data_name,
-                                 eval_overrides=eval_overrides, log=click.echo)
+        results = benchmark_eval(
+            degradations=names, device=device, data_name=data_name, eval_overrides=eval_overrides, log=click.echo
+        )
     except SpecError as err:
         fail_invalid(err)
     console().print(format_eval_report(results))
@@ -130,6 +171,7 @@ def bench_archive(at, directory):
         ratio = ""
         if not r["method"].startswith("copy") and r["epoch"] in base and isinstance(r["epoch"], int):
             b = base[r["epoch"]]
-            ratio = f"  ({b['ms'] / r['ms']:.1f}x less time, {b['kB written'] / max(r['kB written'], 1e-9):.1f}x fewer bytes)"
+            fewer = b["kB written"] / max(r["kB written"], 1e-9)
+            ratio = f"  ({b['ms'] / r['ms']:.1f}x less time, {fewer:.1f}x fewer bytes)"
         kb = "" if r["kB written"] != r["kB written"] else f"{r['kB written']:9.0f} kB written"
         click.echo(f"{r['method']:24s} epoch {str(r['epoch']):>15s}: {r['ms']:8.1f} ms {kb}{extra}{ratio}")

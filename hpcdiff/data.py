@@ -65,8 +65,7 @@ def to_model_range(images_uint8: torch.Tensor, device=None) -> torch.Tensor:
     have arrived, and the CPU would read whatever was in the buffer."""
     if device is not None:
         device = torch.device(device)
-        images_uint8 = images_uint8.to(device, non_blocking=images_uint8.device.type == "cpu"
-                                       and device.type != "cpu")
+        images_uint8 = images_uint8.to(device, non_blocking=images_uint8.device.type == "cpu" and device.type != "cpu")
     return images_uint8.to(torch.float32) / 255.0 - 0.5
 
 
@@ -146,8 +145,10 @@ def _load_mnist_5k(spec: DataSpec | None = None) -> tuple[Dataset, Dataset]:
     for c in range(10):
         idx = torch.nonzero(labels == c).flatten()
         test_mask[idx[-50:]] = True
-    return (Dataset(images[~test_mask].contiguous(), labels[~test_mask].contiguous()),
-            Dataset(images[test_mask].contiguous(), labels[test_mask].contiguous()))
+    return (
+        Dataset(images[~test_mask].contiguous(), labels[~test_mask].contiguous()),
+        Dataset(images[test_mask].contiguous(), labels[test_mask].contiguous()),
+    )
 
 
 def read_idx(path: Path) -> np.ndarray:

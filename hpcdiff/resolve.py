@@ -11,14 +11,21 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from hpcdiff.config.registry import unknown_message, unknown_name_message
 from hpcdiff.config import sweep as sweep_files
-from hpcdiff.config.log_spec import tracker_install_problem
-from hpcdiff.config.spec import RunSpec, SpecError, check_text
 from hpcdiff.config.catalog import DATASETS
+from hpcdiff.config.log_spec import tracker_install_problem
+from hpcdiff.config.registry import unknown_message, unknown_name_message
+from hpcdiff.config.spec import RunSpec, SpecError, check_text
 from hpcdiff.evaluation.reference import reference_for, references
-from hpcdiff.science.degradations import (DEGRADATION_INFO, DEGRADATIONS, check_params, degradation_params,
-                                          default_schedule, is_gaussian, process_of)
+from hpcdiff.science.degradations import (
+    DEGRADATION_INFO,
+    DEGRADATIONS,
+    check_params,
+    default_schedule,
+    degradation_params,
+    is_gaussian,
+    process_of,
+)
 from hpcdiff.science.diffusion import SAMPLER_KIND, SAMPLERS
 from hpcdiff.science.models import image_size_problem
 from hpcdiff.science.schedules import SCHEDULES
@@ -74,15 +81,18 @@ def _check_param_types(deg) -> None:
     free table, so they are checked here."""
     valid = degradation_params(deg.name)
     if is_gaussian(deg.name) and deg.params:
-        raise SpecError(f"the {deg.name} degradation takes its betas from diffusion.beta1/beta2",
-                        path=f"degradation.params.{next(iter(deg.params))}")
+        raise SpecError(
+            f"the {deg.name} degradation takes its betas from diffusion.beta1/beta2",
+            path=f"degradation.params.{next(iter(deg.params))}",
+        )
     for key, value in deg.params.items():
         path = f"degradation.params.{key}"
         if key not in valid:
             raise SpecError(unknown_message("parameter", key, sorted(valid), of=f"degradation {deg.name!r}"), path=path)
         default = valid[key]
         ok = (isinstance(value, bool) == isinstance(default, bool)) and (
-            isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int)))
+            isinstance(value, type(default)) or (isinstance(default, float) and isinstance(value, int))
+        )
         if default is not None and not ok:
             raise SpecError(f"expected {type(default).__name__}, got {value!r}", path=path)
         if isinstance(value, float) and not math.isfinite(value):
@@ -104,8 +114,10 @@ def _check_sampling(spec: RunSpec) -> None:
             raise SpecError(unknown_name_message("sampler", sampler, ["auto", *SAMPLERS.names()]), path=path)
         if SAMPLER_KIND[sampler] != process:
             fitting = [n for n, k in SAMPLER_KIND.items() if k == process]
-            raise SpecError(f"sampler {sampler!r} does not apply to degradation {name!r}; "
-                            f"use one of: {', '.join(fitting)}", path=path)
+            raise SpecError(
+                f"sampler {sampler!r} does not apply to degradation {name!r}; use one of: {', '.join(fitting)}",
+                path=path,
+            )
     if is_gaussian(name) and d.sample_start not in ("auto", "noise"):
         raise SpecError("the Gaussian DDPM starts sampling from noise", path="diffusion.sample_start")
     if d.sample_start == "channel_mean" and not DEGRADATION_INFO[name].has_known_prior:
@@ -113,9 +125,11 @@ def _check_sampling(spec: RunSpec) -> None:
     if d.sample_start == "prior":
         keeps = _level_T_keeps_image(spec)
         if keeps:
-            raise SpecError(f"a start from a prior fitted at level T would not be a generation: {keeps}; or use "
-                            f"sample_start = \"degraded_test\" (a restoration of test images)",
-                            path="diffusion.sample_start")
+            raise SpecError(
+                f"a start from a prior fitted at level T would not be a generation: {keeps}; or use "
+                f'sample_start = "degraded_test" (a restoration of test images)',
+                path="diffusion.sample_start",
+            )
 
 
 def _level_T_keeps_image(spec: RunSpec) -> str | None:
@@ -130,11 +144,9 @@ def validate_spec(spec: RunSpec) -> RunSpec:
     """Checks that need the registries; returns the resolved spec."""
     deg = spec.degradation
     if deg.name not in DEGRADATIONS:
-        raise SpecError(unknown_name_message("degradation", deg.name, DEGRADATIONS.names()),
-                        path="degradation.name")
+        raise SpecError(unknown_name_message("degradation", deg.name, DEGRADATIONS.names()), path="degradation.name")
     if deg.schedule and deg.schedule not in SCHEDULES:
-        raise SpecError(unknown_name_message("schedule", deg.schedule, SCHEDULES.names()),
-                        path="degradation.schedule")
+        raise SpecError(unknown_name_message("schedule", deg.schedule, SCHEDULES.names()), path="degradation.schedule")
     _check_param_types(deg)
     _check_param_values(spec)
     _check_sampling(spec)
@@ -144,9 +156,12 @@ def validate_spec(spec: RunSpec) -> RunSpec:
         raise SpecError(f"{problem} (data.name = {spec.data.name!r})", path="model.channel_mults")
     if spec.eval.classifier == "reference" and reference_for(spec.data.name) is None:
         shipped = sorted({d for r in references().values() for d in r.datasets})
-        raise SpecError(f"hpcdiff ships no reference classifier for data.name = {spec.data.name!r} (it ships "
-                        f"one for {', '.join(shipped) or 'none'}); use \"auto\" or \"trained\" to score with a "
-                        f"classifier trained on the dataset", path="eval.classifier")
+        raise SpecError(
+            f"hpcdiff ships no reference classifier for data.name = {spec.data.name!r} (it ships "
+            f'one for {", ".join(shipped) or "none"}); use "auto" or "trained" to score with a '
+            f"classifier trained on the dataset",
+            path="eval.classifier",
+        )
     for i, name in enumerate(spec.log.trackers):
         problem = tracker_install_problem(name)
         if problem:
@@ -154,12 +169,12 @@ def validate_spec(spec: RunSpec) -> RunSpec:
     return resolve_spec(spec)
 
 
-def load_sweep(path, overrides=()) -> "sweep_files.Sweep":
+def load_sweep(path, overrides=()) -> sweep_files.Sweep:
     """A sweep file expanded into runs whose specs are validated against the registries and
     resolved (the run ids hash these): what every command that plans runs uses."""
     return sweep_files.load_sweep(path, overrides, resolve=validate_spec)
 
 
-def expand(raw: dict, **kwargs) -> "sweep_files.Sweep":
+def expand(raw: dict, **kwargs) -> sweep_files.Sweep:
     """``config.sweep.expand`` with every run resolved (for sweeps built in code)."""
     return sweep_files.expand(raw, resolve=validate_spec, **kwargs)

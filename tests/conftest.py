@@ -75,8 +75,6 @@ def fashion_dir():
     return FASHION_DIR
 
 
-
-
 @pytest.fixture(scope="session")
 def gpu_data_dir():
     """Real IDX files for the gpu tests: Debian's Fashion-MNIST where it is installed, else the
@@ -88,8 +86,10 @@ def gpu_data_dir():
     raw = Path(root) / "MNIST" / "raw" if root else None
     if raw is not None and (raw / "train-images-idx3-ubyte").is_file():
         return raw
-    pytest.skip("no real IDX files: apt-get install dataset-fashion-mnist, or HPCDIFF_TEST_MNIST_ROOT=DIR "
-                "holding DIR/MNIST/raw/train-images-idx3-ubyte (tests/fetch-full-mnist.sh DIR)")
+    pytest.skip(
+        "no real IDX files: apt-get install dataset-fashion-mnist, or HPCDIFF_TEST_MNIST_ROOT=DIR "
+        "holding DIR/MNIST/raw/train-images-idx3-ubyte (tests/fetch-full-mnist.sh DIR)"
+    )
 
 
 @pytest.fixture
@@ -112,8 +112,8 @@ def fashion_classifier(hpcdiff_cache):
     trained once per session into the session's cache (as a run's first evaluation would)."""
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
-    from hpcdiff.evaluation.classifier import get_classifier
     from hpcdiff.config.spec import DataSpec
+    from hpcdiff.evaluation.classifier import get_classifier
 
     return get_classifier(DataSpec(name="idx", root=str(FASHION_DIR)), hpcdiff_cache, "cpu")
 
@@ -124,8 +124,7 @@ def tiny_sweep(tmp_path, fashion_dir):
     ``metrics=True`` keeps the default [eval] section (ask for ``fashion_classifier`` too, so
     that the classifier is trained once per session rather than by the run)."""
 
-    def make(extra: str = "", *, epochs: int = 2, subset: int = 320, name: str = "tiny",
-             metrics: bool = False) -> Path:
+    def make(extra: str = "", *, epochs: int = 2, subset: int = 320, name: str = "tiny", metrics: bool = False) -> Path:
         path = tmp_path / f"{name}.toml"
         base = TINY_DEFAULT_EVAL if metrics else TINY_BASE
         path.write_text(base.format(root=fashion_dir, epochs=epochs, subset=subset) + extra)

@@ -5,9 +5,24 @@ import importlib.util
 
 # hpcdiff's dependencies (pyproject.toml) as import names, plus PIL, which the analysis
 # tests import (matplotlib and torchvision bring it).
-CORE_MODULES = ("torch", "torchvision", "h5py", "submitit", "accelerate", "click", "rich", "numpy",
-                "torchmetrics", "matplotlib", "torch_fidelity", "PIL", "pandas", "tabulate", "jinja2",
-                "pytorch_msssim")
+CORE_MODULES = (
+    "torch",
+    "torchvision",
+    "h5py",
+    "submitit",
+    "accelerate",
+    "click",
+    "rich",
+    "numpy",
+    "torchmetrics",
+    "matplotlib",
+    "torch_fidelity",
+    "PIL",
+    "pandas",
+    "tabulate",
+    "jinja2",
+    "pytorch_msssim",
+)
 SETUP_HINT = "bash tests/run.sh installs them (or pip install -e '.[test]')"
 
 

@@ -17,6 +17,7 @@ def cli(*args, **env):
     """`hpcdiff ARGS...` in this process (click's runner); exceptions propagate."""
     return CliRunner(env=env or None).invoke(main, [str(a) for a in args], catch_exceptions=False)
 
+
 # The smallest real run (Fashion-MNIST IDX files, a 2-layer CNN, 20 steps): every test that
 # trains starts from it. Fields: root, subset, epochs. TINY_DEFAULT_EVAL keeps the [eval]
 # section a user gets (metrics on, the classifier of conftest's fashion_classifier);
@@ -40,11 +41,14 @@ n_samples = 4
 sample_every = 1
 seed = 0
 """
-TINY_BASE = TINY_DEFAULT_EVAL + """
+TINY_BASE = (
+    TINY_DEFAULT_EVAL
+    + """
 [eval]
 metrics = []
 reconstruction = false
 """
+)
 
 
 def make_run_dir(sweep_file, out) -> RunDir:
@@ -61,8 +65,9 @@ def make_run_dir(sweep_file, out) -> RunDir:
 # Tests marked `gpu` run on "cuda"; with HPCDIFF_TEST_GPU_AS_CPU=1 the same tests run on "cpu"
 # (to check the test code on a machine without a GPU); otherwise, without CUDA, they skip.
 GPU_AS_CPU = os.environ.get("HPCDIFF_TEST_GPU_AS_CPU") == "1"
-GPU_SKIP_REASON = ("needs CUDA (torch.cuda.is_available() is False); HPCDIFF_TEST_GPU_AS_CPU=1 runs the gpu "
-                   "tests on the CPU instead")
+GPU_SKIP_REASON = (
+    "needs CUDA (torch.cuda.is_available() is False); HPCDIFF_TEST_GPU_AS_CPU=1 runs the gpu tests on the CPU instead"
+)
 
 
 def gpu_test_device() -> str | None:
@@ -82,8 +87,17 @@ GPU_CLASSIFIER_EPOCHS = 1
 TRAIN_TIMEOUT_S = 600
 
 
-def gpu_sweep_text(name: str, root, device: str, *, epochs: int = 2, subset: int = 320, metrics: bool = False,
-                   compile_mode: str = "default", train: str = "") -> str:
+def gpu_sweep_text(
+    name: str,
+    root,
+    device: str,
+    *,
+    epochs: int = 2,
+    subset: int = 320,
+    metrics: bool = False,
+    compile_mode: str = "default",
+    train: str = "",
+) -> str:
     """A tiny real sweep (TINY_BASE / TINY_DEFAULT_EVAL) on ``device`` with EMA and gradient
     clipping; ``compile_mode`` "default" leaves train.compile out; ``train``: more [train] lines."""
     base = TINY_DEFAULT_EVAL if metrics else TINY_BASE
@@ -114,8 +128,13 @@ def train_process(rd: RunDir, env: dict | None = None) -> subprocess.Popen:
     """`python -m hpcdiff train RUN_DIR` started, in ``env`` or this one. Its output goes to a
     file (a pipe nobody reads while the test waits could fill up and stop it): output_of."""
     out = tempfile.TemporaryFile("w+")
-    proc = subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)], env=env,
-                            stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcdiff", "train", str(rd.path)],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     proc.output_file = out
     return proc
 

@@ -45,4 +45,9 @@ export HPCDIFF_TEST_MNIST_ROOT="${HPCDIFF_TEST_MNIST_ROOT:-$HOME/.cache/hpcdiff-
 tests/fetch-full-mnist.sh "$HPCDIFF_TEST_MNIST_ROOT" \
   || echo "warning: full MNIST not fetched into $HPCDIFF_TEST_MNIST_ROOT; its test will skip" >&2
 
+# Lint and format check first (rules in pyproject.toml; ruff is pinned in the test extra):
+# seconds, and a red lint fails the run before half an hour of tests.
+python -m ruff check .
+python -m ruff format --check .
+
 exec python -m pytest -q "$@"

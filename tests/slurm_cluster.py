@@ -11,11 +11,12 @@ has no ``__init__.py``; with one, import ``tests.slurm_cluster`` instead)::
 A test that asks for ``slurm_cluster`` gets the environment clients need (``SLURM_CONF``,
 ``HPCDIFF_SLURM_STATE``) as a dict; the cluster starts once per session, in a fresh state
 directory (``/tmp/hpcdiff-slurm-*``: pytest's own tmp dirs are mode 0700, which munged,
-running as user "munge", cannot enter), and is stopped and removed at the end. It is skipped, with the reason, only where this machine
-cannot run the cluster (see ``cluster_unavailable_reason``); any other failure to start
-is an error. The fixture does not touch ``os.environ``: tests put the values in place,
-e.g. ``for k, v in slurm_cluster.items(): monkeypatch.setenv(k, v)``, before calling
-sbatch or submitit (which run ``sbatch``/``sacct`` with the process environment).
+running as user "munge", cannot enter), and is stopped and removed at the end. It is
+skipped, with the reason, only where this machine cannot run the cluster (see
+``cluster_unavailable_reason``); any other failure to start is an error. The fixture does
+not touch ``os.environ``: tests put the values in place, e.g. ``for k, v in
+slurm_cluster.items(): monkeypatch.setenv(k, v)``, before calling sbatch or submitit (which
+run ``sbatch``/``sacct`` with the process environment).
 
 Set ``HPCDIFF_SKIP_SLURM=1`` to skip those tests on purpose.
 """
@@ -40,18 +41,31 @@ EXIT_UNAVAILABLE = 3
 
 #: What dev-cluster.sh needs on PATH; it installs the Debian packages when one is missing.
 REQUIRED_BINARIES = (
-    "slurmctld", "slurmd", "slurmdbd", "sbatch", "sinfo", "squeue", "scontrol", "scancel",
-    "sacct", "sacctmgr", "munged", "munge", "unmunge", "mariadbd", "mariadb-install-db",
-    "mariadb-admin", "runuser", "flock",
+    "slurmctld",
+    "slurmd",
+    "slurmdbd",
+    "sbatch",
+    "sinfo",
+    "squeue",
+    "scontrol",
+    "scancel",
+    "sacct",
+    "sacctmgr",
+    "munged",
+    "munge",
+    "unmunge",
+    "mariadbd",
+    "mariadb-install-db",
+    "mariadb-admin",
+    "runuser",
+    "flock",
 )
 
 # Installing the packages on a fresh machine takes ~15-30 s, starting ~3 s.
 START_TIMEOUT_S = 900
 STOP_TIMEOUT_S = 180
 
-_SEARCH_PATH = os.pathsep.join(
-    [os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"]
-)
+_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
 
 # A failed install is not retried within one process.
 _install_failure: str | None = None
@@ -82,10 +96,7 @@ def cluster_unavailable_reason() -> str | None:
     missing = _missing_binaries()
     if os.geteuid() != 0:
         if missing:
-            return (
-                "the SLURM dev cluster needs root, and its packages are missing "
-                f"({', '.join(missing)})"
-            )
+            return f"the SLURM dev cluster needs root, and its packages are missing ({', '.join(missing)})"
         return "the SLURM dev cluster needs root (SlurmUser=root, munged via runuser)"
     if missing and shutil.which("apt-get", path=_SEARCH_PATH) is None:
         return f"SLURM binaries missing ({', '.join(missing)}) and no apt-get to install them"
@@ -132,15 +143,12 @@ def start_cluster(state_dir: Path | str, timeout: float = START_TIMEOUT_S) -> di
         raise ClusterUnavailable(_install_failure)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"dev-cluster.sh start {state_dir} failed (exit {proc.returncode}):\n"
-            f"{proc.stdout}{proc.stderr}"
+            f"dev-cluster.sh start {state_dir} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
         )
     return cluster_env(state_dir)
 
 
-def stop_cluster(
-    state_dir: Path | str, purge: bool = False, keep_jobs: bool = False
-) -> None:
+def stop_cluster(state_dir: Path | str, purge: bool = False, keep_jobs: bool = False) -> None:
     """Stop the cluster's daemons (cancelling its jobs first unless ``keep_jobs``);
     remove ``state_dir`` too if ``purge``."""
     args = ["stop"]
@@ -151,8 +159,7 @@ def stop_cluster(
     proc = _run_script(*args, str(Path(state_dir).resolve()), timeout=STOP_TIMEOUT_S)
     if proc.returncode != 0:
         raise RuntimeError(
-            f"dev-cluster.sh stop {state_dir} failed (exit {proc.returncode}):\n"
-            f"{proc.stdout}{proc.stderr}"
+            f"dev-cluster.sh stop {state_dir} failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+
 from helpers import fabricate_status
 
 SWEEP = """
@@ -55,13 +56,25 @@ def epoch_metrics(case: int, seed: int, epoch: int) -> dict[str, float]:
     """The archive row of one epoch: training series every epoch, quality metrics at the
     epochs [eval] every = 2 evaluates (2 and the last, 3)."""
     k = 1 + case + 2 * seed
-    row = {"train_loss": 1.0 / (epoch + k) + 1e-7 * k, "val_loss": 1.1 / (epoch + k) + (0.3 if epoch == 3 else 0),
-           "lr": 1e-3 * (1 + case), "epoch_seconds": 12.345678 * k, "elapsed_seconds": 12.345678 * k * epoch,
-           "optimizer_steps": 62.0 * epoch, "images_per_second": 123456.789 / k}
+    row = {
+        "train_loss": 1.0 / (epoch + k) + 1e-7 * k,
+        "val_loss": 1.1 / (epoch + k) + (0.3 if epoch == 3 else 0),
+        "lr": 1e-3 * (1 + case),
+        "epoch_seconds": 12.345678 * k,
+        "elapsed_seconds": 12.345678 * k * epoch,
+        "optimizer_steps": 62.0 * epoch,
+        "images_per_second": 123456.789 / k,
+    }
     if epoch in (2, 3):
-        row.update({"fid_classifier": 40.0 / (k + epoch) + 0.123456789, "inception_score": 2.0 + 0.25 * k * epoch,
-                    "inception_score_std": 0.0123456, "class_entropy": 0.9 - 0.01 * epoch,
-                    "diversity_trace": 1234567.891 * k})
+        row.update(
+            {
+                "fid_classifier": 40.0 / (k + epoch) + 0.123456789,
+                "inception_score": 2.0 + 0.25 * k * epoch,
+                "inception_score_std": 0.0123456,
+                "class_entropy": 0.9 - 0.01 * epoch,
+                "diversity_trace": 1234567.891 * k,
+            }
+        )
         p = np.full(10, 0.05)
         p[(k + epoch) % 10] = 0.55
         row.update({f"class_{c}": float(p[c]) for c in range(10)})
@@ -90,8 +103,12 @@ def build(root: Path) -> Path:
         archive.create(rd.archive, {"run_id": run.run_id, "config": rd.config_path.read_text()})
         for epoch in range(1, epochs + 1):
             grid = (np.arange(4 * 28 * 28).reshape(4, 28, 28) * (epoch + seed)) % 256
-            archive.append_epoch(rd.archive, epoch, epoch_metrics(case, seed, epoch),
-                                 {"images": grid.astype(np.uint8), "attrs": {"start": "noise"}})
+            archive.append_epoch(
+                rd.archive,
+                epoch,
+                epoch_metrics(case, seed, epoch),
+                {"images": grid.astype(np.uint8), "attrs": {"start": "noise"}},
+            )
         if state == "done":
             archive.set_attrs(rd.archive, {"finished": True})
     update_manifest(plan.sweep_dir, plan.sweep, SWEEP)

@@ -22,13 +22,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hpcdiff.storage import archive
 from hpcdiff.analysis.load import metric_direction
 from hpcdiff.analysis.report import analyze
-from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS
-from hpcdiff.storage.rundir import RunDir
-from hpcdiff.config.spec import DataSpec
 from hpcdiff.analysis.strips import DPI, degradation_strips, strip_figure_size, strip_levels
+from hpcdiff.config.spec import DataSpec
+from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS
+from hpcdiff.storage import archive
+from hpcdiff.storage.rundir import RunDir
+
 from helpers import fabricate_status
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -135,8 +136,14 @@ def injected(sweep_dir, tmp_path_factory) -> Path:
         if key in INJECTED_IS:
             p = np.full(10, 0.05)
             p[key[1] + 3] = 0.55  # seed 0 -> class 3, seed 1 -> class 4
-            extra.setdefault(2, {}).update({"inception_score": INJECTED_IS[key], "inception_score_std": 0.1,
-                                            "class_entropy": 0.8, **{f"class_{c}": p[c] for c in range(10)}})
+            extra.setdefault(2, {}).update(
+                {
+                    "inception_score": INJECTED_IS[key],
+                    "inception_score_std": 0.1,
+                    "class_entropy": 0.8,
+                    **{f"class_{c}": p[c] for c in range(10)},
+                }
+            )
         _inject(path, extra)
     return copy
 
@@ -159,8 +166,19 @@ def test_runs_table_rows_columns_states_on_real_runs(sweep_dir, tmp_path):
     rows = {r["run_id"]: r for r in _csv(tmp_path / "runs.csv")}
     assert set(rows) == set(keys)
     header = list(next(iter(rows.values())))
-    for col in ("run_id", "label", "train.lr", "train.seed", "state", "epochs", "final_train_loss",
-                "best_val_loss", "best_val_loss_epoch", "wall_seconds", "final_diversity_trace"):
+    for col in (
+        "run_id",
+        "label",
+        "train.lr",
+        "train.seed",
+        "state",
+        "epochs",
+        "final_train_loss",
+        "best_val_loss",
+        "best_val_loss_epoch",
+        "wall_seconds",
+        "final_diversity_trace",
+    ):
         assert col in header, col
     assert "best_diversity_trace" not in header  # diversity has no "best" (direction: final)
     by_key = {keys[rid]: r for rid, r in rows.items()}
@@ -183,8 +201,16 @@ def test_quality_columns_and_sort_order(full, injected, tmp_path):
     result, keys = full
     assert result.sort_by == "best_fid_classifier"
     cols = result.columns
-    for col in ("best_fid_classifier", "best_fid_classifier_epoch", "final_fid_classifier", "best_inception_score",
-                "final_inception_score", "final_inception_score_std", "best_class_entropy", "final_diversity_trace"):
+    for col in (
+        "best_fid_classifier",
+        "best_fid_classifier_epoch",
+        "final_fid_classifier",
+        "best_inception_score",
+        "final_inception_score",
+        "final_inception_score_std",
+        "best_class_entropy",
+        "final_diversity_trace",
+    ):
         assert col in cols, col
     assert not any(re.fullmatch(r"(best|final)_class_\d+", c) for c in cols)  # per-class -> per_class.csv
     rows = _csv(result.out_dir / "runs.csv")
@@ -252,14 +278,29 @@ def test_figures_are_valid_pngs_with_pdfs_and_indexed(full):
     out = result.out_dir
     pngs = {p.name for p in out.glob("*.png")}
     with_archive = [rid for rid, k in keys.items() if k != ("lr_hi #2", 1)]
-    expected = {"loss_curves.png", "samples.png", "metric_fid_classifier.png", "metric_inception_score.png",
-                "metric_class_entropy.png", "metric_diversity_trace.png", "best_fid_classifier_vs_train.lr.png",
-                "best_val_loss_vs_train.lr.png", "class_histograms.png", "strip_gaussian.png",
-                "degradation_strips.png", *{f"samples_{rid}.png" for rid in with_archive}}
+    expected = {
+        "loss_curves.png",
+        "samples.png",
+        "metric_fid_classifier.png",
+        "metric_inception_score.png",
+        "metric_class_entropy.png",
+        "metric_diversity_trace.png",
+        "best_fid_classifier_vs_train.lr.png",
+        "best_val_loss_vs_train.lr.png",
+        "class_histograms.png",
+        "strip_gaussian.png",
+        "degradation_strips.png",
+        *{f"samples_{rid}.png" for rid in with_archive},
+    }
     # At equal compute: loss and each metric vs optimiser steps and vs training time.
     for axis in ("optimizer_steps", "training_time"):
-        expected |= {f"loss_vs_{axis}.png", *(f"metric_{m}_vs_{axis}.png" for m in (
-            "fid_classifier", "inception_score", "class_entropy", "diversity_trace"))}
+        expected |= {
+            f"loss_vs_{axis}.png",
+            *(
+                f"metric_{m}_vs_{axis}.png"
+                for m in ("fid_classifier", "inception_score", "class_entropy", "diversity_trace")
+            ),
+        }
     assert pngs == expected, pngs ^ expected
     assert {p.name for p in result.files if p.suffix == ".png"} == expected
     index = (out / "index.md").read_text()
@@ -278,8 +319,9 @@ def test_figures_are_valid_pngs_with_pdfs_and_indexed(full):
         assert f"`{rid}`" in index
     assert "real held-out images first" in index and not result.warnings
     # Which samples the metrics came from, read off the runs' resolved configs.
-    assert result.evaluation == ["8 samples per evaluation, drawn with `ddim` on all n_T steps; "
-                                 "every run at its last epoch only"]
+    assert result.evaluation == [
+        "8 samples per evaluation, drawn with `ddim` on all n_T steps; every run at its last epoch only"
+    ]
     assert result.evaluation[0] in index
 
 
@@ -287,8 +329,7 @@ def test_degradation_strips_one_png_per_degradation(tmp_path):
     if not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     names = DEGRADATIONS.names()
-    files = degradation_strips(None, tmp_path, data_spec=_data_spec(), n_images=3, n_levels=5,
-                               n_steps={"blur": 10})
+    files = degradation_strips(None, tmp_path, data_spec=_data_spec(), n_images=3, n_levels=5, n_steps={"blur": 10})
     assert [p.name for p in files] == [f"strip_{n}.png" for n in names] + ["degradation_strips.png"]
     width, height = strip_figure_size(3, 5)
     for name, path in zip(names, files):
@@ -310,8 +351,7 @@ def test_degradation_strips_one_png_per_degradation(tmp_path):
     # A pure function of its inputs: same seed, same picture; another seed, other images.
     again = degradation_strips(["impulse"], tmp_path / "again", data_spec=_data_spec(), n_images=3, n_levels=5)
     assert again[0].read_bytes() == files[names.index("impulse")].read_bytes()
-    other = degradation_strips(["impulse"], tmp_path / "other", data_spec=_data_spec(), n_images=3, n_levels=5,
-                               seed=1)
+    other = degradation_strips(["impulse"], tmp_path / "other", data_spec=_data_spec(), n_images=3, n_levels=5, seed=1)
     assert other[0].read_bytes() != again[0].read_bytes()
     with pytest.raises(KeyError, match="did you mean"):
         degradation_strips(["impluse"], tmp_path, data_spec=_data_spec())
@@ -323,8 +363,9 @@ def test_strip_levels_are_even_and_inclusive():
     assert strip_levels(3, 8) == [0, 1, 2, 3]
     with pytest.raises(ValueError):
         strip_levels(0, 8)
-    assert math.isclose(strip_figure_size(2, 4)[0] - strip_figure_size(2, 3)[0], strip_figure_size(3, 4)[1]
-                        - strip_figure_size(2, 4)[1])
+    assert math.isclose(
+        strip_figure_size(2, 4)[0] - strip_figure_size(2, 3)[0], strip_figure_size(3, 4)[1] - strip_figure_size(2, 4)[1]
+    )
 
 
 def test_damaged_archive_and_nan_metrics_do_not_crash(sweep_dir, tmp_path):
@@ -355,8 +396,11 @@ def test_titles_beside_a_label_show_only_what_varies_within_it():
 
     varying = ["model.hidden", "model.channel_mults", "train.lr", "train.seed"]
     runs = [run("a", "cnn", **{"model.hidden": [16, 32], "train.lr": 2e-4, "train.seed": s}) for s in (0, 1)]
-    runs += [run(f"u{s}{lr}", "unet", **{"model.channel_mults": [1, 2], "train.lr": lr, "train.seed": s})
-             for s in (0, 1) for lr in (1e-3, 2e-3)]
+    runs += [
+        run(f"u{s}{lr}", "unet", **{"model.channel_mults": [1, 2], "train.lr": lr, "train.seed": s})
+        for s in (0, 1)
+        for lr in (1e-3, 2e-3)
+    ]
     keys = title_keys(runs, varying)
     assert keys == ["train.lr", "train.seed"]
     assert _short_title(runs[0], keys) == "cnn lr=0.0002 seed=0"
@@ -424,9 +468,12 @@ def test_restorations_are_labelled_and_ranked_apart_from_generations(tmp_path):
         write_run_config(rd, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
         fabricate_status(rd, state="done", epoch=1, epochs=1)
         archive.create(rd.archive, {"run_id": run.run_id, "config": rd.config_path.read_text()})
-        archive.append_epoch(rd.archive, 1, {"train_loss": 0.1, "fid_classifier": fid[run.label],
-                                             "inception_score": 3.0},
-                             {"images": np.zeros((4, 28, 28), np.uint8), "attrs": {"start": "x"}})
+        archive.append_epoch(
+            rd.archive,
+            1,
+            {"train_loss": 0.1, "fid_classifier": fid[run.label], "inception_score": 3.0},
+            {"images": np.zeros((4, 28, 28), np.uint8), "attrs": {"start": "x"}},
+        )
     update_manifest(plan.sweep_dir, plan.sweep, MIXED_SWEEP)
     result = analyze(plan.sweep_dir, tmp_path / "out")
     order = [(r["label"], r["measures"]) for r in result.rows]
@@ -476,8 +523,11 @@ def test_a_sweep_scored_by_several_classifiers_says_which_runs_each_scored(tmp_p
     from hpcdiff.analysis.load import check_classifiers, read_run
 
     runs, warnings = [], []
-    for name, attrs in (("old", {}), ("new", {"classifier": "mnist-reference-v1", "classifier_from_epoch": 1}),
-                        ("resumed", {"classifier": "mnist-reference-v1", "classifier_from_epoch": 2})):
+    for name, attrs in (
+        ("old", {}),
+        ("new", {"classifier": "mnist-reference-v1", "classifier_from_epoch": 1}),
+        ("resumed", {"classifier": "mnist-reference-v1", "classifier_from_epoch": 2}),
+    ):
         rd = RunDir(tmp_path / name)
         rd.path.mkdir()
         archive.create(rd.archive, {"run_id": name})
@@ -488,7 +538,8 @@ def test_a_sweep_scored_by_several_classifiers_says_which_runs_each_scored(tmp_p
     assert [r.scored_by for r in runs] == ["", "mnist-reference-v1", "mnist-reference-v1"]
     assert [w for w in warnings if "config.toml" not in w] == [
         "resumed: IS/FID before epoch 2 were scored by another classifier than mnist-reference-v1 "
-        "(the run was resumed across the change)"]
+        "(the run was resumed across the change)"
+    ]
     check_classifiers(runs, warnings)
     assert "2 classifiers" in warnings[-1] and "mnist-reference-v1: new, resumed" in warnings[-1]
     assert "unrecorded (trained where the run ran): old" in warnings[-1]

@@ -11,8 +11,9 @@ def test_append_truncate_and_read(tmp_path):
     path = tmp_path / "archive.h5"
     archive.create(path, {"run_id": "abc", "config": "x = 1\n"})
     for epoch in (1, 2, 3):
-        archive.append_epoch(path, epoch, {"train_loss": 1.0 / epoch},
-                             samples={"images": np.full((2, 4, 4), epoch, np.uint8)})
+        archive.append_epoch(
+            path, epoch, {"train_loss": 1.0 / epoch}, samples={"images": np.full((2, 4, 4), epoch, np.uint8)}
+        )
     archive.truncate_after(path, 2)
     archive.append_epoch(path, 3, {"train_loss": 0.25, "val_loss": 0.5})
     d = archive.read(path)
@@ -28,8 +29,11 @@ def test_append_truncate_and_read(tmp_path):
 
 
 def _grid(epoch):
-    return {"images": np.full((25, 28, 28), epoch % 256, np.uint8), "starts": np.zeros((25, 28, 28), np.uint8),
-            "attrs": {"start": "noise"}}
+    return {
+        "images": np.full((25, 28, 28), epoch % 256, np.uint8),
+        "starts": np.zeros((25, 28, 28), np.uint8),
+        "attrs": {"start": "noise"},
+    }
 
 
 def test_an_epoch_costs_the_same_at_epoch_300_as_at_epoch_1(tmp_path):
@@ -40,7 +44,9 @@ def test_an_epoch_costs_the_same_at_epoch_300_as_at_epoch_1(tmp_path):
     archive.create(path, {"run_id": "abc"})
     sizes = {}
     for epoch in range(1, 301):
-        archive.append_epoch(path, epoch, {"train_loss": 1.0 / epoch}, samples=_grid(epoch), attrs={"best_epoch": epoch})
+        archive.append_epoch(
+            path, epoch, {"train_loss": 1.0 / epoch}, samples=_grid(epoch), attrs={"best_epoch": epoch}
+        )
         if epoch in (1, 300):
             sizes[epoch] = (archive.epochs_dir(path) / f"epoch_{epoch:05d}.h5").stat().st_size
     assert sizes[300] <= 1.1 * sizes[1]

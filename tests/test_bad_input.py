@@ -56,29 +56,60 @@ CORPUS = [
     ("weight-decay-inf", BASE.replace("epochs = 1", "epochs = 1\nweight_decay = inf"), [], "train.weight_decay"),
     ("grad-clip-inf", BASE.replace("epochs = 1", "epochs = 1\ngrad_clip = +inf"), [], "train.grad_clip"),
     ("start-noise-inf", BASE + "[diffusion]\nstart_noise = inf\n", [], "diffusion.start_noise"),
-    ("min-delta-nan", BASE.replace("epochs = 1", "epochs = 1\nearly_stopping_min_delta = nan"), [],
-     "train.early_stopping_min_delta"),
-    ("min-delta-negative", BASE.replace("epochs = 1", "epochs = 1\nearly_stopping_min_delta = -0.1"), [],
-     "train.early_stopping_min_delta"),
+    (
+        "min-delta-nan",
+        BASE.replace("epochs = 1", "epochs = 1\nearly_stopping_min_delta = nan"),
+        [],
+        "train.early_stopping_min_delta",
+    ),
+    (
+        "min-delta-negative",
+        BASE.replace("epochs = 1", "epochs = 1\nearly_stopping_min_delta = -0.1"),
+        [],
+        "train.early_stopping_min_delta",
+    ),
     ("beta2-inf", BASE + "[diffusion]\nbeta2 = inf\n", [], "diffusion.beta2"),
     ("set-lr-inf", BASE, ["--set", "train.lr=inf"], "train.lr"),
     ("product-axis-nan", BASE + "[sweep.product]\ntrain.lr = [1e-3, nan]\n", [], "train.lr"),
     # degradation parameters
-    ("param-nan", BASE + '[degradation]\nname = "impulse"\nparams = { rho_end = nan }\n', [],
-     "degradation.params.rho_end"),
+    (
+        "param-nan",
+        BASE + '[degradation]\nname = "impulse"\nparams = { rho_end = nan }\n',
+        [],
+        "degradation.params.rho_end",
+    ),
     ("param-inf", BASE + '[degradation]\nname = "blur"\nparams = { sigma = inf }\n', [], "degradation.params.sigma"),
-    ("param-out-of-range", BASE + '[degradation]\nname = "impulse"\nparams = { rho_end = 0.9 }\n', [],
-     "degradation.params.rho_end"),
-    ("param-even-kernel", BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 4 }\n', [],
-     "degradation.params.kernel_size"),
-    ("param-huge-kernel", BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 1000000001 }\n', [],
-     "degradation.params.kernel_size"),
-    ("param-bad-padding", BASE + '[degradation]\nname = "blur"\nparams = { padding = "zero" }\n', [],
-     "degradation.params.padding"),
-    ("param-zero-factor", BASE + '[degradation]\nname = "downsample"\nparams = { max_factor = 0 }\n', [],
-     "degradation.params.max_factor"),
-    ("param-unknown", BASE + '[degradation]\nname = "blur"\nparams = { sigmaa = 2.0 }\n', [],
-     "did you mean 'sigma'"),
+    (
+        "param-out-of-range",
+        BASE + '[degradation]\nname = "impulse"\nparams = { rho_end = 0.9 }\n',
+        [],
+        "degradation.params.rho_end",
+    ),
+    (
+        "param-even-kernel",
+        BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 4 }\n',
+        [],
+        "degradation.params.kernel_size",
+    ),
+    (
+        "param-huge-kernel",
+        BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 1000000001 }\n',
+        [],
+        "degradation.params.kernel_size",
+    ),
+    (
+        "param-bad-padding",
+        BASE + '[degradation]\nname = "blur"\nparams = { padding = "zero" }\n',
+        [],
+        "degradation.params.padding",
+    ),
+    (
+        "param-zero-factor",
+        BASE + '[degradation]\nname = "downsample"\nparams = { max_factor = 0 }\n',
+        [],
+        "degradation.params.max_factor",
+    ),
+    ("param-unknown", BASE + '[degradation]\nname = "blur"\nparams = { sigmaa = 2.0 }\n', [], "did you mean 'sigma'"),
     # integers
     ("seed-negative", BASE.replace("epochs = 1", "epochs = 1\nseed = -1"), [], "train.seed"),
     ("seed-too-big", BASE.replace("epochs = 1", "epochs = 1\nseed = 4294967296"), [], "train.seed"),
@@ -90,19 +121,33 @@ CORPUS = [
     ("n-samples-huge", BASE.replace("epochs = 1", "epochs = 1\nn_samples = 1000000000"), [], "train.n_samples"),
     ("eval-samples-huge", BASE.replace("metrics = []", "metrics = []\nsamples = 1000000000"), [], "eval.samples"),
     ("hidden-huge", BASE.replace("hidden = [8, 8]", "hidden = [8, 1000000000]"), [], "model.hidden[1]"),
-    ("kernel-wider-than-image", BASE.replace("hidden = [8, 8]", "hidden = [8, 8]\nkernel_size = 99"), [],
-     "model.kernel_size"),
+    (
+        "kernel-wider-than-image",
+        BASE.replace("hidden = [8, 8]", "hidden = [8, 8]\nkernel_size = 99"),
+        [],
+        "model.kernel_size",
+    ),
     ("int-is-string", BASE.replace("epochs = 1", 'epochs = "ten"'), [], "train.epochs"),
     ("compile-typo", BASE.replace("epochs = 1", 'epochs = 1\ncompile = "graphs"'), [], "did you mean 'graph'"),
     ("set-compile-bad", BASE, ["--set", "train.compile=cuda"], "train.compile"),
     # the model: the other model's keys, the UNet's sizes
-    ("unet-key-on-cnn", BASE.replace("hidden = [8, 8]", "hidden = [8, 8]\nchannel_mults = [1, 2]"), [],
-     "model.channel_mults"),
+    (
+        "unet-key-on-cnn",
+        BASE.replace("hidden = [8, 8]", "hidden = [8, 8]\nchannel_mults = [1, 2]"),
+        [],
+        "model.channel_mults",
+    ),
     ("cnn-key-on-unet", BASE.replace("hidden = [8, 8]", 'name = "unet"\nhidden = [8, 8]'), [], "model.hidden"),
     ("model-name-typo", BASE.replace("hidden = [8, 8]", 'name = "unett"'), [], "did you mean 'unet'"),
     ("unet-groups", BASE.replace("hidden = [8, 8]", 'name = "unet"\nbase_channels = 12'), [], "model.groups"),
-    ("unet-too-many-halvings", BASE.replace('name = "idx"', 'name = "mnist-5k"').replace(
-        "hidden = [8, 8]", 'name = "unet"\nchannel_mults = [1, 2, 2, 2]'), [], "model.channel_mults"),
+    (
+        "unet-too-many-halvings",
+        BASE.replace('name = "idx"', 'name = "mnist-5k"').replace(
+            "hidden = [8, 8]", 'name = "unet"\nchannel_mults = [1, 2, 2, 2]'
+        ),
+        [],
+        "model.channel_mults",
+    ),
     ("case-unet-over-cnn-base", BASE + '[[sweep.cases]]\nmodel = { name = "unet" }\n', [], "model.hidden"),
     ("set-unet-key-on-cnn", BASE, ["--set", "model.res_blocks=2"], "model.res_blocks"),
     # budgets
@@ -112,18 +157,29 @@ CORPUS = [
     # strings
     ("root-with-nul", BASE.replace('root = "/nonexistent', 'root = "/non\\u0000existent'), [], "data.root"),
     ("root-empty", BASE.replace('root = "/nonexistent/hpcdiff-bad-input"', 'root = ""'), [], "data.root"),
-    ("choice-typo", BASE.replace("hidden = [8, 8]", 'hidden = [8, 8]\nactivation = "gelo"'), [],
-     "did you mean 'gelu'"),
+    ("choice-typo", BASE.replace("hidden = [8, 8]", 'hidden = [8, 8]\nactivation = "gelo"'), [], "did you mean 'gelu'"),
     ("slurm-shell", BASE + '[slurm]\nsetup = ["module load x; rm -rf ~"]\n', [], "slurm.setup[0]"),
     # packing several runs per GPU: single-GPU runs only
     ("runs-per-gpu-zero", BASE + "[slurm]\nruns_per_gpu = 0\n", [], "slurm.runs_per_gpu"),
     ("runs-per-gpu-huge", BASE + "[slurm]\nruns_per_gpu = 65\n", [], "slurm.runs_per_gpu"),
-    ("runs-per-gpu-multi-gpu", BASE + "[slurm]\nruns_per_gpu = 2\ngpus_per_node = 2\n", [],
-     "packing is for single-GPU runs"),
-    ("runs-per-gpu-multi-node", BASE + "[slurm]\nruns_per_gpu = 2\ngpus_per_node = 1\nnodes = 2\n", [],
-     "slurm.runs_per_gpu"),
-    ("runs-per-gpu-multi-task", BASE + "[slurm]\nruns_per_gpu = 2\ntasks_per_node = 2\n", [],
-     "packing is for single-GPU runs"),
+    (
+        "runs-per-gpu-multi-gpu",
+        BASE + "[slurm]\nruns_per_gpu = 2\ngpus_per_node = 2\n",
+        [],
+        "packing is for single-GPU runs",
+    ),
+    (
+        "runs-per-gpu-multi-node",
+        BASE + "[slurm]\nruns_per_gpu = 2\ngpus_per_node = 1\nnodes = 2\n",
+        [],
+        "slurm.runs_per_gpu",
+    ),
+    (
+        "runs-per-gpu-multi-task",
+        BASE + "[slurm]\nruns_per_gpu = 2\ntasks_per_node = 2\n",
+        [],
+        "packing is for single-GPU runs",
+    ),
     ("mps-without-gpu", BASE + "[slurm]\nmps = true\n", [], "slurm.mps"),
     ("mps-not-bool", BASE + '[slurm]\ngpus_per_node = 1\nmps = "yes"\n', [], "slurm.mps"),
     # lists
@@ -153,8 +209,12 @@ CORPUS = [
     ("zip-a-table", BASE + "[sweep.zip]\ntrain.lr = [1e-3]\n", [], "sweep.zip"),
     ("cases-not-tables", BASE + "[sweep]\ncases = [1, 2]\n", [], "sweep.cases"),
     ("case-unknown-key", BASE + "[[sweep.cases]]\nmodel = { hiden = [8] }\n", [], "model.hiden"),
-    ("too-many-runs", BASE + f"[sweep.product]\ntrain.epochs = [{DIGITS}]\ntrain.batch_size = [{DIGITS}]\n", [],
-     "more than 10000"),
+    (
+        "too-many-runs",
+        BASE + f"[sweep.product]\ntrain.epochs = [{DIGITS}]\ntrain.batch_size = [{DIGITS}]\n",
+        [],
+        "more than 10000",
+    ),
     # --set
     ("set-no-equals", BASE, ["--set", "train.lr"], "--set"),
     ("set-empty-key", BASE, ["--set", "=3"], "--set"),
@@ -242,8 +302,10 @@ def test_too_many_runs_is_refused_before_the_product_is_built(tmp_path):
 
     path = tmp_path / "big.toml"
     axis = ", ".join(str(i) for i in range(1, 201))
-    path.write_text(BASE + f"[sweep.product]\ntrain.epochs = [{axis}]\ntrain.batch_size = [{axis}]\n"
-                           f"model.kernel_size = [{', '.join(str(k) for k in range(1, 26, 2))}]\n")
+    path.write_text(
+        BASE + f"[sweep.product]\ntrain.epochs = [{axis}]\ntrain.batch_size = [{axis}]\n"
+        f"model.kernel_size = [{', '.join(str(k) for k in range(1, 26, 2))}]\n"
+    )
     start = time.monotonic()
     with pytest.raises(SpecError, match="520000 runs"):
         load_sweep(path)
@@ -254,8 +316,10 @@ def test_valid_degradation_params_still_pass(tmp_path):
     from hpcdiff.resolve import load_sweep
 
     path = tmp_path / "ok.toml"
-    path.write_text(BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 11, sigma = 7.0, padding = "reflect" }\n'
-                           "[sweep]\nseeds = [0, 4294967295]\n")
+    path.write_text(
+        BASE + '[degradation]\nname = "blur"\nparams = { kernel_size = 11, sigma = 7.0, padding = "reflect" }\n'
+        "[sweep]\nseeds = [0, 4294967295]\n"
+    )
     sweep = load_sweep(path)
     assert len(sweep.runs) == 2 and sweep.runs[0].spec.degradation.params["padding"] == "reflect"
 
@@ -272,8 +336,9 @@ def mount_tmpfs(tmp_path):
     def mount(options: str) -> Path:
         target = tmp_path / f"mnt{len(mounted)}"
         target.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
         mounted.append(target)
@@ -288,7 +353,7 @@ def mount_tmpfs(tmp_path):
 
 def _sweep_file(tmp_path, seeds=5) -> Path:
     path = tmp_path / "w.toml"
-    path.write_text(BASE + f"[sweep]\nname = \"w\"\nseeds = {list(range(seeds))}\n")
+    path.write_text(BASE + f'[sweep]\nname = "w"\nseeds = {list(range(seeds))}\n')
     return path
 
 
@@ -310,8 +375,9 @@ def test_full_disk_part_way_rolls_back(tmp_path, mount_tmpfs):
     small = mount_tmpfs("size=1m,nr_inodes=8")
     (small / "earlier").mkdir()
     (small / "earlier" / "result.txt").write_text("keep me\n")
-    result = CliRunner().invoke(main, ["sweep", str(_sweep_file(tmp_path)), "--output", str(small),
-                                       "--executor", "debug"])
+    result = CliRunner().invoke(
+        main, ["sweep", str(_sweep_file(tmp_path)), "--output", str(small), "--executor", "debug"]
+    )
     assert result.exit_code == 2, result.output
     assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
     assert f"cannot write the sweep directory {small / 'w'}" in result.output
@@ -323,15 +389,16 @@ def test_full_disk_part_way_rolls_back(tmp_path, mount_tmpfs):
 def test_failed_write_restores_an_existing_manifest(tmp_path, mount_tmpfs):
     # A sweep written once (3 runs), then grown to 5 runs on a disk with no room left: the
     # first expansion's manifest and runs are exactly as they were.
-    from hpcdiff.storage.rundir import RunDir, read_manifest, update_manifest, write_run_config
     from hpcdiff.launch.plan import SweepWriteError, execute_plan, plan_sweep
+    from hpcdiff.storage.rundir import RunDir, read_manifest, update_manifest, write_run_config
 
     small = mount_tmpfs("size=1m,nr_inodes=16")
     first = plan_sweep(_sweep_file(tmp_path, seeds=3), output=small)
     update_manifest(first.sweep_dir, first.sweep, "")
     for run in first.sweep.runs:
-        write_run_config(RunDir(first.sweep_dir / run.run_id), run.spec, run_id=run.run_id, sweep="w",
-                         axes=run.axes, label=run.label)
+        write_run_config(
+            RunDir(first.sweep_dir / run.run_id), run.spec, run_id=run.run_id, sweep="w", axes=run.axes, label=run.label
+        )
     before = _tree(small)
     manifest = read_manifest(first.sweep_dir)
     grown = plan_sweep(_sweep_file(tmp_path, seeds=8), output=small)

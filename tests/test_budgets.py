@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, make_run_dir, resume_with
-
 from hpcdiff.analysis.report import analyze
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.training.loop import train
+
+from helpers import cli, make_run_dir, resume_with
 
 
 def _budget_sweep(tiny_sweep, settings: str, **kwargs):
@@ -20,12 +20,16 @@ def _budget_sweep(tiny_sweep, settings: str, **kwargs):
 
 
 # subset 320: 256 training images, 4 batches of 64 per epoch.
-@pytest.mark.parametrize("accumulation,max_steps,batches,steps_per_row", [
-    (1, 7, 7, [4, 7]),   # step 7: three steps after the epoch-end check, not an interval check
-    (2, 3, 6, [2, 3]),   # 2 optimiser steps per epoch: step 3 ends after batch 6
-])
-def test_max_steps_stops_exactly_at_its_step_with_a_checkpoint(tiny_sweep, tmp_path, accumulation, max_steps,
-                                                               batches, steps_per_row):
+@pytest.mark.parametrize(
+    "accumulation,max_steps,batches,steps_per_row",
+    [
+        (1, 7, 7, [4, 7]),  # step 7: three steps after the epoch-end check, not an interval check
+        (2, 3, 6, [2, 3]),  # 2 optimiser steps per epoch: step 3 ends after batch 6
+    ],
+)
+def test_max_steps_stops_exactly_at_its_step_with_a_checkpoint(
+    tiny_sweep, tmp_path, accumulation, max_steps, batches, steps_per_row
+):
     path = _budget_sweep(tiny_sweep, f"max_steps = {max_steps}\ngrad_accumulation = {accumulation}", epochs=5)
     rd = make_run_dir(path, tmp_path / "runs")
     assert train(rd.path) == "done"
@@ -92,8 +96,10 @@ def test_analyze_puts_runs_on_steps_and_time_axes(tiny_sweep, tmp_path):
 def test_older_archives_get_their_steps_from_the_config():
     from hpcdiff.analysis.compute_axes import derived_optimizer_steps
 
-    config = {"data": {"name": "mnist-5k", "subset": 320, "val_fraction": 0.2},
-              "train": {"batch_size": 64, "grad_accumulation": 3}}
+    config = {
+        "data": {"name": "mnist-5k", "subset": 320, "val_fraction": 0.2},
+        "train": {"batch_size": 64, "grad_accumulation": 3},
+    }
     np.testing.assert_array_equal(derived_optimizer_steps(config, np.array([1, 2])), [2, 4])
     assert derived_optimizer_steps({"data": {"name": "idx"}, "train": {"batch_size": 64}}, np.array([1])) is None
 

@@ -33,7 +33,7 @@ def test_registering_an_undeclared_name_fails_at_import(tmp_path, monkeypatch):
     cases = {
         "plugin_model": "from hpcdiff.science.models import MODELS\nMODELS.register('unet2')(object())\n",
         "plugin_metric": "from hpcdiff.evaluation.metrics import METRICS\n"
-                         "@METRICS.register('fid_clasifier')\ndef f(ctx):\n    return {}\n",
+        "@METRICS.register('fid_clasifier')\ndef f(ctx):\n    return {}\n",
         "plugin_dataset": "from hpcdiff.data import LOADERS\n@LOADERS.register('cifar10')\ndef f(spec):\n    pass\n",
         "plugin_executor": "from hpcdiff.launch import BACKENDS\nBACKENDS.register('pbs')(object)\n",
     }
@@ -62,11 +62,11 @@ def test_a_declared_name_nothing_registers_fails_when_sealed():
 
 
 def test_the_package_registries_hold_exactly_the_catalog():
+    from hpcdiff.config.spec import DATASETS, EvalSpec
     from hpcdiff.data import LOADERS
     from hpcdiff.evaluation.metrics import DEFAULT_METRICS, METRICS
     from hpcdiff.launch import BACKENDS, CHOICES
     from hpcdiff.science.models import MODELS
-    from hpcdiff.config.spec import DATASETS, EvalSpec
 
     assert MODELS.names() == sorted(catalog.MODELS)
     assert METRICS.names() == sorted(catalog.METRICS)
@@ -92,9 +92,13 @@ def _string_collections(tree: ast.AST):
 def test_no_module_keeps_a_second_list_of_catalog_names():
     """A literal collection holding two or more names of one catalog list, anywhere in the
     package but the catalog, is a second owner of that list."""
-    lists = {"models": set(catalog.MODELS), "datasets": set(catalog.DATASETS), "executors": set(catalog.EXECUTORS),
-             "templates": set(catalog.SBATCH_TEMPLATES),
-             "metrics": set(catalog.METRICS)}
+    lists = {
+        "models": set(catalog.MODELS),
+        "datasets": set(catalog.DATASETS),
+        "executors": set(catalog.EXECUTORS),
+        "templates": set(catalog.SBATCH_TEMPLATES),
+        "metrics": set(catalog.METRICS),
+    }
     found = []
     for path in sorted(PACKAGE.rglob("*.py")):
         if path.name == "catalog.py":
@@ -114,8 +118,16 @@ def test_better_direction_is_a_fact_of_each_series():
     assert d("fid_classifier") == d("kid_classifier") == d("fid_inception") == d("tsne_kl") == "min"
     assert d("inception_score") == d("class_entropy") == d("ssim") == d("recon_full_ssim") == "max"
     assert d("recon_direct_mse") == d("val_loss") == d("train_loss") == "min"
-    for spread_or_share in ("inception_score_std", "kid_classifier_std", "class_7", "recon_full_ssim_class_3",
-                            "diversity_trace", "lr", "epoch_seconds", "a_metric_from_the_future"):
+    for spread_or_share in (
+        "inception_score_std",
+        "kid_classifier_std",
+        "class_7",
+        "recon_full_ssim_class_3",
+        "diversity_trace",
+        "lr",
+        "epoch_seconds",
+        "a_metric_from_the_future",
+    ):
         assert d(spread_or_share) == "final", spread_or_share
     assert catalog.series_facts("class_12").metric == "class_histogram"
     assert catalog.depends_on_classifier("class_3") and catalog.depends_on_classifier("inception_score_std")

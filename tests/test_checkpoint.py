@@ -45,8 +45,12 @@ def _tiny_state(seed):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="shows the CPU-only machine's side")
 def test_checkpoint_written_on_a_gpu_resumes_on_a_cpu_only_machine(tmp_path):
     model, opt = _tiny_state(0)
-    state = {"epoch": 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-             "rng": {"torch": torch.get_rng_state(), "cuda": torch.zeros(16, dtype=torch.uint8)}}
+    state = {
+        "epoch": 1,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.zeros(16, dtype=torch.uint8)},
+    }
     with _storages_tagged_cuda():
         checkpoint.save(state, tmp_path, 1, keep=2)
     path = checkpoint.path_for(tmp_path, 1)

@@ -14,17 +14,40 @@ from pathlib import Path
 import pytest
 
 from hpcdiff.config.spec import SlurmSpec
-from hpcdiff.launch.child import (RANK_VARIABLES, SHELL_PRIVATE_DIR, PrivateDirError, child_command, child_env,
-                                  private_dir, shell_command, shell_prelude)
+from hpcdiff.launch.child import (
+    RANK_VARIABLES,
+    SHELL_PRIVATE_DIR,
+    PrivateDirError,
+    child_command,
+    child_env,
+    private_dir,
+    shell_command,
+    shell_prelude,
+)
 from hpcdiff.launch.sbatch import render
 
 # What srun sets for task 1 of a 2-task step, plus what torchrun would set: a child that
 # kept any of these would wait for peers that never come.
-STEP_ENV = {"SLURM_JOB_ID": "77", "SLURM_ARRAY_TASK_ID": "3", "SLURM_PROCID": "1", "SLURM_LOCALID": "1",
-            "SLURM_NODEID": "0", "SLURM_NTASKS": "2", "SLURM_NPROCS": "2", "SLURM_NTASKS_PER_NODE": "2",
-            "SLURM_TASKS_PER_NODE": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2",
-            "SLURM_GTIDS": "0,1", "RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"}
+STEP_ENV = {
+    "SLURM_JOB_ID": "77",
+    "SLURM_ARRAY_TASK_ID": "3",
+    "SLURM_PROCID": "1",
+    "SLURM_LOCALID": "1",
+    "SLURM_NODEID": "0",
+    "SLURM_NTASKS": "2",
+    "SLURM_NPROCS": "2",
+    "SLURM_NTASKS_PER_NODE": "2",
+    "SLURM_TASKS_PER_NODE": "2",
+    "SLURM_STEP_NUM_TASKS": "2",
+    "SLURM_STEP_TASKS_PER_NODE": "2",
+    "SLURM_GTIDS": "0,1",
+    "RANK": "1",
+    "WORLD_SIZE": "2",
+    "LOCAL_RANK": "1",
+    "LOCAL_WORLD_SIZE": "2",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29511",
+}
 SHELL_OWN = {"PWD", "OLDPWD", "SHLVL", "_"}
 
 
@@ -49,7 +72,8 @@ def test_the_sbatch_shell_gives_children_the_environment_python_gives_them(case)
         assert RANK_VARIABLES and set(RANK_VARIABLES).isdisjoint(python)
         assert python["SLURM_JOB_ID"] == "77" and python["SLURM_ARRAY_TASK_ID"] == "3"
     assert child_env(3, environ=environ)["OMP_NUM_THREADS"] == {"slurm-cpus": "2", "user-threads": "5"}.get(
-        case, str(max(1, len(os.sched_getaffinity(0)) // 3)))
+        case, str(max(1, len(os.sched_getaffinity(0)) // 3))
+    )
     # Control: the comparison sees a difference in the thread share.
     if case != "user-threads":
         assert _shell_env(environ, 3) != child_env(1, environ=environ) or len(os.sched_getaffinity(0)) < 2
@@ -58,8 +82,14 @@ def test_the_sbatch_shell_gives_children_the_environment_python_gives_them(case)
 def test_the_sbatch_scripts_start_the_command_python_starts(tmp_path):
     prefix = [sys.executable, "-m", "hpcdiff"]
     assert shlex.split(shell_command(shlex.join(prefix), "RUN")) == child_command("RUN", hpcdiff=prefix)
-    script = render("gpu", SlurmSpec(gpus_per_node=1, runs_per_gpu=2, mps=True), job_name="j",
-                    run_dirs=["runs/a", "runs/b"], log_dir="logs", hpcdiff=shlex.join(prefix))
+    script = render(
+        "gpu",
+        SlurmSpec(gpus_per_node=1, runs_per_gpu=2, mps=True),
+        job_name="j",
+        run_dirs=["runs/a", "runs/b"],
+        log_dir="logs",
+        hpcdiff=shlex.join(prefix),
+    )
     assert shell_prelude() in script and shell_command(shlex.join(prefix)) + " &" in script
     assert child_command("x")[-3:] == ["train", "--no-progress", "x"]
 
@@ -69,14 +99,29 @@ def test_a_local_sweep_inside_an_srun_step_trains_its_runs_as_one_process_runs(t
     rank 1 of 2 (they would wait for rank 0 at MASTER_ADDR until the timeout)."""
     sweep = tiny_sweep(epochs=1)
     env = {**os.environ, **STEP_ENV}
-    proc = subprocess.run([sys.executable, "-m", "hpcdiff", "sweep", str(sweep), "--executor", "local",
-                           "--output", str(tmp_path / "runs")],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpcdiff",
+            "sweep",
+            str(sweep),
+            "--executor",
+            "local",
+            "--output",
+            str(tmp_path / "runs"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 done" in proc.stdout, proc.stdout
 
 
 # ------------------------------------------------------------------ private directories
+
 
 def _shell_private_dir(path: Path) -> subprocess.CompletedProcess:
     script = f"set -euo pipefail\n{SHELL_PRIVATE_DIR}hpcdiff_private_dir {shlex.quote(str(path))}\necho ok\n"
@@ -93,8 +138,9 @@ def _python_private_dir(path: Path) -> str:
 
 def _verdicts(path: Path) -> tuple[str, str]:
     shell = _shell_private_dir(path)
-    return _python_private_dir(path), ("ok" if shell.returncode == 0 and shell.stdout == "ok\n"
-                                       else shell.stderr.strip().removeprefix("hpcdiff: "))
+    return _python_private_dir(path), (
+        "ok" if shell.returncode == 0 and shell.stdout == "ok\n" else shell.stderr.strip().removeprefix("hpcdiff: ")
+    )
 
 
 def test_a_private_directory_is_created_0700_by_python_and_by_shell(tmp_path):
@@ -161,11 +207,22 @@ def test_the_mps_daemon_refuses_a_directory_someone_else_created(tmp_path, monke
     assert not record.exists()
 
     script = tmp_path / "packed.sbatch"
-    script.write_text(render("gpu", SlurmSpec(gpus_per_node=1, runs_per_gpu=2, mps=True), job_name="j",
-                             run_dirs=[str(tmp_path / "a"), str(tmp_path / "b")], log_dir=str(tmp_path),
-                             hpcdiff="false"))
-    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin", "TMPDIR": str(node), "SLURM_JOB_ID": "42",
-           "SLURM_CPUS_PER_TASK": "2"}
+    script.write_text(
+        render(
+            "gpu",
+            SlurmSpec(gpus_per_node=1, runs_per_gpu=2, mps=True),
+            job_name="j",
+            run_dirs=[str(tmp_path / "a"), str(tmp_path / "b")],
+            log_dir=str(tmp_path),
+            hpcdiff="false",
+        )
+    )
+    env = {
+        "PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin",
+        "TMPDIR": str(node),
+        "SLURM_JOB_ID": "42",
+        "SLURM_CPUS_PER_TASK": "2",
+    }
     out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and "hpcdiff-mps-42 has mode 0777, open to other users" in out.stderr
     assert not record.exists() and squatted.is_dir()  # not started, and not removed: it is not ours

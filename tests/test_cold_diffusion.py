@@ -4,12 +4,12 @@ sampling starts, and spec validation of degradations."""
 import pytest
 import torch
 
+from hpcdiff.config.spec import DataSpec, ModelSpec, RunSpec, SpecError
 from hpcdiff.data import load_splits, to_model_range
-from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule, process_of
 from hpcdiff.resolve import validate_spec
+from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, default_schedule, process_of
 from hpcdiff.science.diffusion import SAMPLERS, ColdDiffusion, build_diffusion, sampling_times
 from hpcdiff.science.models import build_model
-from hpcdiff.config.spec import DataSpec, ModelSpec, RunSpec, SpecError
 
 COLD = [n for n in DEGRADATIONS.names() if process_of(n) == "cold"]
 
@@ -22,8 +22,14 @@ def digits():
 
 def _cold(name, n_T=None, **params):
     n_T = n_T or min(DEGRADATION_INFO[name].n_steps, 30)
-    return ColdDiffusion(build_model(ModelSpec(hidden=(4,))), degradation=name,
-                         schedule=default_schedule(name), params=params, n_T=n_T, noise_seed=7)
+    return ColdDiffusion(
+        build_model(ModelSpec(hidden=(4,))),
+        degradation=name,
+        schedule=default_schedule(name),
+        params=params,
+        n_T=n_T,
+        noise_seed=7,
+    )
 
 
 class Oracle(torch.nn.Module):
@@ -62,8 +68,9 @@ def test_alg2_with_perfect_restorer_returns_x0_from_its_own_start_on_any_subsequ
         out = SAMPLERS.get(alg)(cd, x_T, generator=g, restorer=lambda x, s: digits, times=times)
         torch.testing.assert_close(out, digits, atol=1e-5, rtol=0)
     if not DEGRADATION_INFO[name].deterministic:
-        other = SAMPLERS.get("cold_alg2")(cd, x_T, generator=torch.Generator().manual_seed(12),
-                                         restorer=lambda x, s: digits, times=times)
+        other = SAMPLERS.get("cold_alg2")(
+            cd, x_T, generator=torch.Generator().manual_seed(12), restorer=lambda x, s: digits, times=times
+        )
         assert (other - digits).abs().max() > 0.1
 
 
@@ -111,8 +118,9 @@ def test_alg2_error_under_pixel_swap_stays_within_the_restorers_error(max_half_w
         cd = _cold("pixel_swap", n_T, max_half_width=max_half_width)
         assert _full_sampler_error(cd, digits, eps) <= 2 * eps + 1e-5
     _independent_draws(monkeypatch, "pixel_swap")
-    independent = [_full_sampler_error(_cold("pixel_swap", n_T, max_half_width=max_half_width), digits, eps)
-                   for n_T in (10, 200)]
+    independent = [
+        _full_sampler_error(_cold("pixel_swap", n_T, max_half_width=max_half_width), digits, eps) for n_T in (10, 200)
+    ]
     assert independent[1] > 2 * independent[0] and independent[1] > 5 * eps
 
 
@@ -152,8 +160,9 @@ def test_alg2_with_a_wrong_restorer_does_not_recover(digits):
 def test_samplers_with_network_are_finite(name, sampler, digits):
     cd = _cold(name, n_T=5)
     cd.sampler = sampler
-    x_T, start = cd.start(6, (1, 28, 28), generator=torch.Generator().manual_seed(0),
-                          device=torch.device("cpu"), test_images=digits)
+    x_T, start = cd.start(
+        6, (1, 28, 28), generator=torch.Generator().manual_seed(0), device=torch.device("cpu"), test_images=digits
+    )
     assert start == "maximally degraded test images"
     out = cd.sample(x_T)
     assert out.shape == (6, 1, 28, 28) and torch.isfinite(out).all()
@@ -170,15 +179,17 @@ def test_loss_is_on_x0_and_l1_or_l2(digits):
 def test_blur_channel_mean_start(digits):
     cd = _cold("blur")
     cd.sample_start = "channel_mean"
-    x_T, start = cd.start(4, (1, 28, 28), generator=torch.Generator().manual_seed(1),
-                          device=torch.device("cpu"), test_images=digits)
+    x_T, start = cd.start(
+        4, (1, 28, 28), generator=torch.Generator().manual_seed(1), device=torch.device("cpu"), test_images=digits
+    )
     assert "channel-mean" in start
     assert x_T.std(dim=(1, 2, 3)).max() < 0.01  # nearly constant images
 
 
 def test_ddim_runs_with_fewer_steps():
-    spec = validate_spec(RunSpec.from_dict({"diffusion": {"n_T": 50, "sampler": "ddim", "sample_steps": 10},
-                                            "model": {"hidden": [4]}}))
+    spec = validate_spec(
+        RunSpec.from_dict({"diffusion": {"n_T": 50, "sampler": "ddim", "sample_steps": 10}, "model": {"hidden": [4]}})
+    )
     ddpm = build_diffusion(spec, build_model(spec.model))
     calls = []
     ddpm.denoiser.register_forward_hook(lambda *_: calls.append(1))
@@ -215,8 +226,9 @@ def test_alg2_on_skipped_levels_recovers_x0(name, digits):
     times = sampling_times(cd.n_T, 4)
     assert len(times) == 4 and times[0] == cd.n_T and times[-1] == 1
     seen = []
-    out = SAMPLERS.get("cold_alg2")(cd, x_T, generator=None, times=times,
-                                    restorer=lambda x, s: seen.append(s) or digits)
+    out = SAMPLERS.get("cold_alg2")(
+        cd, x_T, generator=None, times=times, restorer=lambda x, s: seen.append(s) or digits
+    )
     assert seen == times
     torch.testing.assert_close(out, digits, atol=1e-5, rtol=0)
 

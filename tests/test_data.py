@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpcdiff.data import DataError, load_splits, read_idx, to_model_range, to_uint8
 from hpcdiff.config.spec import DataSpec
+from hpcdiff.data import DataError, load_splits, read_idx, to_model_range, to_uint8
 
 
 def test_fashion_mnist_idx_dir(fashion_dir):

@@ -196,7 +196,9 @@ def test_signature_facts_are_read_once_at_registration(digits, monkeypatch):
         sig = inspect.signature(DEGRADATIONS.get(name)).parameters.values()
         kw = {p.name: p.default for p in sig if p.kind is inspect.Parameter.KEYWORD_ONLY}
         assert default_schedule(name) == kw["schedule"]
-        assert degradation_params(name) == {k: v for k, v in kw.items() if k not in ("n_steps", "schedule", "generator")}
+        assert degradation_params(name) == {
+            k: v for k, v in kw.items() if k not in ("n_steps", "schedule", "generator")
+        }
 
     def no_signature(*args, **kwargs):
         raise AssertionError("inspect.signature called by degrade")
@@ -246,8 +248,9 @@ def test_degrade_is_the_registered_function_plus_checks(name, digits):
     for level, schedule in ((t, None), (n // 2, "cosine")):
         got = degrade(name, x0, level, n_steps=n, schedule=schedule, generator=torch.Generator().manual_seed(2))
         tt = level if torch.is_tensor(level) else torch.full((16,), level, dtype=torch.long)
-        want = fn(x0, tt, n_steps=n, schedule=schedule or default_schedule(name),
-                  generator=torch.Generator().manual_seed(2))
+        want = fn(
+            x0, tt, n_steps=n, schedule=schedule or default_schedule(name), generator=torch.Generator().manual_seed(2)
+        )
         assert torch.equal(got, want)
 
 

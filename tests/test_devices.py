@@ -26,8 +26,11 @@ def test_auto_precision_is_bf16_only_on_a_gpu_that_has_it():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="shows a machine without a GPU")
 def test_cuda_asked_for_without_a_gpu_fails_naming_the_fix():
     spec = validate_spec(RunSpec.from_dict({"train": {"device": "cuda"}}))
-    with pytest.raises(NoGpuError, match=r'train.device = "cuda" but torch sees no GPU.*CUDA_VISIBLE_DEVICES.*'
-                                         r'gpus_per_node'):
+    with pytest.raises(
+        NoGpuError,
+        match=r'train.device = "cuda" but torch sees no GPU.*CUDA_VISIBLE_DEVICES.*'
+        r"gpus_per_node",
+    ):
         make_accelerator(spec)
 
 

@@ -28,7 +28,7 @@ def test_one_ddpm_schedule_for_the_degradation_and_the_model():
     assert torch.equal(s["beta_t"], beta) and torch.equal(s["alpha_bar"], alpha_bar)
     assert torch.equal(ddpm_alpha_bar(50, 1e-4, 0.02), alpha_bar)
     for bad in ((0.02, 1e-4), (0.0, 0.02), (1e-4, 1.0)):
-        for build in (lambda: ddpm_schedules(*bad, 10), lambda: ddpm_alpha_bar(10, *bad)):
+        for build in (lambda bad=bad: ddpm_schedules(*bad, 10), lambda bad=bad: ddpm_alpha_bar(10, *bad)):
             with pytest.raises(ValueError, match="beta1"):
                 build()
 
@@ -84,8 +84,9 @@ class _PointMassEps(torch.nn.Module):
         return (z - torch.sqrt(a) * self.c) / torch.sqrt(1 - a)
 
 
-@pytest.mark.parametrize("sampler,steps,tolerance", [
-    ("ancestral", 0, 0.02), ("ancestral", 50, 0.05), ("ddim", 50, 1e-4), ("ddim", 7, 1e-4)])
+@pytest.mark.parametrize(
+    "sampler,steps,tolerance", [("ancestral", 0, 0.02), ("ancestral", 50, 0.05), ("ddim", 50, 1e-4), ("ddim", 7, 1e-4)]
+)
 def test_samplers_on_skipped_steps_reach_a_point_mass(sampler, steps, tolerance):
     """With the exact noise prediction, DDIM lands on the image and the respaced ancestral
     sampler close to it; ancestral steps with the unrespaced betas would leave most of x_T."""

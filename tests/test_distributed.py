@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from hpcdiff.storage import archive, checkpoint
-from hpcdiff.training.distributed import env_from_slurm, first_host
 from hpcdiff.storage.rundir import sweep_run_dirs
+from hpcdiff.training.distributed import env_from_slurm, first_host
+
 from helpers import cli, make_run_dir
 
 # Per-epoch mean losses of a 2-process run vs a 1-process run with the same global batch:
@@ -20,12 +21,11 @@ from helpers import cli, make_run_dir
 LOSS_RTOL = 0.05
 
 
-
-
 def _env():
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(__import__("pathlib").Path(__file__).parent.parent),
-                                         env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(__import__("pathlib").Path(__file__).parent.parent), env.get("PYTHONPATH", "")]
+    )
     return env
 
 
@@ -37,8 +37,14 @@ def _reference(sweep_file, tmp_path):
 
 
 def test_env_from_slurm_derives_rendezvous():
-    env = {"SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS_PER_NODE": "2(x2)",
-           "SLURM_JOB_NODELIST": "nodeA", "SLURM_JOB_ID": "123"}
+    env = {
+        "SLURM_NTASKS": "4",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS_PER_NODE": "2(x2)",
+        "SLURM_JOB_NODELIST": "nodeA",
+        "SLURM_JOB_ID": "123",
+    }
     assert env_from_slurm(env)
     assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"]) == ("3", "4", "1", "2")
     assert env["MASTER_ADDR"] == "nodeA" and env["MASTER_PORT"] == str(15000 + 123)
@@ -56,15 +62,35 @@ def _assert_default_metrics(data):
 
 
 def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path, fashion_classifier):
-    sweep_file = tiny_sweep("[sweep]\nname = \"ddp\"\n", epochs=3, subset=1280, metrics=True)
+    sweep_file = tiny_sweep('[sweep]\nname = "ddp"\n', epochs=3, subset=1280, metrics=True)
     reference = _reference(sweep_file, tmp_path)
     rd = make_run_dir(sweep_file, tmp_path / "runs")
     # accelerate 1.x starts several CPU processes through its multi-GPU (torchrun) launcher;
     # Accelerator(cpu=True) then uses gloo. (--cpu alone expects MPI for more than one.)
-    proc = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                           "-m", "hpcdiff", "train", str(rd.path)], env=_env(), capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "hpcdiff",
+            "train",
+            str(rd.path),
+        ],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = archive.read(rd.archive)
     assert data["attrs"]["world_size"] == 2
@@ -79,11 +105,25 @@ def test_accelerate_launch_two_processes_matches_one(tiny_sweep, tmp_path, fashi
 
 
 def test_resume_with_another_world_size(tiny_sweep, tmp_path):
-    sweep_file = tiny_sweep("[sweep]\nname = \"ws\"\n", epochs=4, subset=1920)
+    sweep_file = tiny_sweep('[sweep]\nname = "ws"\n', epochs=4, subset=1920)
     rd = make_run_dir(sweep_file, tmp_path / "runs")
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "hpcdiff", "train", str(rd.path)], env=_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "hpcdiff",
+            "train",
+            str(rd.path),
+        ],
+        env=_env(),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while rd.read_status().get("epoch", 0) < 1 and proc.poll() is None and time.monotonic() < deadline:
@@ -112,7 +152,7 @@ def test_resume_with_another_world_size(tiny_sweep, tmp_path):
 def test_local_executor_processes_option(tiny_sweep, tmp_path, fashion_classifier):
     """`--processes 2` with the [eval] a user gets: ranks on Accelerate's cpu:0 device load the
     classifier and share the evaluation samples."""
-    sweep_file = tiny_sweep("[sweep]\nname = \"localddp\"\n", epochs=1, subset=640, metrics=True)
+    sweep_file = tiny_sweep('[sweep]\nname = "localddp"\n', epochs=1, subset=640, metrics=True)
     result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local", "--processes", "2")
     assert result.exit_code == 0, result.output
     rd = sweep_run_dirs(tmp_path / "runs" / "localddp")[0]
@@ -124,8 +164,12 @@ def test_local_executor_processes_option(tiny_sweep, tmp_path, fashion_classifie
 
 @pytest.mark.slurm
 def test_two_task_slurm_job_trains_one_run(slurm_env, tiny_sweep, tmp_path, fashion_classifier):
-    sweep_file = tiny_sweep("[sweep]\nname = \"tasks\"\n[slurm]\ntasks_per_node = 2\ncpus_per_task = 1\n"
-                            "time_min = 10\n", epochs=3, subset=1280, metrics=True)
+    sweep_file = tiny_sweep(
+        '[sweep]\nname = "tasks"\n[slurm]\ntasks_per_node = 2\ncpus_per_task = 1\ntime_min = 10\n',
+        epochs=3,
+        subset=1280,
+        metrics=True,
+    )
     reference = _reference(sweep_file, tmp_path)
     out = tmp_path / "runs"
     result = cli("sweep", sweep_file, "--output", out, "--executor", "slurm")

@@ -12,13 +12,12 @@ import pytest
 
 from hpcdiff.storage import archive
 from hpcdiff.storage.rundir import RunDir
+
 from helpers import cli, make_run_dir
 
 
-
-
 def test_sweep_status_analyze_and_rerun(tiny_sweep, tmp_path):
-    sweep_file = tiny_sweep("[sweep]\nname = \"e2e\"\n[sweep.product]\ntrain.lr = [1e-3, 3e-3]\n", epochs=2)
+    sweep_file = tiny_sweep('[sweep]\nname = "e2e"\n[sweep.product]\ntrain.lr = [1e-3, 3e-3]\n', epochs=2)
     out = tmp_path / "runs"
     result = cli("sweep", sweep_file, "--output", out, "--executor", "local")
     assert result.exit_code == 0, result.output
@@ -73,7 +72,7 @@ def _wait_for(predicate, timeout, what):
 def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
     # Enough epochs that the kill lands well before the end even on an idle machine.
     epochs = 8
-    sweep_file = tiny_sweep("[sweep]\nname = \"kill\"\n", epochs=epochs, subset=1280)
+    sweep_file = tiny_sweep('[sweep]\nname = "kill"\n', epochs=epochs, subset=1280)
     out = tmp_path / "runs"
     # Reference: the same run uninterrupted, elsewhere.
     ref = cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
@@ -87,8 +86,9 @@ def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
 
     rd = make_run_dir(sweep_file, out)
 
-    proc = subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcdiff", "train", str(rd.path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         _wait_for(lambda: rd.read_status().get("epoch", 0) >= 2 or proc.poll() is not None, 300, "epoch 2")
         assert proc.poll() is None, "training ended before it could be killed"
@@ -120,10 +120,11 @@ def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
 
 def test_failed_run_is_reported_and_rerun(tiny_sweep, tmp_path):
     # A real failure: the IDX directory is missing when the run starts.
-    sweep_file = tiny_sweep("[sweep]\nname = \"fail\"\n", epochs=1)
+    sweep_file = tiny_sweep('[sweep]\nname = "fail"\n', epochs=1)
     out = tmp_path / "runs"
-    result = cli("sweep", sweep_file, "--output", out, "--executor", "local",
-                     "--set", f"data.root={tmp_path / 'nowhere'}")
+    result = cli(
+        "sweep", sweep_file, "--output", out, "--executor", "local", "--set", f"data.root={tmp_path / 'nowhere'}"
+    )
     assert result.exit_code == 1
     assert "1 failed" in result.output
     rd = next(RunDir(p) for p in (out / "fail").iterdir() if p.is_dir())
@@ -132,11 +133,10 @@ def test_failed_run_is_reported_and_rerun(tiny_sweep, tmp_path):
     assert "failed" in cli("status", out / "fail").output
 
 
-
 def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path):
     """SLURM's warning signal (here SIGTERM, as a local kill sends) stops training at the
     next batch boundary with a mid-epoch checkpoint; the rerun continues that epoch."""
-    sweep_file = tiny_sweep("[sweep]\nname = \"term\"\n", epochs=3, subset=1000)
+    sweep_file = tiny_sweep('[sweep]\nname = "term"\n', epochs=3, subset=1000)
     ref = cli("sweep", sweep_file, "--output", tmp_path / "ref", "--executor", "debug")
     assert ref.exit_code == 0, ref.output
     ref_dir = next(p for p in (tmp_path / "ref" / "term").iterdir() if p.is_dir())
@@ -144,8 +144,9 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
 
     out = tmp_path / "runs"
     rd = make_run_dir(sweep_file, out)
-    proc = subprocess.Popen([sys.executable, "-m", "hpcdiff", "train", str(rd.path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpcdiff", "train", str(rd.path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         # Stop inside epoch 2: after epoch 1's row exists.
         _wait_for(lambda: rd.read_status().get("epoch", 0) >= 1 or proc.poll() is not None, 300, "epoch 1")
@@ -178,9 +179,11 @@ def test_missing_classifier_fails_early_naming_prepare(tmp_path, monkeypatch):
     shipped reference) is not cached and may not be trained there."""
     monkeypatch.setenv("HPCDIFF_CACHE", str(tmp_path / "empty-cache"))
     sweep_file = tmp_path / "offline.toml"
-    sweep_file.write_text("[sweep]\nname = \"offline\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
-                          "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 3\n"
-                          "[eval]\ntrain_classifier = false\nclassifier = \"trained\"\n")
+    sweep_file.write_text(
+        '[sweep]\nname = "offline"\n[data]\nname = "mnist-5k"\nsubset = 200\n'
+        "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 3\n"
+        '[eval]\ntrain_classifier = false\nclassifier = "trained"\n'
+    )
     result = cli("sweep", sweep_file, "--output", tmp_path / "runs", "--executor", "local")
     assert result.exit_code == 1
     rd = next(RunDir(p) for p in (tmp_path / "runs" / "offline").iterdir() if p.is_dir())
@@ -194,10 +197,12 @@ def test_prepare_then_offline_run(tmp_path, monkeypatch):
     train_classifier = false (what a compute node without internet does)."""
     monkeypatch.setenv("HPCDIFF_CACHE", str(tmp_path / "cache"))
     sweep_file = tmp_path / "prep.toml"
-    sweep_file.write_text("[sweep]\nname = \"prep\"\n[data]\nname = \"mnist-5k\"\nsubset = 200\n"
-                          "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 1\n"
-                          "[eval]\ntrain_classifier = false\nclassifier_epochs = 1\nsamples = 16\n"
-                          "classifier = \"trained\"\n")
+    sweep_file.write_text(
+        '[sweep]\nname = "prep"\n[data]\nname = "mnist-5k"\nsubset = 200\n'
+        "[model]\nhidden = [4]\n[diffusion]\nn_T = 10\n[train]\nepochs = 1\n"
+        "[eval]\ntrain_classifier = false\nclassifier_epochs = 1\nsamples = 16\n"
+        'classifier = "trained"\n'
+    )
     result = cli("prepare", sweep_file, "--no-inception")
     assert result.exit_code == 0, result.output
     assert "test accuracy" in result.output and list((tmp_path / "cache").glob("classifier-mnist-5k-*.pt"))

@@ -14,7 +14,7 @@ from deps import missing_modules, skip_reason
 ROOT = Path(__file__).resolve().parent.parent
 
 # A sitecustomize.py that makes one module look uninstalled.
-BLOCKER = '''
+BLOCKER = """
 import sys
 
 class _Block:
@@ -24,7 +24,7 @@ class _Block:
         return None
 
 sys.meta_path.insert(0, _Block())
-'''
+"""
 
 
 def test_core_dependencies_are_installed():
@@ -40,8 +40,14 @@ def test_a_missing_dependency_skips_with_how_to_install_it(args, tmp_path):
     (tmp_path / "sitecustomize.py").write_text(BLOCKER.format(name="h5py"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "ERROR collecting" not in out and "error" not in out.splitlines()[-1], out

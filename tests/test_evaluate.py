@@ -9,12 +9,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from hpcdiff.config.spec import RunSpec
 from hpcdiff.data import load_splits
+from hpcdiff.evaluation.evaluate import Evaluator
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.diffusion import build_diffusion
-from hpcdiff.evaluation.evaluate import Evaluator
 from hpcdiff.science.models import build_model
-from hpcdiff.config.spec import RunSpec
 
 TINY = {"model": {"hidden": [4]}, "data": {"name": "mnist-5k"}}
 
@@ -51,7 +51,12 @@ def test_evaluator_loads_the_classifier_only_for_metrics_registered_as_needing_i
     from hpcdiff.evaluation.metrics import METRIC_INFO, needs_classifier
 
     assert {n for n, i in METRIC_INFO.items() if i.needs_classifier} == {
-        "fid_classifier", "kid_classifier", "inception_score", "class_histogram", "tsne_kl"}
+        "fid_classifier",
+        "kid_classifier",
+        "inception_score",
+        "class_histogram",
+        "tsne_kl",
+    }
     assert needs_classifier(["diversity", "kid_classifier"]) and not needs_classifier(["diversity", "ssim"])
     loaded = []
     monkeypatch.setattr(reference, "scoring_classifier", lambda *a, **k: loaded.append(1) or object())
@@ -70,8 +75,9 @@ def test_gaussian_evaluation_uses_ddim_on_fifty_steps_by_default(test_split):
 
 
 def test_evaluation_can_use_the_full_starter_sampler(test_split):
-    spec = _spec(diffusion={"n_T": 30}, eval={"metrics": ["diversity"], "samples": 4, "sampler": "ancestral",
-                                              "steps": 0})
+    spec = _spec(
+        diffusion={"n_T": 30}, eval={"metrics": ["diversity"], "samples": 4, "sampler": "ancestral", "steps": 0}
+    )
     core, calls = _core(spec)
     Evaluator(spec, test_split, "cpu")(core, seed=0)
     assert len(calls) == 30
@@ -184,11 +190,11 @@ def test_configs_from_before_eval_steps_keep_their_method_and_auto_resolves(tiny
     """A run directory written before eval.sampler/eval.steps existed evaluated with the
     run's own sampler on all steps: a resume keeps that, so one metric curve is one method.
     A config that says "auto" (edited by hand) is resolved at train time."""
-    from helpers import make_run_dir
-
-    from hpcdiff.storage import archive
     from hpcdiff.config import tomlio
+    from hpcdiff.storage import archive
     from hpcdiff.training.loop import train
+
+    from helpers import make_run_dir
 
     sweep = tiny_sweep(epochs=1)
     sweep.write_text(sweep.read_text().replace("metrics = []", 'metrics = ["diversity"]\nsamples = 8'))
@@ -216,7 +222,9 @@ def test_metrics_score_the_images_not_the_samplers_overshoot(test_split):
     core, _ = _core(spec)
     evaluator = Evaluator(spec, test_split, "cpu")
     with torch.no_grad():
-        raw = core.sample(torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)), sampler="ddim", steps=5)
+        raw = core.sample(
+            torch.randn(64, 1, 28, 28, generator=torch.Generator().manual_seed(0)), sampler="ddim", steps=5
+        )
     assert raw.abs().max() > 5.0  # the overshoot this test is about
     samples = evaluator.samples(core, seed=3)
     assert samples.min() >= -0.5 and samples.max() <= 0.5

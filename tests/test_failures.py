@@ -11,15 +11,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from hpcdiff.storage import archive, checkpoint
-from hpcdiff.config import tomlio
 from hpcdiff.cli import main
+from hpcdiff.config import tomlio
+from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.rundir import sweep_run_dirs
-from helpers import cli, make_run_dir, fabricate_status
+
+from helpers import cli, fabricate_status, make_run_dir
 
 PAGE = 4096
-
-
 
 
 def _with_train(sweep_text: str, **settings) -> str:
@@ -34,6 +33,7 @@ def _set_config(rd, **train):
 
 
 # ------------------------------------------------------------------------------ divergence
+
 
 def test_diverging_run_stops_at_the_first_check_with_default_metrics(tiny_sweep, tmp_path, fashion_classifier):
     """lr = 1e6: the loss is NaN within a few steps. The run stops at the first interval check
@@ -139,6 +139,7 @@ def test_metrics_of_non_finite_samples_say_so():
 
 # ------------------------------------------------------------------------------ full disk
 
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 16 MiB tmpfs, mounted for the test (root only)."""
@@ -146,8 +147,9 @@ def small_disk(tmp_path):
     mount_point.mkdir()
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     try:
@@ -199,8 +201,11 @@ def test_full_disk_fails_cleanly_keeps_the_last_checkpoint_and_resumes(fails, sm
     assert isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
     assert "No space left on device" in result.output
-    expected = {"checkpoint": str(checkpoint.path_for(rd.checkpoints, 2)), "archive": str(rd.archive),
-                "status": str(rd.status_path)}[fails]
+    expected = {
+        "checkpoint": str(checkpoint.path_for(rd.checkpoints, 2)),
+        "archive": str(rd.archive),
+        "status": str(rd.status_path),
+    }[fails]
     assert f"cannot write {expected}" in result.output
     if fails == "status":
         # status.json could not say it: stderr does.

@@ -35,8 +35,18 @@ from hpcdiff.config import tomlio
 from hpcdiff.config.spec import DataSpec, TrainSpec
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.rundir import sweep_run_dirs
-from helpers import (fabricate_status, GPU_CLASSIFIER_EPOCHS, TRAIN_TIMEOUT_S, cli, device_line, make_run_dir, output_of, train_process,
-                     train_to_end)
+
+from helpers import (
+    GPU_CLASSIFIER_EPOCHS,
+    TRAIN_TIMEOUT_S,
+    cli,
+    device_line,
+    fabricate_status,
+    make_run_dir,
+    output_of,
+    train_process,
+    train_to_end,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -78,8 +88,9 @@ def device_classifier(test_device, gpu_data_dir, hpcdiff_cache):
     # Cached under the key of the whole dataset: the key a run looks it up by.
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(clf, "train_classifier", fewer_images)
-        model = clf.get_classifier(DataSpec(name="idx", root=str(gpu_data_dir)), hpcdiff_cache, test_device,
-                                   epochs=GPU_CLASSIFIER_EPOCHS)
+        model = clf.get_classifier(
+            DataSpec(name="idx", root=str(gpu_data_dir)), hpcdiff_cache, test_device, epochs=GPU_CLASSIFIER_EPOCHS
+        )
     assert next(model.parameters()).device.type == test_device
     return model
 

@@ -8,18 +8,20 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_run_dir, train_to_end, fabricate_status
-
+from hpcdiff.config import tomlio
 from hpcdiff.config.spec import ModelSpec
 from hpcdiff.science.diffusion import GaussianDDPM
 from hpcdiff.science.models import build_model
-from hpcdiff.config import tomlio
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.training.state import EMA
 from hpcdiff.training.step import GRAPH, CaptureFailed, _GraphedStep
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available())")]
+from helpers import fabricate_status, make_run_dir, train_to_end
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available())"),
+]
 
 
 def _graphed(lr=1e-3, ema=True, clip=1.0):
@@ -68,10 +70,12 @@ def test_a_graph_run_matches_an_eager_run_and_resumes_exactly(tiny_sweep, tmp_pa
     """Real `hpcdiff train` processes (Accelerate's device and precision are set once per
     process): graphs vs eager on the same GPU, and a graph run stopped after epoch 1 and
     resumed against the uninterrupted one."""
+
     def run(name, epochs, compile_mode):
         text = tiny_sweep(epochs=epochs).read_text().replace('name = "tiny"', f'name = "{name}"')
-        text = text.replace("[train]\n", f'[train]\ndevice = "cuda"\nmixed_precision = "no"\n'
-                                         f'compile = "{compile_mode}"\n', 1)
+        text = text.replace(
+            "[train]\n", f'[train]\ndevice = "cuda"\nmixed_precision = "no"\ncompile = "{compile_mode}"\n', 1
+        )
         path = tmp_path / f"{name}.toml"
         path.write_text(text)
         return make_run_dir(path, tmp_path / "runs")

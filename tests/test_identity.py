@@ -18,13 +18,15 @@ def test_every_key_of_today_is_in_identity_v1():
 
 def test_a_new_key_at_its_default_leaves_the_id_alone():
     # A later version of TrainSpec with one more setting (what the next issues will add).
-    Newer = dataclasses.make_dataclass("Newer", [("max_widgets", int, dataclasses.field(default=0))],
-                                       bases=(TrainSpec,), frozen=True)
+    Newer = dataclasses.make_dataclass(
+        "Newer", [("max_widgets", int, dataclasses.field(default=0))], bases=(TrainSpec,), frozen=True
+    )
     old = RunSpec().train
     as_dict = {f.name: getattr(old, f.name) for f in dataclasses.fields(old)}
     at_default = Newer(**as_dict)
-    assert section_identity("train", at_default, {**as_dict, "max_widgets": 0}) == \
-        section_identity("train", old, as_dict)
+    assert section_identity("train", at_default, {**as_dict, "max_widgets": 0}) == section_identity(
+        "train", old, as_dict
+    )
     changed = Newer(**as_dict, max_widgets=500)
     assert section_identity("train", changed, {**as_dict, "max_widgets": 500})["max_widgets"] == 500
 
@@ -45,9 +47,11 @@ def test_budgets_and_the_model_name_count_only_when_set():
 
 def test_execution_sections_stay_out_of_the_identity():
     base = RunSpec()
-    other = base.replace(slurm=dataclasses.replace(base.slurm, time_min=600, gpus_per_node=4),
-                         eval=dataclasses.replace(base.eval, samples=2000, metrics=("fid_classifier",)),
-                         log=dataclasses.replace(base.log, trackers=("tensorboard", "wandb"), wandb_mode="offline"))
+    other = base.replace(
+        slurm=dataclasses.replace(base.slurm, time_min=600, gpus_per_node=4),
+        eval=dataclasses.replace(base.eval, samples=2000, metrics=("fid_classifier",)),
+        log=dataclasses.replace(base.log, trackers=("tensorboard", "wandb"), wandb_mode="offline"),
+    )
     assert run_id(other) == run_id(base)
     assert set(base.run_identity()) == set(IDENTITY_SECTIONS)
     assert run_id(base.replace(train=dataclasses.replace(base.train, lr=1e-3))) != run_id(base)

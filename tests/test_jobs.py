@@ -7,23 +7,28 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from hpcdiff.storage import archive
 from hpcdiff.cli import main
 from hpcdiff.resolve import load_sweep
+from hpcdiff.storage import archive
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 # One epoch on a few real MNIST digits; everything that defines the experiment stays as shipped.
-SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_samples=2",
-         "eval.samples=8"]
+SMOKE = ["data.name=mnist-5k", "data.subset=160", "train.epochs=1", "train.n_samples=2", "eval.samples=8"]
 # part1's ancestral chains are 100-2000 steps of the big CNN (minutes on CI's 2 cores): its
 # smoke run samples with 5 DDIM steps instead and leaves the metrics (checked on quick and
 # part2) out; the ancestral sampler itself is tested in test_diffusion.py.
-SMOKE_BY_JOB = {"quick": SMOKE, "part2": SMOKE, "mnist-equal-time": SMOKE, "cold-diffusion": SMOKE,
-                "part1": SMOKE + ["eval.metrics=[]", "diffusion.sampler=ddim", "diffusion.sample_steps=5"]}
+SMOKE_BY_JOB = {
+    "quick": SMOKE,
+    "part2": SMOKE,
+    "mnist-equal-time": SMOKE,
+    "cold-diffusion": SMOKE,
+    "part1": SMOKE + ["eval.metrics=[]", "diffusion.sampler=ddim", "diffusion.sample_steps=5"],
+}
 
 
-@pytest.mark.parametrize("name,count", [("quick", 3), ("part1", 5), ("part2", 10), ("mnist-equal-time", 4),
-                                        ("cold-diffusion", 11)])
+@pytest.mark.parametrize(
+    "name,count", [("quick", 3), ("part1", 5), ("part2", 10), ("mnist-equal-time", 4), ("cold-diffusion", 11)]
+)
 def test_job_file_dry_run(name, count, tmp_path):
     result = CliRunner().invoke(main, ["sweep", str(JOBS / f"{name}.toml"), "--dry-run", "--output", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -60,8 +65,12 @@ def test_every_run_trains_one_epoch(name, tmp_path, monkeypatch):
             assert data["attrs"]["classifier"] == "mnist-reference-v1" and data["attrs"]["classifier_from_epoch"] == 1
         if run.spec.degradation.name != "gaussian":
             assert {"recon_direct_mse", "recon_full_mse", "recon_degraded_mse"} <= set(data["metrics"])
-        expected_start = {"noise": "noise", "channel_mean": "channel-mean", "prior": "prior",
-                          "degraded_test": "degraded"}[run.spec.diffusion.sample_start]
+        expected_start = {
+            "noise": "noise",
+            "channel_mean": "channel-mean",
+            "prior": "prior",
+            "degraded_test": "degraded",
+        }[run.spec.diffusion.sample_start]
         assert expected_start in sample["attrs"]["start"], run.label
     _check_console_tables(tmp_path / name, sweep, result.output)
 
@@ -80,18 +89,18 @@ def _check_console_tables(sweep_dir, sweep, sweep_output):
     assert lines[-1] == f"{n} done ({n} runs)"
     assert "…" not in status.output and all(len(line) <= 80 for line in lines), status.output
     # the sweep's summary (its own width, piped) holds the same rows
-    assert all(line in sweep_output.splitlines() for line in lines[3:3 + n]), sweep_output
-    for line in lines[3:3 + n]:  # one epoch ended each run (the smoke settings), not a budget
+    assert all(line in sweep_output.splitlines() for line in lines[3 : 3 + n]), sweep_output
+    for line in lines[3 : 3 + n]:  # one epoch ended each run (the smoke settings), not a budget
         assert "  1/1 ep" in line, line
     analysis = CliRunner(env=env).invoke(main, ["analyze", sweep_dir.name, "--out", "analysis"])
     lines = analysis.output.splitlines()
     assert analysis.exit_code == 0, analysis.output
     assert "…" not in analysis.output and all(len(line) <= 80 for line in lines), analysis.output
     assert lines[1].split()[:3] == ["#", "run", "label"] and set(lines[2]) <= {"-", " "}
-    ranked = [line.split()[1] for line in lines[3:3 + n]]
+    ranked = [line.split()[1] for line in lines[3 : 3 + n]]
     assert sorted(ranked) == sorted(run.run_id for run in sweep.runs)
     assert lines[3 + n].startswith("ranked by ") and lines[-1].startswith("wrote ")
-    footer = lines[3 + n:]
+    footer = lines[3 + n :]
     assert all(line.startswith(("ranked by", "(not shown", "warning:", "wrote")) for line in footer), footer
 
 

@@ -13,11 +13,19 @@ PACKAGE = Path(__file__).resolve().parent.parent / "hpcdiff"
 # ARCHITECTURE.md's layers: a module may import its own layer and the ones below, never above.
 LAYERS = {
     "config": 0,
-    "data": 1, "science": 1, "storage": 1,
+    "data": 1,
+    "science": 1,
+    "storage": 1,
     "evaluation": 2,
-    "resolve": 3, "training": 3,
-    "launch": 4, "analysis": 4, "bench": 4,
-    "cli": 5, "cli_bench": 5, "__main__": 5,
+    "resolve": 3,
+    "training": 3,
+    "launch": 4,
+    "analysis": 4,
+    "bench": 4,
+    "cli": 5,
+    "cli_bench": 5,
+    "cli_assets": 5,
+    "__main__": 5,
 }
 
 
@@ -60,8 +68,10 @@ def test_imports_point_down_the_layers():
             if other is None or other == "__version__" or other == own:
                 continue
             if LAYERS[other] > LAYERS[own]:
-                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({own}, layer {LAYERS[own]}) "
-                             f"imports {target} (layer {LAYERS[other]})")
+                wrong.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line} ({own}, layer {LAYERS[own]}) "
+                    f"imports {target} (layer {LAYERS[other]})"
+                )
     assert not wrong, "\n".join(wrong)
 
 
@@ -83,17 +93,17 @@ def test_file_reading_commands_do_not_import_torch(args, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     args = [str(sweep) if a == "SWEEP" else a for a in args]
-    code = ("import sys\nfrom hpcdiff.cli import main\n"
-            f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "heavy = [m for m in ('torch', 'h5py', 'accelerate', 'matplotlib') if m in sys.modules]\n"
-            "assert not heavy, heavy\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=PACKAGE.parent)
+    code = (
+        "import sys\nfrom hpcdiff.cli import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = [m for m in ('torch', 'h5py', 'accelerate', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_modules_stay_small():
     """ARCHITECTURE.md: no module over 400 lines."""
-    big = {str(p.relative_to(PACKAGE.parent)): n for _, p in _modules()
-           if (n := len(p.read_text().splitlines())) > 400}
+    big = {str(p.relative_to(PACKAGE.parent)): n for _, p in _modules() if (n := len(p.read_text().splitlines())) > 400}
     assert not big, big

@@ -45,11 +45,14 @@ def cli(*args):
 def run_column(output: str, column: str) -> dict[str, str]:
     """run id -> the value of `column` in the run table of `sweep --dry-run` or `status`."""
     lines = output.splitlines()
-    header = next(i for i, line in enumerate(lines)
-                  if re.match(r"run(\s|$)", line) and i + 1 < len(lines) and set(lines[i + 1]) <= {"-", " "})
+    header = next(
+        i
+        for i, line in enumerate(lines)
+        if re.match(r"run(\s|$)", line) and i + 1 < len(lines) and set(lines[i + 1]) <= {"-", " "}
+    )
     start = lines[header].index(column)
     values = {}
-    for line in lines[header + 2:]:
+    for line in lines[header + 2 :]:
         m = RUN_ID.match(line)
         if not m:
             break

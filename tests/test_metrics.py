@@ -8,15 +8,29 @@ import os
 import pytest
 import torch
 
-from hpcdiff.evaluation import classifier as clf_mod
-from hpcdiff.evaluation.classifier import (MissingAssetError, classifier_key, get_classifier, random_shift,
-                                train_classifier)
-from hpcdiff.data import load_splits, to_model_range
-from hpcdiff.evaluation.metrics import (DEFAULT_METRICS, INCEPTION_WEIGHTS_FILE, METRICS, MetricContext, StatsCache,
-                             compute_metrics, frechet_distance, gaussian_fit, reconstruction_metrics,
-                             to_inception_input)
-from hpcdiff.evaluation.assets import prepare
 from hpcdiff.config.spec import DataSpec
+from hpcdiff.data import load_splits, to_model_range
+from hpcdiff.evaluation import classifier as clf_mod
+from hpcdiff.evaluation.assets import prepare
+from hpcdiff.evaluation.classifier import (
+    MissingAssetError,
+    classifier_key,
+    get_classifier,
+    random_shift,
+    train_classifier,
+)
+from hpcdiff.evaluation.metrics import (
+    DEFAULT_METRICS,
+    INCEPTION_WEIGHTS_FILE,
+    METRICS,
+    MetricContext,
+    StatsCache,
+    compute_metrics,
+    frechet_distance,
+    gaussian_fit,
+    reconstruction_metrics,
+    to_inception_input,
+)
 
 MNIST = DataSpec(name="mnist-5k")
 CLF_EPOCHS = 6  # enough for >= 0.97 on mnist-5k's 500 held-out digits (the default is 40)
@@ -33,8 +47,9 @@ def cache_dir(tmp_path_factory):
 def prepared(cache_dir):
     """A classifier trained on mnist-5k (eval.classifier = "trained"): what these tests score
     with, and what runs scored before hpcdiff shipped its reference."""
-    return prepare([MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS,
-                   trained=frozenset({"mnist-5k"}))
+    return prepare(
+        [MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS, trained=frozenset({"mnist-5k"})
+    )
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +61,12 @@ def clf(prepared, cache_dir):
 def mnist():
     """Held-out test digits (500, sorted by class) and 1,000 training digits, model range."""
     s = load_splits(DataSpec(name="mnist-5k", val_fraction=0.0))
-    return {"test": to_model_range(s.test.images), "test_labels": s.test.labels,
-            "train": to_model_range(s.train.images[:1000]), "train_labels": s.train.labels[:1000]}
+    return {
+        "test": to_model_range(s.test.images),
+        "test_labels": s.test.labels,
+        "train": to_model_range(s.train.images[:1000]),
+        "train_labels": s.train.labels[:1000],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +80,7 @@ def ctx(samples, real, clf, stats=None, **kw):
 
 # ----------------------------------------------------------------------------- classifier
 
+
 def test_prepare_trains_and_caches_the_mnist_classifier(prepared, cache_dir, monkeypatch):
     (entry,) = prepared["datasets"]
     assert entry["name"] == "mnist-5k" and entry["test_accuracy"] >= MNIST_MIN_ACCURACY
@@ -69,8 +89,9 @@ def test_prepare_trains_and_caches_the_mnist_classifier(prepared, cache_dir, mon
     assert prepared["inception"] is None
     # Idempotent: a second prepare finds the cached classifier and trains nothing.
     monkeypatch.setattr(clf_mod, "train_classifier", _no_training)
-    again = prepare([MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS,
-                    trained=frozenset({"mnist-5k"}))
+    again = prepare(
+        [MNIST], cache_dir, inception=False, device="cpu", classifier_epochs=CLF_EPOCHS, trained=frozenset({"mnist-5k"})
+    )
     assert again["datasets"][0]["classifier_key"] == entry["classifier_key"]
 
 
@@ -121,8 +142,10 @@ def test_second_get_classifier_loads_instead_of_training(clf, cache_dir, monkeyp
         assert torch.equal(a, b), k
     assert path.stat().st_mtime_ns == mtime
     # The run's subset/val split do not matter: the classifier belongs to the dataset.
-    assert get_classifier(DataSpec(name="mnist-5k", subset=300, val_fraction=0.5), cache_dir,
-                          epochs=CLF_EPOCHS).cache_key == clf.cache_key
+    assert (
+        get_classifier(DataSpec(name="mnist-5k", subset=300, val_fraction=0.5), cache_dir, epochs=CLF_EPOCHS).cache_key
+        == clf.cache_key
+    )
 
 
 def test_cache_key_names_what_produced_the_classifier(fashion_dir, clf):
@@ -155,6 +178,7 @@ def test_random_shift_moves_whole_images():
 
 
 # ---------------------------------------------------------------------------------- FID
+
 
 def test_fid_of_a_set_against_itself_is_zero(clf, mnist, stats):
     out = compute_metrics(["fid_classifier"], ctx(mnist["train"], mnist["train"], clf, stats))
@@ -198,6 +222,7 @@ def test_kid_is_small_for_real_digits_and_large_for_noisy_ones(clf, mnist, stats
 
 # ------------------------------------------------------------------------ IS, histogram
 
+
 def test_inception_score_in_range_and_higher_for_real_than_noise(clf, mnist, stats):
     real = compute_metrics(["inception_score"], ctx(mnist["test"], None, clf, stats))
     noise = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(1)) - 0.5
@@ -233,17 +258,27 @@ def test_default_metric_set_runs_on_a_classifier_context(clf, mnist, stats):
     assert all(isinstance(v, float) for v in out.values())
     # Every series a metric writes is declared in the catalog as that metric's, with its direction.
     from hpcdiff.config.catalog import series_facts
+
     assert {k: series_facts(k).metric for k in out} == {
-        k: next(m for m in DEFAULT_METRICS if k.startswith(m[:5])) for k in out}
+        k: next(m for m in DEFAULT_METRICS if k.startswith(m[:5])) for k in out
+    }
     with pytest.raises(KeyError, match="did you mean 'fid_classifier'"):
         compute_metrics(["fid_clasifier"], ctx(mnist["train"], mnist["test"], clf, stats))
     with pytest.raises(ValueError, match="classifier"):
         compute_metrics(["fid_classifier"], MetricContext(samples=mnist["train"], real=mnist["test"]))
-    assert {"fid_classifier", "kid_classifier", "inception_score", "class_histogram", "diversity",
-            "fid_inception", "ssim"} <= set(METRICS.names())
+    assert {
+        "fid_classifier",
+        "kid_classifier",
+        "inception_score",
+        "class_histogram",
+        "diversity",
+        "fid_inception",
+        "ssim",
+    } <= set(METRICS.names())
 
 
 # ------------------------------------------------------------------------- SSIM and MSE
+
 
 def test_ssim_and_per_class_reconstruction_table(mnist):
     truth, labels = mnist["test"], mnist["test_labels"]
@@ -256,10 +291,13 @@ def test_ssim_and_per_class_reconstruction_table(mnist):
     assert {f"mse_class_{c}" for c in range(10)} <= set(worse)
     # Per-class values average back to the overall one (50 digits per class).
     assert sum(worse[f"mse_class_{c}"] for c in range(10)) / 10 == pytest.approx(worse["mse"])
-    assert compute_metrics(["ssim"], MetricContext(samples=blurred, real=truth))["ssim"] == pytest.approx(worse["ssim"], rel=1e-4)
+    assert compute_metrics(["ssim"], MetricContext(samples=blurred, real=truth))["ssim"] == pytest.approx(
+        worse["ssim"], rel=1e-4
+    )
 
 
 # ------------------------------------------------------------------------- Inception FID
+
 
 def test_inception_input_shifts_before_uint8():
     x = torch.tensor([-0.5, -0.25, 0.0, 0.5, -0.9, 0.9]).reshape(1, 1, 1, 6)
@@ -283,6 +321,7 @@ def no_downloads(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", download)
     try:
         import torch_fidelity.feature_extractor_inceptionv3 as fe
+
         monkeypatch.setattr(fe, "load_state_dict_from_url", download)
     except ImportError:
         pass
@@ -304,8 +343,10 @@ def _stand_in_inception_weights(path):
     from unittest import mock
 
     # Stand-in: building the network would fetch the real weights; skip that load.
-    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
-            mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None):
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
+    ):
         net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     torch.manual_seed(0)
     for m in net.modules():
@@ -397,14 +438,18 @@ def test_training_a_classifier_leaves_the_callers_rng_alone(mnist):
 
 def _tiny(mnist):
     from hpcdiff.data import Dataset, to_uint8
+
     return Dataset(to_uint8(mnist["test"][:256]), mnist["test_labels"][:256])
 
 
 def test_tsne_kl_small_for_real_digits_and_large_for_noise(clf, mnist, stats):
     """Report B's t-SNE + 10-component GMM KL: held-out real digits against real digits are
     close; uniform noise images are far."""
-    pytest.importorskip("sklearn", reason="scikit-learn (the test extra) is not installed: "
-                        "bash tests/run.sh installs it (or pip install -e '.[test]')")
+    pytest.importorskip(
+        "sklearn",
+        reason="scikit-learn (the test extra) is not installed: "
+        "bash tests/run.sh installs it (or pip install -e '.[test]')",
+    )
     real = compute_metrics(["tsne_kl"], ctx(mnist["train"][:200], mnist["test"], clf, stats))
     noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(2)) - 0.5
     fake = compute_metrics(["tsne_kl"], ctx(noise, mnist["test"], clf, stats))
@@ -442,8 +487,16 @@ def test_runs_starting_together_train_the_classifier_once(tmp_path):
     import sys
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, "-c", _TRAIN_OR_LOAD, str(tmp_path)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _TRAIN_OR_LOAD, str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert sum("TRAINED" in out for out in outs) == 1, outs

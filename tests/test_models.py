@@ -18,7 +18,7 @@ def test_cnn_shapes_and_layers():
     norms = [m for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
     assert [tuple(n.normalized_shape) for n in norms] == [(16, 28, 28), (32, 28, 28), (32, 28, 28), (16, 28, 28)]
     linears = [m for m in model.time_embed if isinstance(m, torch.nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in linears] == [(32, 128), (128, 128), (128, 128), (128, 16)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(32, 128), (128, 128), (128, 128), (128, 16)]
 
 
 def test_time_encoding_frequencies():

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import hpcdiff
+
 import synthetic_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +36,14 @@ def test_load_results_one_row_per_run_with_axes_state_metrics_and_paths(sweep):
     assert list(df.columns[:6]) == ["label", "train.lr", "train.seed", "state", "epoch", "epochs"]
     assert list(df.columns[-3:]) == ["run_dir", "config", "archive"]
     assert df.attrs["sweep"] == "golden" and df.attrs["varying"] == ["train.lr", "train.seed"]
-    for column in ("train.lr", "epoch", "final_train_loss", "best_fid_classifier", "best_fid_classifier_epoch",
-                   "final_diversity_trace"):
+    for column in (
+        "train.lr",
+        "epoch",
+        "final_train_loss",
+        "best_fid_classifier",
+        "best_fid_classifier_epoch",
+        "final_diversity_trace",
+    ):
         assert pd.api.types.is_numeric_dtype(df[column]), column
     by_key = {_key(df, rid): df.loc[rid] for rid in df.index}
     for (case, seed), (state, epochs) in synthetic_sweep.RUNS.items():
@@ -95,18 +102,22 @@ def test_load_run_on_unfinished_runs(sweep):
 
 
 def test_notebook_api_never_imports_torch(sweep):
-    code = ("import sys, hpcdiff\n"
-            f"df = hpcdiff.load_results({str(sweep)!r})\n"
-            "runs = [hpcdiff.load_run(p) for p in df['run_dir']]\n"
-            "assert len(df) == 4 and sum(len(r.metrics) for r in runs) == 7\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys, hpcdiff\n"
+        f"df = hpcdiff.load_results({str(sweep)!r})\n"
+        "runs = [hpcdiff.load_run(p) for p in df['run_dir']]\n"
+        "assert len(df) == 4 and sum(len(r.metrics) for r in runs) == 7\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_import_hpcdiff_stays_light():
     """`import hpcdiff` (every command, every job) pulls in neither pandas nor h5py."""
-    code = ("import sys, hpcdiff\nheavy = [m for m in ('torch', 'pandas', 'h5py') if m in sys.modules]\n"
-            "assert not heavy, heavy\nassert callable(hpcdiff.load_results) and 'load_run' in dir(hpcdiff)\n")
+    code = (
+        "import sys, hpcdiff\nheavy = [m for m in ('torch', 'pandas', 'h5py') if m in sys.modules]\n"
+        "assert not heavy, heavy\nassert callable(hpcdiff.load_results) and 'load_run' in dir(hpcdiff)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -6,15 +6,15 @@ import signal
 
 import pytest
 
-from helpers import TINY_BASE, cli, make_run_dir, fabricate_status
-
 from hpcdiff.config.spec import SlurmSpec
+from hpcdiff.launch.child import child_env, threads_per_run
 from hpcdiff.launch.job import PackedTrainJob, TrainJob
 from hpcdiff.launch.local import gpu_slots, pick_gpus
-from hpcdiff.launch.child import child_env, threads_per_run
 from hpcdiff.launch.packed import PackedRunsFailed, settle
 from hpcdiff.launch.slurm import pack, task_job
 from hpcdiff.storage.rundir import RunDir
+
+from helpers import TINY_BASE, cli, fabricate_status, make_run_dir
 
 
 def test_runs_are_packed_k_per_task_in_order():
@@ -32,8 +32,17 @@ def test_a_task_of_one_run_is_a_plain_train_job(tmp_path):
 
 
 def test_each_packed_process_is_a_one_process_run_with_its_share_of_cpus():
-    environ = {"SLURM_JOB_ID": "7", "SLURM_ARRAY_JOB_ID": "6", "SLURM_ARRAY_TASK_ID": "1", "SLURM_PROCID": "0",
-               "SLURM_NTASKS": "1", "SLURM_LOCALID": "0", "RANK": "0", "SLURM_CPUS_PER_TASK": "8", "PATH": "/bin"}
+    environ = {
+        "SLURM_JOB_ID": "7",
+        "SLURM_ARRAY_JOB_ID": "6",
+        "SLURM_ARRAY_TASK_ID": "1",
+        "SLURM_PROCID": "0",
+        "SLURM_NTASKS": "1",
+        "SLURM_LOCALID": "0",
+        "RANK": "0",
+        "SLURM_CPUS_PER_TASK": "8",
+        "PATH": "/bin",
+    }
     env = child_env(3, extra={"CUDA_MPS_PIPE_DIRECTORY": "/tmp/x"}, environ=environ)
     assert env["OMP_NUM_THREADS"] == "2"  # 8 // 3
     assert {"SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID", "RANK"}.isdisjoint(env)
@@ -73,14 +82,18 @@ def test_dry_run_shows_the_packing_and_gpu_hours_saved(tmp_path):
     from hpcdiff.launch.plan import dry_run_report, plan_sweep
 
     sweep = tmp_path / "p.toml"
-    sweep.write_text('[sweep]\nname = "p"\n[sweep.product]\ntrain.lr = [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]\n'
-                     + TINY_BASE.format(root="/nonexistent", subset=10, epochs=1)
-                     + "[slurm]\ngpus_per_node = 1\ntime_min = 120\nruns_per_gpu = 2\n")
+    sweep.write_text(
+        '[sweep]\nname = "p"\n[sweep.product]\ntrain.lr = [1e-3, 2e-3, 3e-3, 4e-3, 5e-3]\n'
+        + TINY_BASE.format(root="/nonexistent", subset=10, epochs=1)
+        + "[slurm]\ngpus_per_node = 1\ntime_min = 120\nruns_per_gpu = 2\n"
+    )
     report = dry_run_report(plan_sweep(sweep, output=tmp_path / "runs"))
     assert report.tasks == 3 and report.gpu_hours == 6.0 and report.gpu_hours_unpacked == 10.0
     assert "#SBATCH --array=0-2%" in report.scripts[0]
-    assert report.packing == ["packing: 5 runs -> 3 array tasks of up to 2 runs each (slurm.runs_per_gpu): "
-                              "6.0 GPU-hours instead of 10.0, 4.0 saved"]
+    assert report.packing == [
+        "packing: 5 runs -> 3 array tasks of up to 2 runs each (slurm.runs_per_gpu): "
+        "6.0 GPU-hours instead of 10.0, 4.0 saved"
+    ]
     assert not (tmp_path / "runs").exists()
     shown = cli("sweep", sweep, "--output", tmp_path / "runs", "--executor", "slurm", "--dry-run").output
     assert "GPU-hours requested: 6.0 (3 array tasks" in shown and "4.0 saved" in shown
@@ -112,8 +125,10 @@ def test_mps_daemon_is_private_to_the_job_and_quits(tmp_path, monkeypatch, capfd
     record = tmp_path / "calls"
     fake = tmp_path / "bin" / "nvidia-cuda-mps-control"
     fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$* pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY '
-                    f'stdin=$(test "$1" = -d || cat)" >> {record}\n')
+    fake.write_text(
+        f'#!/bin/sh\necho "$* pipe=$CUDA_MPS_PIPE_DIRECTORY log=$CUDA_MPS_LOG_DIRECTORY '
+        f'stdin=$(test "$1" = -d || cat)" >> {record}\n'
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake.parent}:/usr/bin:/bin")
     monkeypatch.setenv("TMPDIR", str(tmp_path / "node-local"))

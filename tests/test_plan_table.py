@@ -23,7 +23,8 @@ def dry_run(name, tmp_path, monkeypatch, *extra):
     # A relative --output keeps the title short; COLUMNS as a user's terminal would set it.
     monkeypatch.chdir(tmp_path)
     result = CliRunner(env={"COLUMNS": str(WIDTH)}).invoke(
-        main, ["sweep", str(_sweep_file(name)), "--dry-run", "--executor", "local", "--output", "runs", *extra])
+        main, ["sweep", str(_sweep_file(name)), "--dry-run", "--executor", "local", "--output", "runs", *extra]
+    )
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -109,9 +110,9 @@ def test_a_narrow_sweep_is_a_table_of_its_varying_columns(tmp_path, monkeypatch)
     assert "…" not in output
     assert lines[1].split() == ["run", "id", "diffusion.n_T", "train.lr", "action"]
     assert set(lines[2]) == {"-", " "}
-    rows = {line.split()[0]: line.split()[1:] for line in lines[3:3 + len(sweep.runs)]}
+    rows = {line.split()[0]: line.split()[1:] for line in lines[3 : 3 + len(sweep.runs)]}
     assert rows == {rid: [v["diffusion.n_T"], v["train.lr"], "new"] for rid, v in expected.items()}
-    assert all(len(line) <= WIDTH for line in lines[:3 + len(sweep.runs)])
+    assert all(len(line) <= WIDTH for line in lines[: 3 + len(sweep.runs)])
 
 
 def test_format_value():
@@ -127,8 +128,10 @@ def test_format_value():
 
 
 def test_render_keeps_only_columns_that_vary_and_switches_layout_by_width():
-    rows = [RunRow("r1", "", {"a": 1, "b": "same", "c": {"k": 1}}, {"action": "new", "note": ""}),
-            RunRow("r2", "", {"a": 2, "b": "same", "c": {"k": 1, "j": 0}}, {"action": "skip-done", "note": ""})]
+    rows = [
+        RunRow("r1", "", {"a": 1, "b": "same", "c": {"k": 1}}, {"action": "new", "note": ""}),
+        RunRow("r2", "", {"a": 2, "b": "same", "c": {"k": 1, "j": 0}}, {"action": "skip-done", "note": ""}),
+    ]
     table = render("t", rows, width=80).splitlines()
     assert table[1].split() == ["run", "id", "a", "c", "action"]  # b is the same, note empty everywhere
     assert table[3].split() == ["r1", "1", "k=1", "new"]
@@ -146,8 +149,14 @@ def _pending_part2(tmp_path, monkeypatch):
     plan = plan_sweep(JOBS / "part2.toml", output="runs")
     update_manifest(plan.sweep_dir, plan.sweep, (JOBS / "part2.toml").read_text())
     for run in plan.sweep.runs:
-        write_run_config(RunDir(plan.sweep_dir / run.run_id), run.spec, run_id=run.run_id,
-                         sweep=plan.sweep.name, axes=run.axes, label=run.label)
+        write_run_config(
+            RunDir(plan.sweep_dir / run.run_id),
+            run.spec,
+            run_id=run.run_id,
+            sweep=plan.sweep.name,
+            axes=run.axes,
+            label=run.label,
+        )
     return plan
 
 
@@ -168,7 +177,9 @@ def test_keys_only_some_runs_have_are_varying_columns(tmp_path, monkeypatch):
     """quick.toml sets a CNN beside a UNet: each model's own keys vary (shown as "-" for
     the other model), not only the keys of the first run."""
     sweep = load_sweep(JOBS / "quick.toml")
-    assert {"model.hidden", "model.name", "model.base_channels", "model.channel_mults", "train.seed"} <= set(sweep.varying)
+    assert {"model.hidden", "model.name", "model.base_channels", "model.channel_mults", "train.seed"} <= set(
+        sweep.varying
+    )
     blocks = parse_blocks(dry_run("quick", tmp_path, monkeypatch, "--long"))
     by_label = {(r.label, r.spec.train.seed): blocks[r.run_id] for r in sweep.runs}
     assert by_label[("unet", 0)]["model.channel_mults"] == "[1, 2, 4]"
@@ -185,7 +196,7 @@ def compact_rows(output: str, n_runs: int) -> list[list[str]]:
     """The lines of a compact table: title, header, rule, one line per run, footer."""
     lines = output.splitlines()
     assert set(lines[2]) <= {"-", " "}, output
-    return [line.split() for line in lines[3:3 + n_runs]]
+    return [line.split() for line in lines[3 : 3 + n_runs]]
 
 
 @pytest.mark.parametrize("name", ["quick", "part1", "part2", "mnist-equal-time", "cold-diffusion"])
@@ -200,7 +211,8 @@ def test_dry_runs_print_one_line_per_run_in_80_columns(name, tmp_path, monkeypat
     assert lines[-1].startswith("dry run: ")
     rows = compact_rows(output, len(sweep.runs))
     assert [(r[0], r[1] if sweep.runs[0].label else None) for r in rows] == [
-        (run.run_id, run.label or None) for run in sweep.runs]
+        (run.run_id, run.label or None) for run in sweep.runs
+    ]
     assert all(r[-1] == "new" for r in rows)
 
 
@@ -257,7 +269,8 @@ def test_status_is_one_line_per_run(tmp_path, monkeypatch):
     assert all(len(line) <= WIDTH for line in lines) and "…" not in result.output
     epochs = {run.run_id: run.spec.train.epochs for run in plan.sweep.runs}
     assert {r[0]: (r[2], r[3]) for r in compact_rows(result.output, 10)} == {
-        rid: ("pending", f"0/{n}") for rid, n in epochs.items()}
+        rid: ("pending", f"0/{n}") for rid, n in epochs.items()
+    }
     assert lines[-1] == "10 pending (10 runs)"
 
 
@@ -265,14 +278,18 @@ def test_progress_is_in_the_unit_that_ends_the_run():
     from hpcdiff.config.text_table import progress_text
 
     steps = {"max_steps": 1300, "epochs": 100}
-    assert progress_text(steps, epoch=11, epochs=100, steps=1300, seconds=400, ended=True,
-                         stopped_by="max_steps") == "1300/1300 steps"
+    assert (
+        progress_text(steps, epoch=11, epochs=100, steps=1300, seconds=400, ended=True, stopped_by="max_steps")
+        == "1300/1300 steps"
+    )
     assert progress_text(steps, epoch=3, epochs=100, steps=420, seconds=60) == "420/1300 steps"  # running
     # ended by its epochs before the step budget (or by early stopping): epochs
     assert progress_text(steps, epoch=1, epochs=1, steps=4, seconds=3, ended=True) == "1/1 ep"
     timed = {"max_minutes": 30, "epochs": 100}
-    assert progress_text(timed, epoch=7, epochs=100, steps=None, seconds=1805, ended=True,
-                         stopped_by="max_minutes") == "30/30 min"
+    assert (
+        progress_text(timed, epoch=7, epochs=100, steps=None, seconds=1805, ended=True, stopped_by="max_minutes")
+        == "30/30 min"
+    )
     assert progress_text({"epochs": 20}, epoch=5, epochs=20, steps=None, seconds=None) == "5/20 ep"
 
 

@@ -5,9 +5,8 @@ import h5py
 import pytest
 import torch
 
-from hpcdiff.config.spec import RunSpec, SpecError, start_measures
+from hpcdiff.config.spec import DataSpec, ModelSpec, RunSpec, SpecError, start_measures
 from hpcdiff.data import load_splits, to_model_range
-from hpcdiff.config.spec import DataSpec, ModelSpec
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.diffusion import ColdDiffusion
 from hpcdiff.science.image_ops import pixelate
@@ -16,29 +15,39 @@ from hpcdiff.science.priors import LevelPrior
 
 
 def _spec(name, params=None, **diffusion):
-    return validate_spec(RunSpec.from_dict({"degradation": {"name": name, "params": params or {}},
-                                            "diffusion": diffusion}))
+    return validate_spec(
+        RunSpec.from_dict({"degradation": {"name": name, "params": params or {}}, "diffusion": diffusion})
+    )
 
 
-@pytest.mark.parametrize("name, params, n_T, fix", [
-    ("impulse", {"rho_end": 0.25}, 150, "rho_end = 0.5"),
-    ("inpaint", {}, 50, "max_sigma >= 42"),
-    ("downsample", {"max_factor": 3}, 20, "max_factor >= 4"),
-    ("blur", {"sigma": 2.0}, 20, "n_T >= "),
-    ("pixel_swap", {}, 100, "no pixel_swap setting forgets"),
-    ("luminance_mask", {}, 100, "no luminance_mask setting"),
-])
+@pytest.mark.parametrize(
+    "name, params, n_T, fix",
+    [
+        ("impulse", {"rho_end": 0.25}, 150, "rho_end = 0.5"),
+        ("inpaint", {}, 50, "max_sigma >= 42"),
+        ("downsample", {"max_factor": 3}, 20, "max_factor >= 4"),
+        ("blur", {"sigma": 2.0}, 20, "n_T >= "),
+        ("pixel_swap", {}, 100, "no pixel_swap setting forgets"),
+        ("luminance_mask", {}, 100, "no luminance_mask setting"),
+    ],
+)
 def test_prior_is_rejected_where_level_T_still_shows_the_digit(name, params, n_T, fix):
     with pytest.raises(SpecError, match="would not be a generation") as err:
         _spec(name, params, n_T=n_T, sample_start="prior")
     assert fix in str(err.value) and err.value.path == "diffusion.sample_start"
 
 
-@pytest.mark.parametrize("name, params, n_T", [
-    ("impulse", {"rho_end": 0.5}, 150), ("inpaint", {"max_sigma": 42.0}, 50), ("blur", {}, 20),
-    ("downsample", {"max_factor": 7}, 20)])
+@pytest.mark.parametrize(
+    "name, params, n_T",
+    [
+        ("impulse", {"rho_end": 0.5}, 150),
+        ("inpaint", {"max_sigma": 42.0}, 50),
+        ("blur", {}, 20),
+        ("downsample", {"max_factor": 7}, 20),
+    ],
+)
 def test_prior_is_accepted_where_level_T_forgets_the_digit_and_auto_keeps_its_run_ids(name, params, n_T):
-    """"prior" generates where level T forgets the digit; "auto" still restores test images
+    """ "prior" generates where level T forgets the digit; "auto" still restores test images
     (labelled as restorations), so the run ids of existing sweeps do not change."""
     assert _spec(name, params, n_T=n_T, sample_start="prior").diffusion.sample_start == "prior"
     assert start_measures("prior") == "generation"
@@ -54,8 +63,15 @@ def train_images():
 
 def _fitted(name, params, n_T, train_images):
     spec = _spec(name, params, n_T=n_T, sample_start="prior")
-    cd = ColdDiffusion(build_model(ModelSpec(hidden=(4,))), degradation=name, schedule=spec.degradation.schedule,
-                       params=params, n_T=n_T, sample_start="prior", start_noise=0.002)
+    cd = ColdDiffusion(
+        build_model(ModelSpec(hidden=(4,))),
+        degradation=name,
+        schedule=spec.degradation.schedule,
+        params=params,
+        n_T=n_T,
+        sample_start="prior",
+        start_noise=0.002,
+    )
     cd.prior = cd.fit_prior(train_images, seed=0)
     return cd
 
@@ -101,8 +117,9 @@ def test_a_run_fits_its_prior_once_and_a_resume_draws_from_it(tiny_sweep, tmp_pa
     """A blur run with sample_start = "prior" fits the prior on its training images before the first
     step, saves it beside its outputs, records what its samples measure, and a resumed run
     loads the same file: its sample grid starts from the very same images."""
-    from helpers import make_run_dir, resume_with
     from hpcdiff.training.loop import train
+
+    from helpers import make_run_dir, resume_with
 
     sweep = tiny_sweep('[degradation]\nname = "blur"\n', epochs=1)
     sweep.write_text(sweep.read_text().replace("n_T = 20", 'n_T = 20\nsample_start = "prior"'))

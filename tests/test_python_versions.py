@@ -62,8 +62,9 @@ def test_oldest_supported_python_imports_and_reads_every_sweep(tmp_path):
         pytest.skip(f"no Python {version} on this machine (looked on PATH and in pyenv)")
     site = tmp_path / "site"
     # The dependencies the stdlib-only layer has on 3.10, as pyproject.toml states them.
-    pip = subprocess.run([python, "-m", "pip", "install", "--quiet", "--target", str(site), "tomli>=1.1"],
-                         capture_output=True, text=True)
+    pip = subprocess.run(
+        [python, "-m", "pip", "install", "--quiet", "--target", str(site), "tomli>=1.1"], capture_output=True, text=True
+    )
     assert pip.returncode == 0, pip.stderr
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     env.pop("PYTHONPATH", None)
@@ -72,7 +73,8 @@ def test_oldest_supported_python_imports_and_reads_every_sweep(tmp_path):
     counts = eval(run.stdout.strip().splitlines()[-1])  # a dict literal printed by CHECK
     assert counts["quick"] >= 1 and counts["part2"] >= 1 and len(counts) == len(list((ROOT / "jobs").glob("*.toml")))
     # The control: without tomli, 3.10 has no TOML parser and the package's config layer fails.
-    bare = subprocess.run([python, "-c", CHECK, str(tmp_path / "empty"), version], cwd=ROOT, capture_output=True,
-                          text=True, env=env)
+    bare = subprocess.run(
+        [python, "-c", CHECK, str(tmp_path / "empty"), version], cwd=ROOT, capture_output=True, text=True, env=env
+    )
     assert bare.returncode != 0 and "tomli" in bare.stderr
     assert sys.version_info[:2] >= (3, 10)

@@ -5,19 +5,16 @@ archive and the analysis say which classifier scored a run."""
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from hpcdiff.config.spec import DataSpec, RunSpec, SpecError
-from hpcdiff.data import load_splits, mnist_5k_arrays
+from hpcdiff.data import mnist_5k_arrays
 from hpcdiff.evaluation.classifier import MissingAssetError, evaluate_accuracy
-from hpcdiff.evaluation.reference import (FACTS, load_reference, mnist_reference_data, reference_for, references,
-                                          scoring_classifier)
+from hpcdiff.evaluation.reference import FACTS, load_reference, mnist_reference_data, reference_for, scoring_classifier
 from hpcdiff.resolve import validate_spec
 
 

@@ -33,8 +33,7 @@ def pairs():
 def _skimage_ssim(a, b, **kw):
     opts = dict(data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, K1=0.01, K2=0.03)
     opts.update(kw)
-    return np.array([skimage_metrics.structural_similarity(x[0].numpy(), y[0].numpy(), **opts)
-                     for x, y in zip(a, b)])
+    return np.array([skimage_metrics.structural_similarity(x[0].numpy(), y[0].numpy(), **opts) for x, y in zip(a, b)])
 
 
 def test_ssim_is_wang_et_al_as_scikit_image_computes_it(pairs):

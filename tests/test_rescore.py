@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 
-from helpers import cli, resume_with
 from hpcdiff.analysis.load import apply_evaluation
 from hpcdiff.analysis.report import analyze
 from hpcdiff.storage import archive
 from hpcdiff.storage.rundir import RunBusyError, sweep_run_dirs
 from hpcdiff.training.rescore import evaluate_run
+
+from helpers import cli, resume_with
 
 # Report metrics at every epoch, so that an evaluation of the last epoch can be told from the best of several.
 EVERY_EPOCH = """
@@ -119,12 +120,24 @@ def test_an_evaluation_replaces_every_value_it_holds_and_drops_another_classifie
     """The archive read as analyze sees it: only the evaluated epoch carries the evaluated
     metrics (no best-of over two classifiers), and a classifier metric the evaluation did
     not compute is dropped when the classifier changed; the loss series stay."""
-    data = {"attrs": {"classifier": "old"},
-            "metrics": {"epoch": np.array([1, 2, 3]), "train_loss": np.array([3.0, 2.0, 1.0]),
-                        "fid_classifier": np.array([50.0, 10.0, 20.0]), "inception_score": np.array([2.0, 3.0, 2.5]),
-                        "class_3": np.array([0.1, 0.1, 0.1]), "diversity_trace": np.array([1.0, 1.0, 1.0])}}
-    apply_evaluation(data, {"attrs": {"epoch": 3, "classifier": "new", "standard_ssim": True},
-                            "metrics": {"fid_classifier": 30.0, "eval_seconds": 4.0}})
+    data = {
+        "attrs": {"classifier": "old"},
+        "metrics": {
+            "epoch": np.array([1, 2, 3]),
+            "train_loss": np.array([3.0, 2.0, 1.0]),
+            "fid_classifier": np.array([50.0, 10.0, 20.0]),
+            "inception_score": np.array([2.0, 3.0, 2.5]),
+            "class_3": np.array([0.1, 0.1, 0.1]),
+            "diversity_trace": np.array([1.0, 1.0, 1.0]),
+        },
+    }
+    apply_evaluation(
+        data,
+        {
+            "attrs": {"epoch": 3, "classifier": "new", "standard_ssim": True},
+            "metrics": {"fid_classifier": 30.0, "eval_seconds": 4.0},
+        },
+    )
     m = data["metrics"]
     assert list(m["train_loss"]) == [3.0, 2.0, 1.0] and list(m["diversity_trace"]) == [1.0, 1.0, 1.0]
     assert math.isnan(m["fid_classifier"][0]) and math.isnan(m["fid_classifier"][1]) and m["fid_classifier"][2] == 30

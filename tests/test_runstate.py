@@ -55,8 +55,13 @@ def test_concurrent_writers_of_one_status_file_lose_nothing(tmp_path):
 def test_states_compare_with_their_recorded_names_and_say_what_they_are():
     assert RunState.DONE == "done" and f"{RunState.TIMEOUT}" == "timeout" and str(RunState.BUSY) == "busy"
     assert json.dumps({"state": RunState.DONE.value}) == '{"state": "done"}'
-    assert {s for s in RunState if s.ended} == {RunState.DONE, RunState.FAILED, RunState.TIMEOUT,
-                                                 RunState.INTERRUPTED, RunState.DIVERGED}
+    assert {s for s in RunState if s.ended} == {
+        RunState.DONE,
+        RunState.FAILED,
+        RunState.TIMEOUT,
+        RunState.INTERRUPTED,
+        RunState.DIVERGED,
+    }
     assert {s for s in RunState if s.final} == {RunState.DONE, RunState.FAILED, RunState.DIVERGED}
     assert not RunState.QUEUED.recorded and not RunState.INTERRUPTED.recorded and not RunState.BUSY.recorded
     assert runstate.parse("finished-by-hand") == RunState.FAILED
@@ -105,13 +110,21 @@ def test_no_state_name_is_spelled_outside_the_state_machine():
         if path.name == "runstate.py":
             continue
         tree = ast.parse(path.read_text())
-        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
-                      if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
-                      and node.body and isinstance(node.body[0], ast.Expr)
-                      and isinstance(node.body[0].value, ast.Constant)}
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
-                    and node.value in names):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and node.value in names
+            ):
                 found.append(f"{path.relative_to(package)}:{node.lineno}: {node.value!r}")
     assert not found, found
     assert re.search(r"\bclass RunState\b", Path(runstate.__file__).read_text())

@@ -9,16 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hpcdiff.config.spec import RunSpec
+from hpcdiff.launch.slurm import render_script
+from hpcdiff.storage import archive
+from hpcdiff.storage.rundir import RunDir, sweep_run_dirs
+
 from helpers import TINY_BASE, cli
 
-from hpcdiff.storage import archive
-from hpcdiff.launch.slurm import render_script
-from hpcdiff.storage.rundir import RunDir, sweep_run_dirs
-from hpcdiff.config.spec import RunSpec
-
 GOLDEN = Path(__file__).parent / "golden"
-
-
 
 
 def squeue_ids() -> set[str]:
@@ -43,12 +41,29 @@ def wait_until_ended(sweep_dir: Path, n_runs: int, timeout: float):
 
 
 def test_rendered_script_matches_golden_file():
-    spec = RunSpec.from_dict({"slurm": {
-        "partition": "ampere", "account": "MYPROJ-SL3-GPU", "time_min": 720, "gpus_per_node": 1,
-        "cpus_per_task": 8, "mem_gb": 32, "array_parallelism": 4, "setup": ["module load rhel8/default-amp"],
-        "extra_sbatch": ["--exclusive"], "qos": "normal"}})
-    script = render_script(spec.slurm, job_name="hpcdiff-part2", folder=Path("/rds/user/me/runs/part2/slurm/%j"),
-                           n_tasks_in_array=8, python="python3")
+    spec = RunSpec.from_dict(
+        {
+            "slurm": {
+                "partition": "ampere",
+                "account": "MYPROJ-SL3-GPU",
+                "time_min": 720,
+                "gpus_per_node": 1,
+                "cpus_per_task": 8,
+                "mem_gb": 32,
+                "array_parallelism": 4,
+                "setup": ["module load rhel8/default-amp"],
+                "extra_sbatch": ["--exclusive"],
+                "qos": "normal",
+            }
+        }
+    )
+    script = render_script(
+        spec.slurm,
+        job_name="hpcdiff-part2",
+        folder=Path("/rds/user/me/runs/part2/slurm/%j"),
+        n_tasks_in_array=8,
+        python="python3",
+    )
     assert script == (GOLDEN / "array.sbatch").read_text()
 
 
@@ -63,9 +78,11 @@ time_min = {time_min}
 
 def write_sweep(tmp_path, name, *, axes="", subset=320, epochs=2, time_min=10, slurm_extra=""):
     path = tmp_path / f"{name}.toml"
-    path.write_text(f'[sweep]\nname = "{name}"\n{axes}\n'
-                    + TINY_BASE.format(root="/usr/share/datasets/fashion-mnist", subset=subset, epochs=epochs)
-                    + SLURM_SECTION.format(time_min=time_min, slurm_extra=slurm_extra))
+    path.write_text(
+        f'[sweep]\nname = "{name}"\n{axes}\n'
+        + TINY_BASE.format(root="/usr/share/datasets/fashion-mnist", subset=subset, epochs=epochs)
+        + SLURM_SECTION.format(time_min=time_min, slurm_extra=slurm_extra)
+    )
     return path
 
 
@@ -101,8 +118,9 @@ def test_time_limit_requeues_and_resumes_without_duplicate_rows(slurm_env, tmp_p
     # itself, so the job cannot finish in one allocation. SLURM checks limits every 30 s, so
     # the warning (asked for 15 s early) comes 15-45 s before the limit, and an allocation
     # may train for as little as ~12 s after its start-up: requeues to spare for a slow machine.
-    sweep_file = write_sweep(tmp_path, "limit", subset=30000, epochs=8, time_min=1,
-                             slurm_extra="signal_delay_s = 15\nmax_requeues = 20")
+    sweep_file = write_sweep(
+        tmp_path, "limit", subset=30000, epochs=8, time_min=1, slurm_extra="signal_delay_s = 15\nmax_requeues = 20"
+    )
     out = tmp_path / "runs"
     result = cli("sweep", sweep_file, "--output", out, "--executor", "slurm")
     assert result.exit_code == 0, result.output
@@ -119,8 +137,9 @@ def test_time_limit_requeues_and_resumes_without_duplicate_rows(slurm_env, tmp_p
 
 @pytest.mark.slurm
 def test_failed_run_shows_error_and_rerun_resubmits_only_it(slurm_env, tmp_path):
-    cases = ('[[sweep.cases]]\nlabel = "ok"\n'
-             '[[sweep.cases]]\nlabel = "broken"\ndata = { root = "/nonexistent/fashion" }\n')
+    cases = (
+        '[[sweep.cases]]\nlabel = "ok"\n[[sweep.cases]]\nlabel = "broken"\ndata = { root = "/nonexistent/fashion" }\n'
+    )
     sweep_file = write_sweep(tmp_path, "failing", axes=cases, epochs=1)
     out = tmp_path / "runs"
     assert cli("sweep", sweep_file, "--output", out).exit_code == 0
@@ -151,8 +170,11 @@ def test_dry_run_prints_script_and_submits_nothing(slurm_env, tmp_path):
 
 @pytest.mark.slurm
 def test_injection_is_rejected_or_inert(slurm_env, tmp_path):
-    for bad in ['setup = ["module load x; touch {p}"]', 'partition = "debug\\n#SBATCH --wrap=touch {p}"',
-                'extra_sbatch = ["--comment=$(touch {p})"]']:
+    for bad in [
+        'setup = ["module load x; touch {p}"]',
+        'partition = "debug\\n#SBATCH --wrap=touch {p}"',
+        'extra_sbatch = ["--comment=$(touch {p})"]',
+    ]:
         marker = tmp_path / "pwned"
         path = write_sweep(tmp_path, "inject", slurm_extra=bad.format(p=marker))
         result = cli("sweep", path, "--output", tmp_path / "runs")
@@ -175,8 +197,9 @@ def test_arrays_split_at_max_array_size_then_analyze(slurm_env, tmp_path, monkey
     import hpcdiff.launch.slurm as slurm_backend
 
     monkeypatch.setattr(slurm_backend, "max_array_size", lambda: 3)
-    sweep_file = write_sweep(tmp_path, "split", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\ntrain.seed = [0, 1]\n",
-                             epochs=1)
+    sweep_file = write_sweep(
+        tmp_path, "split", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\ntrain.seed = [0, 1]\n", epochs=1
+    )
     out = tmp_path / "runs"
     result = cli("sweep", sweep_file, "--output", out, "--then-analyze")
     assert result.exit_code == 0, result.output
@@ -225,8 +248,8 @@ def test_job_killed_without_a_signal_reads_interrupted_and_resumes(slurm_env, tm
     """SIGKILL (what the OOM killer or a lost node amounts to): the run cannot write its end
     state, so status.json keeps saying running; once its job has left the queue, status
     says interrupted and a rerun resumes it."""
-    from hpcdiff.launch.status import collect_status
     from hpcdiff.launch.plan import plan_sweep
+    from hpcdiff.launch.status import collect_status
 
     sweep_file, out, rd = start_long_run(tmp_path, "killed")
     job_id = rd.read_status()["job_id"]
@@ -255,14 +278,19 @@ def test_job_killed_without_a_signal_reads_interrupted_and_resumes(slurm_env, tm
 
 # --- several runs per GPU (slurm.runs_per_gpu): CPU processes sharing the test node ---
 
+
 def job_ids_by_run(sweep_dir: Path) -> dict[str, str]:
     return {rd.run_id: rd.read_status()["job_id"] for rd in sweep_run_dirs(sweep_dir)}
 
 
 @pytest.mark.slurm
 def test_packed_runs_share_array_tasks_and_all_finish(slurm_env, tmp_path):
-    sweep_file = write_sweep(tmp_path, "packed", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\ntrain.seed = [0, 1]\n",
-                             slurm_extra="runs_per_gpu = 2")
+    sweep_file = write_sweep(
+        tmp_path,
+        "packed",
+        axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\ntrain.seed = [0, 1]\n",
+        slurm_extra="runs_per_gpu = 2",
+    )
     out = tmp_path / "runs"
     result = cli("sweep", sweep_file, "--output", out)
     assert result.exit_code == 0, result.output
@@ -291,8 +319,14 @@ def test_packed_requeue_resumes_both_runs(slurm_env, tmp_path):
     both checkpoint, the task is requeued once, and both resume and finish. Sent with
     scancel rather than waited for: 2 runs sharing 2 busy cores would need a dozen 1-minute
     allocations to finish, and the moment it comes is then chosen, not raced."""
-    sweep_file = write_sweep(tmp_path, "packreq", axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\n",
-                             subset=30000, epochs=3, slurm_extra="runs_per_gpu = 2")
+    sweep_file = write_sweep(
+        tmp_path,
+        "packreq",
+        axes="[sweep.product]\ntrain.lr = [1e-3, 2e-3]\n",
+        subset=30000,
+        epochs=3,
+        slurm_extra="runs_per_gpu = 2",
+    )
     out = tmp_path / "runs"
     result = cli("sweep", sweep_file, "--output", out, "--executor", "slurm")
     assert result.exit_code == 0, result.output
@@ -317,8 +351,9 @@ def test_packed_requeue_resumes_both_runs(slurm_env, tmp_path):
 
 @pytest.mark.slurm
 def test_packed_run_failing_leaves_its_partner_done(slurm_env, tmp_path):
-    cases = ('[[sweep.cases]]\nlabel = "ok"\n'
-             '[[sweep.cases]]\nlabel = "broken"\ndata = { root = "/nonexistent/fashion" }\n')
+    cases = (
+        '[[sweep.cases]]\nlabel = "ok"\n[[sweep.cases]]\nlabel = "broken"\ndata = { root = "/nonexistent/fashion" }\n'
+    )
     sweep_file = write_sweep(tmp_path, "packfail", axes=cases, epochs=2, slurm_extra="runs_per_gpu = 2")
     out = tmp_path / "runs"
     assert cli("sweep", sweep_file, "--output", out).exit_code == 0
@@ -336,8 +371,10 @@ def test_packed_run_failing_leaves_its_partner_done(slurm_env, tmp_path):
 def test_packed_run_killed_leaves_its_partner_done(slurm_env, tmp_path):
     """SIGKILL to one run's process (what the OOM killer does to it alone): that run is
     recorded failed by its task, its partner trains on to the end."""
-    cases = ('[[sweep.cases]]\nlabel = "short"\n'
-             '[[sweep.cases]]\nlabel = "long"\ndata = { subset = 30000 }\ntrain = { epochs = 50 }\n')
+    cases = (
+        '[[sweep.cases]]\nlabel = "short"\n'
+        '[[sweep.cases]]\nlabel = "long"\ndata = { subset = 30000 }\ntrain = { epochs = 50 }\n'
+    )
     sweep_file = write_sweep(tmp_path, "packkill", axes=cases, epochs=3, slurm_extra="runs_per_gpu = 2")
     out = tmp_path / "runs"
     assert cli("sweep", sweep_file, "--output", out).exit_code == 0

@@ -26,18 +26,18 @@ INVALID = [
     ("[train]\nlrr = 0.1\n", ["train.lrr", "did you mean 'lr'"]),
     ("[trian]\nlr = 0.1\n", ["trian", "did you mean 'train'"]),
     ("[model]\nhiden = [8]\n", ["model.hiden", "did you mean 'hidden'"]),
-    ("[train]\nepochs = \"ten\"\n", ["train.epochs", "'ten'"]),
+    ('[train]\nepochs = "ten"\n', ["train.epochs", "'ten'"]),
     ("[train]\nepochs = 0\n", ["train.epochs", "must be >= 1"]),
     ("[train]\nlr = -1.0\n", ["train.lr", "-1.0"]),
-    ("[data]\nname = \"mnsit\"\n", ["data.name", "did you mean 'mnist'"]),
-    ("[model]\nactivation = \"gelo\"\n", ["model.activation", "did you mean 'gelu'"]),
+    ('[data]\nname = "mnsit"\n', ["data.name", "did you mean 'mnist'"]),
+    ('[model]\nactivation = "gelo"\n', ["model.activation", "did you mean 'gelu'"]),
     ("[diffusion]\nbeta1 = 0.5\nbeta2 = 0.1\n", ["diffusion.beta1", "beta1=0.5"]),
     ("[sweep.product]\ntrain.lrr = [1, 2]\n", ["sweep.product.train.lrr", "did you mean 'train.lr'"]),
     ("[sweep]\nseed = [1]\n", ["sweep.seed", "did you mean 'seeds'"]),
     ("[[sweep.zip]]\ntrain.lr = [1e-3, 2e-3]\ntrain.epochs = [1]\n", ["sweep.zip[0]", "equal lengths"]),
     ("[model]\nhidden = [8, -1]\n", ["model.hidden", "-1"]),
-    ("[train]\noptimizer = \"adamm\"\n", ["train.optimizer", "did you mean 'adam'"]),
-    ("[diffusion]\nsampler = \"ancestrall\"\n", ["diffusion.sampler", "did you mean 'ancestral'"]),
+    ('[train]\noptimizer = "adamm"\n', ["train.optimizer", "did you mean 'adam'"]),
+    ('[diffusion]\nsampler = "ancestrall"\n', ["diffusion.sampler", "did you mean 'ancestral'"]),
     ("[data]\nsubset = true\n", ["data.subset", "True"]),
     ("[train\nlr = 1\n", ["not valid TOML"]),
     ("[sweep.product]\ntrain.lr = 0.1\n", ["sweep.product.train.lr", "non-empty list"]),
@@ -89,8 +89,13 @@ def test_cli_bad_override_exits_2(tmp_path):
 def test_round_trip_of_resolved_config():
     from hpcdiff.config import tomlio
 
-    spec = RunSpec.from_dict({"train": {"lr": 3e-4, "epochs": 2}, "model": {"hidden": [8, 16]},
-                              "degradation": {"name": "gaussian", "params": {"a": 0.1}}})
+    spec = RunSpec.from_dict(
+        {
+            "train": {"lr": 3e-4, "epochs": 2},
+            "model": {"hidden": [8, 16]},
+            "degradation": {"name": "gaussian", "params": {"a": 0.1}},
+        }
+    )
     text = tomlio.dumps(spec.to_dict())
     again = RunSpec.from_dict(__import__("tomllib").loads(text))
     assert again == spec
@@ -101,5 +106,3 @@ def test_int_accepted_for_float_but_not_bool():
     assert spec.train.lr == 1.0 and isinstance(spec.train.lr, float)
     with pytest.raises(SpecError, match="train.lr"):
         RunSpec.from_dict({"train": {"lr": True}})
-
-

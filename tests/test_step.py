@@ -11,16 +11,25 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import make_run_dir
-
 from hpcdiff.config.spec import ModelSpec, RunSpec
 from hpcdiff.science.diffusion import GaussianDDPM
 from hpcdiff.science.models import build_model
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.training.loop import train
 from hpcdiff.training.state import EMA
-from hpcdiff.training.step import (EAGER, GRAPH, StepMode, TrainStep, _GraphedStep, load_optimizer_state,
-                                   make_optimizer, portable_optimizer_state, resolve_mode)
+from hpcdiff.training.step import (
+    EAGER,
+    GRAPH,
+    StepMode,
+    TrainStep,
+    _GraphedStep,
+    load_optimizer_state,
+    make_optimizer,
+    portable_optimizer_state,
+    resolve_mode,
+)
+
+from helpers import make_run_dir
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 

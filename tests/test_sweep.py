@@ -1,8 +1,6 @@
-import pytest
-
+from hpcdiff.config.spec import RunSpec
 from hpcdiff.config.sweep import run_id
 from hpcdiff.resolve import expand, load_sweep
-from hpcdiff.config.spec import RunSpec
 
 
 def test_product_zip_seeds_counts():
@@ -24,8 +22,12 @@ def test_product_zip_seeds_counts():
 
 def test_cases_are_partial_configs():
     raw = {
-        "sweep": {"cases": [{"label": "small", "model": {"hidden": [8]}},
-                            {"label": "big", "model": {"hidden": [32, 32]}, "train": {"lr": 5e-4}}]},
+        "sweep": {
+            "cases": [
+                {"label": "small", "model": {"hidden": [8]}},
+                {"label": "big", "model": {"hidden": [32, 32]}, "train": {"lr": 5e-4}},
+            ]
+        },
         "train": {"lr": 1e-3, "epochs": 2},
     }
     sweep = expand(raw)
@@ -74,15 +76,15 @@ def test_shipped_quick_sweep_expands():
     assert sweep.name == "quick" and len(sweep.runs) == 3
 
 
-
 def test_a_run_another_process_trains_is_busy_not_failed(tiny_sweep, tmp_path):
     """Two sweeps of one file planned at once both launch a run; the second child finds the
     training lock taken (here held by the test, as the first sweep's trainer holds it): the
     launcher reports that run busy, not failed, leaves its status to its owner, and the
     sweep's summary says so."""
-    from helpers import make_run_dir
     from hpcdiff.launch.local import LocalExecutor
     from hpcdiff.launch.plan import outcome_lines, plan_sweep
+
+    from helpers import make_run_dir
 
     sweep = tiny_sweep(epochs=1)
     held = make_run_dir(sweep, tmp_path / "runs")

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import synthetic_sweep
 from hpcdiff.analysis.report import analyze
+
+import synthetic_sweep
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "analysis"
 STEMS = ("runs", "configs", "per_class")
@@ -89,7 +90,9 @@ def test_latex_is_a_booktabs_tabular_with_escaped_text(tables, stem):
     assert lines[0].startswith("% ") and lines[1].startswith("\\begin{tabular}{")
     assert [line for line in lines if line.endswith("rule")] == ["\\toprule", "\\midrule", "\\bottomrule"]
     rows = _tex_rows(tex)
-    n_columns = len(_csv_rows(tables / f"{stem}.csv")[0]) if stem == "per_class" else len(_md_rows(tables / f"{stem}.md")[0])
+    n_columns = (
+        len(_csv_rows(tables / f"{stem}.csv")[0]) if stem == "per_class" else len(_md_rows(tables / f"{stem}.md")[0])
+    )
     assert len(rows) == len(_csv_rows(tables / f"{stem}.csv"))  # header + the same rows
     for line in rows:
         # The labels' "&" is escaped, so it does not make a column; no bare TeX specials.
@@ -110,9 +113,16 @@ def test_latex_tables_compile_with_pdflatex(tables, tmp_path):
         pytest.skip("pdflatex is not installed: apt-get install texlive-latex-recommended (tests/run.sh does)")
     body = "\n".join(f"\\input{{{tables / stem}.tex}}\\clearpage" for stem in STEMS)
     doc = tmp_path / "tables.tex"
-    doc.write_text("\\documentclass{article}\n\\usepackage[a0paper,landscape]{geometry}\n"
-                   "\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n")
-    proc = subprocess.run([pdflatex, "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    doc.write_text(
+        "\\documentclass{article}\n\\usepackage[a0paper,landscape]{geometry}\n"
+        "\\usepackage{booktabs}\n\\begin{document}\n" + body + "\n\\end{document}\n"
+    )
+    proc = subprocess.run(
+        [pdflatex, "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "tables.pdf").read_bytes()[:5] == b"%PDF-"

@@ -25,14 +25,15 @@ import numpy as np
 import pytest
 
 import hpcdiff
-from helpers import TINY_DEFAULT_EVAL, cli, make_run_dir, output_of, train_process, train_to_end
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.training.trackers import wandb_mode, wandb_run_id
+
+from helpers import TINY_DEFAULT_EVAL, cli, make_run_dir, output_of, train_process, train_to_end
 
 pytest.importorskip("tensorboard", reason="missing tensorboard: bash tests/run.sh installs it")
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK_EVAL = "\n[eval]\nmetrics = [\"diversity\"]\nevery = 1\nsamples = 8\nreconstruction = false\n"
+QUICK_EVAL = '\n[eval]\nmetrics = ["diversity"]\nevery = 1\nsamples = 8\nreconstruction = false\n'
 
 
 def sweep_text(root, name: str, trackers: str, *, epochs: int, subset: int, train: str = "") -> str:
@@ -73,8 +74,9 @@ def test_tensorboard_curves_after_a_kill_and_resume(fashion_dir, tmp_path):
     sweep_file = tmp_path / "tb.toml"
     # Checkpoints every 2 epochs: an odd epoch is logged but not checkpointed, so a kill
     # there makes the resumed run train (and log) that epoch again.
-    sweep_file.write_text(sweep_text(fashion_dir, "tb", '["tensorboard"]', epochs=epochs, subset=1280,
-                                     train="checkpoint_every = 2\n"))
+    sweep_file.write_text(
+        sweep_text(fashion_dir, "tb", '["tensorboard"]', epochs=epochs, subset=1280, train="checkpoint_every = 2\n")
+    )
     out = tmp_path / "runs"
     rd = make_run_dir(sweep_file, out)
     log_dir = rd.path / "tensorboard"
@@ -102,8 +104,9 @@ def test_tensorboard_curves_after_a_kill_and_resume(fashion_dir, tmp_path):
     events = tensorboard_events(log_dir)
     run = hpcdiff.load_run(rd.path)
     assert run.state == "done" and list(run.metrics.index) == list(range(1, epochs + 1))
-    assert {"train_loss", "val_loss", "lr", "images_per_second", "optimizer_steps",
-            "diversity_trace"} <= set(run.metrics.columns)
+    assert {"train_loss", "val_loss", "lr", "images_per_second", "optimizer_steps", "diversity_trace"} <= set(
+        run.metrics.columns
+    )
     for name in run.metrics.columns:  # every archive series, quality metrics included
         values = run.metrics[name]
         expected_steps = [int(e) for e in values.index if np.isfinite(values[e])]
@@ -113,8 +116,11 @@ def test_tensorboard_curves_after_a_kill_and_resume(fashion_dir, tmp_path):
     grids = events["samples"]
     assert [step for step, _ in grids] == list(range(1, epochs + 1))
     # Hyperparameters: TensorBoard's hparams plugin, in their own subdirectory.
-    hparams = [p for p in log_dir.glob("*/events.out.tfevents.*")
-               if b"_hparams_/session_start_info" in p.read_bytes() and b"train.lr" in p.read_bytes()]
+    hparams = [
+        p
+        for p in log_dir.glob("*/events.out.tfevents.*")
+        if b"_hparams_/session_start_info" in p.read_bytes() and b"train.lr" in p.read_bytes()
+    ]
     assert hparams
 
     done = hpcdiff.load_results(out / "tb").loc[rd.run_id]
@@ -153,11 +159,11 @@ def wandb_records(path: Path):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             pos += block - pos % block
             continue
-        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        chunk, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
         pending = chunk if kind in (1, 2) else pending + chunk
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -181,14 +187,19 @@ def test_wandb_logs_offline_inside_a_slurm_job(fashion_dir, tmp_path):
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert run.run_id == wandb_run_id("wb", rd.run_id) and run.run_group == "wb" and run.project == "hpcdiff"
     assert run.display_name == rd.run_id and run.job_type == "train"  # no label: named by its id
-    config = {item.key: item.value_json for r in records if r.WhichOneof("record_type") == "config"
-              for item in r.config.update}
+    config = {
+        item.key: item.value_json
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for item in r.config.update
+    }
     assert config["train.n_samples"] == "4" and config["run_id"] == f'"{rd.run_id}"'
     history: dict[int, dict[str, str]] = {}
     for r in records:
         if r.WhichOneof("record_type") == "history":
             history.setdefault(r.history.step.num, {}).update(
-                {item.key or "/".join(item.nested_key): item.value_json for item in r.history.item})
+                {item.key or "/".join(item.nested_key): item.value_json for item in r.history.item}
+            )
     assert sorted(history) == [1, 2]
     metrics = archive.read(rd.archive)["metrics"]
     for step, row in history.items():
@@ -201,8 +212,14 @@ def test_wandb_logs_offline_inside_a_slurm_job(fashion_dir, tmp_path):
     assert not (rd.path / "tensorboard").exists()
 
     # `hpcdiff sync` finds it and hands it to `wandb sync` (a dry run: no network in tests).
-    proc = subprocess.run([sys.executable, "-m", "hpcdiff", "sync", str(tmp_path / "runs" / "wb"), "--dry-run"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpcdiff", "sync", str(tmp_path / "runs" / "wb"), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 offline W&B runs" in proc.stdout and log_file.name in proc.stdout + proc.stderr
 
@@ -232,8 +249,10 @@ def test_a_missing_tracker_package_is_named_with_its_extra(tmp_path):
     does for an absent module), since uninstalling it here would break the other tests."""
     sweep_file = tmp_path / "x.toml"
     sweep_file.write_text(sweep_text(tmp_path, "x", '["tensorboard", "wandb"]', epochs=1, subset=64))
-    code = ("import sys\nsys.modules['wandb'] = None\nfrom hpcdiff.cli import main\n"
-            f"main(['sweep', {str(sweep_file)!r}, '--dry-run', '--output', {str(tmp_path / 'runs')!r}])\n")
+    code = (
+        "import sys\nsys.modules['wandb'] = None\nfrom hpcdiff.cli import main\n"
+        f"main(['sweep', {str(sweep_file)!r}, '--dry-run', '--output', {str(tmp_path / 'runs')!r}])\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "log.trackers[1]" in proc.stderr and "pip install 'hpcdiff[wandb]'" in proc.stderr

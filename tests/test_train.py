@@ -2,10 +2,11 @@
 
 import numpy as np
 
-from helpers import make_run_dir, resume_with
-
 from hpcdiff.storage import archive
 from hpcdiff.training.loop import train
+
+from helpers import make_run_dir, resume_with
+
 
 def _losses(rd):
     return np.asarray(archive.read(rd.archive)["metrics"]["train_loss"])

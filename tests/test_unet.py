@@ -1,17 +1,14 @@
 """The UNet denoiser (model.name = "unet"): shapes, config round trip, the keys of the other
 model rejected, image sizes checked, and real tiny runs (EMA, resume exactness, 2 processes)."""
 
-import dataclasses
 import os
 import subprocess
 import sys
-import tomllib
 
 import numpy as np
 import pytest
+import tomllib
 import torch
-
-from helpers import cli, make_run_dir, resume_with
 
 from hpcdiff.config import tomlio
 from hpcdiff.config.model_spec import MODEL_NAMES
@@ -22,6 +19,8 @@ from hpcdiff.science.models import MODELS, ImageSizeError, build_model
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.rundir import sweep_run_dirs
 from hpcdiff.training.loop import train
+
+from helpers import cli, make_run_dir, resume_with
 
 # A UNet small enough for 2 shared CPU cores: 8 and 16 channels at 28 and 14 pixels.
 TINY_UNET = 'name = "unet"\nbase_channels = 8\nchannel_mults = [1, 2]\ngroups = 4'
@@ -41,8 +40,9 @@ def test_the_model_names_of_the_config_are_the_registry():
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("size,mults", [(28, (1, 2, 2)), (32, (1, 2, 2, 2)), (16, (1, 2)), (8, (1,))])
 def test_output_shape_is_the_input_shape(size, mults, channels, attention):
-    spec = ModelSpec(name="unet", base_channels=8, channel_mults=mults, groups=4, attention=attention,
-                     res_blocks=2, dropout=0.1)
+    spec = ModelSpec(
+        name="unet", base_channels=8, channel_mults=mults, groups=4, attention=attention, res_blocks=2, dropout=0.1
+    )
     model = build_model(spec, (channels, size, size))
     x = torch.randn(3, channels, size, size)
     assert model(x, torch.rand(3)).shape == x.shape
@@ -59,15 +59,31 @@ def test_the_default_unet_is_small_and_its_norms_fit():
 
 
 def test_config_round_trip_rebuilds_the_same_model():
-    raw = {"data": {"name": "mnist-5k"},
-           "model": {"name": "unet", "base_channels": 16, "channel_mults": [1, 2], "res_blocks": 2,
-                     "attention": True, "groups": 8, "dropout": 0.1}}
+    raw = {
+        "data": {"name": "mnist-5k"},
+        "model": {
+            "name": "unet",
+            "base_channels": 16,
+            "channel_mults": [1, 2],
+            "res_blocks": 2,
+            "attention": True,
+            "groups": 8,
+            "dropout": 0.1,
+        },
+    }
     spec = validate_spec(RunSpec.from_dict(raw))
     text = tomlio.dumps(spec.to_dict())
     again = RunSpec.from_dict(tomllib.loads(text))
     assert again == spec and run_id(again) == run_id(spec)
-    assert set(spec.to_dict()["model"]) == {"name", "base_channels", "channel_mults", "res_blocks", "attention",
-                                            "groups", "dropout"}
+    assert set(spec.to_dict()["model"]) == {
+        "name",
+        "base_channels",
+        "channel_mults",
+        "res_blocks",
+        "attention",
+        "groups",
+        "dropout",
+    }
     a, b = build_model(spec.model), build_model(again.model)
     assert type(a).__name__ == "UNet" and a.state_dict().keys() == b.state_dict().keys()
     assert any("attention" in k for k in a.state_dict())
@@ -75,13 +91,19 @@ def test_config_round_trip_rebuilds_the_same_model():
 
 def test_a_cnn_config_is_what_it_was():
     """The starter CNN's section holds exactly the keys it always had (no name, no UNet key)."""
-    assert set(RunSpec().to_dict()["model"]) == {"hidden", "activation", "kernel_size", "last_kernel_size",
-                                                 "dropout"}
+    assert set(RunSpec().to_dict()["model"]) == {"hidden", "activation", "kernel_size", "last_kernel_size", "dropout"}
     assert RunSpec.from_dict({"model": {"name": "cnn"}}) == RunSpec()
 
 
-@pytest.mark.parametrize("model,key,value", [("unet", "hidden", [8, 8]), ("unet", "kernel_size", 3),
-                                             ("cnn", "channel_mults", [1, 2]), ("cnn", "attention", True)])
+@pytest.mark.parametrize(
+    "model,key,value",
+    [
+        ("unet", "hidden", [8, 8]),
+        ("unet", "kernel_size", 3),
+        ("cnn", "channel_mults", [1, 2]),
+        ("cnn", "attention", True),
+    ],
+)
 def test_a_key_of_the_other_model_is_rejected(model, key, value):
     with pytest.raises(SpecError) as err:
         RunSpec.from_dict({"model": {"name": model, key: value}})
@@ -105,15 +127,18 @@ def test_image_size_is_checked_for_known_datasets():
 def test_a_sweep_over_the_model_name_takes_model_keys_from_its_cases(tmp_path):
     base = '[data]\nname = "mnist-5k"\n[model]\nhidden = [8, 8]\n[eval]\nmetrics = []\n'
     bad = tmp_path / "bad.toml"
-    bad.write_text(base + '[[sweep.cases]]\nlabel = "cnn"\n[[sweep.cases]]\nlabel = "unet"\n'
-                   'model = { name = "unet" }\n')
+    bad.write_text(
+        base + '[[sweep.cases]]\nlabel = "cnn"\n[[sweep.cases]]\nlabel = "unet"\nmodel = { name = "unet" }\n'
+    )
     result = cli("sweep", bad, "--dry-run", "--output", tmp_path / "out")
     assert result.exit_code == 2
     assert "model.hidden" in result.output and "sweep.cases[1]" in result.output
     good = tmp_path / "good.toml"
-    good.write_text(base.replace("hidden = [8, 8]\n", "") + '[[sweep.cases]]\nlabel = "cnn"\n'
-                    'model = { hidden = [8, 8] }\n[[sweep.cases]]\nlabel = "unet"\n'
-                    'model = { name = "unet", base_channels = 8, groups = 4 }\n')
+    good.write_text(
+        base.replace("hidden = [8, 8]\n", "") + '[[sweep.cases]]\nlabel = "cnn"\n'
+        'model = { hidden = [8, 8] }\n[[sweep.cases]]\nlabel = "unet"\n'
+        'model = { name = "unet", base_channels = 8, groups = 4 }\n'
+    )
     result = cli("sweep", good, "--dry-run", "--output", tmp_path / "out")
     assert result.exit_code == 0, result.output
     assert not (tmp_path / "out").exists()
@@ -181,9 +206,23 @@ def test_unet_trains_in_two_processes_to_a_step_budget(tiny_sweep, tmp_path):
     path.write_text(path.read_text().replace("[train]\n", "[train]\nmax_steps = 4\n", 1))
     rd = make_run_dir(path, tmp_path / "runs")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "hpcdiff", "train", str(rd.path)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "hpcdiff",
+            "train",
+            str(rd.path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = archive.read(rd.archive)
     assert data["attrs"]["world_size"] == 2 and rd.read_status()["state"] == "done"

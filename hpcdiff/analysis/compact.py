@@ -13,8 +13,17 @@ from __future__ import annotations
 import math
 
 from hpcdiff.analysis.load import MEASURES, Run
-from hpcdiff.config.text_table import (Column, Fixed, dropped_note, duration, fit, format_value, progress_text,
-                                       short_headers, varying_within_labels)
+from hpcdiff.config.text_table import (
+    Column,
+    Fixed,
+    dropped_note,
+    duration,
+    fit,
+    format_value,
+    progress_text,
+    short_headers,
+    varying_within_labels,
+)
 from hpcdiff.storage.runstate import RunState
 
 # column of the full runs table -> (header, decimals)
@@ -34,24 +43,37 @@ def compact_table(runs: list[Run], varying: list[str], sort_by: str) -> tuple[li
     if sort_by not in headline:
         headline = {sort_by: (sort_by.removeprefix("best_").removeprefix("final_"), 4), **headline}
     kinds = {r.row.get("measures") for r in runs} & set(MEASURES)
-    columns = [Column("rank", "#", right=True), Column("run_id", "run"), Column("label", "label"),
-               *(Column(k, headers[k], drop_order=3) for k in within),
-               *([Column("model", "model", drop_order=4)] if model_varies else []),
-               *([Column("measures", "measures")] if len(kinds) > 1 else []),
-               Column("state", "state"), Column("progress", "progress", drop_order=2),
-               *(Column(k, h, right=True, drop_order=5 if k == "best_val_loss" and sort_by != k else 0)
-                 for k, (h, _) in headline.items()),
-               Column("wall", "wall", right=True, drop_order=6)]
+    columns = [
+        Column("rank", "#", right=True),
+        Column("run_id", "run"),
+        Column("label", "label"),
+        *(Column(k, headers[k], drop_order=3) for k in within),
+        *([Column("model", "model", drop_order=4)] if model_varies else []),
+        *([Column("measures", "measures")] if len(kinds) > 1 else []),
+        Column("state", "state"),
+        Column("progress", "progress", drop_order=2),
+        *(
+            Column(k, h, right=True, drop_order=5 if k == "best_val_loss" and sort_by != k else 0)
+            for k, (h, _) in headline.items()
+        ),
+        Column("wall", "wall", right=True, drop_order=6),
+    ]
     rows = []
     rank = {kind: 0 for kind in (*MEASURES, None)}
     for run in runs:
         kind = run.row.get("measures")
         kind = kind if kind in rank else None
         rank[kind] += 1
-        cells = {"rank": rank[kind], "run_id": run.run_id, "label": run.row.get("label", ""),
-                 **{k: format_value(run.row.get(k)) for k in within},
-                 "measures": SHORT_MEASURES.get(kind, ""), "state": run.row.get("state", ""),
-                 "progress": _progress(run), "wall": duration(run.row.get("wall_seconds"))}
+        cells = {
+            "rank": rank[kind],
+            "run_id": run.run_id,
+            "label": run.row.get("label", ""),
+            **{k: format_value(run.row.get(k)) for k in within},
+            "measures": SHORT_MEASURES.get(kind, ""),
+            "state": run.row.get("state", ""),
+            "progress": _progress(run),
+            "wall": duration(run.row.get("wall_seconds")),
+        }
         if model_varies:
             cells["model"] = _model(run.config)
         for key, (_, digits) in headline.items():
@@ -73,9 +95,15 @@ def _progress(run: Run) -> str:
     if steps is not None and len(steps):
         finite = [float(x) for x in steps if math.isfinite(float(x))]
         last_steps = int(finite[-1]) if finite else None
-    return progress_text(run.config.get("train", {}), epoch=int(done or 0), epochs=int(total or 0), steps=last_steps,
-                         seconds=run.row.get("wall_seconds"), ended=run.row.get("state") == RunState.DONE,
-                         stopped_by=run.stopped_by)
+    return progress_text(
+        run.config.get("train", {}),
+        epoch=int(done or 0),
+        epochs=int(total or 0),
+        steps=last_steps,
+        seconds=run.row.get("wall_seconds"),
+        ended=run.row.get("state") == RunState.DONE,
+        stopped_by=run.stopped_by,
+    )
 
 
 def _model(config: dict) -> str:
@@ -93,9 +121,12 @@ def console_text(sweep_dir, result, width: int) -> str:
     column, incomplete runs, columns left out, warnings, where the files are)."""
     lines, dropped = fit(result.compact_columns, result.compact_rows, width)
     apart = any(c.key == "measures" for c in result.compact_columns)
-    footer = [f"ranked by {result.sort_by}" + (" (generations and restorations ranked apart)" if apart else "")
-              + (f"; incomplete: {', '.join(result.incomplete)}" if result.incomplete else ""),
-              *[n for n in [dropped_note(dropped, "runs.csv")] if n],
-              *(f"warning: {w}" for w in result.warnings),
-              f"wrote {len(result.files)} files to {result.out_dir} (open index.md)"]
+    footer = [
+        f"ranked by {result.sort_by}"
+        + (" (generations and restorations ranked apart)" if apart else "")
+        + (f"; incomplete: {', '.join(result.incomplete)}" if result.incomplete else ""),
+        *[n for n in [dropped_note(dropped, "runs.csv")] if n],
+        *(f"warning: {w}" for w in result.warnings),
+        f"wrote {len(result.files)} files to {result.out_dir} (open index.md)",
+    ]
     return "\n".join([str(sweep_dir), *lines, *footer])

@@ -18,10 +18,11 @@ import numpy as np
 from hpcdiff.analysis.load import Run, metric_direction
 from hpcdiff.config.catalog import DATASETS
 
-
 # (series in the archive, axis label, scale, file-name slug)
-AXES = (("optimizer_steps", "optimizer steps", 1.0, "optimizer_steps"),
-        ("elapsed_seconds", "training time (minutes)", 1 / 60, "training_time"))
+AXES = (
+    ("optimizer_steps", "optimizer steps", 1.0, "optimizer_steps"),
+    ("elapsed_seconds", "training time (minutes)", 1 / 60, "training_time"),
+)
 
 
 def derived_optimizer_steps(config: dict, epochs: np.ndarray) -> np.ndarray | None:
@@ -66,8 +67,9 @@ def compute_axis_figures(fw, runs: list[Run], varying, quality: list[str], warni
         placed = [r for r in runs if axis_values(r, axis) is not None]
         left_out = [r.run_id for r in runs if axis_values(r, axis) is None]
         if left_out:
-            warnings.append(f"no {label} recorded for {', '.join(left_out)} (older archives): left out of "
-                            f"the figures vs {label}")
+            warnings.append(
+                f"no {label} recorded for {', '.join(left_out)} (older archives): left out of the figures vs {label}"
+            )
         if not placed:
             continue
         _loss_figure(fw, placed, varying, axis, label, scale, slug, title)

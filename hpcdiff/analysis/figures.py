@@ -25,8 +25,9 @@ from hpcdiff.analysis.tables import fmt, is_num
 FIGURE_FORMATS = ("png", "pdf")
 
 
-def write_figures(out_dir: Path, runs: list[Run], varying: list[str], quality: list[str], sort_by: str,
-                  warnings: list[str]) -> "Figures":
+def write_figures(
+    out_dir: Path, runs: list[Run], varying: list[str], quality: list[str], sort_by: str, warnings: list[str]
+) -> Figures:
     """Every figure of a sweep into ``out_dir``; the returned writer lists the files and the
     index entries. Figures that cannot be drawn add a line to ``warnings``."""
     fw = Figures(out_dir)
@@ -62,8 +63,7 @@ def title_keys(runs: list[Run], varying: list[str]) -> list[str]:
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(r.row.get("label") or "", []).append(r)
-    return [k for k in varying
-            if any(len({fmt(r.row.get(k)) for r in group}) > 1 for group in groups.values())]
+    return [k for k in varying if any(len({fmt(r.row.get(k)) for r in group}) > 1 for group in groups.values())]
 
 
 class Figures:
@@ -97,8 +97,9 @@ class Figures:
 
 
 def _short_title(run: Run, varying: list[str]) -> str:
-    parts = [f"{k.split('.')[-1]}={fmt(run.row.get(k))}" for k in varying
-             if k != "train.seed" and run.row.get(k) is not None]
+    parts = [
+        f"{k.split('.')[-1]}={fmt(run.row.get(k))}" for k in varying if k != "train.seed" and run.row.get(k) is not None
+    ]
     if "train.seed" in varying:
         parts.append(f"seed={run.row.get('train.seed')}")
     text = " ".join(([run.row["label"]] if run.row.get("label") else []) + parts) or run.run_id
@@ -151,7 +152,7 @@ def _loss_curves(fw: Figures, runs: list[Run], varying) -> None:
         ax.set_ylabel("loss")
         ax.xaxis.set_major_locator(_integer_ticks())
         ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(runs):]:
+    for ax in list(axes.flat)[len(runs) :]:
         ax.axis("off")
     fig.tight_layout()
     fw.save(fig, "loss_curves", "Training", "Loss curves (dashed, red title: incomplete run)")
@@ -168,7 +169,7 @@ def _mosaic(images: np.ndarray, cols: int | None = None, pad: int = 2) -> np.nda
     out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), 255, dtype=np.uint8)
     for i, img in enumerate(images):
         r, c = divmod(i, cols)
-        out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = img
+        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = img
     return out
 
 
@@ -190,8 +191,12 @@ def _samples_side_by_side(fw: Figures, runs: list[Run], varying, warnings) -> No
         ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
         ax.set_title(title, fontsize=7)
     fig.tight_layout()
-    fw.save(fig, "samples", "Samples", "Last sample grid of every run" + (", real held-out images first"
-                                                                          if real is not None else ""))
+    fw.save(
+        fig,
+        "samples",
+        "Samples",
+        "Last sample grid of every run" + (", real held-out images first" if real is not None else ""),
+    )
 
 
 def _run_samples(fw: Figures, r: Run, varying) -> None:
@@ -261,8 +266,9 @@ def _plot_axes(runs: list[Run], varying: list[str]) -> list[str]:
     finer ones."""
     in_sweep = {k for r in runs for k in r.axes}
     n_values = {k: len({fmt(r.row.get(k)) for r in runs}) for k in varying}
-    candidates = sorted((k for k in varying if k != "train.seed" and n_values[k] > 1),
-                        key=lambda k: (k not in in_sweep, -n_values[k]))
+    candidates = sorted(
+        (k for k in varying if k != "train.seed" and n_values[k] > 1), key=lambda k: (k not in in_sweep, -n_values[k])
+    )
     chosen: list[str] = []
     for k in candidates:
         if not any(_determines(runs, c, k) for c in chosen):
@@ -273,8 +279,11 @@ def _plot_axes(runs: list[Run], varying: list[str]) -> list[str]:
 def _metric_vs_axis(fw: Figures, runs: list[Run], varying, column: str, axis: str) -> None:
     """Every run's value as a point (hollow: incomplete) and, per series (the other varying
     axes but the seed), the mean over seeds at each axis value as a line."""
-    points = [(r, r.row.get(axis), float(r.row[column])) for r in runs
-              if is_num(r.row.get(column)) and math.isfinite(float(r.row[column]))]
+    points = [
+        (r, r.row.get(axis), float(r.row[column]))
+        for r in runs
+        if is_num(r.row.get(column)) and math.isfinite(float(r.row[column]))
+    ]
     if not points:
         return
     numeric = all(is_num(x) for _, x, _ in points)
@@ -319,8 +328,9 @@ def _metric_vs_axis(fw: Figures, runs: list[Run], varying, column: str, axis: st
 def _class_histograms(fw: Figures, runs: list[Run], varying) -> None:
     hists = []
     for r in runs:
-        names = sorted((int(m.group("k")), n) for n in r.metrics
-                       if (m := PER_CLASS.match(n)) and m.group("family") is None)
+        names = sorted(
+            (int(m.group("k")), n) for n in r.metrics if (m := PER_CLASS.match(n)) and m.group("family") is None
+        )
         if not names:
             continue
         table = np.stack([np.asarray(r.metrics[n], dtype=np.float64) for _, n in names])  # [K, epochs]
@@ -333,7 +343,7 @@ def _class_histograms(fw: Figures, runs: list[Run], varying) -> None:
         return
     nrows, cols = _grid_shape(len(hists))
     fig, axes = fw.plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.9 * nrows), squeeze=False)
-    for ax in list(axes.flat)[len(hists):]:
+    for ax in list(axes.flat)[len(hists) :]:
         ax.axis("off")
     for ax, (r, epoch, classes, p) in zip(axes.flat, hists):
         ax.bar(classes, np.nan_to_num(p), color="tab:blue" if r.complete else "tab:gray")
@@ -343,37 +353,32 @@ def _class_histograms(fw: Figures, runs: list[Run], varying) -> None:
         ax.set_ylabel("fraction of samples")
         ax.set_title(f"{_run_title(r, varying)}, epoch {epoch}", fontsize=7)
     fig.tight_layout()
-    fw.save(fig, "class_histograms", "Class histograms",
-            "Predicted classes of the samples at the last evaluated epoch (dotted: uniform)")
+    fw.save(
+        fig,
+        "class_histograms",
+        "Class histograms",
+        "Predicted classes of the samples at the last evaluated epoch (dotted: uniform)",
+    )
 
 
 def _degradation_strips(fw: Figures, runs: list[Run], warnings) -> None:
     """Strips of the degradations the sweep uses, each with the first such run's level count
     (diffusion.n_T), schedule and parameters (gaussian: its betas), on the sweep's data."""
-    from hpcdiff.analysis.strips import degradation_strips
+    from hpcdiff.analysis.strips import degradation_strips, sweep_degradations
 
-    from hpcdiff.science.degradations import is_gaussian
-
-    names, params, n_steps, schedules = [], {}, {}, {}
-    for r in runs:
-        deg = r.config.get("degradation", {})
-        name = deg.get("name", "gaussian") if r.config else None
-        if not name or name in names:
-            continue
-        names.append(name)
-        params[name] = dict(deg.get("params", {}))
-        diff = r.config.get("diffusion", {})
-        if is_gaussian(name):
-            params[name].update({k: diff[k] for k in ("beta1", "beta2") if k in diff})
-        if diff.get("n_T"):
-            n_steps[name] = int(diff["n_T"])
-        if deg.get("schedule"):
-            schedules[name] = deg["schedule"]
+    names, params, n_steps, schedules = sweep_degradations([r.config for r in runs])
     if not names:
         return
     try:
-        paths = degradation_strips(names, fw.out_dir, data_spec=_data_spec(runs[0].config), params=params,
-                                   n_steps=n_steps, schedules=schedules, formats=FIGURE_FORMATS)
+        paths = degradation_strips(
+            names,
+            fw.out_dir,
+            data_spec=_data_spec(runs[0].config),
+            params=params,
+            n_steps=n_steps,
+            schedules=schedules,
+            formats=FIGURE_FORMATS,
+        )
     except Exception as err:  # noqa: BLE001 - no data here, or a degradation renamed since
         warnings.append(f"degradation strips not drawn: {type(err).__name__}: {err}")
         return

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from hpcdiff.analysis.load import load_runs, read_run
-from hpcdiff.storage.rundir import RunDir, read_manifest
 from hpcdiff.storage import runstate
+from hpcdiff.storage.rundir import RunDir, read_manifest
 
 
 def load_results(sweep_dir: str | Path):
@@ -44,12 +44,16 @@ def load_results(sweep_dir: str | Path):
         done, _, planned = row.pop("epochs").partition("/")
         row["epoch"], row["epochs"] = int(done), int(planned)
         rd = RunDir(sweep_dir / run.run_id)
-        row.update(run_dir=str(rd.path), config=str(rd.config_path),
-                   archive=str(rd.archive) if rd.archive.exists() else None)
+        row.update(
+            run_dir=str(rd.path), config=str(rd.config_path), archive=str(rd.archive) if rd.archive.exists() else None
+        )
         rows.append(row)
     head = ["run_id", "label", *varying, "state", "epoch", "epochs"]
-    columns = head + sorted({c for r in rows for c in r} - set(head) - {"run_dir", "config", "archive"},
-                            key=_column_order) + ["run_dir", "config", "archive"]
+    columns = (
+        head
+        + sorted({c for r in rows for c in r} - set(head) - {"run_dir", "config", "archive"}, key=_column_order)
+        + ["run_dir", "config", "archive"]
+    )
     df = pd.DataFrame(rows, columns=columns).set_index("run_id")
     df = df.infer_objects()  # numeric columns with missing values become float with NaN
     df.attrs.update(sweep=manifest.get("name", sweep_dir.name), varying=varying, warnings=warnings)
@@ -58,14 +62,27 @@ def load_results(sweep_dir: str | Path):
 
 def _column_order(column: str) -> tuple:
     """Losses and wall time first (as in the runs table), then the metrics by name."""
-    training = ["final_train_loss", "best_train_loss", "final_val_loss", "best_val_loss", "best_val_loss_epoch",
-                "wall_seconds"]
+    training = [
+        "final_train_loss",
+        "best_train_loss",
+        "final_val_loss",
+        "best_val_loss",
+        "best_val_loss_epoch",
+        "wall_seconds",
+    ]
     return (0, training.index(column), "") if column in training else (1, 0, column)
 
 
 # Training series first, in the order the trainer records them; quality metrics after, by name.
-_TRAINING_ORDER = ("train_loss", "val_loss", "lr", "epoch_seconds", "elapsed_seconds", "optimizer_steps",
-                   "images_per_second")
+_TRAINING_ORDER = (
+    "train_loss",
+    "val_loss",
+    "lr",
+    "epoch_seconds",
+    "elapsed_seconds",
+    "optimizer_steps",
+    "images_per_second",
+)
 
 
 def _series_order(name: str) -> tuple:
@@ -110,5 +127,14 @@ def load_run(run_dir: str | Path) -> RunResults:
     epochs = pd.Index(np.asarray(run.metrics.get("epoch", []), dtype=np.int64), name="epoch")
     metrics = pd.DataFrame(series, index=epochs)
     samples = {epoch: entry["images"] for epoch, entry in run.samples.items()}
-    return RunResults(run_id=rd.run_id, path=rd.path, metrics=metrics, samples=samples, config=run.config,
-                      status=rd.read_status(), axes=run.axes, label=run.row.get("label", ""), warnings=warnings)
+    return RunResults(
+        run_id=rd.run_id,
+        path=rd.path,
+        metrics=metrics,
+        samples=samples,
+        config=run.config,
+        status=rd.read_status(),
+        axes=run.axes,
+        label=run.row.get("label", ""),
+        warnings=warnings,
+    )

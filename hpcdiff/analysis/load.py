@@ -6,7 +6,8 @@ training series (``train_loss``, ``val_loss``, ``lr``, ``images_per_second``,
 ``best_val_loss_epoch`` and ``wall_seconds``; every other metric is a quality metric with
 ``best_<m>``/``best_<m>_epoch`` and ``final_<m>`` (the last finite value: metrics
 evaluated every k epochs are NaN in between), or ``final_<m>`` only when "best" has no
-meaning (the better direction of each series is a fact in hpcdiff.config.catalog). Per-class metrics stay out of the row (they
+meaning (the better direction of each series is a fact in hpcdiff.config.catalog).
+Per-class metrics stay out of the row (they
 have their own table and figure).
 
 A run that cannot be read (a half-written config, a damaged archive) still gets its row,
@@ -31,7 +32,9 @@ from hpcdiff.storage.runstate import RunState
 TRAINING_SERIES = frozenset(catalog.TRAINING_SERIES)
 
 #: Quality metrics listed first, in this order; the rest follow alphabetically.
-METRIC_ORDER = tuple(s for m in catalog.METRICS.values() for s in m.outputs if "{k}" not in s and not s.endswith("_std"))
+METRIC_ORDER = tuple(
+    s for m in catalog.METRICS.values() for s in m.outputs if "{k}" not in s and not s.endswith("_std")
+)
 
 #: A per-class metric: ``class_<k>`` (the class histogram) or ``<family>_class_<k>``.
 PER_CLASS = re.compile(r"^(?:(?P<family>.+)_)?class_(?P<k>\d+)$")
@@ -105,8 +108,7 @@ def summary(metrics: dict, name: str, direction: str) -> tuple[float | None, int
     return float(values[i]), int(epochs[i]), final
 
 
-def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str], *,
-              evaluations: bool = True) -> list[Run]:
+def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str], *, evaluations: bool = True) -> list[Run]:
     """Every run of a sweep directory, in its directory order; problems go to ``warnings``.
     ``evaluations``: a run's latest `hpcdiff evaluate` of its last epoch replaces its
     training-time quality metrics (False: the training-time values)."""
@@ -114,10 +116,17 @@ def load_runs(sweep_dir: Path, varying: list[str], warnings: list[str], *,
     check_classifiers(runs, warnings)
     evaluated = [r.run_id for r in runs if r.evaluation]
     if evaluated:
-        which = ("the run" if len(runs) == 1 else f"all {len(runs)} runs" if len(evaluated) == len(runs)
-                 else f"{len(evaluated)} of {len(runs)} runs ({', '.join(evaluated)})")
-        warnings.append(f"{which} report a later `hpcdiff evaluate` of their last checkpoint instead of their "
-                        f"training-time metrics; `analyze --training-scores` shows those")
+        which = (
+            "the run"
+            if len(runs) == 1
+            else f"all {len(runs)} runs"
+            if len(evaluated) == len(runs)
+            else f"{len(evaluated)} of {len(runs)} runs ({', '.join(evaluated)})"
+        )
+        warnings.append(
+            f"{which} report a later `hpcdiff evaluate` of their last checkpoint instead of their "
+            f"training-time metrics; `analyze --training-scores` shows those"
+        )
     return runs
 
 
@@ -153,8 +162,18 @@ def read_run(rd: RunDir, varying: list[str], warnings: list[str], *, evaluations
     row.update(_summary_columns(metrics))
     _check_ssim_definition(rd.run_id, data, warnings)
     scored_by = _check_classifier(rd.run_id, data, warnings)
-    return Run(rd.run_id, row, config, metrics, samples, dict(meta.get("axes", {})), scored_by,
-               rd.read_status().get("stopped_by"), evaluation[0] if evaluation else "", eval_settings)
+    return Run(
+        rd.run_id,
+        row,
+        config,
+        metrics,
+        samples,
+        dict(meta.get("axes", {})),
+        scored_by,
+        rd.read_status().get("stopped_by"),
+        evaluation[0] if evaluation else "",
+        eval_settings,
+    )
 
 
 def latest_evaluation(data: dict | None, run_id: str, warnings: list[str]) -> tuple[str, dict] | None:
@@ -166,8 +185,10 @@ def latest_evaluation(data: dict | None, run_id: str, warnings: list[str]) -> tu
     last = int(epochs[-1]) if len(epochs) else None
     current = {k: e for k, e in data["evaluations"].items() if e["attrs"].get("epoch") == last}
     if not current:
-        warnings.append(f"{run_id}: its `hpcdiff evaluate` results are of an earlier epoch than its last ({last}); "
-                        f"training-time metrics shown (evaluate it again)")
+        warnings.append(
+            f"{run_id}: its `hpcdiff evaluate` results are of an earlier epoch than its last ({last}); "
+            f"training-time metrics shown (evaluate it again)"
+        )
         return None
     return max(current.items(), key=lambda item: float(item[1]["attrs"].get("created", 0)))
 
@@ -221,8 +242,10 @@ def _check_classifier(run_id: str, data: dict | None, warnings: list[str]) -> st
     name = str(data["attrs"].get("classifier", ""))
     since = data["attrs"].get("classifier_from_epoch")
     if name and since is not None and int(scored.min()) < int(since):
-        warnings.append(f"{run_id}: IS/FID before epoch {since} were scored by another classifier than "
-                        f"{name} (the run was resumed across the change)")
+        warnings.append(
+            f"{run_id}: IS/FID before epoch {since} were scored by another classifier than "
+            f"{name} (the run was resumed across the change)"
+        )
     return name
 
 
@@ -235,8 +258,9 @@ def check_classifiers(runs: list[Run], warnings: list[str]) -> None:
             groups.setdefault(run.scored_by or "unrecorded (trained where the run ran)", []).append(run.run_id)
     if len(groups) > 1:
         parts = "; ".join(f"{name}: {', '.join(ids)}" for name, ids in sorted(groups.items()))
-        warnings.append(f"IS/FID/KID of this sweep come from {len(groups)} classifiers, comparable only within "
-                        f"one ({parts})")
+        warnings.append(
+            f"IS/FID/KID of this sweep come from {len(groups)} classifiers, comparable only within one ({parts})"
+        )
 
 
 def _check_ssim_definition(run_id: str, data: dict | None, warnings: list[str]) -> None:
@@ -254,8 +278,10 @@ def _check_ssim_definition(run_id: str, data: dict | None, warnings: list[str]) 
     since = data["attrs"].get("ssim_standard_from_epoch")
     if first is not None and (since is None or first < since):
         until = f"before epoch {since}" if since is not None else "of every epoch"
-        warnings.append(f"{run_id}: SSIM {until} is torchmetrics' padded SSIM (hpcdiff before the standard "
-                        f"definition), not comparable with Wang et al.'s")
+        warnings.append(
+            f"{run_id}: SSIM {until} is torchmetrics' padded SSIM (hpcdiff before the standard "
+            f"definition), not comparable with Wang et al.'s"
+        )
 
 
 def _read_config(rd: RunDir, warnings: list[str]) -> tuple[dict, dict]:

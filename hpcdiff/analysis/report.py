@@ -39,10 +39,8 @@ from pathlib import Path
 
 from hpcdiff.analysis.compact import compact_table
 from hpcdiff.analysis.figures import write_figures
-from hpcdiff.analysis.load import (MEASURES, Run, is_quality_metric, load_runs, metric_direction,
-                                   quality_metrics)
-from hpcdiff.analysis.tables import (config_table, fmt, frame, is_descending, per_class_table, sort_rows,
-                                     write_tables)
+from hpcdiff.analysis.load import MEASURES, Run, is_quality_metric, load_runs, metric_direction, quality_metrics
+from hpcdiff.analysis.tables import config_table, fmt, frame, is_descending, per_class_table, sort_rows, write_tables
 from hpcdiff.config.registry import nearest
 from hpcdiff.storage.rundir import read_manifest
 from hpcdiff.storage.runstate import RunState
@@ -66,8 +64,14 @@ class AnalysisResult:
     compact_rows: list[dict] = field(default_factory=list)
 
 
-def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: str | None = None,
-            figures: bool = True, training_scores: bool = False) -> AnalysisResult:
+def analyze(
+    sweep_dir: str | Path,
+    out: str | Path | None = None,
+    *,
+    sort_by: str | None = None,
+    figures: bool = True,
+    training_scores: bool = False,
+) -> AnalysisResult:
     """Tables, figures and an index of a sweep directory (see the module docstring).
 
     ``sort_by``: a column of the runs table (default ``best_fid_classifier`` when some run
@@ -94,8 +98,15 @@ def analyze(sweep_dir: str | Path, out: str | Path | None = None, *, sort_by: st
     out_dir = Path(out) if out else Path("analysis") / name
     out_dir.mkdir(parents=True, exist_ok=True)
     incomplete = [r["run_id"] for r in rows if r["state"] != RunState.DONE]
-    result = AnalysisResult(out_dir=out_dir, columns=columns, rows=rows, incomplete=incomplete,
-                            sort_by=sort_by, warnings=warnings, evaluation=_evaluation_settings(runs))
+    result = AnalysisResult(
+        out_dir=out_dir,
+        columns=columns,
+        rows=rows,
+        incomplete=incomplete,
+        sort_by=sort_by,
+        warnings=warnings,
+        evaluation=_evaluation_settings(runs),
+    )
     result.compact_columns, result.compact_rows = compact_table(runs, varying, sort_by)
     _write_sweep_tables(result, name, runs, varying)
     figure_list: list[tuple[str, str, Path]] = []
@@ -120,8 +131,20 @@ def rank_rows(rows: list[dict], sort_by: str) -> list[dict]:
 def _runs_columns(varying: list[str], quality: list[str]) -> list[str]:
     """The runs table's columns: identity, axes, what the samples measure, state, losses,
     then each quality metric."""
-    columns = ["run_id", "label", *varying, "measures", "state", "epochs", "final_train_loss", "best_train_loss",
-               "final_val_loss", "best_val_loss", "best_val_loss_epoch", "wall_seconds"]
+    columns = [
+        "run_id",
+        "label",
+        *varying,
+        "measures",
+        "state",
+        "epochs",
+        "final_train_loss",
+        "best_train_loss",
+        "final_val_loss",
+        "best_val_loss",
+        "best_val_loss_epoch",
+        "wall_seconds",
+    ]
     for m in quality:
         columns += ([f"best_{m}"] if metric_direction(m) != "final" else []) + [f"final_{m}"]
     return columns
@@ -134,8 +157,11 @@ def _sort_column(sort_by: str | None, columns: list[str]) -> str:
         sort_by = "best_fid_classifier" if "best_fid_classifier" in columns else "best_val_loss"
     elif sort_by not in columns:
         guess = nearest(sort_by, columns)
-        raise ValueError(f"unknown sort column {sort_by!r}" + (f" (did you mean {guess!r}?)" if guess else "")
-                         + f"; valid: {', '.join(columns)}")
+        raise ValueError(
+            f"unknown sort column {sort_by!r}"
+            + (f" (did you mean {guess!r}?)" if guess else "")
+            + f"; valid: {', '.join(columns)}"
+        )
     epoch_col = f"{sort_by}_epoch"
     if sort_by.startswith("best_") and epoch_col not in columns:
         columns.insert(columns.index(sort_by) + 1, epoch_col)
@@ -148,19 +174,34 @@ def _write_sweep_tables(result: AnalysisResult, name: str, runs: list[Run], vary
     out_dir, sort_by = result.out_dir, result.sort_by
     compact = frame([c.key for c in result.compact_columns], result.compact_rows)
     compact.columns = [c.header for c in result.compact_columns]
-    result.files += write_tables(out_dir, "runs", compact, csv_table=frame(result.columns, result.rows),
-                                 caption=f"Runs of sweep {name}, ranked by {sort_by} (every column: runs.csv)")
+    result.files += write_tables(
+        out_dir,
+        "runs",
+        compact,
+        csv_table=frame(result.columns, result.rows),
+        caption=f"Runs of sweep {name}, ranked by {sort_by} (every column: runs.csv)",
+    )
     if "train.seed" in varying:
-        csv_cols, display_cols, configs, display = config_table(result.rows, result.columns, varying, sort_by,
-                                                                is_descending(sort_by))
+        csv_cols, display_cols, configs, display = config_table(
+            result.rows, result.columns, varying, sort_by, is_descending(sort_by)
+        )
         result.config_columns, result.configs = csv_cols, configs
-        result.files += write_tables(out_dir, "configs", frame(display_cols, display),
-                                     csv_table=frame(csv_cols, configs),
-                                     caption=f"Configs of sweep {name}: mean +- std over seeds")
+        result.files += write_tables(
+            out_dir,
+            "configs",
+            frame(display_cols, display),
+            csv_table=frame(csv_cols, configs),
+            caption=f"Configs of sweep {name}: mean +- std over seeds",
+        )
     per_class_cols, per_class = per_class_table(runs)
     if per_class:
-        result.files += write_tables(out_dir, "per_class", frame(per_class_cols, per_class),
-                                     caption=f"Per-class metrics of sweep {name} (last epoch that has them)")
+        result.files += write_tables(
+            out_dir,
+            "per_class",
+            frame(per_class_cols, per_class),
+            caption=f"Per-class metrics of sweep {name} (last epoch that has them)",
+        )
+
 
 # --------------------------------------------------------------------------- index
 
@@ -176,10 +217,12 @@ def _evaluation_settings(runs: list[Run]) -> list[str]:
         n_T = run.config.get("diffusion", {}).get("n_T", 0)
         steps = ev.get("steps", 0)
         on = "all n_T steps" if not steps or steps >= n_T else f"{steps} evenly spaced steps"
-        text = (f"{ev.get('samples', '?')} samples per evaluation, drawn with `{ev.get('sampler', '?')}` on "
-                f"{on}; every "
-                + (f"{ev['every']} epochs" if ev.get("every") else "run at its last epoch only")
-                + ("" if not run.evaluation else ", evaluated after training (`hpcdiff evaluate`)"))
+        text = (
+            f"{ev.get('samples', '?')} samples per evaluation, drawn with `{ev.get('sampler', '?')}` on "
+            f"{on}; every "
+            + (f"{ev['every']} epochs" if ev.get("every") else "run at its last epoch only")
+            + ("" if not run.evaluation else ", evaluated after training (`hpcdiff evaluate`)")
+        )
         variants[text] = variants.get(text, 0) + 1
     if len(variants) == 1:
         return list(variants)
@@ -195,47 +238,60 @@ def _rankings(result: AnalysisResult) -> list[str]:
         return []
     col = result.sort_by
     lines = []
-    titles = {"generation": "Generations (from noise or a fitted prior), ranked by",
-              "restoration": "Restorations of held-out test images (not comparable with generations), ranked by"}
+    titles = {
+        "generation": "Generations (from noise or a fitted prior), ranked by",
+        "restoration": "Restorations of held-out test images (not comparable with generations), ranked by",
+    }
     for kind in MEASURES:
         rows = [r for r in result.rows if r.get("measures") == kind]
         if not rows:
             continue
         lines += ["", f"**{titles[kind]} `{col}`**:", ""]
-        lines += [f"{i}. `{r['run_id']}` {r.get('label') or ''}: {fmt(r.get(col)) or 'no value'}"
-                  for i, r in enumerate(rows, 1)]
+        lines += [
+            f"{i}. `{r['run_id']}` {r.get('label') or ''}: {fmt(r.get(col)) or 'no value'}"
+            for i, r in enumerate(rows, 1)
+        ]
     return lines
 
 
 def _write_index(out_dir: Path, name: str, result: AnalysisResult, figures: list[tuple[str, str, Path]]) -> Path:
     lines = [f"# Sweep `{name}`", ""]
     done = sum(1 for r in result.rows if r["state"] == RunState.DONE)
-    lines.append(f"{len(result.rows)} runs, {done} done. Runs sorted by `{result.sort_by}`"
-                 + (" (higher is better)." if is_descending(result.sort_by) else "."))
+    lines.append(
+        f"{len(result.rows)} runs, {done} done. Runs sorted by `{result.sort_by}`"
+        + (" (higher is better)." if is_descending(result.sort_by) else ".")
+    )
     if result.incomplete:
         lines += ["", "**Incomplete runs** (their numbers are from the epochs they finished):", ""]
-        lines += [f"- `{r['run_id']}`: {r['state']}, epochs {r['epochs']}" for r in result.rows
-                  if r["run_id"] in result.incomplete]
+        lines += [
+            f"- `{r['run_id']}`: {r['state']}, epochs {r['epochs']}"
+            for r in result.rows
+            if r["run_id"] in result.incomplete
+        ]
     lines += _rankings(result)
     if result.evaluation:
         lines += ["", "**How the metrics were computed** (the `[eval]` section):", ""]
         lines += [f"- {line}" for line in result.evaluation]
     if result.warnings:
         lines += ["", "**Warnings**:", ""] + [f"- {w}" for w in result.warnings]
-    tables = [("Runs", "runs"), ("Configs: mean ± std over seeds", "configs"),
-              ("Per-class metrics", "per_class")]
+    tables = [("Runs", "runs"), ("Configs: mean ± std over seeds", "configs"), ("Per-class metrics", "per_class")]
     for title, stem in tables:
         if (out_dir / f"{stem}.md").exists() and any(f.name == f"{stem}.md" for f in result.files):
-            lines += ["", f"## {title}", "", f"[CSV]({stem}.csv) · [LaTeX]({stem}.tex)", "",
-                      (out_dir / f"{stem}.md").read_text()]
+            lines += [
+                "",
+                f"## {title}",
+                "",
+                f"[CSV]({stem}.csv) · [LaTeX]({stem}.tex)",
+                "",
+                (out_dir / f"{stem}.md").read_text(),
+            ]
     section = None
     for sec, title, png in figures:
         if sec != section:
             lines += ["", f"## {sec}"]
             section = sec
         alt = title.replace("[", "(").replace("]", ")")
-        lines += ["", f"### {title}", "", f"![{alt}]({png.name})", "",
-                  f"[PDF]({png.with_suffix('.pdf').name})"]
+        lines += ["", f"### {title}", "", f"![{alt}]({png.name})", "", f"[PDF]({png.with_suffix('.pdf').name})"]
     path = out_dir / "index.md"
     path.write_text("\n".join(lines) + "\n")
     return path

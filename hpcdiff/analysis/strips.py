@@ -119,11 +119,13 @@ def degradation_strips(
     for name in names:
         T = int(n_steps.get(name) or DEGRADATION_INFO[name].n_steps)
         levels = strip_levels(T, n_levels)
-        grid = _degraded_grid(name, x0, levels, T, seed=seed, schedule=schedules.get(name) or None,
-                              params=params.get(name, {}))
+        grid = _degraded_grid(
+            name, x0, levels, T, seed=seed, schedule=schedules.get(name) or None, params=params.get(name, {})
+        )
         combined.append((name, levels, grid[0]))
-        fig = _strip_figure(plt, grid, [[f"t={v}" for v in levels]] * len(grid), row_labels,
-                            _strip_title(name, T, params.get(name, {})))
+        fig = _strip_figure(
+            plt, grid, [[f"t={v}" for v in levels]] * len(grid), row_labels, _strip_title(name, T, params.get(name, {}))
+        )
         meta = {"degradation": name, "rows": len(grid), "levels": levels, "n_steps": T}
         files += _save(fig, out_dir / f"strip_{name}", formats, meta)
         plt.close(fig)
@@ -146,8 +148,9 @@ def _checked_names(names: list[str] | None, n_images: int) -> list[str]:
     return names
 
 
-def _degraded_grid(name: str, x0: torch.Tensor, levels: list[int], T: int, *, seed: int, schedule: str | None,
-                   params: dict) -> np.ndarray:
+def _degraded_grid(
+    name: str, x0: torch.Tensor, levels: list[int], T: int, *, seed: int, schedule: str | None, params: dict
+) -> np.ndarray:
     """uint8 ``[images, levels, H, W]``: every image of ``x0`` degraded at every level."""
     from hpcdiff.data import to_uint8
     from hpcdiff.science.degradations import degrade
@@ -174,13 +177,22 @@ def _combined_figure(plt, combined: list[tuple[str, list[int], np.ndarray]]):
     h, w = combined[0][2].shape[1:]
     grid = np.zeros((len(combined), n_cols, h, w), dtype=np.uint8)
     col_labels = []
-    for i, (name, levels, row) in enumerate(combined):
+    for i, (_name, levels, row) in enumerate(combined):
         grid[i, : len(levels)] = row
         col_labels.append([f"t={v}" for v in levels] + [""] * (n_cols - len(levels)))
-    fig = _strip_figure(plt, grid, col_labels, [name for name, _, _ in combined],
-                        "degradations of one held-out test image", blank_from=[len(lv) for _, lv, _ in combined])
-    meta = {"degradations": [name for name, _, _ in combined], "rows": len(combined),
-            "levels": {name: levels for name, levels, _ in combined}}
+    fig = _strip_figure(
+        plt,
+        grid,
+        col_labels,
+        [name for name, _, _ in combined],
+        "degradations of one held-out test image",
+        blank_from=[len(lv) for _, lv, _ in combined],
+    )
+    meta = {
+        "degradations": [name for name, _, _ in combined],
+        "rows": len(combined),
+        "levels": {name: levels for name, levels, _ in combined},
+    }
     return fig, meta
 
 
@@ -216,3 +228,27 @@ def _save(fig, stem: Path, formats, meta: dict) -> list[Path]:
         fig.savefig(path, dpi=DPI, **kwargs)
         out.append(path)
     return out
+
+
+def sweep_degradations(configs: list[dict]) -> tuple[list[str], dict, dict, dict]:
+    """The degradations of a sweep's resolved configs, each with its first run's parameters
+    (gaussian: its betas), level count (diffusion.n_T) and schedule: (names, params,
+    n_steps, schedules), for :func:`degradation_strips`."""
+    from hpcdiff.science.degradations import is_gaussian
+
+    names, params, n_steps, schedules = [], {}, {}, {}
+    for config in configs:
+        deg = config.get("degradation", {})
+        name = deg.get("name", "gaussian") if config else None
+        if not name or name in names:
+            continue
+        names.append(name)
+        params[name] = dict(deg.get("params", {}))
+        diff = config.get("diffusion", {})
+        if is_gaussian(name):
+            params[name].update({k: diff[k] for k in ("beta1", "beta2") if k in diff})
+        if diff.get("n_T"):
+            n_steps[name] = int(diff["n_T"])
+        if deg.get("schedule"):
+            schedules[name] = deg["schedule"]
+    return names, params, n_steps, schedules

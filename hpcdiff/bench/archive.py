@@ -40,8 +40,11 @@ def _epoch(epoch: int, rng: np.random.Generator) -> tuple[dict, dict]:
     metrics = {name: float(rng.random()) for name in METRICS}
     images = rng.integers(0, 256, size=(25, 28, 28), dtype=np.uint8)
     images[:, :4] = 0  # digits have empty borders: gzip has something to do, as with real grids
-    return metrics, {"images": images, "starts": rng.integers(0, 256, size=(25, 28, 28), dtype=np.uint8),
-                     "attrs": {"start": "noise"}}
+    return metrics, {
+        "images": images,
+        "starts": rng.integers(0, 256, size=(25, 28, 28), dtype=np.uint8),
+        "attrs": {"start": "noise"},
+    }
 
 
 def _copy_on_write_append(path: Path, epoch: int, metrics: dict, samples: dict) -> None:
@@ -75,12 +78,25 @@ def benchmark_archive(at=(1, 100, 500), *, directory: str | None = None, seed: i
                 seconds = time.perf_counter() - tic
                 after = _written_bytes()
                 if epoch in at:
-                    rows.append({"method": method, "epoch": epoch, "ms": seconds * 1e3,
-                                 "kB written": (after - before) / 1e3 if before is not None else float("nan")})
+                    rows.append(
+                        {
+                            "method": method,
+                            "epoch": epoch,
+                            "ms": seconds * 1e3,
+                            "kB written": (after - before) / 1e3 if before is not None else float("nan"),
+                        }
+                    )
             tic = time.perf_counter()
             archive.consolidate(path)
             data = archive.read(path)
             assert len(data["metrics"]["epoch"]) == last and len(data["samples"]) == last
-            rows.append({"method": method, "epoch": "fold + read all", "ms": (time.perf_counter() - tic) * 1e3,
-                         "kB written": float("nan"), "archive kB": path.stat().st_size / 1e3})
+            rows.append(
+                {
+                    "method": method,
+                    "epoch": "fold + read all",
+                    "ms": (time.perf_counter() - tic) * 1e3,
+                    "kB written": float("nan"),
+                    "archive kB": path.stat().st_size / 1e3,
+                }
+            )
     return rows

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -65,7 +65,9 @@ def benchmark_degradations(
         n = n_steps if n_steps is not None else DEGRADATION_INFO[name].n_steps
         t = torch.randint(0, n + 1, (batch,), generator=gen).to(device)
         g = torch.Generator().manual_seed(seed)
-        times = _time_ms(lambda: degrade(name, x0, t, n_steps=n, generator=g), device, repeats, warmup)
+        times = _time_ms(
+            lambda name=name, t=t, n=n, g=g: degrade(name, x0, t, n_steps=n, generator=g), device, repeats, warmup
+        )
         rows.append(_row(name, device, batch, n, times, repeats))
     loop_row = _loop_reference(x0, gen, n_steps, device, batch, loop_batch, loop_repeats, seed)
     for row in rows:
@@ -76,8 +78,15 @@ def benchmark_degradations(
 
 
 def _row(name, device, batch, n, times, repeats, scale: float = 1.0) -> dict:
-    return dict(name=name, device=str(device), batch=batch, n_steps=n, ms_per_batch=statistics.median(times) * scale,
-                ms_min=min(times) * scale, repeats=repeats)
+    return dict(
+        name=name,
+        device=str(device),
+        batch=batch,
+        n_steps=n,
+        ms_per_batch=statistics.median(times) * scale,
+        ms_min=min(times) * scale,
+        repeats=repeats,
+    )
 
 
 def _loop_reference(x0, gen, n_steps, device, batch, loop_batch, loop_repeats, seed) -> dict:

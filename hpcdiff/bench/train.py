@@ -62,13 +62,21 @@ def _time_steps(step, steps: int, warmup: int, batch: int, device) -> BenchResul
 
 def bench_spec(*, device: str, hidden, batch: int, data_name: str, compile_mode: str, subset: int = 0) -> RunSpec:
     """The run the loop measurements train: the seeds' DDPM at the default recipe, no metrics."""
-    spec = RunSpec.from_dict({
-        "data": {"name": data_name, "val_fraction": 0.0, "subset": subset},
-        "model": {"hidden": list(hidden)},
-        "train": {"epochs": 1000, "batch_size": batch, "device": device, "compile": compile_mode,
-                  "checkpoint_every": 1000, "sample_every": 1000},
-        "eval": {"metrics": []},
-    })
+    spec = RunSpec.from_dict(
+        {
+            "data": {"name": data_name, "val_fraction": 0.0, "subset": subset},
+            "model": {"hidden": list(hidden)},
+            "train": {
+                "epochs": 1000,
+                "batch_size": batch,
+                "device": device,
+                "compile": compile_mode,
+                "checkpoint_every": 1000,
+                "sample_every": 1000,
+            },
+            "eval": {"metrics": []},
+        }
+    )
     from hpcdiff.resolve import validate_spec
 
     return validate_spec(spec)
@@ -92,8 +100,13 @@ def bench_loop(spec: RunSpec, *, epochs: int, name: str) -> BenchResult:
         seconds = time.perf_counter() - tic
         steps = session.steps_per_epoch * epochs
         mode = session.state.mode
-        result = BenchResult(name, steps * spec.train.batch_size / seconds, seconds, steps,
-                             note=f"{mode.mode}, {session.accelerator.mixed_precision}")
+        result = BenchResult(
+            name,
+            steps * spec.train.batch_size / seconds,
+            seconds,
+            steps,
+            note=f"{mode.mode}, {session.accelerator.mixed_precision}",
+        )
         del session
     return result
 
@@ -125,8 +138,14 @@ def bench_notebook(images_uint8, steps, warmup, batch, device, hidden=DEFAULT_HI
     from torchvision import transforms
 
     tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,), (1.0,))])
-    loader = torch.utils.data.DataLoader(_PILDataset(images_uint8, tf), batch_size=batch, shuffle=True,
-                                         num_workers=num_workers, drop_last=True, persistent_workers=True)
+    loader = torch.utils.data.DataLoader(
+        _PILDataset(images_uint8, tf),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=num_workers,
+        drop_last=True,
+        persistent_workers=True,
+    )
     ddpm, opt = seeds_ddpm(device, hidden)
     state = {"it": iter(loader)}
 
@@ -153,8 +172,9 @@ def bench_conv_ceiling(steps, warmup, batch, device, hidden=DEFAULT_HIDDEN) -> B
     fp32 eager on the CPU (where bf16 convolutions are slow)."""
     model = build_model(ModelSpec(hidden=tuple(hidden)))
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    net = nn.Sequential(*[nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, padding=c.padding)
-                          for c in convs]).to(device)
+    net = nn.Sequential(
+        *[nn.Conv2d(c.in_channels, c.out_channels, c.kernel_size, padding=c.padding) for c in convs]
+    ).to(device)
     x = torch.randn(batch, 1, 28, 28, device=device)
     cuda = device.type == "cuda"
     for p in net.parameters():
@@ -175,27 +195,45 @@ def bench_conv_ceiling(steps, warmup, batch, device, hidden=DEFAULT_HIDDEN) -> B
     return r
 
 
-def benchmark_train(*, epochs: int = 2, steps: int = 30, warmup: int = 5, batch_size: int = 128,
-                    device: str = "cpu", data_name: str = "mnist-5k", hidden=DEFAULT_HIDDEN, subset: int = 0) -> dict:
+def benchmark_train(
+    *,
+    epochs: int = 2,
+    steps: int = 30,
+    warmup: int = 5,
+    batch_size: int = 128,
+    device: str = "cpu",
+    data_name: str = "mnist-5k",
+    hidden=DEFAULT_HIDDEN,
+    subset: int = 0,
+) -> dict:
     """``subset``: train on the first N images only (0 = all), for a quick check."""
     dev = torch.device(device)
     images = load_splits(DataSpec(name=data_name, val_fraction=0.0, subset=subset)).train.images
-    spec = bench_spec(device=dev.type, hidden=hidden, batch=batch_size, data_name=data_name, compile_mode="none",
-                      subset=subset)
+    spec = bench_spec(
+        device=dev.type, hidden=hidden, batch=batch_size, data_name=data_name, compile_mode="none", subset=subset
+    )
     eager = bench_loop(spec, epochs=epochs, name="hpcdiff eager (the trainer's loop)")
     results = [bench_notebook(images, steps, warmup, batch_size, dev, hidden), eager]
     graph = None
     if dev.type == "cuda":
-        graph = bench_loop(replace(spec, train=replace(spec.train, compile="graph")), epochs=epochs,
-                           name="hpcdiff graph (the trainer's loop)")
+        graph = bench_loop(
+            replace(spec, train=replace(spec.train, compile="graph")),
+            epochs=epochs,
+            name="hpcdiff graph (the trainer's loop)",
+        )
         results.append(graph)
     ceiling = bench_conv_ceiling(max(steps, 50) if dev.type == "cuda" else steps, warmup, batch_size, dev, hidden)
     results.append(ceiling)
     best = max((r for r in (eager, graph) if r is not None), key=lambda r: r.images_per_second)
     flops = 3 * conv_flops_per_image(build_model(ModelSpec(hidden=tuple(hidden))))
     return {
-        "device": str(dev), "batch_size": batch_size, "hidden": tuple(hidden), "epochs": epochs,
-        "train_mflop_per_image": flops / 1e6, "results": results, "best": best.name,
+        "device": str(dev),
+        "batch_size": batch_size,
+        "hidden": tuple(hidden),
+        "epochs": epochs,
+        "train_mflop_per_image": flops / 1e6,
+        "results": results,
+        "best": best.name,
         "speedup_vs_notebook": best.images_per_second / results[0].images_per_second,
         "graph_vs_eager": graph.images_per_second / eager.images_per_second if graph else None,
         "fraction_of_ceiling": best.images_per_second / ceiling.images_per_second,
@@ -212,12 +250,16 @@ def format_report(r: dict):
         table.add_column(col, justify="left" if col in ("loop", "precision / mode") else "right")
     for res in r["results"]:
         table.add_row(res.name, f"{res.images_per_second:,.0f}", f"{1000 * res.seconds / res.steps:.2f}", res.note)
-    lines = [f"best hpcdiff / notebook = {r['speedup_vs_notebook']:.2f}x",
-             f"best hpcdiff / conv ceiling = {100 * r['fraction_of_ceiling']:.0f}%"]
+    lines = [
+        f"best hpcdiff / notebook = {r['speedup_vs_notebook']:.2f}x",
+        f"best hpcdiff / conv ceiling = {100 * r['fraction_of_ceiling']:.0f}%",
+    ]
     if r["graph_vs_eager"] is not None:
         lines.append(f"graph / eager = {r['graph_vs_eager']:.2f}x")
-    lines.append(f"ceiling runs the convs at {r['ceiling_tflops']:.2f} TFLOP/s "
-                 f"({r['train_mflop_per_image']:.0f} MFLOP per training image)")
+    lines.append(
+        f"ceiling runs the convs at {r['ceiling_tflops']:.2f} TFLOP/s "
+        f"({r['train_mflop_per_image']:.0f} MFLOP per training image)"
+    )
     table.caption = "; ".join(lines)
     return table
 
@@ -228,8 +270,9 @@ def benchmark_degradations_vs_step(*, batch_size=128, device="cpu", epochs=1) ->
     from hpcdiff.bench.degradations import benchmark_degradations
 
     dev = torch.device(device)
-    spec = bench_spec(device=dev.type, hidden=DEFAULT_HIDDEN, batch=batch_size, data_name="mnist-5k",
-                      compile_mode="auto")
+    spec = bench_spec(
+        device=dev.type, hidden=DEFAULT_HIDDEN, batch=batch_size, data_name="mnist-5k", compile_mode="auto"
+    )
     step = bench_loop(spec, epochs=epochs, name="step")
     step_ms = 1000 * step.seconds / step.steps
     rows = benchmark_degradations(batch=batch_size, device=dev)
@@ -241,13 +284,20 @@ def benchmark_degradations_vs_step(*, batch_size=128, device="cpu", epochs=1) ->
 def format_degradation_report(r: dict):
     from rich.table import Table
 
-    table = Table(title=f"degradations, batch {r['batch_size']} on {r['device']}; "
-                        f"one training step of the default CNN = {r['step_ms']:.1f} ms")
+    table = Table(
+        title=f"degradations, batch {r['batch_size']} on {r['device']}; "
+        f"one training step of the default CNN = {r['step_ms']:.1f} ms"
+    )
     for col in ("degradation", "n_steps", "ms/batch", "% of a step", "speed-up vs loop"):
         table.add_column(col, justify="left" if col == "degradation" else "right")
     for row in r["rows"]:
         speedup = row.get("speedup_vs_loop")
-        table.add_row(row["name"], str(row["n_steps"]), f"{row['ms_per_batch']:.2f}",
-                      f"{100 * row['fraction_of_step']:.2f}%", f"{speedup:,.0f}x" if speedup else "")
+        table.add_row(
+            row["name"],
+            str(row["n_steps"]),
+            f"{row['ms_per_batch']:.2f}",
+            f"{100 * row['fraction_of_step']:.2f}%",
+            f"{speedup:,.0f}x" if speedup else "",
+        )
     table.caption = "target: every degradation <= 5% of a step (the loop reference is for comparison only)"
     return table

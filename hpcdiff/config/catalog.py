@@ -50,17 +50,21 @@ class DatasetFacts:
 
 
 #: Datasets (hpcdiff.data.LOADERS), in the order the docs list them.
-DATASETS: dict[str, DatasetFacts] = {f.name: f for f in (
-    DatasetFacts("mnist", (1, 28, 28), 60_000, torchvision="MNIST", family="mnist"),
-    DatasetFacts("fashion-mnist", (1, 28, 28), 60_000, torchvision="FashionMNIST", family="fashion-mnist"),
-    DatasetFacts("mnist-5k", (1, 28, 28), 4_500, torchvision=None, family="mnist", shipped=True),
-    DatasetFacts("idx", None, None, torchvision=None, family=None),
-)}
+DATASETS: dict[str, DatasetFacts] = {
+    f.name: f
+    for f in (
+        DatasetFacts("mnist", (1, 28, 28), 60_000, torchvision="MNIST", family="mnist"),
+        DatasetFacts("fashion-mnist", (1, 28, 28), 60_000, torchvision="FashionMNIST", family="fashion-mnist"),
+        DatasetFacts("mnist-5k", (1, 28, 28), 4_500, torchvision=None, family="mnist", shipped=True),
+        DatasetFacts("idx", None, None, torchvision=None, family=None),
+    )
+}
 
 
 def family_datasets(family: str) -> list[str]:
     """The datasets a reference classifier of ``family`` scores."""
     return [name for name, f in DATASETS.items() if f.family == family]
+
 
 #: Which value of a series is its best: "min", "max", or "final" (no best: a spread, a
 #: per-class share, a diagnostic whose ideal is a target value; only its last value counts).
@@ -85,28 +89,37 @@ class MetricFacts:
 
 
 #: Quality metrics, in the order tables list their series (and a default run computes them).
-METRICS: dict[str, MetricFacts] = {m.name: m for m in (
-    MetricFacts("fid_classifier", {"fid_classifier": "min"}, needs_classifier=True, default=True),
-    MetricFacts("fid_inception", {"fid_inception": "min"}, needs_inception=True),
-    MetricFacts("kid_classifier", {"kid_classifier": "min", "kid_classifier_std": "final"}, needs_classifier=True),
-    MetricFacts("inception_score", {"inception_score": "max", "inception_score_std": "final"},
-                needs_classifier=True, default=True),
-    MetricFacts("class_histogram", {"class_{k}": "final", "class_entropy": "max"}, needs_classifier=True,
-                default=True),
-    # The ideal is the real data's value, not the largest one.
-    MetricFacts("diversity", {"diversity_trace": "final"}, default=True),
-    MetricFacts("ssim", {"ssim": "max"}),
-    MetricFacts("tsne_kl", {"tsne_kl": "min"}, needs_classifier=True),
-)}
+METRICS: dict[str, MetricFacts] = {
+    m.name: m
+    for m in (
+        MetricFacts("fid_classifier", {"fid_classifier": "min"}, needs_classifier=True, default=True),
+        MetricFacts("fid_inception", {"fid_inception": "min"}, needs_inception=True),
+        MetricFacts("kid_classifier", {"kid_classifier": "min", "kid_classifier_std": "final"}, needs_classifier=True),
+        MetricFacts(
+            "inception_score",
+            {"inception_score": "max", "inception_score_std": "final"},
+            needs_classifier=True,
+            default=True,
+        ),
+        MetricFacts(
+            "class_histogram", {"class_{k}": "final", "class_entropy": "max"}, needs_classifier=True, default=True
+        ),
+        # The ideal is the real data's value, not the largest one.
+        MetricFacts("diversity", {"diversity_trace": "final"}, default=True),
+        MetricFacts("ssim", {"ssim": "max"}),
+        MetricFacts("tsne_kl", {"tsne_kl": "min"}, needs_classifier=True),
+    )
+}
 
 DEFAULT_METRICS = tuple(name for name, m in METRICS.items() if m.default)
 
 #: Series a cold-diffusion evaluation writes besides its metrics: held-out images degraded
 #: to level T, restored in one step and by the full sampler, against the truth.
-RECONSTRUCTION_OUTPUTS = {f"recon_{stage}_{measure}": better
-                          for stage in ("degraded", "direct", "full")
-                          for measure, better in (("mse", "min"), ("ssim", "max"),
-                                                  ("mse_class_{k}", "final"), ("ssim_class_{k}", "final"))}
+RECONSTRUCTION_OUTPUTS = {
+    f"recon_{stage}_{measure}": better
+    for stage in ("degraded", "direct", "full")
+    for measure, better in (("mse", "min"), ("ssim", "max"), ("mse_class_{k}", "final"), ("ssim_class_{k}", "final"))
+}
 
 
 @dataclass(frozen=True)
@@ -118,7 +131,11 @@ class SeriesFacts:
 
 #: The trainer's own per-epoch series (the archive's other series are metrics' outputs).
 TRAINING_SERIES: dict[str, str] = {
-    "epoch": "final", "train_loss": "min", "val_loss": "min", "lr": "final", "images_per_second": "final",
+    "epoch": "final",
+    "train_loss": "min",
+    "val_loss": "min",
+    "lr": "final",
+    "images_per_second": "final",
     "optimizer_steps": "final",
 }
 

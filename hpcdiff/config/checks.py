@@ -29,9 +29,9 @@ class SpecError(ValueError):
             where.append(str(self.source))
         if self.path:
             where.append(f"key '{self.path}'")
-        return (": ".join([", ".join(where), self.message]) if where else self.message)
+        return ": ".join([", ".join(where), self.message]) if where else self.message
 
-    def with_source(self, source: str) -> "SpecError":
+    def with_source(self, source: str) -> SpecError:
         return SpecError(self.message, path=self.path, source=source)
 
 

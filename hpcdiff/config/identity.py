@@ -24,21 +24,36 @@ IDENTITY_SECTIONS = ("data", "model", "diffusion", "degradation", "train")
 IDENTITY_V1: dict[str, frozenset[str]] = {
     "data": frozenset({"name", "root", "download", "subset", "val_fraction"}),
     "model": frozenset({"hidden", "activation", "kernel_size", "last_kernel_size", "dropout"}),
-    "diffusion": frozenset({"n_T", "beta1", "beta2", "loss", "sampler", "sample_steps", "sample_start",
-                            "start_noise"}),
+    "diffusion": frozenset({"n_T", "beta1", "beta2", "loss", "sampler", "sample_steps", "sample_start", "start_noise"}),
     "degradation": frozenset({"name", "schedule", "params"}),
-    "train": frozenset({
-        "epochs", "batch_size", "lr", "optimizer", "weight_decay", "seed", "early_stopping_patience",
-        "early_stopping_min_delta", "lr_plateau_patience", "lr_plateau_factor", "checkpoint_every",
-        "keep_checkpoints", "sample_every", "n_samples", "device", "mixed_precision", "grad_clip",
-        "ema_decay", "grad_accumulation"}),
+    "train": frozenset(
+        {
+            "epochs",
+            "batch_size",
+            "lr",
+            "optimizer",
+            "weight_decay",
+            "seed",
+            "early_stopping_patience",
+            "early_stopping_min_delta",
+            "lr_plateau_patience",
+            "lr_plateau_factor",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "sample_every",
+            "n_samples",
+            "device",
+            "mixed_precision",
+            "grad_clip",
+            "ema_decay",
+            "grad_accumulation",
+        }
+    ),
 }
 
 
 # Keys of identity sections that choose how a step executes, never what it computes.
-EXECUTION_KEYS: dict[str, frozenset[str]] = {
-    "train": frozenset({"compile"}),
-}
+EXECUTION_KEYS: dict[str, frozenset[str]] = {"train": frozenset({"compile"})}
 
 
 def section_identity(name: str, section, as_dict: dict) -> dict:

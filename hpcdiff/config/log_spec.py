@@ -53,5 +53,4 @@ def tracker_install_problem(name: str) -> str | None:
         found = False
     if found:
         return None
-    return (f"{name!r} needs the {package} package, which is not installed: "
-            f"pip install 'hpcdiff[{name}]'")
+    return f"{name!r} needs the {package} package, which is not installed: pip install 'hpcdiff[{name}]'"

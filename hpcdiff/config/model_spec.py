@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from hpcdiff.config.catalog import MODEL_KEYS, MODELS as MODEL_NAMES
+from hpcdiff.config.catalog import MODEL_KEYS
+from hpcdiff.config.catalog import MODELS as MODEL_NAMES
 from hpcdiff.config.checks import SpecError, check, choice_msg
 
 ACTIVATIONS = ("gelu", "relu", "silu", "leaky_relu", "tanh")
@@ -61,7 +62,8 @@ class ModelSpec:
                         f"belongs to model {other!r}, but {prefix}.name = {name!r}: remove it (the "
                         f"{name} model's keys: {', '.join(sorted(MODEL_KEYS[name] | SHARED_KEYS))}); "
                         f"a sweep over {prefix}.name puts each model's keys in its [[sweep.cases]]",
-                        path=f"{prefix}.{key}")
+                        path=f"{prefix}.{key}",
+                    )
 
     def to_dict(self) -> dict:
         """The chosen model's keys only (``name`` only when it is not the starter CNN)."""
@@ -77,36 +79,54 @@ class ModelSpec:
             self._validate_unet(p)
 
     def _validate_cnn(self, p: str) -> None:
-        check(len(self.hidden) >= 1 and all(h > 0 for h in self.hidden), f"{p}.hidden",
-               f"must be a non-empty list of positive channel counts, got {list(self.hidden)}")
-        check(len(self.hidden) <= MAX_LAYERS, f"{p}.hidden",
-               f"must have at most {MAX_LAYERS} layers, got {len(self.hidden)}")
+        check(
+            len(self.hidden) >= 1 and all(h > 0 for h in self.hidden),
+            f"{p}.hidden",
+            f"must be a non-empty list of positive channel counts, got {list(self.hidden)}",
+        )
+        check(
+            len(self.hidden) <= MAX_LAYERS,
+            f"{p}.hidden",
+            f"must have at most {MAX_LAYERS} layers, got {len(self.hidden)}",
+        )
         for i, h in enumerate(self.hidden):
             check(h <= MAX_CHANNELS, f"{p}.hidden[{i}]", f"must be <= {MAX_CHANNELS} channels, got {h}")
-        check(self.activation in ACTIVATIONS, f"{p}.activation",
-               choice_msg(self.activation, ACTIVATIONS))
+        check(self.activation in ACTIVATIONS, f"{p}.activation", choice_msg(self.activation, ACTIVATIONS))
         for name in ("kernel_size", "last_kernel_size"):
             k = getattr(self, name)
             check(k > 0 and k % 2 == 1, f"{p}.{name}", f"must be a positive odd integer, got {k}")
-            check(k <= MAX_KERNEL_SIZE, f"{p}.{name}",
-                   f"must be <= {MAX_KERNEL_SIZE} (the images are 28x28), got {k}")
+            check(k <= MAX_KERNEL_SIZE, f"{p}.{name}", f"must be <= {MAX_KERNEL_SIZE} (the images are 28x28), got {k}")
 
     def _validate_unet(self, p: str) -> None:
-        check(1 <= len(self.channel_mults) <= MAX_LEVELS, f"{p}.channel_mults",
-               f"must be a list of 1 to {MAX_LEVELS} multipliers (one per resolution), "
-               f"got {list(self.channel_mults)}")
+        check(
+            1 <= len(self.channel_mults) <= MAX_LEVELS,
+            f"{p}.channel_mults",
+            f"must be a list of 1 to {MAX_LEVELS} multipliers (one per resolution), got {list(self.channel_mults)}",
+        )
         check(1 <= self.groups <= MAX_CHANNELS, f"{p}.groups", f"must be in [1, {MAX_CHANNELS}], got {self.groups}")
-        check(1 <= self.base_channels <= MAX_CHANNELS, f"{p}.base_channels",
-               f"must be in [1, {MAX_CHANNELS}], got {self.base_channels}")
+        check(
+            1 <= self.base_channels <= MAX_CHANNELS,
+            f"{p}.base_channels",
+            f"must be in [1, {MAX_CHANNELS}], got {self.base_channels}",
+        )
         # Every channel count is base_channels x an integer (and sums of those on the way
         # up), so base_channels divisible by groups is what GroupNorm needs everywhere.
-        check(self.base_channels % self.groups == 0, f"{p}.groups",
-               f"must divide every channel count, so base_channels ({self.base_channels}) too; got {self.groups}")
+        check(
+            self.base_channels % self.groups == 0,
+            f"{p}.groups",
+            f"must divide every channel count, so base_channels ({self.base_channels}) too; got {self.groups}",
+        )
         for i, m in enumerate(self.channel_mults):
-            check(1 <= m and m * self.base_channels <= MAX_CHANNELS, f"{p}.channel_mults[{i}]",
-                   f"must be >= 1 with base_channels x it <= {MAX_CHANNELS}, got {m}")
-        check(1 <= self.res_blocks <= MAX_RES_BLOCKS, f"{p}.res_blocks",
-               f"must be in [1, {MAX_RES_BLOCKS}], got {self.res_blocks}")
+            check(
+                1 <= m and m * self.base_channels <= MAX_CHANNELS,
+                f"{p}.channel_mults[{i}]",
+                f"must be >= 1 with base_channels x it <= {MAX_CHANNELS}, got {m}",
+            )
+        check(
+            1 <= self.res_blocks <= MAX_RES_BLOCKS,
+            f"{p}.res_blocks",
+            f"must be in [1, {MAX_RES_BLOCKS}], got {self.res_blocks}",
+        )
 
 
 def _plain(v):

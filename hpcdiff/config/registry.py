@@ -6,7 +6,8 @@ Stdlib only, so that spec validation can name the valid choices without importin
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -17,8 +18,16 @@ def nearest(word: str, choices) -> str | None:
     return found[0] if found else None
 
 
-def unknown_message(what: str, word: str, choices, *, of: str = "", listing: str | None = "valid",
-                    match: str | None = None, prefix: str = "") -> str:
+def unknown_message(
+    what: str,
+    word: str,
+    choices,
+    *,
+    of: str = "",
+    listing: str | None = "valid",
+    match: str | None = None,
+    prefix: str = "",
+) -> str:
     """The one "did you mean" message: ``unknown <what> '<word>'[ of <of>] (did you mean
     '<guess>'?); <listing>: <choices>``.
 
@@ -58,8 +67,11 @@ class Registry(Generic[T]):
     def register(self, name: str) -> Callable[[T], T]:
         if self.declared is not None and name not in self.declared:
             raise UndeclaredName(
-                unknown_message(f"{self.kind} name", name, self.declared, listing="declared in hpcdiff/config/catalog.py")
-                + f"; add {name!r} there first")
+                unknown_message(
+                    f"{self.kind} name", name, self.declared, listing="declared in hpcdiff/config/catalog.py"
+                )
+                + f"; add {name!r} there first"
+            )
 
         def decorator(obj: T) -> T:
             if name in self._items:
@@ -69,11 +81,13 @@ class Registry(Generic[T]):
 
         return decorator
 
-    def seal(self) -> "Registry[T]":
+    def seal(self) -> Registry[T]:
         missing = [n for n in (self.declared or ()) if n not in self._items]
         if missing:
-            raise UndeclaredName(f"hpcdiff/config/catalog.py declares {self.kind} name(s) "
-                                 f"{', '.join(map(repr, missing))} that nothing registers")
+            raise UndeclaredName(
+                f"hpcdiff/config/catalog.py declares {self.kind} name(s) "
+                f"{', '.join(map(repr, missing))} that nothing registers"
+            )
         return self
 
     def get(self, name: str) -> T:

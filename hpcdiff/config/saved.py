@@ -49,5 +49,10 @@ def read_header(path: Path) -> dict:
 
 def render(spec: RunSpec, *, run_id: str, sweep: str, axes: dict, label: str) -> bytes:
     header = f"hpcdiff run {run_id} of sweep {sweep}" + (f" ({label})" if label else "")
-    return tomlio.dumps({"run": {"id": run_id, "sweep": sweep, "label": label,
-                                 "axes": json.dumps(axes, sort_keys=True)}, **spec.to_dict()}, header=header).encode()
+    return tomlio.dumps(
+        {
+            "run": {"id": run_id, "sweep": sweep, "label": label, "axes": json.dumps(axes, sort_keys=True)},
+            **spec.to_dict(),
+        },
+        header=header,
+    ).encode()

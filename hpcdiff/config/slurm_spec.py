@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from hpcdiff.config.checks import check
 
-
 # Values that end up in a submission script. #SBATCH values are quoted by submitit, but a
 # newline would still start a shell line, and setup lines are run by bash: both are held to
 # character sets in which nothing can execute (no ; & | $ ` < > ( ) quotes or newlines).
@@ -77,27 +76,48 @@ class SlurmSpec:
             check(v >= 0, f"{p}.{name}", f"must be >= 0, got {v}")
         for name in ("partition", "account", "qos", "mail_user", "mail_type", "cpu_partition"):
             v = getattr(self, name)
-            check(bool(_SBATCH_VALUE.fullmatch(v)), f"{p}.{name}",
-                   f"{v!r} contains characters not allowed in an sbatch value")
-        check(bool(_CONSTRAINT.fullmatch(self.constraint)), f"{p}.constraint",
-               f"{self.constraint!r} contains characters not allowed in a constraint")
+            check(
+                bool(_SBATCH_VALUE.fullmatch(v)),
+                f"{p}.{name}",
+                f"{v!r} contains characters not allowed in an sbatch value",
+            )
+        check(
+            bool(_CONSTRAINT.fullmatch(self.constraint)),
+            f"{p}.constraint",
+            f"{self.constraint!r} contains characters not allowed in a constraint",
+        )
         for i, line in enumerate(self.extra_sbatch):
-            check(bool(_EXTRA_SBATCH.fullmatch(line)), f"{p}.extra_sbatch[{i}]",
-                   f"{line!r} is not a plain sbatch option like '--exclusive' or '--gpu-bind=closest'")
+            check(
+                bool(_EXTRA_SBATCH.fullmatch(line)),
+                f"{p}.extra_sbatch[{i}]",
+                f"{line!r} is not a plain sbatch option like '--exclusive' or '--gpu-bind=closest'",
+            )
         for i, line in enumerate(self.setup):
-            check(bool(_SETUP_LINE.fullmatch(line)), f"{p}.setup[{i}]",
-                   f"{line!r} may only hold words of letters, digits and ._/:=+@%,~- "
-                   f"(no ; & | $ ` < > ( ) quotes or newlines)")
+            check(
+                bool(_SETUP_LINE.fullmatch(line)),
+                f"{p}.setup[{i}]",
+                f"{line!r} may only hold words of letters, digits and ._/:=+@%,~- "
+                f"(no ; & | $ ` < > ( ) quotes or newlines)",
+            )
 
     def _validate_packing(self, p: str) -> None:
         k = self.runs_per_gpu
         check(1 <= k <= MAX_RUNS_PER_GPU, f"{p}.runs_per_gpu", f"must be in [1, {MAX_RUNS_PER_GPU}], got {k}")
         if k > 1:
-            several = [f"{name} = {getattr(self, name)}" for name in ("gpus_per_node", "nodes", "tasks_per_node")
-                       if getattr(self, name) > 1]
-            check(not several, f"{p}.runs_per_gpu",
-                  f"runs_per_gpu = {k} packs single-GPU runs onto one device; it cannot be combined with "
-                  f"{', '.join(several)} (packing is for single-GPU runs: use runs_per_gpu = 1 for "
-                  f"runs that span several GPUs, nodes or tasks)")
-        check(not self.mps or self.gpus_per_node >= 1, f"{p}.mps",
-              "mps = true needs a GPU (gpus_per_node >= 1): NVIDIA MPS shares a GPU between processes")
+            several = [
+                f"{name} = {getattr(self, name)}"
+                for name in ("gpus_per_node", "nodes", "tasks_per_node")
+                if getattr(self, name) > 1
+            ]
+            check(
+                not several,
+                f"{p}.runs_per_gpu",
+                f"runs_per_gpu = {k} packs single-GPU runs onto one device; it cannot be combined with "
+                f"{', '.join(several)} (packing is for single-GPU runs: use runs_per_gpu = 1 for "
+                f"runs that span several GPUs, nodes or tasks)",
+            )
+        check(
+            not self.mps or self.gpus_per_node >= 1,
+            f"{p}.mps",
+            "mps = true needs a GPU (gpus_per_node >= 1): NVIDIA MPS shares a GPU between processes",
+        )

@@ -17,16 +17,37 @@ import typing
 from dataclasses import dataclass, field, fields
 
 from hpcdiff.config import catalog
-from hpcdiff.config.checks import (INT64_MAX, MAX_STRING, SpecError, check, check_text, choice_msg, coerce,
-                                   unknown_key_msg)
+from hpcdiff.config.checks import (
+    INT64_MAX,
+    MAX_STRING,
+    SpecError,
+    check,
+    check_text,
+    choice_msg,
+    coerce,
+    unknown_key_msg,
+)
 from hpcdiff.config.log_spec import LogSpec
 from hpcdiff.config.model_spec import ModelSpec
 from hpcdiff.config.registry import unknown_name_message
 from hpcdiff.config.slurm_spec import SlurmSpec
 
 __all__ = [  # SpecError, check_text and SlurmSpec live beside their kin; import them from here or there
-    "SpecError", "check_text", "SlurmSpec", "RunSpec", "SECTIONS", "DataSpec", "ModelSpec", "DiffusionSpec",
-    "DegradationSpec", "TrainSpec", "EvalSpec", "LogSpec", "INT64_MAX", "MAX_STRING", "SEED_LIMIT",
+    "SpecError",
+    "check_text",
+    "SlurmSpec",
+    "RunSpec",
+    "SECTIONS",
+    "DataSpec",
+    "ModelSpec",
+    "DiffusionSpec",
+    "DegradationSpec",
+    "TrainSpec",
+    "EvalSpec",
+    "LogSpec",
+    "INT64_MAX",
+    "MAX_STRING",
+    "SEED_LIMIT",
 ]
 
 
@@ -66,8 +87,7 @@ class DataSpec:
         check(self.name in DATASETS, f"{p}.name", choice_msg(self.name, DATASETS))
         check(self.subset >= 0, f"{p}.subset", f"must be >= 0, got {self.subset}")
         check(self.root != "", f"{p}.root", "must not be empty")
-        check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction",
-               f"must be in [0, 1), got {self.val_fraction}")
+        check(0.0 <= self.val_fraction < 1.0, f"{p}.val_fraction", f"must be in [0, 1), got {self.val_fraction}")
 
 
 SAMPLE_STARTS = ("auto", "noise", "degraded_test", "channel_mean", "prior")
@@ -77,12 +97,16 @@ SAMPLE_STARTS = ("auto", "noise", "degraded_test", "channel_mean", "prior")
 #: keeps one number per channel of a test image, not its digit); a restoration starts from
 #: maximally degraded held-out test images, so its IS/FID measure how well test digits are
 #: recovered and are never ranked beside generations.
-START_MEASURES = {"noise": "generation", "prior": "generation", "channel_mean": "generation",
-                  "degraded_test": "restoration"}
+START_MEASURES = {
+    "noise": "generation",
+    "prior": "generation",
+    "channel_mean": "generation",
+    "degraded_test": "restoration",
+}
 
 
 def start_measures(sample_start: str) -> str:
-    """"generation" or "restoration" for a resolved sample_start (old configs: "" -> generation
+    """ "generation" or "restoration" for a resolved sample_start (old configs: "" -> generation
     from noise, the only start a run without one could have had)."""
     return START_MEASURES.get(sample_start or "noise", "generation")
 
@@ -114,13 +138,18 @@ class DiffusionSpec:
     def validate(self, p: str) -> None:
         check(self.n_T == 0 or self.n_T >= 2, f"{p}.n_T", f"must be >= 2 (or 0 for the recipe), got {self.n_T}")
         check(self.n_T <= MAX_N_T, f"{p}.n_T", f"must be <= {MAX_N_T}, got {self.n_T}")
-        check(0.0 < self.beta1 < self.beta2 < 1.0, f"{p}.beta1",
-               f"need 0 < beta1 < beta2 < 1, got beta1={self.beta1}, beta2={self.beta2}")
+        check(
+            0.0 < self.beta1 < self.beta2 < 1.0,
+            f"{p}.beta1",
+            f"need 0 < beta1 < beta2 < 1, got beta1={self.beta1}, beta2={self.beta2}",
+        )
         check(self.loss in LOSSES, f"{p}.loss", choice_msg(self.loss, LOSSES))
-        check(0 <= self.sample_steps <= MAX_N_T, f"{p}.sample_steps",
-               f"must be in [0, {MAX_N_T}], got {self.sample_steps}")
-        check(self.sample_start in SAMPLE_STARTS, f"{p}.sample_start",
-               choice_msg(self.sample_start, SAMPLE_STARTS))
+        check(
+            0 <= self.sample_steps <= MAX_N_T,
+            f"{p}.sample_steps",
+            f"must be in [0, {MAX_N_T}], got {self.sample_steps}",
+        )
+        check(self.sample_start in SAMPLE_STARTS, f"{p}.sample_start", choice_msg(self.sample_start, SAMPLE_STARTS))
         check(self.start_noise >= 0, f"{p}.start_noise", f"must be >= 0, got {self.start_noise}")
 
 
@@ -183,28 +212,41 @@ class TrainSpec:
         check(self.lr > 0, f"{p}.lr", f"must be > 0, got {self.lr}")
         check(self.optimizer in OPTIMIZERS, f"{p}.optimizer", choice_msg(self.optimizer, OPTIMIZERS))
         check(self.weight_decay >= 0, f"{p}.weight_decay", f"must be >= 0, got {self.weight_decay}")
-        check(self.early_stopping_patience >= 0, f"{p}.early_stopping_patience",
-               f"must be >= 0, got {self.early_stopping_patience}")
-        check(self.early_stopping_min_delta >= 0, f"{p}.early_stopping_min_delta",
-               f"must be >= 0 (an improvement smaller than it does not count), "
-               f"got {self.early_stopping_min_delta}")
-        check(self.lr_plateau_patience >= 0, f"{p}.lr_plateau_patience",
-               f"must be >= 0, got {self.lr_plateau_patience}")
-        check(0 < self.lr_plateau_factor < 1, f"{p}.lr_plateau_factor",
-               f"must be in (0, 1), got {self.lr_plateau_factor}")
-        check(1 <= self.n_samples <= MAX_IMAGES, f"{p}.n_samples",
-               f"must be in [1, {MAX_IMAGES}], got {self.n_samples}")
+        check(
+            self.early_stopping_patience >= 0,
+            f"{p}.early_stopping_patience",
+            f"must be >= 0, got {self.early_stopping_patience}",
+        )
+        check(
+            self.early_stopping_min_delta >= 0,
+            f"{p}.early_stopping_min_delta",
+            f"must be >= 0 (an improvement smaller than it does not count), got {self.early_stopping_min_delta}",
+        )
+        check(
+            self.lr_plateau_patience >= 0, f"{p}.lr_plateau_patience", f"must be >= 0, got {self.lr_plateau_patience}"
+        )
+        check(
+            0 < self.lr_plateau_factor < 1, f"{p}.lr_plateau_factor", f"must be in (0, 1), got {self.lr_plateau_factor}"
+        )
+        check(
+            1 <= self.n_samples <= MAX_IMAGES, f"{p}.n_samples", f"must be in [1, {MAX_IMAGES}], got {self.n_samples}"
+        )
         check(self.device in DEVICES, f"{p}.device", choice_msg(self.device, DEVICES))
-        check(self.mixed_precision in PRECISIONS, f"{p}.mixed_precision",
-               choice_msg(self.mixed_precision, PRECISIONS))
+        check(self.mixed_precision in PRECISIONS, f"{p}.mixed_precision", choice_msg(self.mixed_precision, PRECISIONS))
         check(self.grad_clip >= 0, f"{p}.grad_clip", f"must be >= 0, got {self.grad_clip}")
         check(0 <= self.ema_decay < 1, f"{p}.ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        check(1 <= self.grad_accumulation <= MAX_BATCH, f"{p}.grad_accumulation",
-               f"must be in [1, {MAX_BATCH}], got {self.grad_accumulation}")
+        check(
+            1 <= self.grad_accumulation <= MAX_BATCH,
+            f"{p}.grad_accumulation",
+            f"must be in [1, {MAX_BATCH}], got {self.grad_accumulation}",
+        )
         check(self.compile in COMPILE_MODES, f"{p}.compile", choice_msg(self.compile, COMPILE_MODES))
         check(self.max_steps >= 0, f"{p}.max_steps", f"must be >= 0 (0 = no budget), got {self.max_steps}")
-        check(0 <= self.max_minutes <= MAX_BUDGET_MINUTES, f"{p}.max_minutes",
-               f"must be in [0, {MAX_BUDGET_MINUTES:g}] (0 = no budget), got {self.max_minutes}")
+        check(
+            0 <= self.max_minutes <= MAX_BUDGET_MINUTES,
+            f"{p}.max_minutes",
+            f"must be in [0, {MAX_BUDGET_MINUTES:g}] (0 = no budget), got {self.max_minutes}",
+        )
 
 
 CLASSIFIER_CHOICES = ("auto", "reference", "trained")
@@ -241,21 +283,22 @@ class EvalSpec:
 
     def validate(self, p: str) -> None:
         check(self.every >= 0, f"{p}.every", f"must be >= 0, got {self.every}")
-        check(2 <= self.samples <= MAX_IMAGES, f"{p}.samples",
-               f"must be in [2, {MAX_IMAGES}], got {self.samples}")
-        check(0 <= self.steps <= MAX_N_T, f"{p}.steps",
-               f"must be in [0, {MAX_N_T}] (0 = all n_T steps), got {self.steps}")
+        check(2 <= self.samples <= MAX_IMAGES, f"{p}.samples", f"must be in [2, {MAX_IMAGES}], got {self.samples}")
+        check(
+            0 <= self.steps <= MAX_N_T, f"{p}.steps", f"must be in [0, {MAX_N_T}] (0 = all n_T steps), got {self.steps}"
+        )
         seen = set()
         for i, name in enumerate(self.metrics):
             # A repeated name would be computed twice and write the same archive series twice.
             check(name not in seen, f"{p}.metrics[{i}]", f"{name!r} is listed twice")
-            check(name in catalog.METRICS, f"{p}.metrics[{i}]",
-                  unknown_name_message("metric", name, catalog.METRICS))
+            check(name in catalog.METRICS, f"{p}.metrics[{i}]", unknown_name_message("metric", name, catalog.METRICS))
             seen.add(name)
-        check(self.classifier in CLASSIFIER_CHOICES, f"{p}.classifier",
-              f"must be one of {', '.join(map(repr, CLASSIFIER_CHOICES))}, got {self.classifier!r}")
-        check(self.classifier_epochs >= 0, f"{p}.classifier_epochs",
-               f"must be >= 0, got {self.classifier_epochs}")
+        check(
+            self.classifier in CLASSIFIER_CHOICES,
+            f"{p}.classifier",
+            f"must be one of {', '.join(map(repr, CLASSIFIER_CHOICES))}, got {self.classifier!r}",
+        )
+        check(self.classifier_epochs >= 0, f"{p}.classifier_epochs", f"must be >= 0, got {self.classifier_epochs}")
 
 
 SECTIONS: dict[str, type] = {
@@ -282,11 +325,11 @@ class RunSpec:
     log: LogSpec = LogSpec()
 
     @classmethod
-    def from_dict(cls, raw: dict, *, source: str | None = None) -> "RunSpec":
+    def from_dict(cls, raw: dict, *, source: str | None = None) -> RunSpec:
         try:
             return _build_run_spec(raw)
         except SpecError as err:
-            raise err.with_source(source) if source else err
+            raise (err.with_source(source) if source else err) from None
 
     def to_dict(self) -> dict:
         return {name: _section_to_dict(getattr(self, name)) for name in SECTIONS}
@@ -299,7 +342,7 @@ class RunSpec:
 
         return run_identity(self, self.to_dict())
 
-    def replace(self, **sections) -> "RunSpec":
+    def replace(self, **sections) -> RunSpec:
         return dataclasses.replace(self, **sections)
 
 
@@ -346,5 +389,3 @@ def _build_section(cls, raw: dict, prefix: str):
     if hasattr(cls, "check_keys"):
         cls.check_keys(raw, prefix)
     return cls(**kwargs)
-
-

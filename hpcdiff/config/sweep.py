@@ -24,9 +24,9 @@ import copy
 import hashlib
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 from hpcdiff.config import tomlio
 from hpcdiff.config.registry import unknown_message
@@ -82,8 +82,7 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     try:
         raw = tomlio.load(path)
     except UnicodeDecodeError as err:
-        raise SpecError(f"not valid TOML: not UTF-8 text ({err.reason} at byte {err.start})",
-                        source=source) from None
+        raise SpecError(f"not valid TOML: not UTF-8 text ({err.reason} at byte {err.start})", source=source) from None
     except OSError as err:
         raise SpecError(f"cannot read the sweep file: {err.strerror or err}", source=source) from None
     except Exception as err:  # tomllib's message has the line and column
@@ -91,12 +90,11 @@ def load_sweep(path: str | Path, overrides: list[str] | tuple[str, ...] = (), *,
     if not raw:
         # Nothing but whitespace or comments: expanding it would launch one run of all
         # defaults, which nobody asks for on purpose.
-        raise SpecError("the sweep file is empty (no settings, only whitespace or comments)",
-                        source=source)
+        raise SpecError("the sweep file is empty (no settings, only whitespace or comments)", source=source)
     try:
         return expand(raw, name_default=path.stem, source=source, overrides=overrides, resolve=resolve)
     except SpecError as err:
-        raise err if err.source else err.with_source(source)
+        raise (err if err.source else err.with_source(source)) from None
 
 
 def parse_overrides(overrides) -> list[tuple[list[str], object]]:
@@ -113,8 +111,7 @@ def parse_overrides(overrides) -> list[tuple[list[str], object]]:
             raise SpecError(f"--set expects SECTION.KEY=VALUE, got {item!r}", path="--set")
         if not text.strip():
             # An empty value is almost always a shell variable that expanded to nothing.
-            raise SpecError(f"--set {key}= has no value (for an empty string write {key}='\"\"')",
-                            path=f"--set {key}")
+            raise SpecError(f"--set {key}= has no value (for an empty string write {key}='\"\"')", path=f"--set {key}")
         if parts[0] == "sweep":
             if len(parts) != 2 or parts[1] not in ("name", "seeds"):
                 raise SpecError(f"only sweep.name and sweep.seeds can be set, got {key!r}", path=f"--set {key}")
@@ -124,7 +121,9 @@ def parse_overrides(overrides) -> list[tuple[list[str], object]]:
     return parsed
 
 
-def expand(raw: dict, *, name_default: str = "sweep", source: str | None = None, overrides=(), resolve: Resolver) -> Sweep:
+def expand(
+    raw: dict, *, name_default: str = "sweep", source: str | None = None, overrides=(), resolve: Resolver
+) -> Sweep:
     raw = copy.deepcopy(raw)
     sweep_table = raw.pop("sweep", {})
     if not isinstance(sweep_table, dict):
@@ -158,18 +157,26 @@ def _check_tables(raw: dict, sweep_table: dict) -> None:
 def _sweep_name(sweep_table: dict, name_default: str) -> str:
     name = sweep_table.get("name", name_default)
     if isinstance(name, str) and len(name) > MAX_NAME:
-        raise SpecError(f"must be at most {MAX_NAME} characters (it names a directory), got {len(name)}"
-                        + ("" if "name" in sweep_table else " (the default is the file's name: set sweep.name)"),
-                        path="sweep.name")
-    if (not isinstance(name, str) or not name or name.startswith(".")
-            or not all(c.isalnum() or c in "-_." for c in name)):
+        raise SpecError(
+            f"must be at most {MAX_NAME} characters (it names a directory), got {len(name)}"
+            + ("" if "name" in sweep_table else " (the default is the file's name: set sweep.name)"),
+            path="sweep.name",
+        )
+    if (
+        not isinstance(name, str)
+        or not name
+        or name.startswith(".")
+        or not all(c.isalnum() or c in "-_." for c in name)
+    ):
         raise SpecError(f"must be letters, digits, '-', '_' or '.' (not first), got {name!r}", path="sweep.name")
     return name
 
 
 def _seed_axis(seeds) -> list[dict]:
-    if not isinstance(seeds, list) or not seeds or not all(
-        isinstance(s, int) and not isinstance(s, bool) for s in seeds
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
     ):
         raise SpecError(f"must be a non-empty list of integers, got {seeds!r}", path="sweep.seeds")
     for i, s in enumerate(seeds):
@@ -197,8 +204,11 @@ def _check_count(cases: list[dict], axes: list[list[dict]]) -> None:
         count *= len(axis)
     if count > MAX_RUNS:
         sizes = " x ".join(str(len(a)) for a in axes)
-        raise SpecError(f"expands to {count} runs ({len(cases)} case(s) x axes of {sizes} values), "
-                        f"more than {MAX_RUNS}; split it into several sweeps", path="sweep")
+        raise SpecError(
+            f"expands to {count} runs ({len(cases)} case(s) x axes of {sizes} values), "
+            f"more than {MAX_RUNS}; split it into several sweeps",
+            path="sweep",
+        )
 
 
 def _runs(raw: dict, cases: list[dict], axes, settings, resolve: Resolver) -> list[SweepRun]:
@@ -246,8 +256,7 @@ def _axes(sweep_table: dict) -> list[list[dict]]:
     for key, values in _flatten_axes(product, "").items():
         _check_key_path(key, f"sweep.product.{key}")
         if not isinstance(values, list) or not values:
-            raise SpecError(f"an axis must be a non-empty list of values, got {values!r}",
-                            path=f"sweep.product.{key}")
+            raise SpecError(f"an axis must be a non-empty list of values, got {values!r}", path=f"sweep.product.{key}")
         axes.append([{key: v} for v in values])
     groups = sweep_table.get("zip", [])
     if not isinstance(groups, list):
@@ -260,8 +269,9 @@ def _axes(sweep_table: dict) -> list[list[dict]]:
         for key, values in flat.items():
             _check_key_path(key, f"sweep.zip[{i}].{key}")
             if not isinstance(values, list) or not values:
-                raise SpecError(f"an axis must be a non-empty list of values, got {values!r}",
-                                path=f"sweep.zip[{i}].{key}")
+                raise SpecError(
+                    f"an axis must be a non-empty list of values, got {values!r}", path=f"sweep.zip[{i}].{key}"
+                )
             lengths.add(len(values))
         if len(lengths) > 1:
             detail = ", ".join(f"{k}: {len(v)}" for k, v in flat.items())
@@ -293,8 +303,9 @@ def _check_key_path(key: str, where: str) -> None:
     valid = [f.name for f in fields(SECTIONS[section])]
     if len(parts) < 2 or parts[1] not in valid:
         bad = parts[1] if len(parts) > 1 else ""
-        raise SpecError(unknown_message("key", key, valid, listing="valid keys", match=bad, prefix=f"{section}."),
-                        path=where)
+        raise SpecError(
+            unknown_message("key", key, valid, listing="valid keys", match=bad, prefix=f"{section}."), path=where
+        )
     if len(parts) > 2 and not (section == "degradation" and parts[1] == "params" and len(parts) == 3):
         raise SpecError(f"{key!r} is not a settable key", path=where)
 

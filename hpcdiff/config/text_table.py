@@ -54,8 +54,10 @@ def fit(columns: list[Column], rows: list[dict], width: int) -> tuple[list[str],
         shown.remove(last)
         dropped.append(last.header)
     widths = [_column_width(c, rows) for c in shown]
-    lines = [_line([c.header for c in shown], widths, [c.right for c in shown]),
-             _line(["-" * w for w in widths], widths, [False] * len(widths))]
+    lines = [
+        _line([c.header for c in shown], widths, [c.right for c in shown]),
+        _line(["-" * w for w in widths], widths, [False] * len(widths)),
+    ]
     for row in rows:
         lines.append(_line([str(row.get(c.key, "") or "") for c in shown], widths, [c.right for c in shown]))
     return lines, dropped
@@ -139,8 +141,16 @@ def short_headers(keys: list[str]) -> dict[str, str]:
     return out
 
 
-def progress_numbers(train: dict, *, epoch: int, epochs: int, steps: int | None, seconds: float | None,
-                     ended: bool = False, stopped_by: str | None = None) -> tuple[float | None, float, str]:
+def progress_numbers(
+    train: dict,
+    *,
+    epoch: int,
+    epochs: int,
+    steps: int | None,
+    seconds: float | None,
+    ended: bool = False,
+    stopped_by: str | None = None,
+) -> tuple[float | None, float, str]:
     """(done, total, unit) in the unit that ends the run (``train``: its [train] section):
     for an ended run the budget that stopped it (``stopped_by``: "max_steps",
     "max_minutes"), else its epochs; for one still to end, its step or time budget when it

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import torch
 
-from hpcdiff.evaluation.classifier import MissingAssetError, default_cache_dir, get_classifier
-from hpcdiff.evaluation.reference import load_reference, reference_for
-from hpcdiff.data import load_splits
-from hpcdiff.storage.atomic import atomic_path
-from hpcdiff.evaluation.metrics import INCEPTION_WEIGHTS_URL
 from hpcdiff.config.catalog import DATASETS, METRICS
 from hpcdiff.config.spec import DataSpec
+from hpcdiff.data import load_splits
+from hpcdiff.evaluation.classifier import MissingAssetError, default_cache_dir, get_classifier
+from hpcdiff.evaluation.metrics import INCEPTION_WEIGHTS_URL
+from hpcdiff.evaluation.reference import load_reference, reference_for
+from hpcdiff.storage.atomic import atomic_path
 
 #: Datasets `prepare` downloads (the others are read from files the user has or ship inside
 #: the package).
@@ -57,9 +57,17 @@ def needs_of(specs, datasets=(), root: str | None = None) -> Needs:
     return needs
 
 
-def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device="cpu",
-            classifier_epochs: int | None = None, inception_url: str | None = None, log=None,
-            trained: frozenset[str] = frozenset()) -> dict:
+def prepare(
+    datasets: list[DataSpec],
+    cache_dir=None,
+    *,
+    inception: bool,
+    device="cpu",
+    classifier_epochs: int | None = None,
+    inception_url: str | None = None,
+    log=None,
+    trained: frozenset[str] = frozenset(),
+) -> dict:
     """Download the datasets (torchvision ones with ``download=True``), the Inception weights
     (if ``inception``) and train + cache each dataset's classifier, except where a reference
     classifier ships with hpcdiff (checked, not trained) and ``trained`` (dataset names whose
@@ -82,14 +90,25 @@ def prepare(datasets: list[DataSpec], cache_dir=None, *, inception: bool, device
             model, path = load_reference(ref, device), ref.path
         else:
             say(f"classifier for {spec.name} (trained unless cached)")
-            model = get_classifier(dataclasses.replace(spec, download=False), cache_dir, device,
-                                   train_if_missing=True, epochs=classifier_epochs, log=say)
+            model = get_classifier(
+                dataclasses.replace(spec, download=False),
+                cache_dir,
+                device,
+                train_if_missing=True,
+                epochs=classifier_epochs,
+                log=say,
+            )
             path = cache_dir / f"classifier-{model.cache_key}.pt"
-        report["datasets"].append({
-            "name": spec.name, "root": spec.root, "classifier_key": model.cache_key,
-            "classifier_path": str(path),
-            "test_accuracy": model.test_accuracy, "seconds": time.perf_counter() - tic,
-        })
+        report["datasets"].append(
+            {
+                "name": spec.name,
+                "root": spec.root,
+                "classifier_key": model.cache_key,
+                "classifier_path": str(path),
+                "test_accuracy": model.test_accuracy,
+                "seconds": time.perf_counter() - tic,
+            }
+        )
         say(f"{spec.name}: classifier test accuracy {model.test_accuracy:.4f}")
     if inception:
         report["inception"] = prepare_inception(cache_dir, url=inception_url, log=say)
@@ -138,7 +157,8 @@ def prepare_inception(cache_dir=None, *, url: str | None = None, log=None) -> di
                     raise MissingAssetError(
                         f"could not download the Inception weights from {source}: {err}. On a machine "
                         f"without internet, fetch {INCEPTION_WEIGHTS_URL} elsewhere and pass its path or "
-                        f"URL with `hpcdiff prepare --inception-url` (or $HPCDIFF_INCEPTION_URL).") from None
+                        f"URL with `hpcdiff prepare --inception-url` (or $HPCDIFF_INCEPTION_URL)."
+                    ) from None
             _check_inception_weights(tmp, source)
     say(f"Inception weights cached at {target}")
     return {"path": str(target), "downloaded": downloaded, "source": source, "sha256": _sha256(target)}
@@ -156,8 +176,10 @@ def _check_inception_weights(path: Path, source: str) -> None:
     try:
         FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(path))
     except Exception as err:  # torch.load / load_state_dict raise many kinds
-        raise MissingAssetError(f"{source} did not give torch-fidelity's Inception-v3 weights "
-                                f"({type(err).__name__}: {str(err)[:300]}); nothing was cached") from None
+        raise MissingAssetError(
+            f"{source} did not give torch-fidelity's Inception-v3 weights "
+            f"({type(err).__name__}: {str(err)[:300]}); nothing was cached"
+        ) from None
 
 
 def _sha256(path: Path) -> str:

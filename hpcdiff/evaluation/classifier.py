@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hpcdiff.storage.checkpoint import save_object
-from hpcdiff.data import DataError, Dataset, load_splits, to_model_range
 from hpcdiff.config.catalog import DATASETS
 from hpcdiff.config.spec import DataSpec
+from hpcdiff.data import DataError, Dataset, load_splits, to_model_range
+from hpcdiff.storage.checkpoint import save_object
 
 # Bump when the architecture or the training recipe changes: old cache files stop matching.
 CLASSIFIER_VERSION = 1
@@ -53,20 +53,28 @@ class Classifier(nn.Module):
     """Three conv blocks (conv3x3-BN-ReLU-maxpool: 28 -> 14 -> 7 -> 3), a 128-d feature
     layer and 10 logits. Input: N x 1 x 28 x 28 in [-0.5, 0.5]."""
 
-    def __init__(self, channels: tuple[int, int, int] = (32, 64, 128), feature_dim: int = FEATURE_DIM,
-                 n_classes: int = N_CLASSES, dropout: float = 0.3):
+    def __init__(
+        self,
+        channels: tuple[int, int, int] = (32, 64, 128),
+        feature_dim: int = FEATURE_DIM,
+        n_classes: int = N_CLASSES,
+        dropout: float = 0.3,
+    ):
         super().__init__()
         layers, c_in = [], 1
         for c in channels:
-            layers += [nn.Conv2d(c_in, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            layers += [
+                nn.Conv2d(c_in, c, 3, padding=1, bias=False),
+                nn.BatchNorm2d(c),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             c_in = c
         self.conv = nn.Sequential(*layers)
         self.fc = nn.Linear(c_in * 3 * 3, feature_dim)
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(feature_dim, n_classes)
-        self.arch = {"channels": list(channels), "feature_dim": feature_dim, "n_classes": n_classes,
-                     "dropout": dropout}
+        self.arch = {"channels": list(channels), "feature_dim": feature_dim, "n_classes": n_classes, "dropout": dropout}
         # Set by get_classifier; identifies the weights in keys of cached real-data statistics.
         self.cache_key: str | None = None
         self.test_accuracy: float | None = None
@@ -88,13 +96,15 @@ class Classifier(nn.Module):
         device = next(self.parameters()).device
         feats, logits = [], []
         for i in range(0, x.shape[0], batch_size):
-            f = self.features(x[i: i + batch_size].to(device, torch.float32))
+            f = self.features(x[i : i + batch_size].to(device, torch.float32))
             feats.append(f)
             logits.append(self.head(f))
         self.train(was_training)
         if not feats:
-            return (torch.zeros(0, self.arch["feature_dim"], device=device),
-                    torch.zeros(0, self.arch["n_classes"], device=device))
+            return (
+                torch.zeros(0, self.arch["feature_dim"], device=device),
+                torch.zeros(0, self.arch["n_classes"], device=device),
+            )
         return torch.cat(feats), torch.cat(logits)
 
 
@@ -134,17 +144,27 @@ def evaluate_accuracy(model: Classifier, test: Dataset, device="cpu", batch_size
     return (logits.argmax(1).cpu() == test.labels).float().mean().item()
 
 
-def train_classifier(data_spec: DataSpec, *, epochs: int | None = None, batch_size: int = 128,
-                     device="cpu", seed: int = 0, lr: float = 2e-3, max_shift: int = 2,
-                     log=None, data: tuple[Dataset, Dataset] | None = None) -> tuple[Classifier, float]:
+def train_classifier(
+    data_spec: DataSpec,
+    *,
+    epochs: int | None = None,
+    batch_size: int = 128,
+    device="cpu",
+    seed: int = 0,
+    lr: float = 2e-3,
+    max_shift: int = 2,
+    log=None,
+    data: tuple[Dataset, Dataset] | None = None,
+) -> tuple[Classifier, float]:
     """Train on the dataset's training split, return (model in eval mode, test accuracy).
 
     AdamW with a one-cycle schedule, random shifts of up to ``max_shift`` pixels, batches
     by random permutation of the in-memory tensors. ``epochs=None`` picks
     ``default_epochs(n_train)``. ``data``: (train, test) when the caller has loaded them."""
     train, test = data if data is not None else _classifier_data(data_spec)
-    return _train(train, test, epochs=epochs, batch_size=batch_size, device=device, seed=seed, lr=lr,
-                  max_shift=max_shift, log=log)
+    return _train(
+        train, test, epochs=epochs, batch_size=batch_size, device=device, seed=seed, lr=lr, max_shift=max_shift, log=log
+    )
 
 
 def _train(train: Dataset, test: Dataset, *, epochs, batch_size, device, seed, lr, max_shift, log):
@@ -154,8 +174,17 @@ def _train(train: Dataset, test: Dataset, *, epochs, batch_size, device, seed, l
     # A bare "cuda" (Accelerate's single-process device) is the current device, not cuda:0.
     index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else 0
     with torch.random.fork_rng(devices=[index] if device.type == "cuda" else []):
-        return _train_seeded(train, test, epochs=epochs, batch_size=batch_size, device=device, seed=seed,
-                             lr=lr, max_shift=max_shift, log=log)
+        return _train_seeded(
+            train,
+            test,
+            epochs=epochs,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            lr=lr,
+            max_shift=max_shift,
+            log=log,
+        )
 
 
 def _train_seeded(train, test, *, epochs, batch_size, device, seed, lr, max_shift, log):
@@ -167,8 +196,7 @@ def _train_seeded(train, test, *, epochs, batch_size, device, seed, lr, max_shif
     n = len(train)
     steps_per_epoch = max(1, n // batch_size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
-                                                pct_start=0.2)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.2)
     g = torch.Generator().manual_seed(seed)
     model.train()
     for epoch in range(epochs):
@@ -176,7 +204,7 @@ def _train_seeded(train, test, *, epochs, batch_size, device, seed, lr, max_shif
         perm = torch.randperm(n, generator=g).to(device)
         loss_sum = torch.zeros((), device=device)
         for i in range(steps_per_epoch):
-            idx = perm[i * batch_size: (i + 1) * batch_size]
+            idx = perm[i * batch_size : (i + 1) * batch_size]
             x = random_shift(to_model_range(images[idx]), max_shift, g)
             loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -185,8 +213,10 @@ def _train_seeded(train, test, *, epochs, batch_size, device, seed, lr, max_shif
             sched.step()
             loss_sum += loss.detach()
         if log is not None:
-            log(f"classifier epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f} "
-                f"({steps_per_epoch * batch_size / (time.perf_counter() - tic):.0f} img/s)")
+            log(
+                f"classifier epoch {epoch + 1}/{epochs}: loss {loss_sum.item() / steps_per_epoch:.4f} "
+                f"({steps_per_epoch * batch_size / (time.perf_counter() - tic):.0f} img/s)"
+            )
     model.eval()
     acc = evaluate_accuracy(model, test, device)
     model.test_accuracy = acc
@@ -194,6 +224,7 @@ def _train_seeded(train, test, *, epochs, batch_size, device, seed, lr, max_shif
 
 
 # ------------------------------------------------------------------------------------ cache
+
 
 def dataset_identity(data_spec: DataSpec, train: Dataset | None = None, test: Dataset | None = None) -> dict:
     """What the data is: name, root (where the loader reads it; none for mnist-5k, which
@@ -205,19 +236,30 @@ def dataset_identity(data_spec: DataSpec, train: Dataset | None = None, test: Da
     h.update(test.images.contiguous().numpy().tobytes())
     h.update(test.labels.contiguous().numpy().tobytes())
     root = "" if DATASETS[data_spec.name].shipped else str(Path(data_spec.root).expanduser().resolve())
-    return {"name": data_spec.name, "root": root, "subset": data_spec.subset, "n_train": len(train),
-            "test_shape": list(test.images.shape), "test_sha256": h.hexdigest()[:16]}
+    return {
+        "name": data_spec.name,
+        "root": root,
+        "subset": data_spec.subset,
+        "n_train": len(train),
+        "test_shape": list(test.images.shape),
+        "test_sha256": h.hexdigest()[:16],
+    }
 
 
 def hash_key(info: dict, n: int = 12) -> str:
     return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:n]
 
 
-def classifier_key_info(data_spec: DataSpec, *, epochs: int | None = None, seed: int = 0,
-                        _data: tuple[Dataset, Dataset] | None = None) -> dict:
+def classifier_key_info(
+    data_spec: DataSpec, *, epochs: int | None = None, seed: int = 0, _data: tuple[Dataset, Dataset] | None = None
+) -> dict:
     ident = dataset_identity(data_spec, *(_data or (None, None)))
-    return {"dataset": ident, "classifier_version": CLASSIFIER_VERSION,
-            "epochs": epochs if epochs is not None else default_epochs(ident["n_train"]), "seed": seed}
+    return {
+        "dataset": ident,
+        "classifier_version": CLASSIFIER_VERSION,
+        "epochs": epochs if epochs is not None else default_epochs(ident["n_train"]),
+        "seed": seed,
+    }
 
 
 def classifier_key(data_spec: DataSpec, *, epochs: int | None = None, seed: int = 0) -> str:
@@ -240,8 +282,12 @@ def load_classifier(path, device="cpu") -> Classifier:
     # location torch.load cannot restore storages to.
     blob = torch.load(path, map_location="cpu", weights_only=True)
     arch = blob["arch"]
-    model = Classifier(channels=tuple(arch["channels"]), feature_dim=arch["feature_dim"],
-                       n_classes=arch["n_classes"], dropout=arch["dropout"])
+    model = Classifier(
+        channels=tuple(arch["channels"]),
+        feature_dim=arch["feature_dim"],
+        n_classes=arch["n_classes"],
+        dropout=arch["dropout"],
+    )
     model.load_state_dict(blob["state_dict"])
     model.to(device).to(memory_format=torch.channels_last).eval()
     model.cache_key = blob["key"]
@@ -249,8 +295,16 @@ def load_classifier(path, device="cpu") -> Classifier:
     return model
 
 
-def get_classifier(data_spec: DataSpec, cache_dir=None, device="cpu", train_if_missing: bool = True, *,
-                   epochs: int | None = None, seed: int = 0, log=None) -> Classifier:
+def get_classifier(
+    data_spec: DataSpec,
+    cache_dir=None,
+    device="cpu",
+    train_if_missing: bool = True,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    log=None,
+) -> Classifier:
     """The cached classifier for this dataset, trained (and cached) first if missing and
     ``train_if_missing``; otherwise ``MissingAssetError`` naming ``hpcdiff prepare``.
 
@@ -263,7 +317,8 @@ def get_classifier(data_spec: DataSpec, cache_dir=None, device="cpu", train_if_m
     except DataError as err:
         raise MissingAssetError(
             f"the classifier for {spec.name} needs its data, which is not available offline ({err}). "
-            f"Run `hpcdiff prepare` on a login node (with internet) first.") from None
+            f"Run `hpcdiff prepare` on a login node (with internet) first."
+        ) from None
     info = classifier_key_info(spec, epochs=epochs, seed=seed, _data=(train, test))
     key = f"{spec.name}-{hash_key(info)}"
     path = classifier_path(cache_dir, key)
@@ -272,7 +327,8 @@ def get_classifier(data_spec: DataSpec, cache_dir=None, device="cpu", train_if_m
     if not train_if_missing:
         raise MissingAssetError(
             f"no cached classifier for {spec.name} ({path} is missing). Run `hpcdiff prepare` "
-            f"(or let a job train it with the data available) to build it.")
+            f"(or let a job train it with the data available) to build it."
+        )
     # The first runs of a sweep start together: one trains, the others wait and load its
     # file instead of each spending the same minutes of CPU on the same classifier.
     with _exclusive(path.with_name(path.name + ".lock")):
@@ -295,13 +351,18 @@ def _exclusive(lock_path: Path):
 
 def _train_and_cache(spec, info, key, path, device, seed, log, train, test) -> Classifier:
     tic = time.perf_counter()
-    model, acc = train_classifier(spec, epochs=info["epochs"], device=device, seed=seed, log=log,
-                                  data=(train, test))
-    _atomic_save({
-        "key": key, "key_info_json": json.dumps(info, sort_keys=True), "arch": model.arch,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "test_accuracy": acc, "train_seconds": time.perf_counter() - tic,
-        "torch_version": str(torch.__version__),
-    }, path)
+    model, acc = train_classifier(spec, epochs=info["epochs"], device=device, seed=seed, log=log, data=(train, test))
+    _atomic_save(
+        {
+            "key": key,
+            "key_info_json": json.dumps(info, sort_keys=True),
+            "arch": model.arch,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "test_accuracy": acc,
+            "train_seconds": time.perf_counter() - tic,
+            "torch_version": str(torch.__version__),
+        },
+        path,
+    )
     model.cache_key = key
     return model

@@ -21,10 +21,10 @@ from contextlib import contextmanager
 
 import torch
 
+from hpcdiff.config.spec import RunSpec
 from hpcdiff.data import Dataset, clamp_to_model_range, to_model_range
 from hpcdiff.evaluation.metrics import MetricContext, NonFiniteSamples, StatsCache, compute_metrics, needs_classifier
 from hpcdiff.evaluation.stats import reconstruction_metrics
-from hpcdiff.config.spec import RunSpec
 from hpcdiff.science.degradations import is_gaussian
 from hpcdiff.science.diffusion import sampling_device
 from hpcdiff.science.streams import generator as stream_generator
@@ -55,8 +55,7 @@ class Evaluator:
     sampling); only the main process (``main=True``) loads the classifier and returns
     metrics."""
 
-    def __init__(self, spec: RunSpec, test: Dataset, device, *, main: bool = True,
-                 rank: int = 0, world: int = 1):
+    def __init__(self, spec: RunSpec, test: Dataset, device, *, main: bool = True, rank: int = 0, world: int = 1):
         self.spec = spec
         self.device = device
         self.main, self.rank, self.world = main, rank, world
@@ -65,9 +64,13 @@ class Evaluator:
         if main and needs_classifier(self.metrics):
             from hpcdiff.evaluation.reference import scoring_classifier
 
-            self.classifier = scoring_classifier(spec.data, spec.eval.classifier, device=device,
-                                                 train_if_missing=spec.eval.train_classifier,
-                                                 epochs=spec.eval.classifier_epochs or None)
+            self.classifier = scoring_classifier(
+                spec.data,
+                spec.eval.classifier,
+                device=device,
+                train_if_missing=spec.eval.train_classifier,
+                epochs=spec.eval.classifier_epochs or None,
+            )
         # Two disjoint halves of the held-out set: the reference statistics, and the images
         # cold-diffusion sampling and reconstructions start from (otherwise samples would be
         # restorations of the very images they are compared with).
@@ -106,12 +109,20 @@ class Evaluator:
         with eval_mode(core):
             shared = self._sampling_reconstructs(core)
             if self.metrics or shared:
-                drawn = self._draw(core, seed, self.spec.eval.samples, self._sample_chunk,
-                                   recon_keys if shared else ("samples",))
+                drawn = self._draw(
+                    core, seed, self.spec.eval.samples, self._sample_chunk, recon_keys if shared else ("samples",)
+                )
                 if self.main and self.metrics:
-                    ctx = MetricContext(samples=drawn["samples"], real=self.real, real_labels=self.real_labels,
-                                        classifier=self.classifier, device=self.device,
-                                        stats_cache=self.stats_cache, real_id=self.real_id, seed=seed)
+                    ctx = MetricContext(
+                        samples=drawn["samples"],
+                        real=self.real,
+                        real_labels=self.real_labels,
+                        classifier=self.classifier,
+                        device=self.device,
+                        stats_cache=self.stats_cache,
+                        real_id=self.real_id,
+                        seed=seed,
+                    )
                     try:
                         out.update(compute_metrics(self.metrics, ctx))
                     except NonFiniteSamples as err:
@@ -141,15 +152,16 @@ class Evaluator:
 
     def _sample(self, core, x_T, generator):
         # Metrics score the images a user would see, not the sampler's overshoot.
-        return clamp_to_model_range(core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler,
-                                                steps=self.spec.eval.steps))
+        return clamp_to_model_range(
+            core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler, steps=self.spec.eval.steps)
+        )
 
     def _draw(self, core, seed: int, n: int, chunk_fn, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Run ``chunk_fn`` over fixed chunks of ``n`` draws, this process taking every
         world-th chunk, and assemble the results in chunk order on every process."""
         chunks = [(c, start, min(EVAL_CHUNK, n - start)) for c, start in enumerate(range(0, n, EVAL_CHUNK))]
         mine = {}
-        for c, start, k in chunks[self.rank::self.world]:
+        for c, start, k in chunks[self.rank :: self.world]:
             # One generator per chunk: the same draws whoever computes them, at every epoch.
             g = stream_generator(seed, "eval_chunk", c, device=sampling_device(self.device))
             mine[c] = chunk_fn(core, start, k, g)
@@ -165,14 +177,14 @@ class Evaluator:
         shape = tuple(self.real.shape[1:])
         width = len(keys) * shape[0]
         buf = torch.zeros(per_rank * EVAL_CHUNK, width, *shape[1:], device=self.device)
-        for j, (c, start, k) in enumerate(chunks[self.rank::self.world]):
-            buf[j * EVAL_CHUNK: j * EVAL_CHUNK + k] = torch.cat([mine[c][key] for key in keys], dim=1)
+        for j, (c, _start, k) in enumerate(chunks[self.rank :: self.world]):
+            buf[j * EVAL_CHUNK : j * EVAL_CHUNK + k] = torch.cat([mine[c][key] for key in keys], dim=1)
         bufs = [torch.empty_like(buf) for _ in range(self.world)]
         dist.all_gather(bufs, buf)
         parts = []
-        for c, start, k in chunks:
+        for c, _start, k in chunks:
             j = c // self.world
-            parts.append(bufs[c % self.world][j * EVAL_CHUNK: j * EVAL_CHUNK + k])
+            parts.append(bufs[c % self.world][j * EVAL_CHUNK : j * EVAL_CHUNK + k])
         packed = torch.cat(parts)
         return dict(zip(keys, packed.split(shape[0], dim=1)))
 
@@ -186,8 +198,11 @@ class Evaluator:
         # Held-out images in a fixed order (cycled when there are more samples than images).
         idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
         x_T = core.degrade_to_start(self.starts[idx], g)
-        return {"samples": self._sample(core, x_T, g), "degraded": x_T,
-                "direct": clamp_to_model_range(core.reconstruct_direct(x_T, core.n_T))}
+        return {
+            "samples": self._sample(core, x_T, g),
+            "degraded": x_T,
+            "direct": clamp_to_model_range(core.reconstruct_direct(x_T, core.n_T)),
+        }
 
     def _reconstruction_table(self, drawn: dict[str, torch.Tensor]) -> dict[str, float]:
         """Held-out images degraded to level T, restored in one step (direct) and by the

@@ -19,30 +19,51 @@ distance, KID, IS, reconstruction errors) is in ``hpcdiff.evaluation.stats``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from hpcdiff.config import catalog
 from hpcdiff.config.registry import Registry
-from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default_cache_dir, hash_key
-from hpcdiff.evaluation.stats import (frechet_distance, gaussian_fit, inception_score_from_logits,
-                                      kernel_inception_distance, reconstruction_metrics, ssim_per_image,
-                                      to_inception_input, to_unit_range)
-from hpcdiff.storage.checkpoint import save_object
+from hpcdiff.evaluation.classifier import Classifier, MissingAssetError, default_cache_dir
+from hpcdiff.evaluation.stats import (
+    frechet_distance,
+    gaussian_fit,
+    inception_score_from_logits,
+    kernel_inception_distance,
+    reconstruction_metrics,
+    ssim_per_image,
+    to_inception_input,
+    to_unit_range,
+)
+from hpcdiff.evaluation.stats_cache import StatsCache
 
 __all__ = [
-    "METRICS", "METRIC_INFO", "DEFAULT_METRICS", "needs_classifier", "MetricContext", "NonFiniteSamples", "StatsCache", "MissingAssetError", "compute_metrics",
-    "reconstruction_metrics", "frechet_distance", "gaussian_fit", "kernel_inception_distance",
-    "inception_score_from_logits", "to_inception_input", "to_unit_range", "find_inception_weights",
-    "inception_weights_candidates", "INCEPTION_WEIGHTS_FILE",
+    "METRICS",
+    "METRIC_INFO",
+    "DEFAULT_METRICS",
+    "needs_classifier",
+    "MetricContext",
+    "NonFiniteSamples",
+    "StatsCache",
+    "MissingAssetError",
+    "compute_metrics",
+    "reconstruction_metrics",
+    "frechet_distance",
+    "gaussian_fit",
+    "kernel_inception_distance",
+    "inception_score_from_logits",
+    "to_inception_input",
+    "to_unit_range",
+    "find_inception_weights",
+    "inception_weights_candidates",
+    "INCEPTION_WEIGHTS_FILE",
 ]
 
-METRICS: Registry[Callable[["MetricContext"], dict[str, float]]] = Registry("metric", declared=catalog.METRICS)
+METRICS: Registry[Callable[[MetricContext], dict[str, float]]] = Registry("metric", declared=catalog.METRICS)
 METRIC_INFO = catalog.METRICS
 DEFAULT_METRICS = catalog.DEFAULT_METRICS
 
@@ -55,77 +76,42 @@ def needs_classifier(names) -> bool:
     """Whether any of the named metrics is computed on the dataset classifier."""
     return any(METRIC_INFO[n].needs_classifier for n in names if n in METRIC_INFO)
 
+
 # torch-fidelity's Inception-v3 (the weights torchmetrics' FID uses). torch-fidelity fetches it
 # with torch.hub.load_state_dict_from_url, which stores it as
 # ``<torch.hub.get_dir()>/checkpoints/<basename of the URL>`` (torch.hub.get_dir() is
 # ``$TORCH_HOME/hub``, default ``~/.cache/torch/hub``). ``hpcdiff prepare`` copies it into
 # ``<hpcdiff cache>/inception/`` as well, so a cache directory on shared storage is enough.
-INCEPTION_WEIGHTS_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-                         "weights-inception-2015-12-05-6726825d.pth")
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 INCEPTION_WEIGHTS_FILE = INCEPTION_WEIGHTS_URL.rsplit("/", 1)[-1]
 
 
 # ------------------------------------------------------------------------- context and cache
 
-class StatsCache:
-    """Real-data statistics keyed by a description of what produced them.
-
-    ``get(info, compute)`` hashes the JSON of ``info`` (e.g. classifier key + real-set identity
-    + n); tensors are kept in memory and, with a ``directory``, in ``stats-<hash>.pt`` files
-    that also hold ``info`` (checked on load). ``memo(info, build)`` keeps arbitrary objects
-    (e.g. a torchmetrics FID holding the real Inception features) in memory only."""
-
-    def __init__(self, directory=None):
-        self.directory = Path(directory).expanduser() if directory is not None else None
-        self._mem: dict[str, object] = {}
-        self.computed = 0  # how many times a value had to be computed (tests, logs)
-
-    def get(self, info: dict, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        info_json = json.dumps(info, sort_keys=True)
-        key = hash_key(info, 16)
-        if key in self._mem:
-            return self._mem[key]  # type: ignore[return-value]
-        path = self.directory / f"stats-{key}.pt" if self.directory is not None else None
-        if path is not None and path.is_file():
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            if blob.get("info_json") == info_json:
-                self._mem[key] = blob["tensors"]
-                return blob["tensors"]
-        value = {k: v.detach().cpu() for k, v in compute().items()}
-        self.computed += 1
-        self._mem[key] = value
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_object({"info_json": info_json, "tensors": value}, path)
-        return value
-
-    def memo(self, info: dict, build: Callable[[], object]) -> object:
-        key = "obj-" + hash_key(info, 16)
-        if key not in self._mem:
-            self._mem[key] = build()
-            self.computed += 1
-        return self._mem[key]
-
 
 @dataclass
 class MetricContext:
-    samples: torch.Tensor                       # N x 1 x 28 x 28 in [-0.5, 0.5]
-    real: torch.Tensor | None = None            # held-out real images, same format
+    samples: torch.Tensor  # N x 1 x 28 x 28 in [-0.5, 0.5]
+    real: torch.Tensor | None = None  # held-out real images, same format
     real_labels: torch.Tensor | None = None
-    classifier: Classifier | None = None        # get_classifier(...) or None
-    device: str | torch.device = "cpu"       # for fid_inception; classifier metrics run where the classifier is
+    classifier: Classifier | None = None  # get_classifier(...) or None
+    device: str | torch.device = "cpu"  # for fid_inception; classifier metrics run where the classifier is
     stats_cache: StatsCache = field(default_factory=StatsCache)
     # Identity of the real set (e.g. "<classifier key>/test"); None = a hash of its content.
     real_id: str | None = None
     # Where fid_inception looks for weights; None = $HPCDIFF_CACHE or ~/.cache/hpcdiff.
     cache_dir: str | Path | None = None
-    seed: int = 0                               # for IS splits and KID subsets
+    seed: int = 0  # for IS splits and KID subsets
     _memo: dict = field(default_factory=dict, repr=False)
 
     def need_classifier(self, metric: str) -> Classifier:
         if self.classifier is None:
-            raise ValueError(f"metric {metric!r} needs the dataset's classifier "
-                             f"(hpcdiff.evaluation.classifier.get_classifier); MetricContext.classifier is None")
+            raise ValueError(
+                f"metric {metric!r} needs the dataset's classifier "
+                f"(hpcdiff.evaluation.classifier.get_classifier); MetricContext.classifier is None"
+            )
         return self.classifier
 
     def need_real(self, metric: str) -> torch.Tensor:
@@ -166,8 +152,12 @@ class MetricContext:
         """Classifier features of the real set with their Gaussian fit, via the stats cache."""
         real = self.need_real(metric)
         clf = self.need_classifier(metric)
-        info = {"kind": "classifier_features", "classifier": self.classifier_identity(),
-                "real": self.real_identity(), "n": int(real.shape[0])}
+        info = {
+            "kind": "classifier_features",
+            "classifier": self.classifier_identity(),
+            "real": self.real_identity(),
+            "n": int(real.shape[0]),
+        }
 
         def compute():
             feats, _ = clf.outputs(real)
@@ -182,8 +172,10 @@ class NonFiniteSamples(ValueError):
 
     def __init__(self, n_bad: int, n: int, names):
         self.n_bad, self.n = n_bad, n
-        super().__init__(f"{n_bad} of {n} samples are not finite (NaN or infinity), so "
-                         f"{', '.join(names)} cannot be computed: the model or its sampler diverged")
+        super().__init__(
+            f"{n_bad} of {n} samples are not finite (NaN or infinity), so "
+            f"{', '.join(names)} cannot be computed: the model or its sampler diverged"
+        )
 
 
 def compute_metrics(names, ctx: MetricContext) -> dict[str, float]:
@@ -200,6 +192,7 @@ def compute_metrics(names, ctx: MetricContext) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------- metrics
+
 
 @_metric("fid_classifier")
 def fid_classifier(ctx: MetricContext) -> dict[str, float]:
@@ -262,12 +255,14 @@ def ssim(ctx: MetricContext) -> dict[str, float]:
     reconstructions against their ground truth."""
     real = ctx.need_real("ssim")
     if real.shape != ctx.samples.shape:
-        raise ValueError(f"ssim pairs samples with real images: shapes {tuple(ctx.samples.shape)} and "
-                         f"{tuple(real.shape)} differ")
+        raise ValueError(
+            f"ssim pairs samples with real images: shapes {tuple(ctx.samples.shape)} and {tuple(real.shape)} differ"
+        )
     return {"ssim": float(ssim_per_image(to_unit_range(ctx.samples), to_unit_range(real)).mean())}
 
 
 # ---------------------------------------------------------------------------- Inception FID
+
 
 @_metric("tsne_kl")
 def tsne_kl(ctx: MetricContext) -> dict[str, float]:
@@ -291,7 +286,7 @@ def tsne_kl(ctx: MetricContext) -> dict[str, float]:
     both = np.concatenate([fs, fr])
     perplexity = float(min(30.0, (len(both) - 1) / 3))
     embedded = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=ctx.seed).fit_transform(both)
-    es, er = embedded[: len(fs)], embedded[len(fs):]
+    es, er = embedded[: len(fs)], embedded[len(fs) :]
     k = min(10, len(es), len(er))
     p = GaussianMixture(k, random_state=ctx.seed, reg_covar=1e-3).fit(er)
     q = GaussianMixture(k, random_state=ctx.seed, reg_covar=1e-3).fit(es)
@@ -303,8 +298,10 @@ def inception_weights_candidates(cache_dir=None) -> list[Path]:
     """Where fid_inception looks, in order: the hpcdiff cache, then torch hub's checkpoint
     directory (where torch-fidelity's own download puts it)."""
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return [cache / "inception" / INCEPTION_WEIGHTS_FILE,
-            Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE]
+    return [
+        cache / "inception" / INCEPTION_WEIGHTS_FILE,
+        Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS_FILE,
+    ]
 
 
 def find_inception_weights(cache_dir=None) -> Path:
@@ -317,15 +314,18 @@ def find_inception_weights(cache_dir=None) -> Path:
         "fid_inception needs torch-fidelity's Inception-v3 weights, which are not cached (looked for "
         + " and ".join(str(p) for p in candidates)
         + "). Compute nodes have no internet: run `hpcdiff prepare` with Inception enabled on a login node, "
-        "or drop fid_inception (fid_classifier needs no download).")
+        "or drop fid_inception (fid_classifier needs no download)."
+    )
 
 
 def _require_torch_fidelity() -> None:
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
-        raise MissingAssetError("fid_inception needs the package torch-fidelity (pip install torch-fidelity, "
-                                "or torchmetrics[image]), then `hpcdiff prepare` for its weights") from None
+        raise MissingAssetError(
+            "fid_inception needs the package torch-fidelity (pip install torch-fidelity, "
+            "or torchmetrics[image]), then `hpcdiff prepare` for its weights"
+        ) from None
 
 
 @_metric("fid_inception")
@@ -339,20 +339,26 @@ def fid_inception(ctx: MetricContext) -> dict[str, float]:
 
     real = ctx.need_real("fid_inception")
     batch = 100
-    info = {"kind": "inception_fid", "weights": path.name, "real": ctx.real_identity(),
-            "n": int(real.shape[0]), "device": str(ctx.device)}
+    info = {
+        "kind": "inception_fid",
+        "weights": path.name,
+        "real": ctx.real_identity(),
+        "n": int(real.shape[0]),
+        "device": str(ctx.device),
+    }
 
     def build():
-        metric = FrechetInceptionDistance(feature=2048, reset_real_features=False, normalize=False,
-                                          feature_extractor_weights_path=str(path)).to(ctx.device)
+        metric = FrechetInceptionDistance(
+            feature=2048, reset_real_features=False, normalize=False, feature_extractor_weights_path=str(path)
+        ).to(ctx.device)
         for i in range(0, real.shape[0], batch):
-            metric.update(to_inception_input(real[i: i + batch]).to(ctx.device), real=True)
+            metric.update(to_inception_input(real[i : i + batch]).to(ctx.device), real=True)
         return metric
 
     metric = ctx.stats_cache.memo(info, build)
     metric.reset()  # clears the fake features only (reset_real_features=False)
     for i in range(0, ctx.samples.shape[0], batch):
-        metric.update(to_inception_input(ctx.samples[i: i + batch]).to(ctx.device), real=False)
+        metric.update(to_inception_input(ctx.samples[i : i + batch]).to(ctx.device), real=False)
     return {"fid_inception": float(metric.compute())}
 
 

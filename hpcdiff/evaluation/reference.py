@@ -26,8 +26,14 @@ import torch
 
 from hpcdiff.config.catalog import family_datasets
 from hpcdiff.data import DataError, Dataset, load_idx_dir, mnist_5k_arrays
-from hpcdiff.evaluation.classifier import (Classifier, MissingAssetError, evaluate_accuracy, get_classifier,
-                                           load_classifier, train_classifier)
+from hpcdiff.evaluation.classifier import (
+    Classifier,
+    MissingAssetError,
+    evaluate_accuracy,
+    get_classifier,
+    load_classifier,
+    train_classifier,
+)
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FACTS = ASSETS / "classifiers.json"
@@ -62,8 +68,15 @@ def references() -> dict[str, ReferenceClassifier]:
     """The shipped references by family."""
     out = {}
     for family, f in _read_facts().items():
-        out[family] = ReferenceClassifier(name=f["name"], family=family, datasets=tuple(f["datasets"]), file=f["file"],
-                                          sha256=f["sha256"], test_accuracy=float(f["test_accuracy"]), facts=f)
+        out[family] = ReferenceClassifier(
+            name=f["name"],
+            family=family,
+            datasets=tuple(f["datasets"]),
+            file=f["file"],
+            sha256=f["sha256"],
+            test_accuracy=float(f["test_accuracy"]),
+            facts=f,
+        )
     return out
 
 
@@ -81,16 +94,19 @@ def load_reference(ref: ReferenceClassifier, device="cpu") -> Classifier:
         raise MissingAssetError(f"the reference classifier {ref.name} ({ref.path}) is missing: reinstall hpcdiff")
     got = _sha256(ref.path)
     if got != ref.sha256:
-        raise MissingAssetError(f"the reference classifier {ref.path} has sha256 {got[:16]}..., not the "
-                                f"{ref.sha256[:16]}... that {FACTS.name} records: reinstall hpcdiff, or retrain "
-                                f"it with `{ref.facts.get('retrain', 'hpcdiff prepare --train-reference')}`")
+        raise MissingAssetError(
+            f"the reference classifier {ref.path} has sha256 {got[:16]}..., not the "
+            f"{ref.sha256[:16]}... that {FACTS.name} records: reinstall hpcdiff, or retrain "
+            f"it with `{ref.facts.get('retrain', 'hpcdiff prepare --train-reference')}`"
+        )
     model = load_classifier(ref.path, device)
     model.cache_key = ref.name
     return model
 
 
-def scoring_classifier(data_spec, choice: str = "auto", *, device="cpu", train_if_missing: bool = True,
-                       epochs: int | None = None, log=None) -> Classifier:
+def scoring_classifier(
+    data_spec, choice: str = "auto", *, device="cpu", train_if_missing: bool = True, epochs: int | None = None, log=None
+) -> Classifier:
     """The classifier that scores a run (``eval.classifier``): the shipped reference of the
     dataset's family for "auto" and "reference", else (or for "trained") the one trained on
     the dataset and cached (:func:`~hpcdiff.evaluation.classifier.get_classifier`)."""
@@ -112,15 +128,18 @@ def mnist_reference_data(root: Path) -> tuple[Dataset, Dataset]:
     try:
         train, test = load_idx_dir(raw if raw.is_dir() else Path(root).expanduser())
     except DataError as err:
-        raise MissingAssetError(f"{err}: download MNIST first (hpcdiff prepare --dataset mnist --root {root})") from None
+        raise MissingAssetError(
+            f"{err}: download MNIST first (hpcdiff prepare --dataset mnist --root {root})"
+        ) from None
     subset, _ = mnist_5k_arrays()
     held_out = {image.tobytes() for image in subset}
     keep = torch.tensor([image.numpy().tobytes() not in held_out for image in train.images[:, 0]])
     return Dataset(train.images[keep].contiguous(), train.labels[keep].contiguous()), test
 
 
-def train_reference(family: str, root: Path, *, out_dir: Path = ASSETS, version: int = 1, device="cpu",
-                    log=None) -> dict:
+def train_reference(
+    family: str, root: Path, *, out_dir: Path = ASSETS, version: int = 1, device="cpu", log=None
+) -> dict:
     """Train the ``family`` reference with :data:`RECIPE`, write its weights and its facts
     (beside the other families' in ``classifiers.json``) to ``out_dir``; return the facts."""
     if family != "mnist":
@@ -136,17 +155,28 @@ def train_reference(family: str, root: Path, *, out_dir: Path = ASSETS, version:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Saved without timestamps or paths: the same weights give the same bytes (and sha256).
-    torch.save({"key": name, "arch": model.arch, "test_accuracy": accuracy,
-                "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}},
-               out_dir / file)
+    torch.save(
+        {
+            "key": name,
+            "arch": model.arch,
+            "test_accuracy": accuracy,
+            "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        },
+        out_dir / file,
+    )
     facts = {
-        "name": name, "datasets": family_datasets(family), "file": file, "sha256": _sha256(out_dir / file),
+        "name": name,
+        "datasets": family_datasets(family),
+        "file": file,
+        "sha256": _sha256(out_dir / file),
         "test_accuracy": round(accuracy, 4),
         "mnist_5k_accuracy": round(evaluate_accuracy(model, subset, device), 4),
         "trained_on": f"MNIST training set without mnist-5k's digits ({len(train)} images)",
         "tested_on": f"MNIST test set ({len(test)} images)",
-        "recipe": RECIPE, "parameters": sum(p.numel() for p in model.parameters()),
-        "train_seconds": round(seconds, 1), "torch_version": str(torch.__version__),
+        "recipe": RECIPE,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(seconds, 1),
+        "torch_version": str(torch.__version__),
         "retrain": f"hpcdiff prepare --train-reference {family} --root DIR  (DIR holding MNIST's IDX files)",
     }
     all_facts = json.loads((out_dir / FACTS.name).read_text()) if (out_dir / FACTS.name).is_file() else {}

@@ -13,8 +13,15 @@ import torch.nn.functional as F
 
 from hpcdiff.data import to_uint8
 
-__all__ = ["gaussian_fit", "frechet_distance", "kernel_inception_distance", "inception_score_from_logits",
-           "to_unit_range", "to_inception_input", "reconstruction_metrics"]
+__all__ = [
+    "gaussian_fit",
+    "frechet_distance",
+    "kernel_inception_distance",
+    "inception_score_from_logits",
+    "to_unit_range",
+    "to_inception_input",
+    "reconstruction_metrics",
+]
 
 
 def gaussian_fit(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,8 +45,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     no complex parts): tr((S1 S2)^1/2) = sum of sqrt(eigenvalues of S1^1/2 S2 S1^1/2)."""
     mu1, mu2, s1, s2 = (t.detach().double().cpu() for t in (mu1, mu2, sigma1, sigma2))
     if not all(bool(torch.isfinite(t).all()) for t in (mu1, mu2, s1, s2)):
-        raise ValueError("the Fréchet distance needs finite means and covariances; got NaN or infinity "
-                         "(features of non-finite images?)")
+        raise ValueError(
+            "the Fréchet distance needs finite means and covariances; got NaN or infinity "
+            "(features of non-finite images?)"
+        )
     w, v = torch.linalg.eigh(_sym(s1))
     s1_half = (v * w.clamp(min=0).sqrt()) @ v.T
     m = _sym(s1_half @ s2 @ s1_half)
@@ -48,8 +57,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(d)
 
 
-def kernel_inception_distance(f1: torch.Tensor, f2: torch.Tensor, *, n_subsets: int = 100,
-                              subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    f1: torch.Tensor, f2: torch.Tensor, *, n_subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """Unbiased MMD^2 with the polynomial kernel (x.y/d + 1)^3 (Binkowski et al. 2018),
     mean and std over random subsets, as torchmetrics' KID."""
     f1, f2 = f1.detach().double().cpu(), f2.detach().double().cpu()
@@ -65,8 +75,11 @@ def kernel_inception_distance(f1: torch.Tensor, f2: torch.Tensor, *, n_subsets: 
         kxx = (x @ x.T / d + 1) ** 3
         kyy = (y @ y.T / d + 1) ** 3
         kxy = (x @ y.T / d + 1) ** 3
-        mmd = ((kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-               + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1)) - 2 * kxy.mean())
+        mmd = (
+            (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+            + (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+            - 2 * kxy.mean()
+        )
         vals.append(mmd)
     t = torch.stack(vals)
     # torchmetrics' KID reports the population std over subsets (unbiased=False).
@@ -118,12 +131,20 @@ def ssim_per_image(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0)
         raise ValueError(f"ssim needs two [N, C, H, W] batches of one shape, got {tuple(x.shape)}, {tuple(y.shape)}")
     if min(x.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"ssim needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {tuple(x.shape[-2:])}")
-    return ssim(x.detach().double(), y.detach().double(), data_range=data_range, size_average=False,
-                win_size=SSIM_WINDOW, win_sigma=1.5, K=(0.01, 0.03))
+    return ssim(
+        x.detach().double(),
+        y.detach().double(),
+        data_range=data_range,
+        size_average=False,
+        win_size=SSIM_WINDOW,
+        win_sigma=1.5,
+        K=(0.01, 0.03),
+    )
 
 
-def reconstruction_metrics(recon: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor | None = None,
-                           *, n_classes: int = 10) -> dict[str, float]:
+def reconstruction_metrics(
+    recon: torch.Tensor, truth: torch.Tensor, labels: torch.Tensor | None = None, *, n_classes: int = 10
+) -> dict[str, float]:
     """MSE and SSIM of reconstructions against their ground truth, overall and per class
     (``mse_class_3``, ``ssim_class_3``, ... for the classes present), e.g. for cold
     diffusion's direct (one-step) vs full-sampler table. MSE is the mean per-pixel squared

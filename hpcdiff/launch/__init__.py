@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from hpcdiff.config import catalog
 from hpcdiff.config.registry import Registry, unknown_name_message
+from hpcdiff.launch import slurm
 from hpcdiff.launch.base import Executor, LaunchReport
 from hpcdiff.launch.debug import DebugExecutor
 from hpcdiff.launch.local import LocalExecutor
-from hpcdiff.launch import slurm
 from hpcdiff.launch.slurm import SlurmExecutor
 
 BACKENDS: Registry[type] = Registry("executor", declared=catalog.BACKENDS)

@@ -18,10 +18,24 @@ from pathlib import Path
 #: would take itself for one rank of a multi-process run and wait for peers that never come
 #: (a local sweep started inside an `srun` step, or K runs packed in one task). SLURM_JOB_ID
 #: and SLURM_ARRAY_* stay, so that each run's status.json records the job it ran in.
-RANK_VARIABLES = ("SLURM_PROCID", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS", "SLURM_NPROCS",
-                  "SLURM_NTASKS_PER_NODE", "SLURM_TASKS_PER_NODE", "SLURM_STEP_NUM_TASKS",
-                  "SLURM_STEP_TASKS_PER_NODE", "SLURM_GTIDS", "RANK", "WORLD_SIZE", "LOCAL_RANK",
-                  "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+RANK_VARIABLES = (
+    "SLURM_PROCID",
+    "SLURM_LOCALID",
+    "SLURM_NODEID",
+    "SLURM_NTASKS",
+    "SLURM_NPROCS",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_TASKS_PER_NODE",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_STEP_TASKS_PER_NODE",
+    "SLURM_GTIDS",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
 
 
 def child_command(run_dir, processes: int = 1, hpcdiff: list[str] | None = None) -> list[str]:
@@ -29,8 +43,18 @@ def child_command(run_dir, processes: int = 1, hpcdiff: list[str] | None = None)
     goes to a file or a job log), under torchrun for ``processes`` > 1 (it sets RANK,
     WORLD_SIZE and MASTER_ADDR; Accelerate picks gloo on CPU, NCCL on GPU)."""
     if processes > 1:
-        return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                "-m", "hpcdiff", "train", "--no-progress", str(run_dir)]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "hpcdiff",
+            "train",
+            "--no-progress",
+            str(run_dir),
+        ]
     prefix = [sys.executable, "-m", "hpcdiff"] if hpcdiff is None else hpcdiff
     return [*prefix, "train", "--no-progress", str(run_dir)]
 
@@ -68,20 +92,36 @@ def child_env(k: int, *, gpus: list[str] | None = None, extra: dict | None = Non
     return env
 
 
-def start_child(run_dir, env: dict, *, processes: int = 1, stdout=None, new_session: bool = False,
-                preexec_fn=None, hpcdiff: list[str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(child_command(run_dir, processes, hpcdiff), env=env, stdin=subprocess.DEVNULL,
-                            stdout=stdout, stderr=subprocess.STDOUT if stdout is not None else None,
-                            start_new_session=new_session, preexec_fn=preexec_fn)
+def start_child(
+    run_dir,
+    env: dict,
+    *,
+    processes: int = 1,
+    stdout=None,
+    new_session: bool = False,
+    preexec_fn=None,
+    hpcdiff: list[str] | None = None,
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        child_command(run_dir, processes, hpcdiff),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.STDOUT if stdout is not None else None,
+        start_new_session=new_session,
+        preexec_fn=preexec_fn,
+    )
 
 
 def shell_prelude(runs_var: str = "TASK_RUNS") -> str:
     """Bash lines that give the shell's children what :func:`child_env` gives (K is the
     length of the array ``runs_var``)."""
-    return (f"unset {' '.join(RANK_VARIABLES)}\n"
-            f'CPUS="${{SLURM_CPUS_PER_TASK:-$(nproc)}}"\n'
-            f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-$(( CPUS / ${{#{runs_var}[@]}} > 0 ? '
-            f'CPUS / ${{#{runs_var}[@]}} : 1 ))}}"\n')
+    return (
+        f"unset {' '.join(RANK_VARIABLES)}\n"
+        f'CPUS="${{SLURM_CPUS_PER_TASK:-$(nproc)}}"\n'
+        f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-$(( CPUS / ${{#{runs_var}[@]}} > 0 ? '
+        f'CPUS / ${{#{runs_var}[@]}} : 1 ))}}"\n'
+    )
 
 
 def shell_command(hpcdiff: str, run_dir_expr: str = '"$RUN_DIR"') -> str:
@@ -105,19 +145,26 @@ def private_dir(path: Path) -> Path:
     except FileExistsError:
         pass
     st = os.lstat(path)
-    problem = ("is not a directory" if not stat.S_ISDIR(st.st_mode)
-               else f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})" if st.st_uid != os.geteuid()
-               else f"has mode {stat.S_IMODE(st.st_mode):04o}, open to other users" if st.st_mode & 0o077
-               else None)
+    problem = (
+        "is not a directory"
+        if not stat.S_ISDIR(st.st_mode)
+        else f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+        if st.st_uid != os.geteuid()
+        else f"has mode {stat.S_IMODE(st.st_mode):04o}, open to other users"
+        if st.st_mode & 0o077
+        else None
+    )
     if problem:
-        raise PrivateDirError(f"{path} {problem}; refusing to keep this job's private files there. Remove it, "
-                              f"or set TMPDIR to a directory of your own")
+        raise PrivateDirError(
+            f"{path} {problem}; refusing to keep this job's private files there. Remove it, "
+            f"or set TMPDIR to a directory of your own"
+        )
     return path
 
 
 #: The shell form of :func:`private_dir`: ``hpcdiff_private_dir PATH`` or the job exits 1
 #: with the same message.
-SHELL_PRIVATE_DIR = r'''hpcdiff_private_dir() {
+SHELL_PRIVATE_DIR = r"""hpcdiff_private_dir() {
     mkdir -m 700 "$1" 2>/dev/null || true
     local problem=""
     if [ -L "$1" ] || [ ! -d "$1" ]; then problem="is not a directory"
@@ -127,8 +174,9 @@ SHELL_PRIVATE_DIR = r'''hpcdiff_private_dir() {
         problem="has mode $(printf %04o $(( 0$(stat -c %a "$1") ))), open to other users"
     fi
     if [ -n "$problem" ]; then
-        echo "hpcdiff: $1 $problem; refusing to keep this job's private files there. Remove it, or set TMPDIR to a directory of your own" >&2
+        echo "hpcdiff: $1 $problem; refusing to keep this job's private files there." \
+             "Remove it, or set TMPDIR to a directory of your own" >&2
         exit 1
     fi
 }
-'''
+"""

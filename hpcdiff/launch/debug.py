@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hpcdiff.launch.base import Executor, LaunchReport
 from hpcdiff.storage.rundir import RunDir
 from hpcdiff.storage.runstate import RunState
-from hpcdiff.launch.base import Executor, LaunchReport
 
 
 class DebugExecutor(Executor):
@@ -16,8 +16,8 @@ class DebugExecutor(Executor):
         self.show_progress = show_progress
 
     def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
-        from hpcdiff.training.monitor import Diverged
         from hpcdiff.training.loop import train
+        from hpcdiff.training.monitor import Diverged
 
         report = LaunchReport(self.name)
         for rd in run_dirs:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from hpcdiff.config import tomlio
 from hpcdiff.config.text_table import progress_numbers
-from hpcdiff.storage.rundir import RunBusyError, RunDir
-from hpcdiff.storage.runstate import RunState
 from hpcdiff.launch.base import Executor, LaunchReport
 from hpcdiff.launch.child import child_env, start_child
+from hpcdiff.storage.rundir import RunBusyError, RunDir
+from hpcdiff.storage.runstate import RunState
 
 POLL_SECONDS = 0.5
 
@@ -100,9 +100,13 @@ class LocalExecutor(Executor):
                     state = rd.state
                     # A diverged run exits non-zero too, but it is not a crash; nor is a run
                     # that another process (another sweep of the same file) is training.
-                    report.results[run_id] = (RunState.BUSY if code == RunBusyError.exit_code
-                                              else state if code == 0 or state == RunState.DIVERGED
-                                              else RunState.FAILED)
+                    report.results[run_id] = (
+                        RunState.BUSY
+                        if code == RunBusyError.exit_code
+                        else state
+                        if code == 0 or state == RunState.DIVERGED
+                        else RunState.FAILED
+                    )
             progress.refresh(running, report.results)
             if running:
                 try:
@@ -110,7 +114,6 @@ class LocalExecutor(Executor):
                     next(iter(running.values()))[0].wait(timeout=POLL_SECONDS)
                 except subprocess.TimeoutExpired:
                     pass
-
 
     def _start(self, rd: RunDir, env: dict, gpus: list[str] | None) -> subprocess.Popen:
         if gpus:
@@ -133,8 +136,13 @@ class _SweepProgress:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                               TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+            self._p = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeElapsedColumn(),
+            )
             self._p.__enter__()
             self._sweep = self._p.add_task("[bold]sweep", total=len(self.run_dirs), info="")
             self._tasks = {}
@@ -150,9 +158,15 @@ class _SweepProgress:
                 self._train[rd.run_id] = tomlio.load(rd.config_path).get("train", {})
             except (OSError, ValueError):
                 self._train[rd.run_id] = {}
-        return progress_numbers(self._train[rd.run_id], epoch=int(st.get("epoch", 0)), epochs=int(st.get("epochs", 1)),
-                                steps=st.get("steps"), seconds=st.get("elapsed"), ended=ended,
-                                stopped_by=st.get("stopped_by"))
+        return progress_numbers(
+            self._train[rd.run_id],
+            epoch=int(st.get("epoch", 0)),
+            epochs=int(st.get("epochs", 1)),
+            steps=st.get("steps"),
+            seconds=st.get("elapsed"),
+            ended=ended,
+            stopped_by=st.get("stopped_by"),
+        )
 
     def refresh(self, running, results):
         if self._p is None:
@@ -169,11 +183,18 @@ class _SweepProgress:
             if run_id in self._tasks:
                 rd = next(r for r in self.run_dirs if r.run_id == run_id)
                 done, total, unit = self._numbers(rd, rd.read_status(), ended=True)
-                self._p.update(self._tasks[run_id], info=state, completed=done or 0, total=total,
-                               description=f"run {run_id} ({unit})")
+                self._p.update(
+                    self._tasks[run_id],
+                    info=state,
+                    completed=done or 0,
+                    total=total,
+                    description=f"run {run_id} ({unit})",
+                )
         done = len(results)
-        self._p.update(self._sweep, completed=done,
-                       info=f"{sum(1 for s in results.values() if s == RunState.DONE)} done, "
-                            f"{sum(1 for s in results.values() if s == RunState.FAILED)} failed"
-                            + (f", {busy} busy elsewhere" if (busy := sum(1 for s in results.values()
-                                                                          if s == RunState.BUSY)) else ""))
+        self._p.update(
+            self._sweep,
+            completed=done,
+            info=f"{sum(1 for s in results.values() if s == RunState.DONE)} done, "
+            f"{sum(1 for s in results.values() if s == RunState.FAILED)} failed"
+            + (f", {busy} busy elsewhere" if (busy := sum(1 for s in results.values() if s == RunState.BUSY)) else ""),
+        )

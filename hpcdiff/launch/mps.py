@@ -49,8 +49,10 @@ def mps_daemon(job_id: str):
         private_dir(Path(d))
     started = subprocess.run([CONTROL, "-d"], env={**os.environ, **env}, capture_output=True, text=True)
     if started.returncode != 0:
-        _warn(f"{CONTROL} -d failed ({started.stderr.strip() or started.returncode}); "
-              "the packed runs share the GPU without MPS")
+        _warn(
+            f"{CONTROL} -d failed ({started.stderr.strip() or started.returncode}); "
+            "the packed runs share the GPU without MPS"
+        )
         shutil.rmtree(base, ignore_errors=True)
         yield {}
         return
@@ -58,8 +60,9 @@ def mps_daemon(job_id: str):
         yield env
     finally:
         try:
-            subprocess.run([CONTROL], input="quit\n", env={**os.environ, **env}, text=True, capture_output=True,
-                           timeout=60)
+            subprocess.run(
+                [CONTROL], input="quit\n", env={**os.environ, **env}, text=True, capture_output=True, timeout=60
+            )
         except (OSError, subprocess.SubprocessError) as err:
             _warn(f"could not stop the MPS daemon of job {job_id}: {err}")
         shutil.rmtree(base, ignore_errors=True)

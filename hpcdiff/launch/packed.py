@@ -49,15 +49,14 @@ def run_packed(run_dirs: list[str], *, mps: bool = False) -> dict[str, str]:
     from hpcdiff.training.signals import hand_on_to_submitit
 
     job_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
-    with (mps_daemon(job_id) if mps else _no_mps()) as extra:
+    with mps_daemon(job_id) if mps else _no_mps() as extra:
         env = child_env(len(run_dirs), extra=extra)
         with _forwarding() as forward:
             procs = [_start(d, env) for d in run_dirs]
             forward.procs = procs
             _wait_all(procs, forward)
         stopped = forward.signum
-    states = {RunDir(Path(d)).run_id: settle(RunDir(Path(d)), p.returncode, stopped)
-              for d, p in zip(run_dirs, procs)}
+    states = {RunDir(Path(d)).run_id: settle(RunDir(Path(d)), p.returncode, stopped) for d, p in zip(run_dirs, procs)}
     print(f"hpcdiff: packed runs ended: {states}", flush=True)
     if stopped == signal.SIGUSR2 and RunState.TIMEOUT in states.values():
         hand_on_to_submitit(signal.SIGUSR2)  # checkpoint() -> requeue, then exits
@@ -142,8 +141,9 @@ def settle(rd: RunDir, code: int, stopped: int | None) -> RunState:
         # Stopped before it could checkpoint: it resumes from its latest checkpoint.
         return _record(rd, state=RunState.TIMEOUT, error=None)
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
-    return _record(rd, state=RunState.FAILED, error=f"its process {how} without recording how the run ended",
-                   traceback=None)
+    return _record(
+        rd, state=RunState.FAILED, error=f"its process {how} without recording how the run ended", traceback=None
+    )
 
 
 def _record(rd: RunDir, **fields) -> RunState:

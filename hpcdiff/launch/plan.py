@@ -17,13 +17,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hpcdiff.launch import get_executor, resolve_executor_name, slurm
-from hpcdiff.launch.base import LaunchReport
-from hpcdiff.storage.rundir import RunDir, manifest_path, update_manifest, write_run_config
-from hpcdiff.storage.runstate import RunState
 from hpcdiff.config.spec import SpecError
 from hpcdiff.config.sweep import Sweep
+from hpcdiff.launch import get_executor, resolve_executor_name, slurm
+from hpcdiff.launch.base import LaunchReport
 from hpcdiff.resolve import load_sweep
+from hpcdiff.storage.rundir import RunDir, manifest_path, update_manifest, write_run_config
+from hpcdiff.storage.runstate import RunState
 
 
 class SweepWriteError(SpecError):
@@ -31,9 +31,15 @@ class SweepWriteError(SpecError):
     in the way). Nothing this invocation wrote is left behind."""
 
     def __init__(self, path: Path, err: OSError | str):
-        reason = err if isinstance(err, str) else (
-            f"[Errno {err.errno}] {err.strerror}" + (f": {err.filename!r}" if err.filename else "")
-            if err.strerror else str(err))
+        reason = (
+            err
+            if isinstance(err, str)
+            else (
+                f"[Errno {err.errno}] {err.strerror}" + (f": {err.filename!r}" if err.filename else "")
+                if err.strerror
+                else str(err)
+            )
+        )
         super().__init__(f"cannot write the sweep directory {path}: {reason}")
 
 
@@ -56,8 +62,7 @@ class SweepPlan:
         return [r for r in self.runs if r.action in ("new", "resume", "rerun")]
 
 
-def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides=(),
-               force: bool = False) -> SweepPlan:
+def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides=(), force: bool = False) -> SweepPlan:
     """Validate and expand; touches nothing on disk."""
     sweep = load_sweep(sweep_file, overrides)
     sweep_dir = Path(output) / sweep.name
@@ -106,12 +111,20 @@ def _plan(sweep: Sweep, sweep_dir: Path, force: bool) -> SweepPlan:
     return plan
 
 
-def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 1,
-                 show_progress: bool = True, then_analyze: bool = False, processes: int = 1) -> LaunchReport:
+def execute_plan(
+    plan: SweepPlan,
+    *,
+    executor: str = "auto",
+    concurrency: int = 1,
+    show_progress: bool = True,
+    then_analyze: bool = False,
+    processes: int = 1,
+) -> LaunchReport:
     """Write the run directories and hand the runs to the executor."""
     # The executor first: one that cannot run here fails before anything is written.
-    backend = get_executor(executor, concurrency=concurrency, show_progress=show_progress,
-                           then_analyze=then_analyze, processes=processes)
+    backend = get_executor(
+        executor, concurrency=concurrency, show_progress=show_progress, then_analyze=then_analyze, processes=processes
+    )
     source_text = Path(plan.sweep.source).read_text() if plan.sweep.source else ""
     undo = _Undo()
     try:
@@ -126,8 +139,9 @@ def execute_plan(plan: SweepPlan, *, executor: str = "auto", concurrency: int = 
             undo.keep_dir(pr.run_dir.path)
             undo.keep_file(pr.run_dir.config_path)
             undo.keep_file(pr.run_dir.status_path, only_new=True)
-            write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name,
-                             axes=run.axes, label=run.label)
+            write_run_config(
+                pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label
+            )
     except OSError as err:
         undo.rollback()
         raise SweepWriteError(plan.sweep_dir, err) from None
@@ -214,8 +228,12 @@ def dry_run_report(plan: SweepPlan) -> DryRun:
     report = DryRun([], [], 0.0, len(plan.to_launch))
     for s, runs in groups.items():
         tasks = len(slurm.pack(runs, s.runs_per_gpu))
-        script = slurm.render_script(s, job_name=f"hpcdiff-{plan.sweep.name}",
-                                     folder=slurm.submitit_folder(plan.sweep_dir), n_tasks_in_array=tasks)
+        script = slurm.render_script(
+            s,
+            job_name=f"hpcdiff-{plan.sweep.name}",
+            folder=slurm.submitit_folder(plan.sweep_dir),
+            n_tasks_in_array=tasks,
+        )
         report.scripts.append(script)
         if slurm.sbatch_available():
             report.test_only.append(slurm.sbatch_test_only(script))
@@ -231,12 +249,15 @@ def dry_run_report(plan: SweepPlan) -> DryRun:
 def _packing_line(s, runs: int, tasks: int) -> str:
     """How a packed section's runs become tasks, and the GPU-hours (CPU core-hours for a
     CPU-only section) that saves."""
-    unit, per_task = ("GPU-hours", s.nodes * s.gpus_per_node) if s.gpus_per_node else ("CPU core-hours",
-                                                                                      s.cpus_per_task)
+    unit, per_task = (
+        ("GPU-hours", s.nodes * s.gpus_per_node) if s.gpus_per_node else ("CPU core-hours", s.cpus_per_task)
+    )
     hours = per_task * s.time_min / 60
-    return (f"packing: {runs} runs -> {tasks} array tasks of up to {s.runs_per_gpu} runs each "
-            f"(slurm.runs_per_gpu{', with MPS' if s.mps else ''}): {tasks * hours:.1f} {unit} instead of "
-            f"{runs * hours:.1f}, {(runs - tasks) * hours:.1f} saved")
+    return (
+        f"packing: {runs} runs -> {tasks} array tasks of up to {s.runs_per_gpu} runs each "
+        f"(slurm.runs_per_gpu{', with MPS' if s.mps else ''}): {tasks * hours:.1f} {unit} instead of "
+        f"{runs * hours:.1f}, {(runs - tasks) * hours:.1f} saved"
+    )
 
 
 __all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]
@@ -247,8 +268,10 @@ def preamble_lines(plan: SweepPlan) -> list[str]:
     lines = []
     skipped_diverged = sum(1 for r in plan.runs if r.action == "skip-diverged")
     if skipped_diverged:
-        lines.append(f"[magenta]{skipped_diverged} diverged run(s) not relaunched[/] (the same config diverges "
-                     f"the same way; --force resumes them from their last good checkpoint).")
+        lines.append(
+            f"[magenta]{skipped_diverged} diverged run(s) not relaunched[/] (the same config diverges "
+            f"the same way; --force resumes them from their last good checkpoint)."
+        )
     if not plan.to_launch:
         lines.append("Nothing to do: every run is finished, diverged or running. (--force reruns them.)")
     return lines
@@ -259,23 +282,31 @@ def outcome_lines(plan: SweepPlan, report: LaunchReport) -> list[str]:
     SLURM arrays, and what to do about failures. A run another process was training when
     this sweep reached it is busy, not failed: that process trains it."""
     diverged, crashed, busy = (report.ended(s) for s in (RunState.DIVERGED, RunState.FAILED, RunState.BUSY))
-    lines = [f"{report.executor}: launched {len(report.launched)} runs"
-             + (f", [red]{len(crashed)} failed[/]: {', '.join(crashed)}" if crashed else "")
-             + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else "")
-             + (f", {len(busy)} busy in another process: {', '.join(busy)}" if busy else "")]
+    lines = [
+        f"{report.executor}: launched {len(report.launched)} runs"
+        + (f", [red]{len(crashed)} failed[/]: {', '.join(crashed)}" if crashed else "")
+        + (f", [magenta]{len(diverged)} diverged[/]: {', '.join(diverged)}" if diverged else "")
+        + (f", {len(busy)} busy in another process: {', '.join(busy)}" if busy else "")
+    ]
     if report.job_ids:
         arrays = sorted({j.split("_")[0] for k, j in report.job_ids.items() if k != "analyze"})
         tasks = len({j for k, j in report.job_ids.items() if k != "analyze"})
-        lines.append(f"submitted SLURM job array(s) {', '.join(arrays)}"
-                     + (f" ({tasks} tasks: slurm.runs_per_gpu)" if tasks < len(report.launched) else "")
-                     + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else ""))
+        lines.append(
+            f"submitted SLURM job array(s) {', '.join(arrays)}"
+            + (f" ({tasks} tasks: slurm.runs_per_gpu)" if tasks < len(report.launched) else "")
+            + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else "")
+        )
         lines.append(f"  hpcdiff status {plan.sweep_dir} --watch")
     if crashed:
         lines.append(f"See {plan.sweep_dir}/<run_id>/log.txt; rerunning the same command resumes them.")
     if diverged:
-        lines.append(f"Diverged runs say why in {plan.sweep_dir}/<run_id>/log.txt and `hpcdiff status`; "
-                     f"rerunning does not relaunch them.")
+        lines.append(
+            f"Diverged runs say why in {plan.sweep_dir}/<run_id>/log.txt and `hpcdiff status`; "
+            f"rerunning does not relaunch them."
+        )
     if busy:
-        lines.append(f"Busy runs are being trained by another process (another `hpcdiff sweep` or job); "
-                     f"`hpcdiff status {plan.sweep_dir}` follows them.")
+        lines.append(
+            f"Busy runs are being trained by another process (another `hpcdiff sweep` or job); "
+            f"`hpcdiff status {plan.sweep_dir}` follows them."
+        )
     return lines

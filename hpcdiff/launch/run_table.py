@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from hpcdiff.config.text_table import (Column, dropped_note, fit, format_value, short_headers,
-                                       varying_within_labels)
+from hpcdiff.config.text_table import Column, dropped_note, fit, format_value, short_headers, varying_within_labels
 
 GAP = "  "
 INDENT = "    "
@@ -81,14 +80,17 @@ def compact(rows: list[RunRow], columns: list[Column], width: int) -> tuple[list
     headers = short_headers(within)
     cells = []
     for r in rows:
-        cell = {"run_id": r.run_id, "label": r.label, **{k: format_value(r.values.get(k)) for k in within},
-                **r.after}
+        cell = {"run_id": r.run_id, "label": r.label, **{k: format_value(r.values.get(k)) for k in within}, **r.after}
         if model_varies:
             cell["model"] = _model_text(r.model)
         cells.append(cell)
-    table = [Column("run_id", "run"), Column("label", "label"),
-             *(Column(k, headers[k], drop_order=3) for k in within),
-             *([Column("model", "model", drop_order=4)] if model_varies else []), *columns]
+    table = [
+        Column("run_id", "run"),
+        Column("label", "label"),
+        *(Column(k, headers[k], drop_order=3) for k in within),
+        *([Column("model", "model", drop_order=4)] if model_varies else []),
+        *columns,
+    ]
     return fit(table, cells, width)
 
 
@@ -131,8 +133,15 @@ def render(title: str, rows: list[RunRow], width: int) -> str:
     head, rest = after[:1], [k for k in after[1:] if any(r.after.get(k) for r in rows)]
     labels = any(r.label for r in rows)
     header = ["run id", *(["label"] if labels else []), *keys, *head, *rest]
-    cells = [[r.run_id, *([r.label] if labels else []), *(format_value(r.values.get(k)) for k in keys),
-              *(r.after.get(k, "") for k in head + rest)] for r in rows]
+    cells = [
+        [
+            r.run_id,
+            *([r.label] if labels else []),
+            *(format_value(r.values.get(k)) for k in keys),
+            *(r.after.get(k, "") for k in head + rest),
+        ]
+        for r in rows
+    ]
     widths = [max(len(text) for text in column) for column in zip(header, *cells)]
     if sum(widths) + len(GAP) * (len(widths) - 1) <= width:
         lines = [_line(header, widths), _line(["-" * w for w in widths], widths)]

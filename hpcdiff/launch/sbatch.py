@@ -51,14 +51,16 @@ def check_csd3(s: SlurmSpec) -> None:
         raise SpecError("a CSD3 job on several nodes must use all 4 GPUs of each", path="slurm.gpus_per_node")
     limit = 12 * 60 if s.account.upper().endswith("-SL3-GPU") else 36 * 60
     if s.time_min > limit:
-        raise SpecError(f"{s.time_min} min exceeds CSD3's {limit // 60} h limit for account {s.account!r}",
-                        path="slurm.time_min")
+        raise SpecError(
+            f"{s.time_min} min exceeds CSD3's {limit // 60} h limit for account {s.account!r}", path="slurm.time_min"
+        )
     if not s.account:
         raise SpecError("CSD3 needs an account such as MYPROJECT-SL3-GPU", path="slurm.account")
 
 
-def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], log_dir: str,
-           hpcdiff: str | None = None) -> str:
+def render(
+    template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], log_dir: str, hpcdiff: str | None = None
+) -> str:
     """One script: a single run, or a job array over ``run_dirs`` (one per task, or
     ``slurm.runs_per_gpu`` per task, trained at once)."""
     if template not in TEMPLATES:
@@ -80,8 +82,12 @@ def render(template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], l
         lines.append('RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"')
     else:
         lines.append(f"RUN_DIR={shlex.quote(run_dirs[0])}")
-    lines += ["", f'srun --kill-on-bad-exit=1 {hpcdiff} train --no-progress "$RUN_DIR"', "",
-              _REQUEUE.format(max_requeues=s.max_requeues, **STATE_NAMES)]
+    lines += [
+        "",
+        f'srun --kill-on-bad-exit=1 {hpcdiff} train --no-progress "$RUN_DIR"',
+        "",
+        _REQUEUE.format(max_requeues=s.max_requeues, **STATE_NAMES),
+    ]
     return "\n".join(lines)
 
 
@@ -107,15 +113,20 @@ def _directives(template: str, s: SlurmSpec, job_name: str, tasks: int, log_dir:
         lines += [f"#SBATCH --mail-user={s.mail_user}", f"#SBATCH --mail-type={s.mail_type or 'END,FAIL'}"]
     # Packed runs are the batch shell's own children (no srun step): it takes the warning
     # (B:) and passes it on.
-    lines += [f"#SBATCH --signal={'B:' if s.packed else ''}USR2@{s.signal_delay_s}", "#SBATCH --requeue",
-              f"#SBATCH --output={shlex.quote(log_dir + '/%x-%A_%a.out' if tasks > 1 else log_dir + '/%x-%j.out')}"]
+    lines += [
+        f"#SBATCH --signal={'B:' if s.packed else ''}USR2@{s.signal_delay_s}",
+        "#SBATCH --requeue",
+        f"#SBATCH --output={shlex.quote(log_dir + '/%x-%A_%a.out' if tasks > 1 else log_dir + '/%x-%j.out')}",
+    ]
     if tasks > 1:
         lines.append(f"#SBATCH --array=0-{tasks - 1}%{min(s.array_parallelism, tasks)}")
     return lines + [f"#SBATCH {line}" for line in s.extra_sbatch]
 
 
 # The directory and variables of hpcdiff.launch.mps, in shell.
-_MPS = SHELL_PRIVATE_DIR + """# NVIDIA MPS, private to this job (mode 0700; the job stops if someone else made the
+_MPS = (
+    SHELL_PRIVATE_DIR
+    + """# NVIDIA MPS, private to this job (mode 0700; the job stops if someone else made the
 # directory first): the runs' kernels share the GPU at once.
 MPS_DIR="${TMPDIR:-/tmp}/hpcdiff-mps-$SLURM_JOB_ID"
 hpcdiff_private_dir "$MPS_DIR"
@@ -125,6 +136,7 @@ hpcdiff_private_dir "$CUDA_MPS_LOG_DIRECTORY"
 nvidia-cuda-mps-control -d || echo "hpcdiff: MPS did not start; the runs share the GPU without it" >&2
 trap 'echo quit | nvidia-cuda-mps-control || true; rm -rf "$MPS_DIR"' EXIT
 """
+)
 
 _PACKED = """# {k} runs at once, one process each, sharing this task's GPU and CPUs; one failing does not
 # stop the others. Stop signals are passed on (again every second: a process that has not
@@ -145,7 +157,8 @@ done
 
 # Any run stopped by the time-limit warning (state "timeout")? Requeue: the next start
 # resumes each from its own checkpoint (finished runs return at once). Any failed: exit 1.
-states=$(python3 -c 'import json, sys; print(*(json.load(open(d + "/status.json"))["state"] for d in sys.argv[1:]))' "${{TASK_RUNS[@]}}")
+states=$(python3 -c 'import json, sys; print(*(json.load(open(d + "/status.json"))["state"] for d in sys.argv[1:]))' \
+    "${{TASK_RUNS[@]}}")
 echo "runs of this task: ${{TASK_RUNS[*]}}: $states"
 if [[ " $states " == *" {timeout} "* ]] && [ "${{SLURM_RESTART_COUNT:-0}}" -lt {max_requeues} ]; then
     scontrol requeue "$SLURM_JOB_ID"
@@ -156,22 +169,35 @@ fi
 
 
 def _packed_body(s: SlurmSpec, run_dirs: list[str], hpcdiff: str) -> list[str]:
-    return ["RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")", "",
-            _PACKED.format(**STATE_NAMES, k=s.runs_per_gpu, prelude=shell_prelude(), command=shell_command(hpcdiff),
-                           max_requeues=s.max_requeues, mps=_MPS + "\n" if s.mps else "")]
+    return [
+        "RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")",
+        "",
+        _PACKED.format(
+            **STATE_NAMES,
+            k=s.runs_per_gpu,
+            prelude=shell_prelude(),
+            command=shell_command(hpcdiff),
+            max_requeues=s.max_requeues,
+            mps=_MPS + "\n" if s.mps else "",
+        ),
+    ]
 
 
 # Each template's example [slurm] section (the shipped slurm/<template>.sbatch).
 PLACEHOLDERS: Registry[SlurmSpec] = Registry("sbatch template", declared=TEMPLATES)
-PLACEHOLDERS.register("csd3-ampere")(SlurmSpec(account="MYPROJECT-SL3-GPU", time_min=720, gpus_per_node=4,
-                                                cpus_per_task=8, array_parallelism=8))
+PLACEHOLDERS.register("csd3-ampere")(
+    SlurmSpec(account="MYPROJECT-SL3-GPU", time_min=720, gpus_per_node=4, cpus_per_task=8, array_parallelism=8)
+)
 PLACEHOLDERS.register("gpu")(SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32))
 PLACEHOLDERS.register("cpu")(SlurmSpec(partition="cpu", time_min=720, cpus_per_task=4, mem_gb=8))
 PLACEHOLDERS.seal()
 # Shipped examples beyond the templates themselves: name -> (template, [slurm] section, runs).
 PACKED_EXAMPLES = {
-    "gpu-packed": ("gpu", SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32,
-                                    runs_per_gpu=4, mps=True), 8),
+    "gpu-packed": (
+        "gpu",
+        SlurmSpec(partition="gpu", time_min=720, gpus_per_node=1, cpus_per_task=8, mem_gb=32, runs_per_gpu=4, mps=True),
+        8,
+    )
 }
 EXAMPLES = (*TEMPLATES, *PACKED_EXAMPLES)
 
@@ -179,19 +205,23 @@ EXAMPLES = (*TEMPLATES, *PACKED_EXAMPLES)
 def example(name: str) -> str:
     """The file shipped as slurm/<name>.sbatch."""
     template, spec, n = PACKED_EXAMPLES[name] if name in PACKED_EXAMPLES else (name, PLACEHOLDERS.get(name), 2)
-    return render(template, spec, job_name="hpcdiff-part2",
-                  run_dirs=[f"runs/part2/RUN_ID_{i}" for i in range(1, n + 1)], log_dir="runs/part2/slurm",
-                  hpcdiff="hpcdiff")
+    return render(
+        template,
+        spec,
+        job_name="hpcdiff-part2",
+        run_dirs=[f"runs/part2/RUN_ID_{i}" for i in range(1, n + 1)],
+        log_dir="runs/part2/slurm",
+        hpcdiff="hpcdiff",
+    )
 
 
-def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path = "runs",
-                    overrides=()) -> list[Path]:
+def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path = "runs", overrides=()) -> list[Path]:
     """Write the sweep's run directories (as `hpcdiff sweep` would, launching nothing) and
     an array script over the unfinished ones; returns the scripts' paths. Runs whose
     [slurm] sections differ (a sweep axis over slurm.time_min, say) get one script each,
     as the submitit backend gives them one array each."""
-    from hpcdiff.storage.rundir import update_manifest, write_run_config
     from hpcdiff.launch.plan import plan_sweep
+    from hpcdiff.storage.rundir import update_manifest, write_run_config
 
     if template not in TEMPLATES:
         raise SpecError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
@@ -209,8 +239,7 @@ def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path
     update_manifest(plan.sweep_dir, plan.sweep, Path(sweep_file).read_text())
     for pr in plan.runs:
         run = runs[pr.run_dir.run_id]
-        write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes,
-                         label=run.label)
+        write_run_config(pr.run_dir, run.spec, run_id=run.run_id, sweep=plan.sweep.name, axes=run.axes, label=run.label)
     # Scripts of an earlier call name runs that may since have been submitted: gone, so
     # that only the current set can be submitted.
     for old in [plan.sweep_dir / f"{template}.sbatch", *plan.sweep_dir.glob(f"{template}-[0-9]*.sbatch")]:
@@ -220,8 +249,9 @@ def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path
     paths = []
     for k, (slurm, run_dirs) in enumerate(groups.items(), start=1):
         suffix = f"-{k}" if len(groups) > 1 else ""
-        script = render(template, slurm, job_name=f"hpcdiff-{plan.sweep.name}{suffix}", run_dirs=run_dirs,
-                        log_dir=str(log_dir))
+        script = render(
+            template, slurm, job_name=f"hpcdiff-{plan.sweep.name}{suffix}", run_dirs=run_dirs, log_dir=str(log_dir)
+        )
         path = plan.sweep_dir / f"{template}{suffix}.sbatch"
         path.write_text(script)
         paths.append(path)

@@ -23,15 +23,27 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hpcdiff.storage.rundir import RunDir
-from hpcdiff.storage.runstate import RunState
 from hpcdiff.config.spec import SlurmSpec
 from hpcdiff.launch.base import Executor, LaunchReport
 from hpcdiff.launch.job import PackedTrainJob, TrainJob, analyze_job
+from hpcdiff.storage.rundir import RunDir
+from hpcdiff.storage.runstate import RunState
 
 # squeue states of a job that will still run (or is running).
-ACTIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD",
-                 "REQUEUE_FED", "RESIZING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "PREEMPTED"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "CONFIGURING",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESIZING",
+    "SUSPENDED",
+    "STAGE_OUT",
+    "SIGNALING",
+    "PREEMPTED",
+}
 DEFAULT_MAX_ARRAY_SIZE = 1001
 
 
@@ -77,8 +89,7 @@ def query_queue() -> dict[str, str] | None:
         return None
     try:
         # Every user's jobs: a sweep directory may be shared, and job ids are cluster-wide.
-        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     if proc.returncode != 0:
@@ -99,8 +110,12 @@ def is_queued(status: dict, states: dict[str, str]) -> bool:
 def executor_parameters(s: SlurmSpec, job_name: str) -> dict:
     """[slurm] section -> submitit.SlurmExecutor parameters (sbatch flags)."""
     p: dict = {
-        "job_name": job_name, "time": s.time_min, "nodes": s.nodes, "ntasks_per_node": s.tasks,
-        "cpus_per_task": s.cpus_per_task, "array_parallelism": s.array_parallelism,
+        "job_name": job_name,
+        "time": s.time_min,
+        "nodes": s.nodes,
+        "ntasks_per_node": s.tasks,
+        "cpus_per_task": s.cpus_per_task,
+        "array_parallelism": s.array_parallelism,
         "signal_delay_s": s.signal_delay_s,
         # A task that dies (an exception on rank 0, say) ends the step, instead of leaving
         # the other ranks waiting in a collective until the process-group timeout.
@@ -131,8 +146,9 @@ def parse_extra_sbatch(line: str) -> tuple[str, object]:
     return body, True
 
 
-def render_script(s: SlurmSpec, *, job_name: str, folder: Path, n_tasks_in_array: int,
-                  python: str | None = None) -> str:
+def render_script(
+    s: SlurmSpec, *, job_name: str, folder: Path, n_tasks_in_array: int, python: str | None = None
+) -> str:
     """The sbatch script submitit submits for an array of this section (pure function)."""
     import shlex
 
@@ -159,7 +175,7 @@ def sbatch_test_only(script: str) -> str:
 def pack(runs: list, k: int) -> list[list]:
     """The runs of one [slurm] section in tasks of up to ``k`` (runs_per_gpu), in order."""
     k = max(1, k)
-    return [runs[i:i + k] for i in range(0, len(runs), k)]
+    return [runs[i : i + k] for i in range(0, len(runs), k)]
 
 
 def task_job(run_dirs: list[RunDir], s: SlurmSpec):
@@ -192,8 +208,7 @@ class SlurmExecutor(Executor):
 
     def __init__(self, then_analyze: bool = False, **_ignored):
         if not sbatch_available():
-            raise SlurmError("the slurm executor needs sbatch on PATH (run on a login node, "
-                             "or use --executor local)")
+            raise SlurmError("the slurm executor needs sbatch on PATH (run on a login node, or use --executor local)")
         self.then_analyze = then_analyze
 
     def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
@@ -208,7 +223,7 @@ class SlurmExecutor(Executor):
             executor.update_parameters(**executor_parameters(group.spec, f"hpcdiff-{Path(sweep_dir).name}"))
             tasks = pack(group.runs, group.spec.runs_per_gpu)
             for start in range(0, len(tasks), limit):
-                chunk = tasks[start:start + limit]
+                chunk = tasks[start : start + limit]
                 # Before submitting: a task that starts and ends at once must not have its
                 # final state overwritten by this launcher afterwards.
                 for rd in (rd for task in chunk for rd in task):
@@ -236,9 +251,14 @@ def submit_analysis(sweep_dir: Path, run_dirs: list[RunDir], array_ids: list[str
 
     s = run_dirs[0].load_spec().slurm
     executor = submitit.SlurmExecutor(folder=submitit_folder(sweep_dir), max_num_timeout=0)
-    params = {"job_name": f"hpcdiff-analyze-{Path(sweep_dir).name}", "time": 30, "cpus_per_task": 2,
-              "nodes": 1, "ntasks_per_node": 1,
-              "additional_parameters": {"dependency": "afterany:" + ":".join(array_ids)}}
+    params = {
+        "job_name": f"hpcdiff-analyze-{Path(sweep_dir).name}",
+        "time": 30,
+        "cpus_per_task": 2,
+        "nodes": 1,
+        "ntasks_per_node": 1,
+        "additional_parameters": {"dependency": "afterany:" + ":".join(array_ids)},
+    }
     partition = s.cpu_partition or s.partition
     if partition:
         params["partition"] = partition

@@ -7,15 +7,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdiff.config import tomlio
+from hpcdiff.config.text_table import Column, dropped_note, duration, number, progress_text
 from hpcdiff.launch import slurm
+from hpcdiff.launch.run_table import RunRow, compact, lookup, render, with_model_name
 from hpcdiff.storage.rundir import read_manifest, read_run_meta, sweep_run_dirs
 from hpcdiff.storage.runstate import RunState
-from hpcdiff.config.text_table import Column, dropped_note, duration, number, progress_text
-from hpcdiff.launch.run_table import RunRow, compact, lookup, render, with_model_name
 
-COLOURS = {RunState.DONE: "green", RunState.RUNNING: "cyan", RunState.FAILED: "red", RunState.DIVERGED: "magenta",
-           RunState.TIMEOUT: "yellow", RunState.INTERRUPTED: "yellow", RunState.PENDING: "white",
-           RunState.QUEUED: "white", RunState.BUSY: "cyan"}
+COLOURS = {
+    RunState.DONE: "green",
+    RunState.RUNNING: "cyan",
+    RunState.FAILED: "red",
+    RunState.DIVERGED: "magenta",
+    RunState.TIMEOUT: "yellow",
+    RunState.INTERRUPTED: "yellow",
+    RunState.PENDING: "white",
+    RunState.QUEUED: "white",
+    RunState.BUSY: "cyan",
+}
 
 
 @dataclass
@@ -61,20 +69,37 @@ def collect_status(sweep_dir: str | Path) -> tuple[list[str], list[RunStatus]]:
         state = rd.effective_state()
         if state in (RunState.TIMEOUT, RunState.PENDING) and job_state in slurm.ACTIVE_STATES:
             state = RunState.QUEUED  # waiting for its (re)start
-        elif (state == RunState.RUNNING and job_id and answered is not None and str(job_id) not in queue
-              and not rd.is_locked()):
+        elif (
+            state == RunState.RUNNING
+            and job_id
+            and answered is not None
+            and str(job_id) not in queue
+            and not rd.is_locked()
+        ):
             # Its job has left the queue without the run saying how it ended: killed without
             # a signal it could handle (out of memory, node failure, scancel -s KILL).
             state = RunState.INTERRUPTED
-        rows.append(RunStatus(
-            run_id=rd.run_id, label=meta.get("label", ""), axes=meta.get("axes", {}),
-            state=state, epoch=int(st.get("epoch", 0)), epochs=int(st.get("epochs", 0)),
-            last_loss=st.get("last_loss"), val_loss=st.get("val_loss"), error=st.get("error"),
-            restarts=int(st.get("restarts", 0) or 0), job_id=job_id, job_state=job_state,
-            requeues=int(st.get("requeues", 0) or 0), steps=st.get("steps"), elapsed=st.get("elapsed"),
-            stopped_by=st.get("stopped_by"),
-            **_config_facts(rd, varying, meta.get("axes", {})),
-        ))
+        rows.append(
+            RunStatus(
+                run_id=rd.run_id,
+                label=meta.get("label", ""),
+                axes=meta.get("axes", {}),
+                state=state,
+                epoch=int(st.get("epoch", 0)),
+                epochs=int(st.get("epochs", 0)),
+                last_loss=st.get("last_loss"),
+                val_loss=st.get("val_loss"),
+                error=st.get("error"),
+                restarts=int(st.get("restarts", 0) or 0),
+                job_id=job_id,
+                job_state=job_state,
+                requeues=int(st.get("requeues", 0) or 0),
+                steps=st.get("steps"),
+                elapsed=st.get("elapsed"),
+                stopped_by=st.get("stopped_by"),
+                **_config_facts(rd, varying, meta.get("axes", {})),
+            )
+        )
     return varying, rows
 
 
@@ -91,8 +116,7 @@ def _config_facts(rd, varying: list[str], axes: dict) -> dict:
         model = RunSpec.from_dict({"model": config.get("model", {})}).model
     except ValueError:
         model = None
-    return {"values": with_model_name(lookup(config, varying), model), "train": config.get("train", {}),
-            "model": model}
+    return {"values": with_model_name(lookup(config, varying), model), "train": config.get("train", {}), "model": model}
 
 
 def summary(rows: list[RunStatus]) -> dict[str, int]:
@@ -121,30 +145,57 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
     for r in rows:
         values = r.values if r.values is not None else {k: r.axes.get(k) for k in varying}
         if long:
-            after = {"state": r.state, "epoch": f"{r.epoch}/{r.epochs}",
-                     "last loss": f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
-                     "val loss": f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else ""}
+            after = {
+                "state": r.state,
+                "epoch": f"{r.epoch}/{r.epochs}",
+                "last loss": f"{r.last_loss:.4f}" if isinstance(r.last_loss, float) else "",
+                "val loss": f"{r.val_loss:.4f}" if isinstance(r.val_loss, float) else "",
+            }
             if slurm_cols:
-                after.update({"job": r.job_id or "", "job state": r.job_state or "", "requeues": str(r.requeues),
-                              "runs in job": str(len(shared[r.job_id])) if r.job_id in shared else ""})
+                after.update(
+                    {
+                        "job": r.job_id or "",
+                        "job state": r.job_state or "",
+                        "requeues": str(r.requeues),
+                        "runs in job": str(len(shared[r.job_id])) if r.job_id in shared else "",
+                    }
+                )
             else:
                 after["restarts"] = str(r.restarts)
             after["error"] = _headline(r.error)
         else:
-            after = {"state": r.state, "job": r.job_id or "",
-                     "progress": progress_text(r.train or {}, epoch=r.epoch, epochs=r.epochs, steps=_steps(r),
-                                               seconds=r.elapsed, ended=r.state.ended, stopped_by=r.stopped_by),
-                     "val loss": number(r.val_loss, 4), "wall": duration(r.elapsed)}
+            after = {
+                "state": r.state,
+                "job": r.job_id or "",
+                "progress": progress_text(
+                    r.train or {},
+                    epoch=r.epoch,
+                    epochs=r.epochs,
+                    steps=_steps(r),
+                    seconds=r.elapsed,
+                    ended=r.state.ended,
+                    stopped_by=r.stopped_by,
+                ),
+                "val loss": number(r.val_loss, 4),
+                "wall": duration(r.elapsed),
+            }
         table_rows.append(RunRow(r.run_id, r.label, values, after, model=r.model))
     counts = summary(rows)
     footer = [", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + f" ({len(rows)} runs)"]
     if long:
         body = render(str(sweep_dir), table_rows, width)
     else:
-        lines, dropped = compact(table_rows, [Column("state", "state"), Column("job", "job", drop_order=5),
-                                              Column("progress", "progress"),
-                                              Column("val loss", "val loss", drop_order=2, right=True),
-                                              Column("wall", "wall", drop_order=1, right=True)], width)
+        lines, dropped = compact(
+            table_rows,
+            [
+                Column("state", "state"),
+                Column("job", "job", drop_order=5),
+                Column("progress", "progress"),
+                Column("val loss", "val loss", drop_order=2, right=True),
+                Column("wall", "wall", drop_order=1, right=True),
+            ],
+            width,
+        )
         body = "\n".join([str(sweep_dir), *lines])
         footer += [f"{r.run_id} {r.state}: {_headline(r.error)}" for r in rows if r.error and r.state != RunState.DONE]
         footer += [note for note in [dropped_note(dropped)] if note]
@@ -154,7 +205,8 @@ def status_table(sweep_dir, varying: list[str], rows: list[RunStatus], width: in
     line = "\n".join(footer)
     if shared:
         line += "\nruns that share a job (slurm.runs_per_gpu):\n" + "\n".join(
-            f"  {job}: {', '.join(ids)}" for job, ids in shared.items())
+            f"  {job}: {', '.join(ids)}" for job, ids in shared.items()
+        )
     return Group(text, Text(line))
 
 
@@ -179,14 +231,17 @@ def _headline(error: str | None, limit: int = 100) -> str:
     log.txt hold all of it."""
     text = " ".join((error or "").split())
     first = text.split(". ", 1)[0]
-    return first if len(first) <= limit else first[:limit - 3] + "..."
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def cancel_sweep(sweep_dir: str | Path) -> list[str]:
     """scancel the jobs of every run that has not finished; returns the job ids."""
     _, rows = collect_status(sweep_dir)
     # Runs packed into one task share its job id: each job once.
-    ids = list(dict.fromkeys(r.job_id for r in rows
-                             if r.job_id and r.state != RunState.DONE and r.job_state in slurm.ACTIVE_STATES))
+    ids = list(
+        dict.fromkeys(
+            r.job_id for r in rows if r.job_id and r.state != RunState.DONE and r.job_state in slurm.ACTIVE_STATES
+        )
+    )
     slurm.cancel(ids)
     return ids

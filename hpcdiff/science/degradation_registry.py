@@ -9,9 +9,10 @@ filled.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -87,8 +88,15 @@ def _keyword_defaults(fn: DegradationFn) -> dict[str, Any]:
     return found
 
 
-def register_degradation(name: str, *, draws: str, n_steps: int, prior: str | None = None,
-                         process: str = "cold", keeps_image: KeepsImage | None = None):
+def register_degradation(
+    name: str,
+    *,
+    draws: str,
+    n_steps: int,
+    prior: str | None = None,
+    process: str = "cold",
+    keeps_image: KeepsImage | None = None,
+):
     if process not in PROCESSES:
         raise ValueError(f"process must be one of {PROCESSES}, got {process!r}")
     if draws not in LEVEL_DRAWS:
@@ -98,9 +106,16 @@ def register_degradation(name: str, *, draws: str, n_steps: int, prior: str | No
         kw = _keyword_defaults(fn)
         DEGRADATIONS.register(name)(fn)
         DEGRADATION_INFO[name] = info = DegradationInfo(
-            name=name, process=process, draws=draws, has_known_prior=prior is not None,
-            prior=prior, n_steps=n_steps, default_schedule=kw["schedule"], keeps_image=keeps_image,
-            params=MappingProxyType({k: v for k, v in kw.items() if k not in COMMON_KWARGS}))
+            name=name,
+            process=process,
+            draws=draws,
+            has_known_prior=prior is not None,
+            prior=prior,
+            n_steps=n_steps,
+            default_schedule=kw["schedule"],
+            keeps_image=keeps_image,
+            params=MappingProxyType({k: v for k, v in kw.items() if k not in COMMON_KWARGS}),
+        )
         fn.deterministic = info.deterministic  # type: ignore[attr-defined]
         fn.has_known_prior = info.has_known_prior  # type: ignore[attr-defined]
         return fn
@@ -144,8 +159,15 @@ def check_params(name: str, *, n_steps: int, schedule: str | None = None, **para
     its own parameters; this only calls it. Levels 0 and 1 are enough to reach those checks
     and keep the cost independent of ``n_steps``."""
     x0 = torch.zeros(2, 1, 28, 28)
-    degrade(name, x0, torch.tensor([0, 1]), n_steps=n_steps, schedule=schedule,
-            generator=torch.Generator().manual_seed(0), **params)
+    degrade(
+        name,
+        x0,
+        torch.tensor([0, 1]),
+        n_steps=n_steps,
+        schedule=schedule,
+        generator=torch.Generator().manual_seed(0),
+        **params,
+    )
 
 
 def _checked_levels(t: Tensor | int, x0: Tensor, n_steps: int) -> Tensor:

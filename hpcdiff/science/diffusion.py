@@ -23,7 +23,8 @@ from hpcdiff.config.spec import RunSpec
 from hpcdiff.science.degradations import degrade, info_of, is_gaussian
 from hpcdiff.science.graphs import GraphedDenoisers
 from hpcdiff.science.schedules import ddpm_schedule
-from hpcdiff.science.streams import generator as stream_generator, stream_seed
+from hpcdiff.science.streams import generator as stream_generator
+from hpcdiff.science.streams import stream_seed
 
 if TYPE_CHECKING:
     from hpcdiff.science.priors import LevelPrior
@@ -82,8 +83,14 @@ class _Sampling(nn.Module):
     sample_steps: int
 
     @torch.no_grad()
-    def sample(self, x_T: torch.Tensor, *, generator: torch.Generator | None = None,
-               sampler: str | None = None, steps: int | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        x_T: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+    ) -> torch.Tensor:
         """Images from x_T with the run's sampler and step count, or with the ones given
         (evaluation samples with fewer steps than the run's own sampler)."""
         name = sampler or self.sampler
@@ -104,8 +111,17 @@ class GaussianDDPM(_Sampling):
 
     kind = "gaussian"
 
-    def __init__(self, model: nn.Module, *, beta1: float, beta2: float, n_T: int,
-                 loss: str = "mse", sampler: str = "ancestral", sample_steps: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        beta1: float,
+        beta2: float,
+        n_T: int,
+        loss: str = "mse",
+        sampler: str = "ancestral",
+        sample_steps: int = 0,
+    ):
         super().__init__()
         self.denoiser = model
         schedule = ddpm_schedules(beta1, beta2, n_T)
@@ -178,9 +194,21 @@ class ColdDiffusion(_Sampling):
 
     kind = "cold"
 
-    def __init__(self, model: nn.Module, *, degradation: str, schedule: str, params: dict, n_T: int,
-                 loss: str = "l1", sampler: str = "cold_alg2", sample_start: str = "degraded_test",
-                 start_noise: float = 0.002, noise_seed: int = 0, sample_steps: int = 0):
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        degradation: str,
+        schedule: str,
+        params: dict,
+        n_T: int,
+        loss: str = "l1",
+        sampler: str = "cold_alg2",
+        sample_start: str = "degraded_test",
+        start_noise: float = 0.002,
+        noise_seed: int = 0,
+        sample_steps: int = 0,
+    ):
         super().__init__()
         self.sample_steps = sample_steps
         self.denoiser = model
@@ -196,8 +224,9 @@ class ColdDiffusion(_Sampling):
         self.prior = None
 
     def degrade(self, x0: torch.Tensor, t, generator: torch.Generator | None = None) -> torch.Tensor:
-        return degrade(self.degradation, x0, t, n_steps=self.n_T, schedule=self.schedule,
-                       generator=generator, **self.params)
+        return degrade(
+            self.degradation, x0, t, n_steps=self.n_T, schedule=self.schedule, generator=generator, **self.params
+        )
 
     def restore(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         return self.denoise(x_t, torch.full((x_t.shape[0],), t / self.n_T, device=x_t.device))
@@ -208,8 +237,9 @@ class ColdDiffusion(_Sampling):
         x_t = self.degrade(x0, t)
         return self.criterion(self.denoiser(x_t, t / self.n_T), x0)
 
-    def level_generator(self, s: int, generator: torch.Generator | None = None,
-                        device: torch.device | None = None) -> torch.Generator | None:
+    def level_generator(
+        self, s: int, generator: torch.Generator | None = None, device: torch.device | None = None
+    ) -> torch.Generator | None:
         """The draw that degrades level s of the trajectories sampled with ``generator``:
         the same every time it is asked for, so that Algorithm 2's D(x0_hat, s) terms
         telescope. A degradation whose levels share one draw (``draws = "shared"``: impulse
@@ -245,18 +275,21 @@ class ColdDiffusion(_Sampling):
                 # step subtracts the corruption that is there. A deterministic level T is
                 # what the prior was fitted on already (blurring it again would not be).
                 x_T = self.degrade_to_start(x_T, generator)
-            return x_T + self.start_noise * _randn(x_T.shape, generator, device), "prior fitted on training images at level T"
+            return x_T + self.start_noise * _randn(
+                x_T.shape, generator, device
+            ), "prior fitted on training images at level T"
         if test_images is None or len(test_images) == 0:
             raise ValueError("sampling cold diffusion needs held-out test images to start from")
-        idx = torch.randint(0, len(test_images), (n,), generator=generator,
-                            device=generator.device if generator is not None else "cpu").to(test_images.device)
+        idx = torch.randint(
+            0, len(test_images), (n,), generator=generator, device=generator.device if generator is not None else "cpu"
+        ).to(test_images.device)
         x0 = test_images[idx].to(device)
         if start == "channel_mean":
             mean = x0.mean(dim=(2, 3), keepdim=True).expand_as(x0)
             return mean + self.start_noise * _randn(x0.shape, generator, device), "channel-mean test images + noise"
         return self.degrade_to_start(x0, generator), "maximally degraded test images"
 
-    def fit_prior(self, train_images: torch.Tensor, *, seed: int) -> "LevelPrior":
+    def fit_prior(self, train_images: torch.Tensor, *, seed: int) -> LevelPrior:
         """The level-T prior of sample_start "prior", fitted on training images (model
         range): each degraded to level T with its own draw, then summarised and fitted
         (science/priors.py). A random subset of at most MAX_FIT_IMAGES images."""
@@ -304,8 +337,11 @@ def cold_alg2(cd: ColdDiffusion, x_T, *, generator, restorer=None, times=None):
     for k, s in enumerate(times):
         nxt = times[k + 1] if k + 1 < len(times) else 0
         x0_hat = restore(x, s)
-        x = (x - cd.degrade(x0_hat, s, cd.level_generator(s, generator, x.device))
-             + cd.degrade(x0_hat, nxt, cd.level_generator(nxt, generator, x.device)))
+        x = (
+            x
+            - cd.degrade(x0_hat, s, cd.level_generator(s, generator, x.device))
+            + cd.degrade(x0_hat, nxt, cd.level_generator(nxt, generator, x.device))
+        )
     return x
 
 
@@ -319,8 +355,19 @@ def build_diffusion(spec: RunSpec, model: nn.Module) -> nn.Module:
     if not d.n_T or d.sampler == "auto" or d.sample_start == "auto" or not deg.schedule:
         raise ValueError("build_diffusion needs a resolved spec: pass it through hpcdiff.resolve.validate_spec")
     if is_gaussian(deg.name):
-        return GaussianDDPM(model, beta1=d.beta1, beta2=d.beta2, n_T=d.n_T, loss=d.loss,
-                            sampler=d.sampler, sample_steps=d.sample_steps)
-    return ColdDiffusion(model, degradation=deg.name, schedule=deg.schedule, params=deg.params,
-                         n_T=d.n_T, loss=d.loss, sampler=d.sampler, sample_start=d.sample_start,
-                         start_noise=d.start_noise, noise_seed=spec.train.seed, sample_steps=d.sample_steps)
+        return GaussianDDPM(
+            model, beta1=d.beta1, beta2=d.beta2, n_T=d.n_T, loss=d.loss, sampler=d.sampler, sample_steps=d.sample_steps
+        )
+    return ColdDiffusion(
+        model,
+        degradation=deg.name,
+        schedule=deg.schedule,
+        params=deg.params,
+        n_T=d.n_T,
+        loss=d.loss,
+        sampler=d.sampler,
+        sample_start=d.sample_start,
+        start_noise=d.start_noise,
+        noise_seed=spec.train.seed,
+        sample_steps=d.sample_steps,
+    )

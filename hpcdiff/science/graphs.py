@@ -83,7 +83,8 @@ class GraphedDenoisers:
                 replay = self._replays[key] = _Replay(net, x, t)
             except RuntimeError as err:
                 self._failed = True
-                log.warning("sampling without CUDA graphs: the denoiser could not be captured (%s)",
-                            str(err).splitlines()[0])
+                log.warning(
+                    "sampling without CUDA graphs: the denoiser could not be captured (%s)", str(err).splitlines()[0]
+                )
                 return net(x, t)
         return replay(x, t)

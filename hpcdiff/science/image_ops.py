@@ -37,12 +37,10 @@ def levels(x0: Tensor, t: Tensor) -> Tensor:
     return t.to(device=x0.device, dtype=torch.long)
 
 
-
 def swap_half_width(t: Tensor, n_steps: int, schedule: str, full: int) -> Tensor:
     """Window half-width per sample: 0 at t=0, 1 at t=1 (linear), ``full`` at t=n_steps."""
     hw = 1 + torch.round((full - 1) * schedule_fraction(schedule, t, n_steps)).long()
     return torch.where(t == 0, torch.zeros_like(hw), hw)
-
 
 
 @functools.lru_cache(maxsize=16)
@@ -98,7 +96,6 @@ def pixel_swap_loop_reference(
     return out
 
 
-
 def gaussian_kernel1d(kernel_size: int, sigma: float, dtype=torch.float32, device=None) -> Tensor:
     """Normalised 1-D Gaussian of odd length (the 2-D kernel is its outer product, as in
     torchgeometry/kornia's ``get_gaussian_kernel2d`` that Bansal et al. use)."""
@@ -115,7 +112,13 @@ BLUR_PADDINGS = ("circular", "reflect", "replicate", "zeros")
 
 
 def blur_by_convolution(
-    x0: Tensor, t: Tensor, *, n_steps: int, kernel_size: int = 11, sigma: float = 7.0, padding: str = "circular",
+    x0: Tensor,
+    t: Tensor,
+    *,
+    n_steps: int,
+    kernel_size: int = 11,
+    sigma: float = 7.0,
+    padding: str = "circular",
     masked: bool | None = None,
 ) -> Tensor:
     """``G^t x0`` by applying the depthwise (separable) blur ``t`` times; any padding.
@@ -180,7 +183,6 @@ def blur_circular_fft(x0: Tensor, t: Tensor, kernel_size: int, sigma: float) -> 
     power = ghat ** per_sample(t.to(work))  # [B, 1, H, W//2 + 1]
     out = torch.fft.irfft2(torch.fft.rfft2(x0.to(work)) * power, s=(H, W))
     return torch.where(per_sample(t == 0), x0, out.to(x0.dtype))
-
 
 
 def downsample_factor(t: Tensor, n_steps: int, schedule: str, max_factor: int) -> Tensor:

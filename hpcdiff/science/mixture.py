@@ -79,8 +79,9 @@ def _maximisation(z: Tensor, resp: Tensor, reg_covar: float) -> tuple[Tensor, Te
     return counts / n, means, covariances
 
 
-def fit_gaussian_mixture(z: Tensor, components: int, *, seed: int = 0, reg_covar: float = 1e-6,
-                         max_iter: int = 200, tol: float = 1e-3) -> GaussianMixtureFit:
+def fit_gaussian_mixture(
+    z: Tensor, components: int, *, seed: int = 0, reg_covar: float = 1e-6, max_iter: int = 200, tol: float = 1e-3
+) -> GaussianMixtureFit:
     """Fit a ``components``-component full-covariance mixture to the rows of ``z`` ``[n, d]``."""
     z = z.detach().to("cpu", torch.float64)
     n = z.shape[0]
@@ -93,7 +94,7 @@ def fit_gaussian_mixture(z: Tensor, components: int, *, seed: int = 0, reg_covar
     previous = -math.inf
     converged = False
     iteration = 0
-    for iteration in range(1, max_iter + 1):
+    for iteration in range(1, max_iter + 1):  # noqa: B007 - reported after the loop
         log_probs = _weighted_log_probs(z, weights, means, covariances)
         norm = torch.logsumexp(log_probs, dim=1)
         resp = torch.exp(log_probs - norm[:, None])
@@ -104,5 +105,11 @@ def fit_gaussian_mixture(z: Tensor, components: int, *, seed: int = 0, reg_covar
             break
         previous = current
     final = float(log_density(z, weights, means, covariances).mean())
-    return GaussianMixtureFit(weights=weights, means=means, covariances=covariances, mean_log_likelihood=final,
-                              iterations=iteration, converged=converged)
+    return GaussianMixtureFit(
+        weights=weights,
+        means=means,
+        covariances=covariances,
+        mean_log_likelihood=final,
+        iterations=iteration,
+        converged=converged,
+    )

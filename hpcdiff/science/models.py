@@ -5,10 +5,9 @@ the image) live beside its registration in MODELS."""
 from __future__ import annotations
 
 import functools
-
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -18,13 +17,7 @@ from hpcdiff.config.model_spec import MAX_LEVELS, ModelSpec
 from hpcdiff.config.registry import Registry
 from hpcdiff.science.unet import UNet
 
-ACTIVATIONS = {
-    "gelu": nn.GELU,
-    "relu": nn.ReLU,
-    "silu": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,
-    "tanh": nn.Tanh,
-}
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU, "leaky_relu": nn.LeakyReLU, "tanh": nn.Tanh}
 
 
 class CNNBlock(nn.Module):
@@ -56,15 +49,18 @@ class CNN(nn.Module):
         self.blocks = nn.ModuleList()
         last = channels
         for hidden in spec.hidden:
-            self.blocks.append(CNNBlock(last, hidden, image_hw=(h, w), kernel_size=spec.kernel_size,
-                                        act=act, dropout=spec.dropout))
+            self.blocks.append(
+                CNNBlock(last, hidden, image_hw=(h, w), kernel_size=spec.kernel_size, act=act, dropout=spec.dropout)
+            )
             last = hidden
-        self.blocks.append(nn.Conv2d(last, channels, spec.last_kernel_size,
-                                     padding=spec.last_kernel_size // 2))
+        self.blocks.append(nn.Conv2d(last, channels, spec.last_kernel_size, padding=spec.last_kernel_size // 2))
         self.time_embed = nn.Sequential(
-            nn.Linear(time_embeddings * 2, 128), act(),
-            nn.Linear(128, 128), act(),
-            nn.Linear(128, 128), act(),
+            nn.Linear(time_embeddings * 2, 128),
+            act(),
+            nn.Linear(128, 128),
+            act(),
+            nn.Linear(128, 128),
+            act(),
             nn.Linear(128, spec.hidden[0]),
         )
         frequencies = torch.tensor([0.0] + [2 * math.pi * 1.5**i for i in range(time_embeddings - 1)])
@@ -93,12 +89,20 @@ class ModelInfo:
 
 
 MODELS: Registry[ModelInfo] = Registry("model", declared=catalog.MODELS)
-MODELS.register("cnn")(ModelInfo(build=CNN, halvings=lambda spec: 0,
-                                 shape=lambda spec: "[" + ",".join(map(str, spec.hidden)) + "]"))
-MODELS.register("unet")(ModelInfo(build=UNet, halvings=lambda spec: len(spec.channel_mults) - 1,
-                                  shape=lambda spec: f"{spec.base_channels}x({','.join(map(str, spec.channel_mults))})"
-                                  + (f"x{spec.res_blocks}" if spec.res_blocks != 1 else "")
-                                  + ("+attn" if spec.attention else "")))
+MODELS.register("cnn")(
+    ModelInfo(build=CNN, halvings=lambda spec: 0, shape=lambda spec: "[" + ",".join(map(str, spec.hidden)) + "]")
+)
+MODELS.register("unet")(
+    ModelInfo(
+        build=UNet,
+        halvings=lambda spec: len(spec.channel_mults) - 1,
+        shape=lambda spec: (
+            f"{spec.base_channels}x({','.join(map(str, spec.channel_mults))})"
+            + (f"x{spec.res_blocks}" if spec.res_blocks != 1 else "")
+            + ("+attn" if spec.attention else "")
+        ),
+    )
+)
 MODELS.seal()
 
 
@@ -127,8 +131,10 @@ def image_size_problem(spec: ModelSpec, image_shape) -> str | None:
     if h % factor == 0 and w % factor == 0:
         return None
     fits = max(k for k in range(MAX_LEVELS) if h % 2**k == 0 and w % 2**k == 0) + 1
-    return (f"{halvings + 1} levels halve the image {halvings} times, so H and W must be divisible by "
-            f"{factor}, but the images are {h}x{w}: use at most {fits} multiplier(s)")
+    return (
+        f"{halvings + 1} levels halve the image {halvings} times, so H and W must be divisible by "
+        f"{factor}, but the images are {h}x{w}: use at most {fits} multiplier(s)"
+    )
 
 
 def check_image_shape(spec: ModelSpec, image_shape) -> None:

@@ -57,25 +57,41 @@ class LevelPrior:
         return flat.view(n, *self.shape).to(device=device or where, dtype=torch.float32)
 
     def state_dict(self) -> dict:
-        return {"version": PRIOR_VERSION, "shape": list(self.shape), "mean": self.mean, "components": self.components,
-                "weights": self.weights, "means": self.means, "scale_trils": self.scale_trils,
-                "explained": self.explained}
+        return {
+            "version": PRIOR_VERSION,
+            "shape": list(self.shape),
+            "mean": self.mean,
+            "components": self.components,
+            "weights": self.weights,
+            "means": self.means,
+            "scale_trils": self.scale_trils,
+            "explained": self.explained,
+        }
 
     @classmethod
-    def from_state_dict(cls, state: dict) -> "LevelPrior":
+    def from_state_dict(cls, state: dict) -> LevelPrior:
         if state.get("version") != PRIOR_VERSION:
             raise ValueError(f"prior version {state.get('version')!r}; this hpcdiff reads version {PRIOR_VERSION}")
-        return cls(shape=tuple(state["shape"]), mean=state["mean"], components=state["components"],
-                   weights=state["weights"], means=state["means"], scale_trils=state["scale_trils"],
-                   explained=float(state["explained"]))
+        return cls(
+            shape=tuple(state["shape"]),
+            mean=state["mean"],
+            components=state["components"],
+            weights=state["weights"],
+            means=state["means"],
+            scale_trils=state["scale_trils"],
+            explained=float(state["explained"]),
+        )
 
     def describe(self) -> str:
-        return (f"{len(self.weights)}-component Gaussian mixture over {self.components.shape[0]} principal "
-                f"components ({self.explained:.0%} of the level-T variance)")
+        return (
+            f"{len(self.weights)}-component Gaussian mixture over {self.components.shape[0]} principal "
+            f"components ({self.explained:.0%} of the level-T variance)"
+        )
 
 
-def fit_prior(level_T: Tensor, *, summary_dim: int = SUMMARY_DIM, mixture: int = MIXTURE_COMPONENTS,
-              seed: int = 0) -> LevelPrior:
+def fit_prior(
+    level_T: Tensor, *, summary_dim: int = SUMMARY_DIM, mixture: int = MIXTURE_COMPONENTS, seed: int = 0
+) -> LevelPrior:
     """Fit a :class:`LevelPrior` to training images already degraded to level T
     (``[N, C, H, W]``, model range)."""
     x = level_T.detach().to("cpu", torch.float64).flatten(1)
@@ -95,6 +111,12 @@ def fit_prior(level_T: Tensor, *, summary_dim: int = SUMMARY_DIM, mixture: int =
     z = centred @ components.T
     # reg_covar keeps the nearly constant summaries (blur's level T) positive definite.
     fit = fit_gaussian_mixture(z, mixture, seed=seed, reg_covar=1e-6, max_iter=200)
-    return LevelPrior(shape=tuple(level_T.shape[1:]), mean=mean, components=components,
-                      weights=fit.weights, means=fit.means,
-                      scale_trils=torch.linalg.cholesky(fit.covariances), explained=explained)
+    return LevelPrior(
+        shape=tuple(level_T.shape[1:]),
+        mean=mean,
+        components=components,
+        weights=fit.weights,
+        means=fit.means,
+        scale_trils=torch.linalg.cholesky(fit.covariances),
+        explained=explained,
+    )

@@ -12,7 +12,7 @@ Gaussian degradation and ``GaussianDDPM`` both take it from this one place.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -9,7 +9,7 @@ finished runs' samples and metrics were drawn from them (tests/test_streams.py p
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -93,8 +93,9 @@ def _segments(path: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def append_epoch(path: Path, epoch: int, metrics: dict[str, float], samples: dict | None = None,
-                 attrs: dict | None = None) -> None:
+def append_epoch(
+    path: Path, epoch: int, metrics: dict[str, float], samples: dict | None = None, attrs: dict | None = None
+) -> None:
     """Record one epoch in a file of its own (cost independent of the archive's size). Rows
     at or after ``epoch`` (left by an epoch that was trained but never checkpointed before a
     crash) are dropped first, so a resumed run never duplicates."""
@@ -116,13 +117,13 @@ def append_epoch(path: Path, epoch: int, metrics: dict[str, float], samples: dic
             for k, v in (attrs or {}).items():
                 changed.attrs[k] = v
             if samples is not None:
-                ds = f.create_dataset("samples", data=np.asarray(samples["images"], dtype=np.uint8),
-                                      compression="gzip")
+                ds = f.create_dataset("samples", data=np.asarray(samples["images"], dtype=np.uint8), compression="gzip")
                 for k, v in samples.get("attrs", {}).items():
                     ds.attrs[k] = v
                 if samples.get("starts") is not None:
-                    f.create_dataset("sample_starts", data=np.asarray(samples["starts"], dtype=np.uint8),
-                                     compression="gzip")
+                    f.create_dataset(
+                        "sample_starts", data=np.asarray(samples["starts"], dtype=np.uint8), compression="gzip"
+                    )
             f.flush()
 
 
@@ -204,8 +205,9 @@ def _append_row(f: h5py.File, epoch: int, metrics: dict[str, float], samples: di
     for name, value in row.items():
         if name not in group:
             dtype = np.int64 if name == "epoch" else np.float64
-            ds = group.create_dataset(name, shape=(n,), maxshape=(None,), dtype=dtype,
-                                      fillvalue=np.nan if dtype == np.float64 else 0)
+            ds = group.create_dataset(
+                name, shape=(n,), maxshape=(None,), dtype=dtype, fillvalue=np.nan if dtype == np.float64 else 0
+            )
             if n:
                 ds[:] = np.nan if dtype == np.float64 else 0
         ds = group[name]
@@ -230,8 +232,7 @@ def _append_row(f: h5py.File, epoch: int, metrics: dict[str, float], samples: di
             starts = f.require_group("sample_starts")
             if key in starts:
                 del starts[key]
-            sds = starts.create_dataset(key, data=np.asarray(samples["starts"], dtype=np.uint8),
-                                        compression="gzip")
+            sds = starts.create_dataset(key, data=np.asarray(samples["starts"], dtype=np.uint8), compression="gzip")
             sds.attrs["epoch"] = epoch
     for k, v in attrs.items():
         f.attrs[k] = v
@@ -250,8 +251,11 @@ def truncate_after(path: Path, epoch: int) -> None:
 
 def _grids_after(path: Path, epoch: int) -> bool:
     with h5py.File(path, "r") as f:
-        return any(int(ds.attrs.get("epoch", 0)) > epoch
-                   for name in ("samples", "sample_starts") for ds in f.get(name, {}).values())
+        return any(
+            int(ds.attrs.get("epoch", 0)) > epoch
+            for name in ("samples", "sample_starts")
+            for ds in f.get(name, {}).values()
+        )
 
 
 def _truncate(f: h5py.File, epoch: int) -> None:
@@ -298,9 +302,13 @@ def read(path: Path) -> dict:
             if key in f.get("sample_starts", {}):
                 entry["starts"] = f["sample_starts"][key][:]
             samples[int(ds.attrs["epoch"])] = entry
-        evaluations = {key: {"attrs": {k: _plain(v) for k, v in group.attrs.items()},
-                             "metrics": {k: float(v) for k, v in group["metrics"].attrs.items()}}
-                       for key, group in f.get("evaluations", {}).items()}
+        evaluations = {
+            key: {
+                "attrs": {k: _plain(v) for k, v in group.attrs.items()},
+                "metrics": {k: float(v) for k, v in group["metrics"].attrs.items()},
+            }
+            for key, group in f.get("evaluations", {}).items()
+        }
     for _, seg in _segments(path):
         epoch, row, entry, changed = _read_segment(seg)
         metrics = _merge_row(metrics, epoch, row)
@@ -309,8 +317,7 @@ def read(path: Path) -> dict:
             entry["attrs"] = {"epoch": epoch, **entry["attrs"]}
             samples[epoch] = entry
         attrs.update(changed)
-    return {"attrs": attrs, "metrics": metrics, "samples": dict(sorted(samples.items())),
-            "evaluations": evaluations}
+    return {"attrs": attrs, "metrics": metrics, "samples": dict(sorted(samples.items())), "evaluations": evaluations}
 
 
 def _merge_row(metrics: dict, epoch: int, row: dict) -> dict:

@@ -26,8 +26,10 @@ class StorageError(OSError):
         reason = cause.strerror or str(cause)
         message = f"cannot write {self.path}: {reason}"
         if cause.errno in _FULL:
-            message += (" (the file system is full or your quota is exceeded: free space, then rerun; "
-                        "the run resumes from its last complete checkpoint)")
+            message += (
+                " (the file system is full or your quota is exceeded: free space, then rerun; "
+                "the run resumes from its last complete checkpoint)"
+            )
         super().__init__(cause.errno, message)
 
     def __str__(self) -> str:

@@ -1,7 +1,8 @@
 """Atomic full-state checkpoints and discovery of the latest complete one.
 
 A checkpoint is written through ``atomic.atomic_write``, so a kill or a full disk at any
-moment leaves either the old set or the new one, never a torn file. Files are loaded with ``weights_only=True``: no pickled code is executed.
+moment leaves either the old set or the new one, never a torn file. Files are loaded with
+``weights_only=True``: no pickled code is executed.
 """
 
 from __future__ import annotations
@@ -65,8 +66,12 @@ def load_latest(directory: Path, map_location="cpu") -> tuple[int, dict] | None:
             state = torch.load(path_for(directory, epoch), map_location=map_location, weights_only=True)
         except Exception as err:
             # Said, not silent: a checkpoint that no longer loads makes the run start over.
-            log.warning("checkpoint %s does not load (%s: %s); trying the one before it",
-                        path_for(directory, epoch), type(err).__name__, err)
+            log.warning(
+                "checkpoint %s does not load (%s: %s); trying the one before it",
+                path_for(directory, epoch),
+                type(err).__name__,
+                err,
+            )
             continue
         return epoch, state
     return None

@@ -1,12 +1,12 @@
 """The on-disk layout of sweeps and runs (each run's state machine: storage/runstate.py).
 
-    <output>/<sweep>/sweep.json            manifest: every run ever expanded from the sweep
-    <output>/<sweep>/sweep.toml            copy of the sweep file as last launched
-    <output>/<sweep>/<run_id>/config.toml  resolved config (rebuilds every object)
-                             status.json   the run's state and progress (storage/runstate.py)
-                             checkpoints/  atomic full-state checkpoints
-                             archive.h5    metrics and samples
-                             log.txt       training log
+<output>/<sweep>/sweep.json            manifest: every run ever expanded from the sweep
+<output>/<sweep>/sweep.toml            copy of the sweep file as last launched
+<output>/<sweep>/<run_id>/config.toml  resolved config (rebuilds every object)
+                         status.json   the run's state and progress (storage/runstate.py)
+                         checkpoints/  atomic full-state checkpoints
+                         archive.h5    metrics and samples
+                         log.txt       training log
 """
 
 from __future__ import annotations
@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdiff.config import saved
+from hpcdiff.config.spec import RunSpec, SpecError
 from hpcdiff.storage import runstate
 from hpcdiff.storage.atomic import atomic_write_bytes
 from hpcdiff.storage.runstate import RunState
-from hpcdiff.config.spec import RunSpec, SpecError
-
 
 
 class RunBusyError(RuntimeError):
@@ -134,16 +133,16 @@ class RunDir:
         return state
 
 
-def write_run_config(run_dir: RunDir, spec: RunSpec, *, run_id: str, sweep: str, axes: dict,
-                     label: str) -> None:
+def write_run_config(run_dir: RunDir, spec: RunSpec, *, run_id: str, sweep: str, axes: dict, label: str) -> None:
     """Create the run directory. An existing one must hold the same resolved config: its
     results are never overwritten."""
     run_dir.path.mkdir(parents=True, exist_ok=True)
     if run_dir.config_path.exists():
         existing = run_dir.load_spec()
         if existing.run_identity() != spec.run_identity():
-            raise SpecError(f"{run_dir.config_path} holds a different config than run {run_id}; "
-                            f"refusing to overwrite it")
+            raise SpecError(
+                f"{run_dir.config_path} holds a different config than run {run_id}; refusing to overwrite it"
+            )
         if existing == spec:
             return
         # Same run, other settings outside its identity ([slurm], [eval], [log]): the new ones.

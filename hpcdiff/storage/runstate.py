@@ -62,8 +62,9 @@ class RunState(str, enum.Enum):
         return self in FINAL
 
 
-RECORDED = frozenset({RunState.PENDING, RunState.RUNNING, RunState.DONE, RunState.FAILED, RunState.TIMEOUT,
-                      RunState.DIVERGED})
+RECORDED = frozenset(
+    {RunState.PENDING, RunState.RUNNING, RunState.DONE, RunState.FAILED, RunState.TIMEOUT, RunState.DIVERGED}
+)
 ENDED = frozenset({RunState.DONE, RunState.FAILED, RunState.TIMEOUT, RunState.INTERRUPTED, RunState.DIVERGED})
 FINAL = frozenset({RunState.DONE, RunState.FAILED, RunState.DIVERGED})
 #: Allowed changes of the recorded state (a state may always be recorded again, with new fields).

@@ -19,15 +19,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Budget:
-    max_steps: int          # 0 = none
-    max_seconds: float      # 0 = none
+    max_steps: int  # 0 = none
+    max_seconds: float  # 0 = none
     batches_per_epoch: int
-    accumulation: int       # batches per optimiser step (the last window of an epoch may be shorter)
+    accumulation: int  # batches per optimiser step (the last window of an epoch may be shorter)
 
     @classmethod
-    def of(cls, train_spec, batches_per_epoch: int) -> "Budget":
-        return cls(train_spec.max_steps, train_spec.max_minutes * 60.0, batches_per_epoch,
-                   train_spec.grad_accumulation)
+    def of(cls, train_spec, batches_per_epoch: int) -> Budget:
+        return cls(train_spec.max_steps, train_spec.max_minutes * 60.0, batches_per_epoch, train_spec.grad_accumulation)
 
     def optimizer_steps(self, epoch: int, batches: int) -> int:
         """Optimiser steps taken once ``batches`` batches of ``epoch`` (1-based) are done."""

@@ -21,8 +21,7 @@ def _first_int(text: str, default: int = 1) -> int:
 def first_host(nodelist: str) -> str:
     """The first hostname of a SLURM node list ("gpu-q-[1,3-4],gpu-r-2" -> "gpu-q-1")."""
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
         if out.returncode == 0 and out.stdout.split():
             return out.stdout.split()[0]
     except (OSError, subprocess.SubprocessError):

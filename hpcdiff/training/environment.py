@@ -46,20 +46,28 @@ def make_accelerator(spec, trackers: list | None = None):
         # Not a silent fallback to the CPU: a job that forgot to ask for a GPU (no --gres) would
         # otherwise train for its whole time limit at a fraction of the speed.
         raise NoGpuError(
-            f"train.device = \"cuda\" but torch sees no GPU on {socket.gethostname()} "
+            f'train.device = "cuda" but torch sees no GPU on {socket.gethostname()} '
             f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}, torch "
             f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}). Ask the scheduler for a GPU "
-            f"(e.g. [slurm] gpus_per_node), or set train.device = \"auto\" or \"cpu\".")
+            f'(e.g. [slurm] gpus_per_node), or set train.device = "auto" or "cpu".'
+        )
     use_cpu = spec.train.device == "cpu" or not cuda
-    precision = resolve_precision(spec.train.mixed_precision, use_cpu=use_cpu,
-                                  bf16_supported=not use_cpu and gpu_has_bf16(local_cuda_index()))
+    precision = resolve_precision(
+        spec.train.mixed_precision, use_cpu=use_cpu, bf16_supported=not use_cpu and gpu_has_bf16(local_cuda_index())
+    )
     timeout = InitProcessGroupKwargs(timeout=datetime.timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     # Gradient accumulation is done in the training loop, not by Accelerate: its windows
     # would run across epoch ends, and a checkpoint written there would lose the gradients.
-    accelerator = Accelerator(cpu=use_cpu, mixed_precision=precision, kwargs_handlers=[timeout],
-                              log_with=trackers or None)
-    log.info("device %s (process %d of %d), mixed precision %s", device_name(accelerator.device),
-             accelerator.process_index, accelerator.num_processes, accelerator.mixed_precision)
+    accelerator = Accelerator(
+        cpu=use_cpu, mixed_precision=precision, kwargs_handlers=[timeout], log_with=trackers or None
+    )
+    log.info(
+        "device %s (process %d of %d), mixed precision %s",
+        device_name(accelerator.device),
+        accelerator.process_index,
+        accelerator.num_processes,
+        accelerator.mixed_precision,
+    )
     return accelerator
 
 
@@ -74,7 +82,7 @@ def gpu_has_bf16(index: int) -> bool:
 
 
 def device_name(device) -> str:
-    """"cuda:1", "cpu": a CUDA device with its index (Accelerate's single-process device is a
+    """ "cuda:1", "cpu": a CUDA device with its index (Accelerate's single-process device is a
     bare "cuda", the current device), so that logs say which GPU a task trained on."""
     device = torch.device(device)
     if device.type == "cuda" and device.index is None:
@@ -95,8 +103,12 @@ def record_state(rd: RunDir, **fields) -> None:
     try:
         rd.write_status(**fields)
     except OSError as err:
-        print(f"hpcdiff: run {rd.run_id} ended {fields.get('state')!r} but status.json could not record it "
-              f"({err}); reason: {fields.get('error') or '-'}", file=sys.stderr, flush=True)
+        print(
+            f"hpcdiff: run {rd.run_id} ended {fields.get('state')!r} but status.json could not record it "
+            f"({err}); reason: {fields.get('error') or '-'}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def fold_archive(rd: RunDir) -> None:
@@ -107,8 +119,12 @@ def fold_archive(rd: RunDir) -> None:
     try:
         archive.consolidate(rd.archive)
     except OSError as err:  # StorageError is one
-        print(f"hpcdiff: run {rd.run_id}: the epoch files stay beside {rd.archive} ({err}); "
-              f"hpcdiff reads them as they are", file=sys.stderr, flush=True)
+        print(
+            f"hpcdiff: run {rd.run_id}: the epoch files stay beside {rd.archive} ({err}); "
+            f"hpcdiff reads them as they are",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 class _RunLogHandler(logging.FileHandler):
@@ -121,8 +137,11 @@ class _RunLogHandler(logging.FileHandler):
         if not self._warned:
             self._warned = True
             err = sys.exc_info()[1]
-            print(f"hpcdiff: cannot write {self.baseFilename}: {err}; log lines go to stderr only",
-                  file=sys.stderr, flush=True)
+            print(
+                f"hpcdiff: cannot write {self.baseFilename}: {err}; log lines go to stderr only",
+                file=sys.stderr,
+                flush=True,
+            )
         print(self.format(record), file=sys.stderr, flush=True)
 
 

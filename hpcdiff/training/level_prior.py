@@ -26,8 +26,11 @@ def load_or_fit_prior(rd: RunDir, core, train_images: torch.Tensor, seed: int, a
         try:
             prior = core.fit_prior(to_model_range(train_images), seed=seed)
             checkpoint.save_object(prior.state_dict(), rd.prior)
-            log.info("sampling starts from a prior fitted on the training images at level T: %s (%.1f s)",
-                     prior.describe(), time.perf_counter() - tic)
+            log.info(
+                "sampling starts from a prior fitted on the training images at level T: %s (%.1f s)",
+                prior.describe(),
+                time.perf_counter() - tic,
+            )
         except Exception as err:  # every rank must reach the barrier, or the others wait forever
             failure = err
     if accelerator is not None:

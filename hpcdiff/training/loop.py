@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hpcdiff import __version__
-from hpcdiff.config import tomlio
-from hpcdiff.config.spec import RunSpec, start_measures
-from hpcdiff.data import load_splits, to_model_range, to_uint8
-from hpcdiff.evaluation.evaluate import Evaluator, eval_mode
+from hpcdiff.config.spec import RunSpec
+from hpcdiff.data import to_model_range, to_uint8
+from hpcdiff.evaluation.evaluate import eval_mode
 from hpcdiff.resolve import validate_spec
-from hpcdiff.science.diffusion import build_diffusion, sampling_device
-from hpcdiff.science.models import build_model, check_image_shape
+from hpcdiff.science.diffusion import sampling_device
 from hpcdiff.science.streams import generator, stream_seed
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.atomic import StorageError
@@ -35,15 +29,12 @@ from hpcdiff.storage.rundir import RunDir
 from hpcdiff.storage.runstate import RunState
 from hpcdiff.training.budget import Budget
 from hpcdiff.training.distributed import env_from_slurm, process_rank
-from hpcdiff.training.environment import (NoGpuError, attach_log, detach_log, fold_archive, make_accelerator,
-                                          record_state, slurm_job_id)
-from hpcdiff.training.level_prior import load_or_fit_prior
-from hpcdiff.training.monitor import Diverged, TrainingMonitor, divergence_hints
-from hpcdiff.training.progress import Progress
+from hpcdiff.training.environment import NoGpuError, attach_log, detach_log, fold_archive, record_state
+from hpcdiff.training.monitor import Diverged, divergence_hints
+from hpcdiff.training.session import Session, start_session
 from hpcdiff.training.signals import StopRequested, hand_on_to_submitit, stop_on_signals
-from hpcdiff.training.state import TrainState, ema_weights
-from hpcdiff.training.step import TrainStep, current_lr, resolve_mode
-from hpcdiff.training.trackers import RunTrackers, build_trackers
+from hpcdiff.training.state import ema_weights
+from hpcdiff.training.step import current_lr
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +79,22 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> RunState:
     except (Diverged, StorageError, NoGpuError) as err:
         # Not bugs: no traceback, the message names what happened and where.
         if main:
-            record_state(rd, state=RunState.DIVERGED if isinstance(err, Diverged) else RunState.FAILED,
-                         error=str(err), traceback=None)
+            record_state(
+                rd,
+                state=RunState.DIVERGED if isinstance(err, Diverged) else RunState.FAILED,
+                error=str(err),
+                traceback=None,
+            )
             log.error("%s", err)
         raise
     except BaseException as err:
         if main:
-            record_state(rd, state=RunState.FAILED, error=f"{type(err).__name__}: {err}",
-                         traceback=traceback.format_exc()[-4000:])
+            record_state(
+                rd,
+                state=RunState.FAILED,
+                error=f"{type(err).__name__}: {err}",
+                traceback=traceback.format_exc()[-4000:],
+            )
             log.error("run failed: %s", traceback.format_exc())
         raise
     finally:
@@ -107,47 +106,15 @@ def train(run_dir: str | Path, *, show_progress: bool = False) -> RunState:
             lock.close()
 
 
-
-@dataclass
-class Session:
-    """One process's view of a run while it trains."""
-
-    rd: RunDir
-    spec: RunSpec
-    accelerator: object
-    state: TrainState
-    train_images: torch.Tensor
-    val_images: torch.Tensor
-    start_images: torch.Tensor      # held-out images cold-diffusion sampling starts from
-    image_shape: tuple
-    evaluator: Evaluator
-    monitor: TrainingMonitor
-    progress: Progress
-    steps_per_epoch: int
-    step: TrainStep                  # forward, backward and optimiser step (eager or CUDA graph)
-    budget: Budget                   # train.max_steps / max_minutes
-    trackers: RunTrackers | None = None  # [log] trackers: TensorBoard / W&B (rank 0)
-    stopped_by: str | None = None    # the budget that ended the run ("max_steps" | "max_minutes")
-    batches_done: int = 0            # batches of the running epoch when run_epoch returned
-
-    @property
-    def main(self) -> bool:
-        return self.accelerator.is_main_process
-
-    def save(self, epoch_done: int, partial: dict | None = None) -> None:
-        state = self.state.state_dict(epoch_done=epoch_done, partial=partial, config=self.spec.to_dict(),
-                                      world=self.accelerator.num_processes)
-        checkpoint.save(state, self.rd.checkpoints, epoch_done, keep=self.spec.train.keep_checkpoints)
-
-
 def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     session = start_session(rd, spec, show_progress)
     t, state = spec.train, session.state
     # A run resumed after its budget was spent trains no more: spent at an epoch's end (killed
     # before it could say it was done), there is nothing left to do; spent mid-epoch (a stop
     # signal's checkpoint at that very step), the epoch is closed without another batch.
-    session.stopped_by = session.budget.spent(session.budget.optimizer_steps(state.epoch_done + 1, state.start_batch),
-                                              state.elapsed)
+    session.stopped_by = session.budget.spent(
+        session.budget.optimizer_steps(state.epoch_done + 1, state.start_batch), state.elapsed
+    )
     nothing_left = session.stopped_by is not None and not state.start_batch
     try:
         with stop_on_signals(session.monitor), session.progress:
@@ -166,94 +133,6 @@ def _train_locked(rd: RunDir, spec: RunSpec, show_progress: bool) -> str:
     return RunState.DONE
 
 
-def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Session:
-    """Data on the device, the evaluator, the TrainState (resumed when a checkpoint exists),
-    the archive and status.json: everything before the first step."""
-    from accelerate.utils import set_seed
-
-    t = spec.train
-    accelerator = make_accelerator(spec, build_trackers(rd, spec))
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    # Same initial weights on every rank (DDP also broadcasts rank 0's), then a different
-    # noise stream per rank: otherwise every rank draws the same t and eps for its images.
-    set_seed(t.seed)
-    splits = load_splits(spec.data)
-    # idx files can hold any image size: the model's fit is known only now (before the
-    # evaluator, which may train a classifier first).
-    check_image_shape(spec.model, splits.train.image_shape)
-    # Built before training so that a missing classifier fails now, not after the last epoch.
-    evaluator = Evaluator(spec, splits.test, device, main=accelerator.is_main_process, rank=rank, world=world)
-    diffusion = build_diffusion(spec, build_model(spec.model, splits.train.image_shape)).to(device)
-    if spec.diffusion.sample_start == "prior":
-        diffusion.prior = load_or_fit_prior(rd, diffusion, splits.train.images, t.seed, accelerator)
-    if rank:
-        set_seed(stream_seed(t.seed, "rank_noise", rank))
-    resumed = checkpoint.load_latest(rd.checkpoints)
-    mode = resolve_mode(t.compile, device=device, world=world, precision=str(accelerator.mixed_precision),
-                        recorded=resumed[1].get("compile") if resumed is not None else None)
-    state = TrainState.build(spec, diffusion, device=device, mode=mode)
-    if resumed is not None:
-        state.load_state_dict(*resumed, seed=t.seed, rank=rank)
-        log.info("resuming run %s from the checkpoint of epoch %d%s", rd.run_id, state.epoch_done,
-                 f" (+{state.start_batch} batches of epoch {state.epoch_done + 1})" if state.start_batch else "")
-    else:
-        log.info("starting run %s (%d epochs, %d training images)", rd.run_id, t.epochs, len(splits.train))
-    log.info("training step: %s (%s)", "CUDA graph" if mode.graph else "eager", mode.reason)
-    state.diffusion, state.optimizer = accelerator.prepare(state.diffusion, state.optimizer)
-    state.core = accelerator.unwrap_model(state.diffusion)
-    # fp16's loss scale is state too: without it a resume starts again from 2**16 and skips steps.
-    state.scaler = accelerator.scaler
-    if resumed is not None and state.scaler is not None and resumed[1].get("scaler"):
-        state.scaler.load_state_dict(resumed[1]["scaler"])
-    n_train = len(splits.train)
-    steps = max(1, n_train // t.batch_size) if n_train >= t.batch_size else 1
-    train_images = splits.train.images.to(device)
-    session = Session(
-        rd=rd, spec=spec, accelerator=accelerator, state=state,
-        train_images=train_images, val_images=splits.val.images.to(device),
-        start_images=to_model_range(splits.test.images[:2048], device), image_shape=splits.train.image_shape,
-        evaluator=evaluator, monitor=TrainingMonitor(accelerator),
-        progress=Progress(show_progress and accelerator.is_main_process, total_epochs=t.epochs, steps=steps,
-                          run_id=rd.run_id),
-        steps_per_epoch=steps, step=TrainStep(state, accelerator, train_images, grad_clip=t.grad_clip, mode=mode),
-        budget=Budget.of(t, steps))
-    if session.main:
-        _open_run_files(session)
-    session.trackers = RunTrackers.start(accelerator, rd, spec, first_epoch=state.epoch_done + 1)
-    return session
-
-
-def _open_run_files(session: Session) -> None:
-    rd, spec, world = session.rd, session.spec, session.accelerator.num_processes
-    archive.create(rd.archive, {
-        "config": tomlio.dumps(spec.to_dict()), "run_id": rd.run_id,
-        "hpcdiff_version": __version__, "torch_version": str(torch.__version__),
-        "created": time.time(), "image_shape": list(session.image_shape),
-    })
-    # Rows after the checkpoint came from epochs whose checkpoint was never written.
-    archive.truncate_after(rd.archive, session.state.epoch_done)
-    mode = session.state.mode
-    prior = getattr(session.state.core, "prior", None)
-    # SSIM became Wang et al.'s (valid windows) at some hpcdiff version: a run resumed across
-    # that change says from which epoch its SSIM values are the standard ones.
-    recorded = archive.read_attrs(rd.archive)
-    if "ssim_standard_from_epoch" not in recorded:
-        archive.set_attrs(rd.archive, {"ssim_standard_from_epoch": session.state.epoch_done + 1})
-    # Which classifier scores IS/FID/KID/histograms from which epoch (a run resumed across
-    # the shipped references changes classifier there).
-    scorer = getattr(session.evaluator.classifier, "cache_key", None)
-    if scorer and recorded.get("classifier") != scorer:
-        archive.set_attrs(rd.archive, {"classifier": scorer, "classifier_from_epoch": session.state.epoch_done + 1})
-    archive.set_attrs(rd.archive, {"world_size": world, "step_mode": mode.mode.value, "step_mode_reason": mode.reason,
-                                   "sample_start": spec.diffusion.sample_start,
-                                   "samples_measure": start_measures(spec.diffusion.sample_start),
-                                   "prior": prior.describe() if prior is not None else ""})
-    rd.write_status(state=RunState.RUNNING, epoch=session.state.epoch_done, epochs=spec.train.epochs,
-                    host=socket.gethostname(), error=None, traceback=None,
-                    restarts=rd.read_status().get("restarts", -1) + 1, job_id=slurm_job_id(),
-                    requeues=int(os.environ.get("SLURM_RESTART_COUNT", 0) or 0), world_size=world)
-
-
 def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     """The steps of one epoch from batch ``first``: (mean training loss, seconds). A spent
     budget ends the epoch early (``session.stopped_by`` says which)."""
@@ -268,7 +147,7 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     budget = session.budget
     session.batches_done = last = first if session.stopped_by else steps
     for i in range(first, last):
-        idx = perm[i * t.batch_size: (i + 1) * t.batch_size][rank * local_batch: (rank + 1) * local_batch]
+        idx = perm[i * t.batch_size : (i + 1) * t.batch_size][rank * local_batch : (rank + 1) * local_batch]
         # Windows of grad_accumulation batches that start at every epoch's first batch (the
         # last one may be shorter): an epoch end is always an optimiser step.
         window_start = i - i % t.grad_accumulation
@@ -280,7 +159,8 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
         # Checks only after an optimiser step (gradients accumulated in between are not
         # checkpointed), every few steps and at the epoch's end: each waits for the device.
         if sync and session.monitor.optimizer_step_taken(
-                epoch_end=i + 1 == steps, budget_step=budget.is_last_step(budget.optimizer_steps(epoch, i + 1))):
+            epoch_end=i + 1 == steps, budget_step=budget.is_last_step(budget.optimizer_steps(epoch, i + 1))
+        ):
             if _check(session, epoch, i + 1, loss_sum, tic, budget):
                 session.batches_done = i + 1
                 break
@@ -290,8 +170,7 @@ def run_epoch(session: Session, epoch: int, first: int) -> tuple[float, float]:
     return train_loss, seconds
 
 
-def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, tic: float,
-           budget: Budget) -> bool:
+def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, tic: float, budget: Budget) -> bool:
     """The interval check: divergence ends the run, a stop signal checkpoints and stops it.
     True when the compute budget is spent: this epoch is then the run's last."""
     s = session.state
@@ -300,11 +179,13 @@ def _check(session: Session, epoch: int, batches: int, loss_sum: torch.Tensor, t
     session.progress.show_loss(verdict.loss_sum / batches)  # the epoch's mean so far
     if not verdict.finite:
         epochs = checkpoint.list_epochs(session.rd.checkpoints)
-        raise Diverged(epoch=epoch, step=s.step,
-                       what="the training loss is not finite" if not verdict.loss_finite
-                       else "the weights are not finite",
-                       hints=divergence_hints(session.spec.train, str(session.accelerator.mixed_precision)),
-                       last_good=epochs[-1] if epochs else 0)
+        raise Diverged(
+            epoch=epoch,
+            step=s.step,
+            what="the training loss is not finite" if not verdict.loss_finite else "the weights are not finite",
+            hints=divergence_hints(session.spec.train, str(session.accelerator.mixed_precision)),
+            last_good=epochs[-1] if epochs else 0,
+        )
     if verdict.stop_signal:
         s.elapsed += time.perf_counter() - tic
         if session.main:
@@ -325,34 +206,68 @@ def end_epoch(session: Session, epoch: int, train_loss: float, seconds: float, f
     watched = val_loss if not math.isnan(val_loss) else train_loss
     if s.plateau is not None:
         s.plateau.step(watched)
-    early_stop = s.stopper.update(watched, epoch, min_delta=t.early_stopping_min_delta,
-                                  patience=t.early_stopping_patience)
+    early_stop = s.stopper.update(
+        watched, epoch, min_delta=t.early_stopping_min_delta, patience=t.early_stopping_patience
+    )
     last = epoch == t.epochs or early_stop or session.stopped_by is not None
     batches = session.batches_done or session.steps_per_epoch
-    metrics = {"train_loss": train_loss, "val_loss": val_loss, "lr": current_lr(s.optimizer),
-               "epoch_seconds": seconds, "elapsed_seconds": s.elapsed,
-               # The common axis of runs compared at equal compute (analysis: vs steps, vs time).
-               "optimizer_steps": session.budget.optimizer_steps(epoch, batches),
-               "images_per_second": (batches - first) * t.batch_size / seconds}
+    metrics = {
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "lr": current_lr(s.optimizer),
+        "epoch_seconds": seconds,
+        "elapsed_seconds": s.elapsed,
+        # The common axis of runs compared at equal compute (analysis: vs steps, vs time).
+        "optimizer_steps": session.budget.optimizer_steps(epoch, batches),
+        "images_per_second": (batches - first) * t.batch_size / seconds,
+    }
     if session.evaluator.enabled and due(epoch, spec.eval.every, last):
         with ema_weights(s.core, s.ema):
             metrics.update(session.evaluator(s.core, t.seed))
         if session.main:
-            log.info("epoch %d metrics: %s", epoch, ", ".join(
-                f"{k} {v:.4g}" for k, v in metrics.items() if not k.startswith(("class_", "recon_"))
-                and k not in ("lr", "epoch_seconds", "elapsed_seconds")))
+            log.info(
+                "epoch %d metrics: %s",
+                epoch,
+                ", ".join(
+                    f"{k} {v:.4g}"
+                    for k, v in metrics.items()
+                    if not k.startswith(("class_", "recon_")) and k not in ("lr", "epoch_seconds", "elapsed_seconds")
+                ),
+            )
     if session.main:
         samples = draw_samples(session) if due(epoch, t.sample_every, last) else None
-        archive.append_epoch(rd.archive, epoch, metrics, samples,
-                             attrs={"best_epoch": s.stopper.best_epoch, "best_loss": s.stopper.best,
-                                    "step_mode": s.mode.mode.value, "step_mode_reason": s.mode.reason})
+        archive.append_epoch(
+            rd.archive,
+            epoch,
+            metrics,
+            samples,
+            attrs={
+                "best_epoch": s.stopper.best_epoch,
+                "best_loss": s.stopper.best,
+                "step_mode": s.mode.mode.value,
+                "step_mode_reason": s.mode.reason,
+            },
+        )
         session.trackers.log_epoch(epoch, metrics, samples)
         if due(epoch, t.checkpoint_every, last):
             session.save(epoch)
-        rd.write_status(state=RunState.RUNNING, epoch=epoch, last_loss=train_loss, val_loss=val_loss,
-                        elapsed=s.elapsed, best_epoch=s.stopper.best_epoch, steps=int(metrics["optimizer_steps"]))
-    log.info("epoch %d/%d train_loss %.5f val_loss %.5f %.0f img/s", epoch, t.epochs,
-             train_loss, val_loss, metrics["images_per_second"])
+        rd.write_status(
+            state=RunState.RUNNING,
+            epoch=epoch,
+            last_loss=train_loss,
+            val_loss=val_loss,
+            elapsed=s.elapsed,
+            best_epoch=s.stopper.best_epoch,
+            steps=int(metrics["optimizer_steps"]),
+        )
+    log.info(
+        "epoch %d/%d train_loss %.5f val_loss %.5f %.0f img/s",
+        epoch,
+        t.epochs,
+        train_loss,
+        val_loss,
+        metrics["images_per_second"],
+    )
     session.progress.end_epoch(epoch, train_loss, val_loss)
     if early_stop:
         log.info("early stopping at epoch %d (best epoch %d)", epoch, s.stopper.best_epoch)
@@ -377,7 +292,7 @@ def validation_loss(session: Session) -> float:
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(stream_seed(session.spec.train.seed, "validation", rank))
         for i in range(rank * batch, len(images), batch * world):
-            x = to_model_range(images[i: i + batch])
+            x = to_model_range(images[i : i + batch])
             totals[0] += core(x).double() * len(x)
             totals[1] += len(x)
     if world > 1:
@@ -393,8 +308,16 @@ def draw_samples(session: Session) -> dict:
     # The same starts every epoch, so grids show the model changing, not the draw.
     g = generator(t.seed, "sample_grid", device=sampling_device(session.accelerator.device))
     with ema_weights(s.core, s.ema), eval_mode(s.core):
-        x_T, start = s.core.start(t.n_samples, session.image_shape, generator=g, device=session.accelerator.device,
-                                  test_images=session.start_images)
+        x_T, start = s.core.start(
+            t.n_samples,
+            session.image_shape,
+            generator=g,
+            device=session.accelerator.device,
+            test_images=session.start_images,
+        )
         x = s.core.sample(x_T, generator=g)
-    return {"images": to_uint8(x).cpu().numpy()[:, 0], "attrs": {"start": start},
-            "starts": to_uint8(x_T).cpu().numpy()[:, 0]}
+    return {
+        "images": to_uint8(x).cpu().numpy()[:, 0],
+        "attrs": {"start": start},
+        "starts": to_uint8(x_T).cpu().numpy()[:, 0],
+    }

@@ -32,14 +32,18 @@ class Diverged(RuntimeError):
     def __init__(self, *, epoch: int, step: int, what: str, hints: list[str], last_good: int):
         self.epoch, self.step, self.what, self.last_good = epoch, step, what, last_good
         where = f"epoch {epoch}, step {step}"
-        kept = (f"the last good checkpoint (epoch {last_good}) is kept" if last_good
-                else "no checkpoint had been written yet")
+        kept = (
+            f"the last good checkpoint (epoch {last_good}) is kept"
+            if last_good
+            else "no checkpoint had been written yet"
+        )
         causes = "; ".join(hints)
         super().__init__(
             f"training diverged at {where}: {what}. Likely causes: {causes}. "
             f"Nothing was written after it and {kept}. Rerunning the sweep does not relaunch a "
             f"diverged run (the same config diverges the same way): change the config, or use "
-            f"--force to relaunch it from its last good checkpoint.")
+            f"--force to relaunch it from its last good checkpoint."
+        )
 
 
 def divergence_hints(train_spec, precision: str) -> list[str]:
@@ -47,9 +51,9 @@ def divergence_hints(train_spec, precision: str) -> list[str]:
     precision in use, "no", "bf16" or "fp16", after "auto" was resolved)."""
     hints = [f"a learning rate too high for this model (train.lr = {train_spec.lr!r})"]
     if precision == "fp16":
-        hints.append("fp16 overflow (mixed precision fp16: set train.mixed_precision = \"bf16\" or \"no\")")
+        hints.append('fp16 overflow (mixed precision fp16: set train.mixed_precision = "bf16" or "no")')
     elif precision == "bf16":
-        hints.append("bf16 rounding (mixed precision bf16: set train.mixed_precision = \"no\")")
+        hints.append('bf16 rounding (mixed precision bf16: set train.mixed_precision = "no")')
     if not train_spec.grad_clip:
         hints.append("no gradient clipping (train.grad_clip = 0: try 1.0)")
     return hints
@@ -57,10 +61,10 @@ def divergence_hints(train_spec, precision: str) -> list[str]:
 
 @dataclass(frozen=True)
 class Verdict:
-    stop_signal: int   # 0, or the signal every rank stops for
+    stop_signal: int  # 0, or the signal every rank stops for
     loss_finite: bool
     weights_finite: bool
-    loss_sum: float    # this rank's, for the progress display
+    loss_sum: float  # this rank's, for the progress display
     over_budget: bool = False  # some rank found the run's compute budget spent
 
     @property
@@ -108,14 +112,19 @@ class TrainingMonitor:
         checkpoint: a checkpoint is only ever written of finite weights)."""
         device = loss_sum.device
         mine = {0: _NO_STOP, int(signal.SIGUSR2): _REQUEUE}.get(int(self.stop_signal), _STOP)
-        bad_weights = (~all_finite(weights).to(device)) if weights is not None else torch.zeros((), dtype=torch.bool,
-                                                                                                  device=device)
-        packed = torch.stack([
-            torch.tensor(float(mine), device=device),
-            (~torch.isfinite(loss_sum.detach())).any().float(),
-            bad_weights.float(),
-            torch.tensor(float(over_budget), device=device),
-        ])
+        bad_weights = (
+            (~all_finite(weights).to(device))
+            if weights is not None
+            else torch.zeros((), dtype=torch.bool, device=device)
+        )
+        packed = torch.stack(
+            [
+                torch.tensor(float(mine), device=device),
+                (~torch.isfinite(loss_sum.detach())).any().float(),
+                bad_weights.float(),
+                torch.tensor(float(over_budget), device=device),
+            ]
+        )
         acc = self._accelerator
         if acc is not None and acc.num_processes > 1:
             torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
@@ -126,5 +135,10 @@ class TrainingMonitor:
         elif stop == _STOP and not self.stop_signal:
             # Another rank was signalled: this one stops with it.
             self.stop_signal = int(signal.SIGTERM)
-        return Verdict(stop_signal=self.stop_signal if stop else 0, loss_finite=not bad_loss,
-                       weights_finite=not bad_w, loss_sum=local_sum, over_budget=bool(budget))
+        return Verdict(
+            stop_signal=self.stop_signal if stop else 0,
+            loss_finite=not bad_loss,
+            weights_finite=not bad_w,
+            loss_sum=local_sum,
+            over_budget=bool(budget),
+        )

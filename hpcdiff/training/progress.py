@@ -16,12 +16,15 @@ class Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
-                TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
 
             self._progress = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[speed]}"),
                 TimeRemainingColumn(),
             )
             self._progress.__enter__()
@@ -33,8 +36,13 @@ class Progress:
 
     def start_epoch(self, epoch, first_batch=0):
         if self._progress is not None:
-            self._task = self._progress.add_task(f"{self.run_id} epoch {epoch}/{self.total_epochs}",
-                                                 total=self.steps, loss="-", speed="", completed=first_batch)
+            self._task = self._progress.add_task(
+                f"{self.run_id} epoch {epoch}/{self.total_epochs}",
+                total=self.steps,
+                loss="-",
+                speed="",
+                completed=first_batch,
+            )
             self._tic = time.perf_counter()
             self._n, self._done = first_batch, 0
 
@@ -50,5 +58,4 @@ class Progress:
 
     def end_epoch(self, epoch, train_loss, val_loss):
         if self._progress is not None:
-            self._progress.update(self._task, completed=self.steps,
-                                  loss=f"{train_loss:.4f} (val {val_loss:.4f})")
+            self._progress.update(self._task, completed=self.steps, loss=f"{train_loss:.4f} (val {val_loss:.4f})")

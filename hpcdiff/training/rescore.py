@@ -28,8 +28,8 @@ import torch
 from hpcdiff import __version__
 from hpcdiff.config import tomlio
 from hpcdiff.config.spec import RunSpec, SpecError, start_measures
-from hpcdiff.config.text_table import Column, fit
 from hpcdiff.config.sweep import parse_overrides
+from hpcdiff.config.text_table import Column, fit
 from hpcdiff.data import load_splits
 from hpcdiff.evaluation.evaluate import Evaluator
 from hpcdiff.resolve import validate_spec
@@ -49,9 +49,9 @@ class NothingToEvaluate(RuntimeError):
 @dataclass
 class RunEvaluation:
     run_id: str
-    epoch: int                 # the checkpoint's epoch
-    key: str                   # its name under the archive's evaluations/
-    classifier: str            # what scored IS / FID / KID / histograms ("" when none did)
+    epoch: int  # the checkpoint's epoch
+    key: str  # its name under the archive's evaluations/
+    classifier: str  # what scored IS / FID / KID / histograms ("" when none did)
     metrics: dict[str, float]
     before: dict[str, float] = field(default_factory=dict)  # the archive's values at that epoch
 
@@ -65,9 +65,11 @@ def eval_overrides(spec: RunSpec, overrides, source: str) -> RunSpec:
     raw = spec.to_dict()
     for parts, value in parsed:
         if parts[0] != "eval" or len(parts) != 2:
-            raise SpecError(f"only [eval] keys can be changed when evaluating a trained run, got "
-                            f"{'.'.join(parts)!r} (to change what is trained, train another run)",
-                            path=f"--set {'.'.join(parts)}")
+            raise SpecError(
+                f"only [eval] keys can be changed when evaluating a trained run, got "
+                f"{'.'.join(parts)!r} (to change what is trained, train another run)",
+                path=f"--set {'.'.join(parts)}",
+            )
         raw["eval"][parts[1]] = value
     return validate_spec(RunSpec.from_dict(raw, source=source))
 
@@ -102,20 +104,31 @@ def evaluate_run(run_dir: str | Path, overrides=(), *, device: str | torch.devic
             core.prior = load_or_fit_prior(rd, core, splits.train.images, spec.train.seed)
         evaluator = Evaluator(spec, splits.test, device)
         if not evaluator.enabled:
-            raise SpecError("eval.metrics is empty and there is nothing to reconstruct: nothing to compute",
-                            path="eval.metrics")
+            raise SpecError(
+                "eval.metrics is empty and there is nothing to reconstruct: nothing to compute", path="eval.metrics"
+            )
         metrics = evaluator(core, spec.train.seed)
         classifier = getattr(evaluator.classifier, "cache_key", "") or ""
         key = evaluation_key(epoch, classifier, spec)
-        archive.add_evaluation(rd.archive, key, {
-            "epoch": epoch, "classifier": classifier, "created": time.time(), "hpcdiff_version": __version__,
-            "torch_version": str(torch.__version__), "device": str(device),
-            "checkpoint": checkpoint.path_for(rd.checkpoints, epoch).name,
-            "settings": tomlio.dumps({"eval": spec.to_dict()["eval"]}),
-            "sample_start": spec.diffusion.sample_start,
-            "samples_measure": start_measures(spec.diffusion.sample_start),
-            "ema": bool(state.get("ema")), "standard_ssim": True,
-        }, metrics)
+        archive.add_evaluation(
+            rd.archive,
+            key,
+            {
+                "epoch": epoch,
+                "classifier": classifier,
+                "created": time.time(),
+                "hpcdiff_version": __version__,
+                "torch_version": str(torch.__version__),
+                "device": str(device),
+                "checkpoint": checkpoint.path_for(rd.checkpoints, epoch).name,
+                "settings": tomlio.dumps({"eval": spec.to_dict()["eval"]}),
+                "sample_start": spec.diffusion.sample_start,
+                "samples_measure": start_measures(spec.diffusion.sample_start),
+                "ema": bool(state.get("ema")),
+                "standard_ssim": True,
+            },
+            metrics,
+        )
         log.info("run %s: epoch %d evaluated in %.1f s (%s)", rd.run_id, epoch, time.perf_counter() - tic, key)
         return RunEvaluation(rd.run_id, epoch, key, classifier, metrics, _archived_row(rd, epoch, metrics))
     finally:
@@ -160,6 +173,7 @@ def evaluate_runs(target: str | Path, overrides=(), *, device=None, on_run=None)
 
 def evaluation_table(result: SweepEvaluation, width: int) -> str:
     """One line per evaluated run: the headline metrics at training time and now."""
+
     def then_now(e: RunEvaluation, name: str, digits: int) -> str:
         if name not in e.metrics:
             return ""
@@ -167,12 +181,24 @@ def evaluation_table(result: SweepEvaluation, width: int) -> str:
         was = f"{before:.{digits}f}" if before is not None and before == before else "-"
         return f"{was} -> {e.metrics[name]:.{digits}f}"
 
-    rows = [{"run": e.run_id, "epoch": e.epoch, "classifier": e.classifier,
-             "fid": then_now(e, "fid_classifier", 1), "is": then_now(e, "inception_score", 2),
-             "ssim": then_now(e, "recon_full_ssim", 3)} for e in result.done]
-    columns = [Column("run", "run"), Column("epoch", "epoch", right=True),
-               Column("classifier", "classifier", drop_order=3), Column("fid", "FID then -> now", right=True),
-               Column("is", "IS then -> now", right=True),
-               Column("ssim", "SSIM full then -> now", right=True, drop_order=2)]
+    rows = [
+        {
+            "run": e.run_id,
+            "epoch": e.epoch,
+            "classifier": e.classifier,
+            "fid": then_now(e, "fid_classifier", 1),
+            "is": then_now(e, "inception_score", 2),
+            "ssim": then_now(e, "recon_full_ssim", 3),
+        }
+        for e in result.done
+    ]
+    columns = [
+        Column("run", "run"),
+        Column("epoch", "epoch", right=True),
+        Column("classifier", "classifier", drop_order=3),
+        Column("fid", "FID then -> now", right=True),
+        Column("is", "IS then -> now", right=True),
+        Column("ssim", "SSIM full then -> now", right=True, drop_order=2),
+    ]
     lines, _ = fit(columns, rows, width)
     return "\n".join(lines)

@@ -25,6 +25,7 @@ class StopRequested(Exception):
 @contextmanager
 def stop_on_signals(monitor):
     """Route the stop signals to ``monitor.request_stop`` for the block."""
+
     def handler(signum, frame):
         monitor.request_stop(signum)
 

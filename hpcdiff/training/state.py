@@ -69,8 +69,12 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -115,29 +119,39 @@ def _portable(state: dict) -> dict:
 
 @dataclass
 class TrainState:
-    diffusion: torch.nn.Module          # the diffusion process (wrapped by Accelerate once prepared)
+    diffusion: torch.nn.Module  # the diffusion process (wrapped by Accelerate once prepared)
     optimizer: torch.optim.Optimizer
-    plateau: object | None              # ReduceLROnPlateau
+    plateau: object | None  # ReduceLROnPlateau
     ema: EMA | None
     stopper: EarlyStopping = field(default_factory=EarlyStopping)
-    step: int = 0                       # training batches so far
-    elapsed: float = 0.0                # training seconds so far, across restarts
-    epoch_done: int = 0                 # last epoch completed (the resume point)
-    start_batch: int = 0                # a mid-epoch stop: the next batch of epoch epoch_done + 1
-    partial_loss: float = 0.0           # ... and the loss summed over that epoch's batches before it
+    step: int = 0  # training batches so far
+    elapsed: float = 0.0  # training seconds so far, across restarts
+    epoch_done: int = 0  # last epoch completed (the resume point)
+    start_batch: int = 0  # a mid-epoch stop: the next batch of epoch epoch_done + 1
+    partial_loss: float = 0.0  # ... and the loss summed over that epoch's batches before it
     core: torch.nn.Module | None = None  # the unwrapped process (set once prepared)
     mode: StepMode = StepMode(EAGER, "")  # how the step runs (training/step.py), recorded in checkpoints
-    scaler: object | None = None        # Accelerate's GradScaler under fp16 (set once prepared)
+    scaler: object | None = None  # Accelerate's GradScaler under fp16 (set once prepared)
 
     @classmethod
-    def build(cls, spec, diffusion: torch.nn.Module, *, device: torch.device | None = None,
-              mode: StepMode = StepMode(EAGER, "")) -> "TrainState":
+    def build(
+        cls,
+        spec,
+        diffusion: torch.nn.Module,
+        *,
+        device: torch.device | None = None,
+        mode: StepMode = StepMode(EAGER, ""),
+    ) -> TrainState:
         t = spec.train
         ema = EMA(diffusion.denoiser, t.ema_decay) if t.ema_decay else None
         optimizer = make_optimizer(t, diffusion.parameters(), device=device or torch.device("cpu"), mode=mode)
-        plateau = (torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=t.lr_plateau_factor,
-                                                              patience=t.lr_plateau_patience)
-                   if t.lr_plateau_patience else None)
+        plateau = (
+            torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=t.lr_plateau_factor, patience=t.lr_plateau_patience
+            )
+            if t.lr_plateau_patience
+            else None
+        )
         return cls(diffusion=diffusion, optimizer=optimizer, plateau=plateau, ema=ema, mode=mode)
 
     def weights(self) -> list[torch.Tensor]:
@@ -146,12 +160,20 @@ class TrainState:
 
     def state_dict(self, *, epoch_done: int, partial: dict | None, config: dict, world: int) -> dict:
         return {
-            "format": CHECKPOINT_FORMAT, "hpcdiff_version": __version__, "epoch": epoch_done,
-            "step": self.step, "elapsed": self.elapsed, "partial": partial,
-            "model": self.core.denoiser.state_dict(), "optimizer": portable_optimizer_state(self.optimizer),
+            "format": CHECKPOINT_FORMAT,
+            "hpcdiff_version": __version__,
+            "epoch": epoch_done,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "partial": partial,
+            "model": self.core.denoiser.state_dict(),
+            "optimizer": portable_optimizer_state(self.optimizer),
             "plateau": _portable(self.plateau.state_dict()) if self.plateau is not None else None,
-            "stopper": self.stopper.state_dict(), "rng": rng_state(), "config": config,
-            "ema": self.ema.state_dict() if self.ema is not None else None, "world_size": world,
+            "stopper": self.stopper.state_dict(),
+            "rng": rng_state(),
+            "config": config,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "world_size": world,
             "compile": self.mode.mode.value,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }

@@ -41,12 +41,13 @@ from hpcdiff.science.graphs import CaptureError, capture
 
 log = logging.getLogger(__name__)
 
+
 class Execution(str, enum.Enum):
     """How the training step runs. The values are train.compile's spellings, and what
     checkpoints and archives have recorded since the step could be graphed."""
 
-    EAGER = "none"    # op by op, as PyTorch runs it
-    GRAPH = "graph"   # the whole step replayed from a captured CUDA graph
+    EAGER = "none"  # op by op, as PyTorch runs it
+    GRAPH = "graph"  # the whole step replayed from a captured CUDA graph
 
     def __str__(self) -> str:
         return self.value
@@ -61,7 +62,7 @@ WARMUP_ITERATIONS = 2
 @dataclass(frozen=True)
 class StepMode:
     mode: Execution
-    reason: str   # why, for the log and the archive
+    reason: str  # why, for the log and the archive
 
     @property
     def graph(self) -> bool:
@@ -81,20 +82,22 @@ def graph_blocker(device: torch.device, world: int, precision: str) -> str | Non
     return None
 
 
-def resolve_mode(requested: str, *, device: torch.device, world: int, precision: str,
-                 recorded: str | None = None) -> StepMode:
+def resolve_mode(
+    requested: str, *, device: torch.device, world: int, precision: str, recorded: str | None = None
+) -> StepMode:
     """The fixed rule. ``requested``: train.compile; ``recorded``: the mode in the checkpoint
     being resumed ("auto" then keeps it, so a resumed run runs as it started)."""
     blocker = graph_blocker(device, world, precision)
     want = recorded if requested == "auto" and recorded in (EAGER, GRAPH) else requested
     want = Execution(want) if want in (EAGER, GRAPH) else want  # "auto" stays a wish
     if want == EAGER:
-        return StepMode(EAGER, "train.compile = \"none\"" if requested == EAGER else
-                        "eager, as recorded in the checkpoint resumed")
+        return StepMode(
+            EAGER, 'train.compile = "none"' if requested == EAGER else "eager, as recorded in the checkpoint resumed"
+        )
     if blocker is None:
         return StepMode(GRAPH, "one CUDA process: the whole step is replayed from a CUDA graph")
     if want == GRAPH and requested == GRAPH:
-        log.warning("train.compile = \"graph\" does not apply here: %s; training eagerly", blocker)
+        log.warning('train.compile = "graph" does not apply here: %s; training eagerly', blocker)
     return StepMode(EAGER, blocker)
 
 
@@ -166,9 +169,18 @@ class TrainStep:
     def __init__(self, state, accelerator, images: torch.Tensor, *, grad_clip: float, mode: StepMode):
         self.state, self.acc, self.images = state, accelerator, images
         self.grad_clip = grad_clip
-        self._graphed = (_GraphedStep(state.core, raw_optimizer(state.optimizer), state.ema, images,
-                                      grad_clip=grad_clip, precision=str(accelerator.mixed_precision))
-                         if mode.graph else None)
+        self._graphed = (
+            _GraphedStep(
+                state.core,
+                raw_optimizer(state.optimizer),
+                state.ema,
+                images,
+                grad_clip=grad_clip,
+                precision=str(accelerator.mixed_precision),
+            )
+            if mode.graph
+            else None
+        )
 
     def __call__(self, idx: torch.Tensor, window: int, sync: bool) -> torch.Tensor:
         if self._graphed is not None:
@@ -218,8 +230,9 @@ class _GraphedStep:
         """What a graph holds. Calls the process's class forward: Accelerate's wrapper around
         the instance's forward enables autocast's weight cache, which a graph must not use."""
         x = to_model_range(self.images[self.idx[n]])
-        autocast = (torch.autocast("cuda", dtype=self.dtype, cache_enabled=False) if self.dtype is not None
-                    else nullcontext())
+        autocast = (
+            torch.autocast("cuda", dtype=self.dtype, cache_enabled=False) if self.dtype is not None else nullcontext()
+        )
         with autocast:
             loss = type(self.core).forward(self.core, x)
         (loss.float() / self.window).backward()
@@ -253,13 +266,15 @@ class _GraphedStep:
             # "capturable=True ... running without CUDA graph capture": the warm-up, by design.
             warnings.filterwarnings("ignore", message=".*capturable.*")
             try:
-                graph, loss = capture(lambda: self.body(sync, n), warmup=WARMUP_ITERATIONS,
-                                      before_capture=lambda: self._restore(saved))
+                graph, loss = capture(
+                    lambda: self.body(sync, n), warmup=WARMUP_ITERATIONS, before_capture=lambda: self._restore(saved)
+                )
             except CaptureError as err:
                 # Nothing recorded ran, and the warm-up was put back: the state is as before.
                 torch.cuda.synchronize()
-                raise CaptureFailed(f"the training step could not be captured in a CUDA graph "
-                                    f"({str(err).splitlines()[0]})") from err
+                raise CaptureFailed(
+                    f"the training step could not be captured in a CUDA graph ({str(err).splitlines()[0]})"
+                ) from err
         log.info("captured the %s step (batch %d) in a CUDA graph", "optimiser" if sync else "accumulation", n)
         return graph, loss
 
@@ -267,8 +282,10 @@ class _GraphedStep:
         return {
             "params": [p.detach().clone() for p in self.params],
             "grads": [p.grad.detach().clone() for p in self.params],
-            "optimizer": {id(p): {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
-                          for p, st in self.optimizer.state.items()},
+            "optimizer": {
+                id(p): {k: v.clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+                for p, st in self.optimizer.state.items()
+            },
             "ema": [v.clone() for v in self.ema.shadow.values()] if self.ema is not None else [],
             "rng": torch.cuda.get_rng_state(self.images.device),
         }

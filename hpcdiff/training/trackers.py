@@ -69,9 +69,15 @@ def build_trackers(rd: RunDir, spec) -> list:
         if name == "tensorboard":
             trackers.append(TensorBoardTracker(TENSORBOARD_DIR, str(rd.path)))
         elif name == "wandb":
-            kwargs = dict(name=meta.get("label") or rd.run_id, group=meta.get("sweep") or None,
-                          id=wandb_run_id(meta.get("sweep", ""), rd.run_id), resume="allow", dir=str(rd.path),
-                          job_type="train", entity=spec.log.wandb_entity or None)
+            kwargs = dict(
+                name=meta.get("label") or rd.run_id,
+                group=meta.get("sweep") or None,
+                id=wandb_run_id(meta.get("sweep", ""), rd.run_id),
+                resume="allow",
+                dir=str(rd.path),
+                job_type="train",
+                entity=spec.log.wandb_entity or None,
+            )
             mode = wandb_mode(spec.log.wandb_mode)
             if mode:
                 kwargs["mode"] = mode
@@ -95,7 +101,7 @@ class RunTrackers:
         self.accelerator, self.active = accelerator, active
 
     @classmethod
-    def start(cls, accelerator, rd: RunDir, spec, first_epoch: int) -> "RunTrackers":
+    def start(cls, accelerator, rd: RunDir, spec, first_epoch: int) -> RunTrackers:
         """Open the trackers for a run whose next epoch is ``first_epoch``."""
         if not spec.log.trackers or not accelerator.is_main_process:
             return cls(accelerator, False)
@@ -117,8 +123,9 @@ class RunTrackers:
             grid = sample_grid(samples["images"])
             for tracker in self.accelerator.trackers:
                 # TensorBoard takes a batch of NCHW images, W&B a list of images.
-                tracker.log_images({"samples": grid[None, None] if tracker.name == "tensorboard" else [grid]},
-                                   step=epoch)
+                tracker.log_images(
+                    {"samples": grid[None, None] if tracker.name == "tensorboard" else [grid]}, step=epoch
+                )
         scalars = {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
         self.accelerator.log(scalars, step=epoch)
 
@@ -149,7 +156,7 @@ def sample_grid(images: np.ndarray, max_cols: int = 8) -> np.ndarray:
     grid = np.zeros((rows * h, cols * w), dtype=np.uint8)
     for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = image
+        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = image
     return grid
 
 
@@ -178,5 +185,9 @@ def prune_events(log_dir: Path, first_step: int) -> None:
             for event in keep:
                 writer.write(event.SerializeToString())
             f.flush()
-        log.info("tensorboard: removed %d events at steps >= %d from %s (epochs trained again)",
-                 len(events) - len(keep), first_step, path.name)
+        log.info(
+            "tensorboard: removed %d events at steps >= %d from %s (epochs trained again)",
+            len(events) - len(keep),
+            first_step,
+            path.name,
+        )
