@@ -16,6 +16,7 @@ import torch
 from hpcdiff.config.spec import DataSpec, RunSpec
 from hpcdiff.data import Dataset, load_splits, to_model_range
 from hpcdiff.evaluation.evaluate import Evaluator
+from hpcdiff.launch.child import RANK_VARIABLES
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.degradations import DEGRADATION_INFO, DEGRADATIONS, is_gaussian
 from hpcdiff.science.diffusion import build_diffusion
@@ -27,17 +28,7 @@ from helpers import TRAIN_TIMEOUT_S, device_line, expected_precision, make_run_d
 pytestmark = pytest.mark.gpu
 
 # The launchers' variables: a test that plays SLURM starts from an environment without them.
-LAUNCHER_KEYS = (
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "GROUP_RANK",
-    "ROLE_RANK",
-    "TORCHELASTIC_RUN_ID",
-)
+LAUNCHER_KEYS = (*RANK_VARIABLES, "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
 
 
 @pytest.fixture(scope="module")

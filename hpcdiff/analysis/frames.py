@@ -62,15 +62,11 @@ def load_results(sweep_dir: str | Path):
 
 def _column_order(column: str) -> tuple:
     """Losses and wall time first (as in the runs table), then the metrics by name."""
-    training = [
-        "final_train_loss",
-        "best_train_loss",
-        "final_val_loss",
-        "best_val_loss",
-        "best_val_loss_epoch",
-        "wall_seconds",
-    ]
-    return (0, training.index(column), "") if column in training else (1, 0, column)
+    from hpcdiff.analysis.load import TRAINING_COLUMNS
+
+    if column in TRAINING_COLUMNS:
+        return (0, TRAINING_COLUMNS.index(column), "")
+    return (1, 0, column)
 
 
 # Training series first, in the order the trainer records them; quality metrics after, by name.

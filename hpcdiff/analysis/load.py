@@ -31,6 +31,16 @@ from hpcdiff.storage.runstate import RunState
 #: Per-epoch series that describe training rather than sample quality (plus ``*_seconds``).
 TRAINING_SERIES = frozenset(catalog.TRAINING_SERIES)
 
+#: The loss and wall-time columns of a run's row (before its quality metrics' columns).
+TRAINING_COLUMNS = (
+    "final_train_loss",
+    "best_train_loss",
+    "final_val_loss",
+    "best_val_loss",
+    "best_val_loss_epoch",
+    "wall_seconds",
+)
+
 #: Quality metrics listed first, in this order; the rest follow alphabetically.
 METRIC_ORDER = tuple(
     s for m in catalog.METRICS.values() for s in m.outputs if "{k}" not in s and not s.endswith("_std")

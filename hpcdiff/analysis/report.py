@@ -39,7 +39,15 @@ from pathlib import Path
 
 from hpcdiff.analysis.compact import compact_table
 from hpcdiff.analysis.figures import write_figures
-from hpcdiff.analysis.load import MEASURES, Run, is_quality_metric, load_runs, metric_direction, quality_metrics
+from hpcdiff.analysis.load import (
+    MEASURES,
+    TRAINING_COLUMNS,
+    Run,
+    is_quality_metric,
+    load_runs,
+    metric_direction,
+    quality_metrics,
+)
 from hpcdiff.analysis.tables import config_table, fmt, frame, is_descending, per_class_table, sort_rows, write_tables
 from hpcdiff.config.registry import nearest
 from hpcdiff.storage.rundir import read_manifest
@@ -131,20 +139,7 @@ def rank_rows(rows: list[dict], sort_by: str) -> list[dict]:
 def _runs_columns(varying: list[str], quality: list[str]) -> list[str]:
     """The runs table's columns: identity, axes, what the samples measure, state, losses,
     then each quality metric."""
-    columns = [
-        "run_id",
-        "label",
-        *varying,
-        "measures",
-        "state",
-        "epochs",
-        "final_train_loss",
-        "best_train_loss",
-        "final_val_loss",
-        "best_val_loss",
-        "best_val_loss_epoch",
-        "wall_seconds",
-    ]
+    columns = ["run_id", "label", *varying, "measures", "state", "epochs", *TRAINING_COLUMNS]
     for m in quality:
         columns += ([f"best_{m}"] if metric_direction(m) != "final" else []) + [f"final_{m}"]
     return columns
