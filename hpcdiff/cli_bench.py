@@ -175,3 +175,32 @@ def bench_archive(at, directory):
             ratio = f"  ({b['ms'] / r['ms']:.1f}x less time, {fewer:.1f}x fewer bytes)"
         kb = "" if r["kB written"] != r["kB written"] else f"{r['kB written']:9.0f} kB written"
         click.echo(f"{r['method']:24s} epoch {str(r['epoch']):>15s}: {r['ms']:8.1f} ms {kb}{extra}{ratio}")
+
+
+@bench.command("fused")
+@click.option("--models", default="quick-unet,starter-cnn", show_default=True, help="Recipes: bench/fused.py RECIPES.")
+@click.option("--k", "ks", default="1,2,4,8,16", show_default=True, help="Group sizes (runs) to measure.")
+@click.option("--batch", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Timed steps per run.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-processes", is_flag=True, help="Skip the K-processes measurement.")
+def bench_fused(models, ks, batch, steps, device, no_processes):
+    """Aggregate images/s of K runs trained as one fused group, against the same K runs one
+    after another and as K processes sharing the device, in one process run."""
+    from hpcdiff.bench.fused import benchmark_fused
+
+    def show(r):
+        click.echo(
+            f"{r['model']:11s} K={r['k']:<3d} {r['method']:18s} {r['images/s']:9.0f} images/s  "
+            f"({r['ratio']:.2f}x one after another)"
+        )
+
+    benchmark_fused(
+        tuple(models.split(",")),
+        tuple(int(k) for k in ks.split(",")),
+        batch=batch,
+        steps=steps,
+        device=device,
+        processes=not no_processes,
+        on_row=show,
+    )

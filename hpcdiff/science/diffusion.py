@@ -132,13 +132,19 @@ class GaussianDDPM(_Sampling):
         self.sampler = sampler
         self.sample_steps = sample_steps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        z_t, level, eps = self.training_pair(x, generator)
+        return self.criterion(self.denoiser(z_t, level), eps)
+
+    def training_pair(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """(network input, its level t/n_T, target) of one training batch: the draws of a
+        step, apart from the network (a fused group calls its members' networks at once)."""
         # t ~ U{1, ..., n_T - 1}: torch.randint's upper bound is exclusive, as in the starter.
-        t = torch.randint(1, self.n_T, (x.shape[0],), device=x.device)
-        eps = torch.randn_like(x)
+        t = torch.randint(1, self.n_T, (x.shape[0],), device=x.device, generator=generator)
+        eps = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
         alpha_bar = self.alpha_bar[t, None, None, None]
         z_t = torch.sqrt(alpha_bar) * x + torch.sqrt(1 - alpha_bar) * eps
-        return self.criterion(self.denoiser(z_t, t / self.n_T), eps)
+        return z_t, t / self.n_T, eps
 
     def start(self, n: int, size, *, generator=None, device=None, **_):
         """x_T: standard normal noise (the known prior)."""
@@ -231,11 +237,15 @@ class ColdDiffusion(_Sampling):
     def restore(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
         return self.denoise(x_t, torch.full((x_t.shape[0],), t / self.n_T, device=x_t.device))
 
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x_t, level, target = self.training_pair(x0, generator)
+        return self.criterion(self.denoiser(x_t, level), target)
+
+    def training_pair(self, x0: torch.Tensor, generator: torch.Generator | None = None):
+        """(network input, its level t/n_T, target): see GaussianDDPM.training_pair."""
         # t ~ U{1, ..., T}: every level the sampler visits is trained.
-        t = torch.randint(1, self.n_T + 1, (x0.shape[0],), device=x0.device)
-        x_t = self.degrade(x0, t)
-        return self.criterion(self.denoiser(x_t, t / self.n_T), x0)
+        t = torch.randint(1, self.n_T + 1, (x0.shape[0],), device=x0.device, generator=generator)
+        return self.degrade(x0, t, generator), t / self.n_T, x0
 
     def level_generator(
         self, s: int, generator: torch.Generator | None = None, device: torch.device | None = None

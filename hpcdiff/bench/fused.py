@@ -1,0 +1,187 @@
+"""Throughput of a fused group (training/fused.py) against the ways a sweep's K runs share a
+device without it, all measured in one process run on the device given:
+
+- ``one after another``: K runs' training steps in turn (the baseline: what one process,
+  or SLURM's one run per GPU, does with the device);
+- ``K processes``: K processes, each training one run, started at once and sharing the
+  device (what ``slurm.runs_per_gpu`` does), the CPU threads split between them;
+- ``fused``: one group of K members, one batched forward and backward per step.
+
+Each training step is the trainer's own: the run's process and network, Adam, real digits
+(the shipped mnist-5k), the quick sweep's UNet recipe or the starter CNN. Reported as
+aggregate images per second and as ratios against one after another.
+
+Library function only (CLI: `hpcdiff bench fused`): ``benchmark_fused(...) -> list[dict]``.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+
+import torch
+
+from hpcdiff.config.spec import DataSpec, RunSpec
+from hpcdiff.data import load_splits, to_model_range
+from hpcdiff.resolve import validate_spec
+from hpcdiff.science.diffusion import build_diffusion
+from hpcdiff.science.models import build_model
+from hpcdiff.training.fused import FusedGroup, MemberSettings
+from hpcdiff.training.step import EAGER, StepMode, make_optimizer
+
+#: The models measured: the quick sweep's UNet and the coursework starter's CNN.
+RECIPES = {
+    "quick-unet": {"name": "unet", "base_channels": 16, "channel_mults": [1, 2, 4]},
+    "starter-cnn": {"name": "cnn", "hidden": [16, 32, 32, 16]},
+}
+
+
+def _spec(model: str, k: int, device: str) -> RunSpec:
+    # Members differ in what a sweep varies: learning rate and seed.
+    raw = {"model": RECIPES[model], "train": {"lr": 1e-3 * (1 + k), "seed": k, "device": device}}
+    return validate_spec(RunSpec.from_dict(raw))
+
+
+def _member(model: str, k: int, device: torch.device):
+    spec = _spec(model, k, device.type)
+    torch.manual_seed(spec.train.seed)
+    return spec, build_diffusion(spec, build_model(spec.model, (1, 28, 28))).to(device)
+
+
+def _images(device: torch.device) -> torch.Tensor:
+    return to_model_range(load_splits(DataSpec(name="mnist-5k")).train.images, device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batches(images: torch.Tensor, batch: int, steps: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [images[torch.randint(0, len(images), (batch,), generator=g).to(images.device)] for _ in range(steps)]
+
+
+def _one_after_another(model, k, batch, steps, warmup, device, images) -> float:
+    runs = []
+    for i in range(k):
+        spec, process = _member(model, i, device)
+        opt = make_optimizer(spec.train, process.parameters(), device=device, mode=StepMode(EAGER, ""))
+        runs.append((process, opt, _batches(images, batch, steps + warmup, i)))
+
+    def step(process, opt, x):
+        loss = process(x)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for process, opt, xs in runs:
+        for x in xs[:warmup]:
+            step(process, opt, x)
+    _sync(device)
+    tic = time.perf_counter()
+    for j in range(warmup, warmup + steps):
+        for process, opt, xs in runs:
+            step(process, opt, xs[j])
+    _sync(device)
+    return time.perf_counter() - tic
+
+
+def _fused(model, k, batch, steps, warmup, device, images, mode=None) -> float:
+    members = [_member(model, i, device) for i in range(k)]
+    group = FusedGroup([p for _, p in members], [MemberSettings.of(s.train) for s, _ in members], mode=mode)
+    xs = [_batches(images, batch, steps + warmup, i) for i in range(k)]
+    generators = [None] * k
+    for j in range(warmup):
+        group.step([x[j] for x in xs], generators)
+    _sync(device)
+    tic = time.perf_counter()
+    for j in range(warmup, warmup + steps):
+        group.step([x[j] for x in xs], generators)
+    _sync(device)
+    return time.perf_counter() - tic
+
+
+def _process_worker(model, i, batch, steps, warmup, device_name, threads, barrier, out):
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    images = _images(device)
+    spec, process = _member(model, i, device)
+    opt = make_optimizer(spec.train, process.parameters(), device=device, mode=StepMode(EAGER, ""))
+    xs = _batches(images, batch, steps + warmup, i)
+    for x in xs[:warmup]:
+        process(x).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    _sync(device)
+    barrier.wait()
+    tic = time.perf_counter()
+    for x in xs[warmup:]:
+        process(x).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    _sync(device)
+    out.put((tic, time.perf_counter()))
+
+
+def _k_processes(model, k, batch, steps, warmup, device) -> float:
+    """Wall time from the first process's start of the timed steps to the last one's end."""
+    ctx = mp.get_context("spawn")
+    barrier, out = ctx.Barrier(k), ctx.Queue()
+    threads = max(1, torch.get_num_threads() // k) if device.type == "cpu" else 1
+    procs = [
+        ctx.Process(target=_process_worker, args=(model, i, batch, steps, warmup, str(device), threads, barrier, out))
+        for i in range(k)
+    ]
+    for p in procs:
+        p.start()
+    spans = [out.get(timeout=3600) for _ in procs]
+    for p in procs:
+        p.join()
+    return max(end for _, end in spans) - min(start for start, _ in spans)
+
+
+def benchmark_fused(
+    models=tuple(RECIPES),
+    ks=(1, 2, 4, 8, 16),
+    *,
+    batch: int = 128,
+    steps: int = 3,
+    warmup: int = 1,
+    device: str = "cpu",
+    processes: bool = True,
+    modes=("vmap", "loop"),
+    on_row=None,
+) -> list[dict]:
+    """Rows {model, k, method, seconds, images/s, ratio} (ratio: images/s over one after
+    another's at the same K)."""
+    dev = torch.device(device)
+    images = _images(dev)
+    rows = []
+    for model in models:
+        for k in ks:
+            base = None
+            methods = [("one after another", _one_after_another, (images,))]
+            if processes and k > 1:
+                methods.append((f"{k} processes", _k_processes, ()))
+            for mode in modes:
+                methods.append((f"fused ({mode})", _fused, (images, mode)))
+            for name, run, extra in methods:
+                seconds = run(model, k, batch, steps, warmup, dev, *extra)
+                rate = k * batch * steps / seconds
+                base = rate if base is None else base
+                row = {
+                    "model": model,
+                    "k": k,
+                    "method": name,
+                    "seconds": seconds,
+                    "images/s": rate,
+                    "ratio": rate / base,
+                }
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+    return rows
+
+
+__all__ = ["benchmark_fused", "RECIPES"]
