@@ -240,7 +240,7 @@ def _runs(raw: dict, cases: list[dict], axes, settings, resolve: Resolver) -> li
             if rid in seen:
                 continue
             seen.add(rid)
-            shown = dict(_flatten(case, ""))
+            shown = dict(flatten_settings(case, ""))
             shown.update(assignment)
             for parts, _value in settings:
                 shown.pop(".".join(parts), None)
@@ -330,11 +330,12 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _flatten(d: dict, prefix: str):
+def flatten_settings(d: dict, prefix: str = ""):
+    """(dotted key, value) of a nested settings dict; degradation.params stays one value."""
     for k, v in d.items():
         path = f"{prefix}{k}"
         if isinstance(v, dict) and v and path != "degradation.params":
-            yield from _flatten(v, path + ".")
+            yield from flatten_settings(v, path + ".")
         else:
             yield path, v
 
@@ -342,7 +343,7 @@ def _flatten(d: dict, prefix: str):
 def _varying(specs: list[RunSpec]) -> list[str]:
     if len(specs) < 2:
         return []
-    flat = [dict(_flatten(s.run_identity(), "")) for s in specs]
+    flat = [dict(flatten_settings(s.run_identity(), "")) for s in specs]
     # Every run's keys, not only the first's: a key that one model has and another lacks
     # (a UNet's channel_mults beside a CNN; model.name, absent at its default) varies too.
     keys = list(dict.fromkeys(key for f in flat for key in f))
