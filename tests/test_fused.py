@@ -276,3 +276,71 @@ def test_the_fused_benchmark_reports_each_way_against_one_after_another():
     for r in rows:
         base = next(b for b in rows if b["k"] == r["k"] and b["method"] == "one after another")
         assert r["images/s"] > 0 and r["ratio"] == pytest.approx(r["images/s"] / base["images/s"])
+
+
+def _replicate(rd):
+    """A real run's member: its process built as the trainer builds it (the global RNG seeded
+    with the run seed, then the network's initial weights), and the generator that continues
+    the global stream from there, which the trainer's noise comes from alone."""
+    from hpcdiff.storage.rundir import RunDir
+
+    spec = validate_spec(RunDir(rd).load_spec())
+    splits = load_splits(spec.data)
+    with torch.random.fork_rng():
+        torch.manual_seed(spec.train.seed)
+        process = build_diffusion(spec, build_model(spec.model, splits.train.image_shape))
+        noise = torch.Generator()
+        noise.set_state(torch.get_rng_state())
+    return spec, splits, process, noise
+
+
+def test_members_replay_real_runs_trained_alone_by_the_trainer(tiny_sweep, tmp_path):
+    """Two real `hpcdiff train` runs (seeds and learning rates differ) against a group of the
+    same two members: each member's per-epoch training and validation losses are the ones its
+    run recorded alone, to 1e-4. The trainer's noise is the global stream after the initial
+    weights (nothing else draws from it: validation forks it, samples and metrics use named
+    streams), so a member replays its run without changing how runs alone draw."""
+    from hpcdiff.storage import archive
+    from hpcdiff.training.loop import train
+
+    from helpers import make_run_dir
+
+    dirs = []
+    for seed, lr in ((0, 1e-3), (5, 3e-3)):
+        sweep = tiny_sweep(f"\n[sweep]\nname = 's{seed}'\n", epochs=2, name=f"s{seed}")
+        text = sweep.read_text().replace("seed = 0", f"seed = {seed}\nlr = {lr}")
+        sweep.write_text(text)
+        rd = make_run_dir(sweep, tmp_path / "runs")
+        train(rd.path)
+        dirs.append(rd.path)
+    members = [_replicate(d) for d in dirs]
+    specs = [m[0] for m in members]
+    group = FusedGroup([m[2] for m in members], [MemberSettings.of(s.train) for s in specs])
+    train_images = to_model_range(members[0][1].train.images)
+    val_images = to_model_range(members[0][1].val.images)
+    batch = specs[0].train.batch_size
+    steps = len(train_images) // batch
+    noise = [m[3] for m in members]
+    for epoch in (1, 2):
+        orders = [
+            torch.randperm(len(train_images), generator=generator(s.train.seed, "epoch_order", epoch)) for s in specs
+        ]
+        total = torch.zeros(len(specs), dtype=torch.float64)
+        for i in range(steps):
+            total += group.step([train_images[o[i * batch : (i + 1) * batch]] for o in orders], noise).double()
+        val_noise = [torch.Generator().manual_seed(stream_seed(s.train.seed, "validation", 0)) for s in specs]
+        val_sum, count = torch.zeros(len(specs), dtype=torch.float64), 0
+        for i in range(0, len(val_images), batch):
+            x = val_images[i : i + batch]
+            val_sum += group.losses([x] * len(specs), val_noise).double() * len(x)
+            count += len(x)
+        for k, d in enumerate(dirs):
+            recorded = archive.read(d / "archive.h5")["metrics"]
+            assert (
+                abs(float(total[k]) / steps - recorded["train_loss"][epoch - 1])
+                <= 1e-4 * recorded["train_loss"][epoch - 1]
+            )
+            assert (
+                abs(float(val_sum[k]) / count - recorded["val_loss"][epoch - 1])
+                <= 1e-4 * recorded["val_loss"][epoch - 1]
+            )
