@@ -344,3 +344,40 @@ def test_members_replay_real_runs_trained_alone_by_the_trainer(tiny_sweep, tmp_p
                 abs(float(val_sum[k]) / count - recorded["val_loss"][epoch - 1])
                 <= 1e-4 * recorded["val_loss"][epoch - 1]
             )
+
+
+def test_a_members_checkpoint_resumes_alone_with_hpcdiff_train_on_its_runs_curve(tiny_sweep, tmp_path):
+    """A run trained alone for 2 epochs, and the same run as a member of a group for epoch 1,
+    written as a checkpoint of a run alone and resumed by the trainer for epoch 2: epoch 2's
+    recorded losses agree to 1e-4."""
+    from hpcdiff.storage import archive, checkpoint
+    from hpcdiff.training.loop import train
+
+    from helpers import make_run_dir
+
+    sweep = tiny_sweep(epochs=2)
+    text = sweep.read_text().replace("seed = 0", "seed = 3\nlr = 2e-3\nema_decay = 0.9")
+    sweep.write_text(text)
+    alone = make_run_dir(sweep, tmp_path / "alone")
+    train(alone.path)
+    member = make_run_dir(sweep, tmp_path / "fused")
+    spec, splits, process, noise = _replicate(member.path)
+    other_spec = validate_spec(RunSpec.from_dict({**spec.to_dict(), "train": {**spec.to_dict()["train"], "seed": 9}}))
+    group = FusedGroup(
+        [process, _process(other_spec)], [MemberSettings.of(spec.train), MemberSettings.of(other_spec.train)]
+    )
+    images = to_model_range(splits.train.images)
+    batch, steps = spec.train.batch_size, len(images) // spec.train.batch_size
+    orders = [
+        torch.randperm(len(images), generator=generator(s.train.seed, "epoch_order", 1)) for s in (spec, other_spec)
+    ]
+    other_noise = torch.Generator().manual_seed(1)
+    for i in range(steps):
+        group.step([images[o[i * batch : (i + 1) * batch]] for o in orders], [noise, other_noise])
+    state = group.member_train_state(0, noise=noise, epoch_done=1, step=steps, elapsed=0.0, config=spec.to_dict())
+    checkpoint.save(state, member.checkpoints, 1, keep=spec.train.keep_checkpoints)
+    train(member.path)
+    mine, theirs = archive.read(member.archive)["metrics"], archive.read(alone.archive)["metrics"]
+    assert list(mine["epoch"]) == [2]  # epoch 1 was the group's: its row is not the trainer's to write
+    for name in ("train_loss", "val_loss"):
+        assert abs(mine[name][-1] - theirs[name][-1]) <= 1e-4 * abs(theirs[name][-1]), name

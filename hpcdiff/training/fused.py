@@ -248,6 +248,36 @@ class FusedGroup:
             for name, shadow in self.ema.items():
                 shadow[k].copy_(source[name])
 
+    def member_train_state(
+        self, k: int, *, noise: torch.Generator, epoch_done: int, step: int, elapsed: float, config: dict
+    ) -> dict:
+        """Member k as a whole checkpoint of a run alone (training/state.py's format): the
+        trainer resumes it with ``hpcdiff train``, from the member's noise stream on. Only
+        at an epoch's end, with no plateau scheduler and early stopping's counters fresh:
+        the group does not hold those yet."""
+        from hpcdiff.training.state import EarlyStopping, checkpoint_dict, rng_state
+        from hpcdiff.training.step import EAGER, StepMode
+
+        saved = self.member_checkpoint(k)
+        # The trainer's noise comes from the default generator of the run's device.
+        rng = {**rng_state(), ("cuda" if noise.device.type == "cuda" else "torch"): noise.get_state()}
+        return checkpoint_dict(
+            epoch_done=epoch_done,
+            step=step,
+            elapsed=elapsed,
+            partial=None,
+            model=saved["model"],
+            optimizer=saved["optimizer"],
+            plateau=None,
+            stopper=EarlyStopping().state_dict(),
+            rng=rng,
+            config=config,
+            ema=saved["ema"],
+            world=1,
+            mode=StepMode(EAGER, ""),
+            scaler=None,
+        )
+
     def deactivate(self, k: int) -> None:
         """Member k has ended: nothing of it changes from here on."""
         self.active[k] = False

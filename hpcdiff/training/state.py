@@ -117,6 +117,31 @@ def _portable(state: dict) -> dict:
     return {k: [float(x) for x in v] if k == "_last_lr" else v for k, v in state.items()}
 
 
+def checkpoint_dict(
+    *, epoch_done, step, elapsed, partial, model, optimizer, plateau, stopper, rng, config, ema, world, mode, scaler
+) -> dict:
+    """The checkpoint format (CHECKPOINT_FORMAT): what a run alone and a fused group's member
+    (training/fused.py) both write, so either resumes the other's."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "hpcdiff_version": __version__,
+        "epoch": epoch_done,
+        "step": step,
+        "elapsed": elapsed,
+        "partial": partial,
+        "model": model,
+        "optimizer": optimizer,
+        "plateau": plateau,
+        "stopper": stopper,
+        "rng": rng,
+        "config": config,
+        "ema": ema,
+        "world_size": world,
+        "compile": mode.mode.value,
+        "scaler": scaler,
+    }
+
+
 @dataclass
 class TrainState:
     diffusion: torch.nn.Module  # the diffusion process (wrapped by Accelerate once prepared)
@@ -159,24 +184,22 @@ class TrainState:
         return [*self.core.denoiser.parameters(), *(self.ema.shadow.values() if self.ema is not None else ())]
 
     def state_dict(self, *, epoch_done: int, partial: dict | None, config: dict, world: int) -> dict:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "hpcdiff_version": __version__,
-            "epoch": epoch_done,
-            "step": self.step,
-            "elapsed": self.elapsed,
-            "partial": partial,
-            "model": self.core.denoiser.state_dict(),
-            "optimizer": portable_optimizer_state(self.optimizer),
-            "plateau": _portable(self.plateau.state_dict()) if self.plateau is not None else None,
-            "stopper": self.stopper.state_dict(),
-            "rng": rng_state(),
-            "config": config,
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "world_size": world,
-            "compile": self.mode.mode.value,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-        }
+        return checkpoint_dict(
+            epoch_done=epoch_done,
+            step=self.step,
+            elapsed=self.elapsed,
+            partial=partial,
+            model=self.core.denoiser.state_dict(),
+            optimizer=portable_optimizer_state(self.optimizer),
+            plateau=_portable(self.plateau.state_dict()) if self.plateau is not None else None,
+            stopper=self.stopper.state_dict(),
+            rng=rng_state(),
+            config=config,
+            ema=self.ema.state_dict() if self.ema is not None else None,
+            world=world,
+            mode=self.mode,
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+        )
 
     def load_state_dict(self, epoch_done: int, state: dict, *, seed: int, rank: int) -> None:
         """Restore a checkpoint (before Accelerate wraps the model)."""
