@@ -381,3 +381,37 @@ def test_a_members_checkpoint_resumes_alone_with_hpcdiff_train_on_its_runs_curve
     assert list(mine["epoch"]) == [2]  # epoch 1 was the group's: its row is not the trainer's to write
     for name in ("train_loss", "val_loss"):
         assert abs(mine[name][-1] - theirs[name][-1]) <= 1e-4 * abs(theirs[name][-1]), name
+
+
+@pytest.mark.parametrize("mode", ["vmap", "loop"])
+@pytest.mark.parametrize("sampler,steps", [("ancestral", 0), ("ancestral", 10), ("ddim", 10)])
+def test_fused_sampling_gives_each_member_the_samples_its_sampler_draws_alone(mode, sampler, steps):
+    from hpcdiff.training.fused import FusedSampling
+
+    members = [{"train": {"lr": 1e-3, "seed": s}, "diffusion": {"n_T": 40}} for s in (0, 1, 2)]
+    specs = _specs("cnn", "gaussian", members)
+    processes = [_process(s) for s in specs]
+    alone = [copy.deepcopy(p).eval() for p in processes]
+    group = FusedGroup(processes, [MemberSettings.of(s.train) for s in specs], mode=mode)
+    x_T = torch.stack([torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)])
+    fused = FusedSampling(group).sample(
+        x_T, [torch.Generator().manual_seed(k) for k in range(3)], sampler=sampler, steps=steps
+    )
+    for k, process in enumerate(alone):
+        mine = process.sample(x_T[k], generator=torch.Generator().manual_seed(k), sampler=sampler, steps=steps)
+        assert _relative(fused[k], mine) < 1e-5, k
+    # Control: another member's generator gives other samples (ancestral draws noise).
+    if sampler == "ancestral":
+        wrong = FusedSampling(group).sample(
+            x_T, [torch.Generator().manual_seed(k) for k in (1, 0, 2)], sampler=sampler, steps=steps
+        )
+        assert _relative(wrong[0], fused[0]) > 1e-3
+
+
+def test_members_with_other_schedules_sample_apart():
+    from hpcdiff.training.fused import FusedSampling
+
+    specs = _specs("cnn", "gaussian", MEMBERS[:3])  # n_T 400, 400, 100
+    group = FusedGroup([_process(s) for s in specs], [MemberSettings.of(s.train) for s in specs])
+    with pytest.raises(ValueError, match=r"sample apart: members differ in n_T \(\[100, 400\]\)"):
+        FusedSampling(group)

@@ -59,7 +59,16 @@ def sampling_device(device) -> torch.device:
     return device if device.type == "cuda" else torch.device("cpu")
 
 
+class MemberGenerators(list):
+    """One generator per member of a fused group whose samples are stacked along the batch
+    (member k owns rows k*B .. (k+1)*B - 1): each member's rows are drawn from its own
+    generator, exactly as its sampler alone would draw them."""
+
+
 def _randn(shape, generator, device):
+    if isinstance(generator, MemberGenerators):
+        rows = shape[0] // len(generator)
+        return torch.cat([_randn((rows, *shape[1:]), g, device) for g in generator])
     # Draw on the generator's device (a CPU generator gives the same images on any device).
     gen_device = generator.device if generator is not None else device
     return torch.randn(shape, generator=generator, device=gen_device).to(device)

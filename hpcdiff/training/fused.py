@@ -281,3 +281,52 @@ class FusedGroup:
     def deactivate(self, k: int) -> None:
         """Member k has ended: nothing of it changes from here on."""
         self.active[k] = False
+
+
+class FusedSampling:
+    """The members' samplers as one: every step one call of the stacked networks for all
+    members' samples (stacked along the batch, member k's rows k*B .. (k+1)*B - 1), each
+    member's noise from its own generator (diffusion.MemberGenerators), so member k's
+    samples are the ones its sampler alone draws from its x_T and generator.
+
+    For Gaussian members that share n_T and the beta schedule (the samplers read one
+    schedule); members that do not share them sample apart (``ValueError`` says why)."""
+
+    kind = "gaussian"
+
+    def __init__(self, group: FusedGroup):
+        first = group.processes[0]
+        problem = None
+        if first.kind != "gaussian":
+            problem = f"fused sampling is for the Gaussian process (members are {first.kind})"
+        elif any(p.n_T != first.n_T for p in group.processes):
+            problem = f"members differ in n_T ({sorted({p.n_T for p in group.processes})})"
+        elif any(not torch.equal(p.beta_t, first.beta_t) for p in group.processes):
+            problem = "members differ in their beta schedule (diffusion.beta1/beta2)"
+        if problem:
+            raise ValueError(f"these members sample apart: {problem}")
+        self.group, self.k = group, group.k
+        self.n_T, self.beta_t, self.alpha_bar = first.n_T, first.beta_t, first.alpha_bar
+
+    @torch.no_grad()
+    def denoise(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0] // self.k
+        return self.group.net(x.view(self.k, b, *x.shape[1:]), t.view(self.k, b)).reshape(x.shape)
+
+    @torch.no_grad()
+    def sample(self, x_T: torch.Tensor, generators: list, *, sampler: str, steps: int = 0) -> torch.Tensor:
+        """[K, B, ...] starts and one generator per member -> [K, B, ...] samples."""
+        from hpcdiff.science.diffusion import SAMPLERS, MemberGenerators, sampling_times
+
+        net = self.group.net
+        was, net.training = net.training, False
+        try:
+            z = SAMPLERS.get(sampler)(
+                self,
+                x_T.reshape(-1, *x_T.shape[2:]),
+                generator=MemberGenerators(generators),
+                times=sampling_times(self.n_T, steps),
+            )
+        finally:
+            net.training = was
+        return z.view(x_T.shape)
