@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from hpcdiff.launch.child import child_command
 from hpcdiff.storage import archive, checkpoint
 from hpcdiff.storage.rundir import sweep_run_dirs
 from hpcdiff.training.distributed import env_from_slurm, first_host
@@ -108,17 +109,7 @@ def test_resume_with_another_world_size(tiny_sweep, tmp_path):
     sweep_file = tiny_sweep('[sweep]\nname = "ws"\n', epochs=4, subset=1920)
     rd = make_run_dir(sweep_file, tmp_path / "runs")
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "hpcdiff",
-            "train",
-            str(rd.path),
-        ],
+        child_command(rd.path, processes=2),
         env=_env(),
         start_new_session=True,
         stdout=subprocess.DEVNULL,

@@ -3,7 +3,6 @@ model rejected, image sizes checked, and real tiny runs (EMA, resume exactness, 
 
 import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from hpcdiff.config import tomlio
 from hpcdiff.config.model_spec import MODEL_NAMES
 from hpcdiff.config.spec import ModelSpec, RunSpec, SpecError
 from hpcdiff.config.sweep import run_id
+from hpcdiff.launch.child import child_command
 from hpcdiff.resolve import validate_spec
 from hpcdiff.science.models import MODELS, ImageSizeError, build_model
 from hpcdiff.storage import archive, checkpoint
@@ -206,23 +206,7 @@ def test_unet_trains_in_two_processes_to_a_step_budget(tiny_sweep, tmp_path):
     path.write_text(path.read_text().replace("[train]\n", "[train]\nmax_steps = 4\n", 1))
     rd = make_run_dir(path, tmp_path / "runs")
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            "-m",
-            "hpcdiff",
-            "train",
-            str(rd.path),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = subprocess.run(child_command(rd.path, processes=2), env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = archive.read(rd.archive)
     assert data["attrs"]["world_size"] == 2 and rd.read_status()["state"] == "done"
