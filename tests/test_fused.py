@@ -415,3 +415,34 @@ def test_members_with_other_schedules_sample_apart():
     group = FusedGroup([_process(s) for s in specs], [MemberSettings.of(s.train) for s in specs])
     with pytest.raises(ValueError, match=r"sample apart: members differ in n_T \(\[100, 400\]\)"):
         FusedSampling(group)
+
+
+@pytest.mark.gpu
+def test_on_the_gpu_each_members_gradient_matches_its_run_alone(digits):
+    """The device's own rule (vmap on CUDA): per-member CUDA generators, gradients and one
+    optimiser step against the runs alone on the same device. TF32 is off for the
+    comparison: it rounds batched and plain convolutions differently (~1e-3)."""
+    from helpers import GPU_SKIP_REASON, gpu_test_device
+
+    name = gpu_test_device()
+    if name is None:
+        pytest.skip(GPU_SKIP_REASON)
+    device = torch.device(name)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        specs = _specs("unet", "gaussian")
+        processes = [_process(s).to(device) for s in specs]
+        solos = [copy.deepcopy(p) for p in processes]
+        group = FusedGroup(processes, [MemberSettings.of(s.train) for s in specs])
+        assert group.net.mode == ("vmap" if device.type == "cuda" else "loop")
+        images = digits[0].to(device)
+        batches = [images[_batches(s, 1, len(images))[0].to(device)] for s in specs]
+        seeded = lambda s: torch.Generator(device=device).manual_seed(s.train.seed)
+        group.step(batches, [seeded(s) for s in specs], sync=False)
+        for k, (s, solo) in enumerate(zip(specs, solos)):
+            solo(batches[k], generator=seeded(s)).backward()
+            for pname, p in solo.denoiser.named_parameters():
+                assert _relative(group.net.params[pname].grad[k], p.grad) < 1e-4, (k, pname)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
