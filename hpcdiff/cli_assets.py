@@ -9,19 +9,10 @@ from pathlib import Path
 
 import click
 
+# The main group's console and exit rule (cli_bench reaches them without a circular import).
+from hpcdiff.cli_bench import console as make_console
+from hpcdiff.cli_bench import fail_invalid
 from hpcdiff.config.spec import SpecError
-
-
-def make_console():
-    from hpcdiff.cli import _console
-
-    return _console()
-
-
-def fail_invalid(err: Exception) -> None:
-    from hpcdiff.cli import _fail_invalid
-
-    _fail_invalid(err)
 
 
 @click.command()

@@ -62,27 +62,30 @@ def _batches(images: torch.Tensor, batch: int, steps: int, seed: int) -> list[to
     return [images[torch.randint(0, len(images), (batch,), generator=g).to(images.device)] for _ in range(steps)]
 
 
+def _solo(model, i, device, images, batch, n):
+    """Run i alone: its process, its optimiser (the trainer's), its n batches."""
+    spec, process = _member(model, i, device)
+    opt = make_optimizer(spec.train, process.parameters(), device=device, mode=StepMode(EAGER, ""))
+    return process, opt, _batches(images, batch, n, i)
+
+
+def _solo_step(process, opt, x) -> None:
+    """The trainer's eager step (training/step.py) without clipping, EMA or accumulation."""
+    process(x).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def _one_after_another(model, k, batch, steps, warmup, device, images) -> float:
-    runs = []
-    for i in range(k):
-        spec, process = _member(model, i, device)
-        opt = make_optimizer(spec.train, process.parameters(), device=device, mode=StepMode(EAGER, ""))
-        runs.append((process, opt, _batches(images, batch, steps + warmup, i)))
-
-    def step(process, opt, x):
-        loss = process(x)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
+    runs = [_solo(model, i, device, images, batch, steps + warmup) for i in range(k)]
     for process, opt, xs in runs:
         for x in xs[:warmup]:
-            step(process, opt, x)
+            _solo_step(process, opt, x)
     _sync(device)
     tic = time.perf_counter()
     for j in range(warmup, warmup + steps):
         for process, opt, xs in runs:
-            step(process, opt, xs[j])
+            _solo_step(process, opt, xs[j])
     _sync(device)
     return time.perf_counter() - tic
 
@@ -105,21 +108,14 @@ def _fused(model, k, batch, steps, warmup, device, images, mode=None) -> float:
 def _process_worker(model, i, batch, steps, warmup, device_name, threads, barrier, out):
     torch.set_num_threads(threads)
     device = torch.device(device_name)
-    images = _images(device)
-    spec, process = _member(model, i, device)
-    opt = make_optimizer(spec.train, process.parameters(), device=device, mode=StepMode(EAGER, ""))
-    xs = _batches(images, batch, steps + warmup, i)
+    process, opt, xs = _solo(model, i, device, _images(device), batch, steps + warmup)
     for x in xs[:warmup]:
-        process(x).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _solo_step(process, opt, x)
     _sync(device)
     barrier.wait()
     tic = time.perf_counter()
     for x in xs[warmup:]:
-        process(x).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _solo_step(process, opt, x)
     _sync(device)
     out.put((tic, time.perf_counter()))
 

@@ -56,12 +56,11 @@ class StackedNetworks:
         self.base.train(self.training)
         if self.mode == "vmap":
             return self._vmapped(self.params, self.buffers, x, level)
-        return torch.stack([self._member(k)(x[k], level[k]) for k in range(self.k)])
+        return torch.stack([self._one(*self._slices(k, self.params), x[k], level[k]) for k in range(self.k)])
 
-    def _member(self, k: int):
-        params = {n: p[k] for n, p in self.params.items()}
-        buffers = {n: b[k] for n, b in self.buffers.items()}
-        return lambda x, level: self._one(params, buffers, x, level)
+    def _slices(self, k: int, params: dict) -> tuple[dict, dict]:
+        """Member k's weights (taken from ``params``) and buffers, for ``_one``."""
+        return {n: p[k] for n, p in params.items()}, {n: b[k] for n, b in self.buffers.items()}
 
     def backward(self, x, level, loss_of, members, scale: float = 1.0) -> torch.Tensor:
         """Each listed member's loss ``loss_of(k, output_k)`` and its gradient, added to the
@@ -77,17 +76,19 @@ class StackedNetworks:
         params = self.parameters()
         if self.mode == "vmap":
             out = self._vmapped(self.params, self.buffers, x, level)
-            each = [loss_of(k, out[k]) for k in members]
-            if each:
-                (torch.stack(each).sum() * scale).backward()
-                losses[list(members)] = torch.stack(each).detach().float()
+            if members:
+                each = torch.stack([loss_of(k, out[k]) for k in members])
+                (each.sum() * scale).backward()
+                losses[list(members)] = each.detach().float()
             return losses
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         for k in members:
-            leaves = {n: p.detach()[k].requires_grad_() for n, p in self.params.items()}
-            buffers = {n: b[k] for n, b in self.buffers.items()}
+            # Views of the detached stack, made leaves: member k's gradient alone, no K-sized copy.
+            leaves, buffers = self._slices(k, {n: p.detach() for n, p in self.params.items()})
+            for leaf in leaves.values():
+                leaf.requires_grad_()
             loss = loss_of(k, self._one(leaves, buffers, x[k], level[k]))
             (loss * scale).backward()
             with torch.no_grad():
@@ -100,17 +101,21 @@ class StackedNetworks:
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
 
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """The stacked tensors of the networks' state_dict, in its order (non-persistent
+        buffers left out, as a network's own state_dict leaves them out)."""
+        both = {**self.params, **self.buffers}
+        return {name: both[name] for name in self.state_keys}
+
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights and buffers as its own network's state_dict (same keys, order)."""
-        both = {**self.params, **self.buffers}
-        return {name: both[name][k].detach().clone() for name in self.state_keys}
+        return {name: t[k].detach().clone() for name, t in self.state_tensors().items()}
 
     @torch.no_grad()
     def load_member(self, k: int, state: dict[str, torch.Tensor]) -> None:
         """Member k's slot from a single network's state_dict (a solo run's checkpoint)."""
-        both = {**self.params, **self.buffers}
         missing = set(self.state_keys) - set(state)
         if missing:
             raise KeyError(f"state_dict lacks {sorted(missing)[:3]}")
-        for name in self.state_keys:
-            both[name][k].copy_(state[name])
+        for name, t in self.state_tensors().items():
+            t[k].copy_(state[name])

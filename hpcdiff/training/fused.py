@@ -96,16 +96,10 @@ class FusedGroup:
         self.exp_avg = [torch.zeros_like(p) for p in params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in params]
         self.ema = (
-            {name: t.detach().clone().float() for name, t in self._state_tensors().items()}
+            {name: t.detach().clone().float() for name, t in self.net.state_tensors().items()}
             if any(m.ema_decay for m in s)
             else None
         )
-
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        """The stacked tensors of the networks' state_dict (non-persistent buffers left out,
-        as EMA and checkpoints leave them out alone)."""
-        both = {**self.net.params, **self.net.buffers}
-        return {name: both[name] for name in self.net.state_keys}
 
     # ------------------------------------------------------------------ forward, backward
 
@@ -190,7 +184,7 @@ class FusedGroup:
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        current = self._state_tensors()
+        current = self.net.state_tensors()
         for name, shadow in self.ema.items():
             value = current[name].detach()
             on = _view(self.active & (self.ema_decay > 0), shadow)
@@ -206,7 +200,7 @@ class FusedGroup:
         """Member k as a run alone would save it: ``{"model", "optimizer", "ema"}`` with the
         network's state_dict, torch.optim.Adam(W)'s state_dict and the EMA's shadow."""
         model = self.net.member_state_dict(k)
-        names = list(self.net.params)
+        n = len(self.net.params)
         s = self.settings[k]
         state = {
             i: {
@@ -214,10 +208,10 @@ class FusedGroup:
                 "exp_avg": self.exp_avg[i][k].detach().clone(),
                 "exp_avg_sq": self.exp_avg_sq[i][k].detach().clone(),
             }
-            for i in range(len(names))
+            for i in range(n)
             if self.steps[k] > 0
         }
-        optimizer = {"state": state, "param_groups": [self._param_group(s, len(names))]}
+        optimizer = {"state": state, "param_groups": [self._param_group(s, n)]}
         ema = {name: shadow[k].clone() for name, shadow in self.ema.items()} if s.ema_decay and self.ema else None
         return {"model": model, "optimizer": optimizer, "ema": ema}
 
@@ -233,13 +227,12 @@ class FusedGroup:
     def load_member(self, k: int, model: dict, optimizer: dict | None = None, ema: dict | None = None) -> None:
         """Member k's slot from a run's saved weights, optimiser state and EMA."""
         self.net.load_member(k, model)
-        names = list(self.net.params)
         saved = (optimizer or {}).get("state", {})
         steps = {float(st["step"]) for st in saved.values()}
         if len(steps) > 1:
             raise ValueError(f"member {k}: the saved optimiser's parameters are at different steps {sorted(steps)}")
         self.steps[k] = steps.pop() if steps else 0.0
-        for i in range(len(names)):
+        for i in range(len(self.net.params)):
             st = saved.get(i)
             self.exp_avg[i][k].copy_(st["exp_avg"] if st else 0)
             self.exp_avg_sq[i][k].copy_(st["exp_avg_sq"] if st else 0)
