@@ -177,22 +177,29 @@ def _print_plan(console, plan, long: bool = False) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: when on a terminal).")
-def train(run_dir, progress):
-    """Train (or resume) the run in RUN_DIR. This is what every job executes."""
+def train(run_dirs, progress):
+    """Train (or resume) the run in RUN_DIR. This is what every job executes. Several RUN_DIRs
+    of one sweep train as one fused group in this process (each keeps its own run directory,
+    checkpoints and archive, and resumes alone or in any group)."""
     from hpcdiff.storage.atomic import StorageError
     from hpcdiff.storage.rundir import RunBusyError
+    from hpcdiff.storage.runstate import RunState
     from hpcdiff.training.environment import NoGpuError
-    from hpcdiff.training.loop import train as train_run
+    from hpcdiff.training.loop import train_group
+    from hpcdiff.training.members import FusionError
     from hpcdiff.training.monitor import Diverged
 
     if progress is None:
         progress = sys.stdout.isatty()
     try:
-        state = train_run(run_dir, show_progress=progress)
+        states = train_group(list(run_dirs), show_progress=progress)
     except SpecError as err:
         _fail_invalid(err)
+    except FusionError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
     except (Diverged, StorageError, NoGpuError) as err:
         # Expected failures with a full explanation: no traceback (log.txt has the details).
         click.echo(f"error: {err}", err=True)
@@ -200,7 +207,10 @@ def train(run_dir, progress):
     except RunBusyError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(RunBusyError.exit_code)
-    click.echo(f"{run_dir}: {state}")
+    for run_dir, state in zip(run_dirs, states):
+        click.echo(f"{run_dir}: {state}")
+    if any(state in (RunState.DIVERGED, RunState.FAILED) for state in states):
+        sys.exit(1)  # a fused member diverged: the others' states above are what they are
 
 
 @main.command()

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 from click.testing import CliRunner
@@ -176,3 +177,13 @@ def resume_with(rd: RunDir, **train_settings) -> str:
     rd.config_path.write_text(tomlio.dumps(config))
     fabricate_status(rd, state="timeout")
     return train(rd.path)
+
+
+def wait_for(predicate, timeout, what):
+    """Poll ``predicate`` (a file a process writes, a process's exit) until it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

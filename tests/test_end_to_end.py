@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import pytest
 from hpcdiff.storage import archive
 from hpcdiff.storage.rundir import RunDir
 
-from helpers import cli, make_run_dir
+from helpers import cli, make_run_dir, wait_for
 
 
 def test_sweep_status_analyze_and_rerun(tiny_sweep, tmp_path):
@@ -60,15 +59,6 @@ def test_sweep_status_analyze_and_rerun(tiny_sweep, tmp_path):
     assert "loss_curves.png" in (analysis_dir / "index.md").read_text()
 
 
-def _wait_for(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
     # Enough epochs that the kill lands well before the end even on an idle machine.
     epochs = 8
@@ -90,7 +80,7 @@ def test_sigkill_then_resume_continues_from_checkpoint(tiny_sweep, tmp_path):
         [sys.executable, "-m", "hpcdiff", "train", str(rd.path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        _wait_for(lambda: rd.read_status().get("epoch", 0) >= 2 or proc.poll() is not None, 300, "epoch 2")
+        wait_for(lambda: rd.read_status().get("epoch", 0) >= 2 or proc.poll() is not None, 300, "epoch 2")
         assert proc.poll() is None, "training ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -149,7 +139,7 @@ def test_sigterm_mid_epoch_checkpoints_and_resumes_exactly(tiny_sweep, tmp_path)
     )
     try:
         # Stop inside epoch 2: after epoch 1's row exists.
-        _wait_for(lambda: rd.read_status().get("epoch", 0) >= 1 or proc.poll() is not None, 300, "epoch 1")
+        wait_for(lambda: rd.read_status().get("epoch", 0) >= 1 or proc.poll() is not None, 300, "epoch 1")
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=120) == 0
     finally:

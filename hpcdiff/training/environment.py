@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime
 import logging
 import os
 import socket
 import sys
+from contextlib import contextmanager
 
 import torch
 
@@ -145,8 +147,25 @@ class _RunLogHandler(logging.FileHandler):
         print(self.format(record), file=sys.stderr, flush=True)
 
 
+# The run the process is working on right now: in a fused group, what one member does
+# (its epoch's end, its divergence) goes to its own log.txt only; what the group does, to all.
+_CURRENT_RUN: contextvars.ContextVar[str | None] = contextvars.ContextVar("hpcdiff_current_run", default=None)
+
+
+@contextmanager
+def logging_for(run_id: str):
+    """Log lines of the block go to ``run_id``'s log.txt only (and to no other run's)."""
+    token = _CURRENT_RUN.set(run_id)
+    try:
+        yield
+    finally:
+        _CURRENT_RUN.reset(token)
+
+
 def attach_log(rd: RunDir) -> logging.Handler:
     handler = _RunLogHandler(rd.log)
+    run_id = rd.run_id
+    handler.addFilter(lambda record: _CURRENT_RUN.get() in (None, run_id))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     root = logging.getLogger("hpcdiff")
     root.setLevel(logging.INFO)

@@ -19,7 +19,7 @@ against torch.optim member by member.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -253,7 +253,7 @@ class FusedGroup:
 
         saved = self.member_checkpoint(k)
         # The trainer's noise comes from the default generator of the run's device.
-        rng = {**rng_state(), ("cuda" if noise.device.type == "cuda" else "torch"): noise.get_state()}
+        rng = rng_state(noise)
         return checkpoint_dict(
             epoch_done=epoch_done,
             step=step,
@@ -270,6 +270,11 @@ class FusedGroup:
             mode=StepMode(EAGER, ""),
             scaler=None,
         )
+
+    def set_lr(self, k: int, lr: float) -> None:
+        """Member k's learning rate from here on (its plateau scheduler lowered it)."""
+        self.lr[k] = lr
+        self.settings[k] = replace(self.settings[k], lr=lr)
 
     def deactivate(self, k: int) -> None:
         """Member k has ended: nothing of it changes from here on."""

@@ -16,7 +16,7 @@ import torch
 from hpcdiff import __version__
 from hpcdiff.config import tomlio
 from hpcdiff.config.spec import RunSpec, start_measures
-from hpcdiff.data import load_splits, to_model_range
+from hpcdiff.data import Splits, load_splits, to_model_range
 from hpcdiff.evaluation.evaluate import Evaluator
 from hpcdiff.science.diffusion import build_diffusion
 from hpcdiff.science.models import build_model, check_image_shape
@@ -47,6 +47,7 @@ class Session:
     train_images: torch.Tensor
     val_images: torch.Tensor
     start_images: torch.Tensor  # held-out images cold-diffusion sampling starts from
+    splits: Splits  # the data as read (on the host)
     image_shape: tuple
     evaluator: Evaluator
     monitor: TrainingMonitor
@@ -56,7 +57,10 @@ class Session:
     budget: Budget  # train.max_steps / max_minutes
     trackers: RunTrackers | None = None  # [log] trackers: TensorBoard / W&B (rank 0)
     stopped_by: str | None = None  # the budget that ended the run ("max_steps" | "max_minutes")
-    batches_done: int = 0  # batches of the running epoch when run_epoch returned
+    batches_done: int = 0  # batches of the running epoch when it closed
+    # The generator the training draws come from (t, noise, degradations): None = the
+    # default one of the device (a run alone); a fused member's own stream otherwise.
+    noise: torch.Generator | None = None
 
     @property
     def main(self) -> bool:
@@ -64,14 +68,19 @@ class Session:
 
     def save(self, epoch_done: int, partial: dict | None = None) -> None:
         state = self.state.state_dict(
-            epoch_done=epoch_done, partial=partial, config=self.spec.to_dict(), world=self.accelerator.num_processes
+            epoch_done=epoch_done,
+            partial=partial,
+            config=self.spec.to_dict(),
+            world=self.accelerator.num_processes,
+            noise=self.noise,
         )
         checkpoint.save(state, self.rd.checkpoints, epoch_done, keep=self.spec.train.keep_checkpoints)
 
 
-def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Session:
+def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False, splits: Splits | None = None) -> Session:
     """Data on the device, the evaluator, the TrainState (resumed when a checkpoint exists),
-    the archive and status.json: everything before the first step."""
+    the archive and status.json: everything before the first step. ``splits``: the data,
+    when another run of the process has read it already (a fused group's members)."""
     from accelerate.utils import set_seed
 
     t = spec.train
@@ -80,7 +89,7 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
     # Same initial weights on every rank (DDP also broadcasts rank 0's), then a different
     # noise stream per rank: otherwise every rank draws the same t and eps for its images.
     set_seed(t.seed)
-    splits = load_splits(spec.data)
+    splits = splits if splits is not None else load_splits(spec.data)
     # idx files can hold any image size: the model's fit is known only now (before the
     # evaluator, which may train a classifier first).
     check_image_shape(spec.model, splits.train.image_shape)
@@ -128,6 +137,7 @@ def start_session(rd: RunDir, spec: RunSpec, show_progress: bool = False) -> Ses
         train_images=train_images,
         val_images=splits.val.images.to(device),
         start_images=to_model_range(splits.test.images[:2048], device),
+        splits=splits,
         image_shape=splits.train.image_shape,
         evaluator=evaluator,
         monitor=TrainingMonitor(accelerator),

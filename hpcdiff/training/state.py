@@ -65,7 +65,9 @@ def ema_weights(core, ema: EMA | None):
         core.denoiser.load_state_dict(saved)
 
 
-def rng_state() -> dict:
+def rng_state(noise: torch.Generator | None = None) -> dict:
+    """Every RNG state of this process; ``noise`` (a fused member's own training stream) in
+    the place of the default generator of its device, the stream a run alone draws from."""
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -80,6 +82,8 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         # This process's device only: a resume may see a different number of GPUs.
         state["cuda"] = torch.cuda.get_rng_state()
+    if noise is not None:
+        state["cuda" if noise.device.type == "cuda" else "torch"] = noise.get_state()
     return state
 
 
@@ -183,7 +187,11 @@ class TrainState:
         """What must be finite before a checkpoint: the weights and their average."""
         return [*self.core.denoiser.parameters(), *(self.ema.shadow.values() if self.ema is not None else ())]
 
-    def state_dict(self, *, epoch_done: int, partial: dict | None, config: dict, world: int) -> dict:
+    def state_dict(
+        self, *, epoch_done: int, partial: dict | None, config: dict, world: int, noise: torch.Generator | None = None
+    ) -> dict:
+        """``noise``: the generator the run's training draws come from when it is not the
+        default one (a fused group's member): saved where a run alone keeps its stream."""
         return checkpoint_dict(
             epoch_done=epoch_done,
             step=self.step,
@@ -193,7 +201,7 @@ class TrainState:
             optimizer=portable_optimizer_state(self.optimizer),
             plateau=_portable(self.plateau.state_dict()) if self.plateau is not None else None,
             stopper=self.stopper.state_dict(),
-            rng=rng_state(),
+            rng=rng_state(noise),
             config=config,
             ema=self.ema.state_dict() if self.ema is not None else None,
             world=world,
