@@ -94,16 +94,31 @@ def main():
     help="Local executor: processes (DDP ranks) per run, the counterpart of GPUs per node.",
 )
 @click.option("--force", is_flag=True, help="Rerun finished runs too (their results are moved aside).")
+@click.option(
+    "--fuse",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="K",
+    help="Train up to K compatible runs as one fused group, one process (overrides [sweep] fuse; 1 = off).",
+)
 @click.option("--long", is_flag=True, help="List every varying key of every run (one block per run if needed).")
 @click.option(
     "--then-analyze", is_flag=True, help="SLURM: also submit a CPU job that runs `hpcdiff analyze` when the arrays end."
 )
-def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, then_analyze, long):
+def sweep(sweep_file, executor, output, overrides, dry_run, concurrency, processes, force, fuse, then_analyze, long):
     """Expand SWEEP_FILE into runs and train them (skipping finished ones)."""
     from hpcdiff.launch.plan import execute_plan, outcome_lines, plan_sweep, preamble_lines
 
     try:
-        plan = plan_sweep(sweep_file, output=output, overrides=overrides, force=force)
+        plan = plan_sweep(
+            sweep_file,
+            output=output,
+            overrides=overrides,
+            force=force,
+            fuse=fuse,
+            executor=executor,
+            processes=processes,
+        )
     except SpecError as err:
         _fail_invalid(err)
     console = _console()

@@ -58,34 +58,57 @@ class FusionPlan:
     groups: list[list[str]] = field(default_factory=list)  # run ids, at most `fuse` each
     alone: dict[str, str] = field(default_factory=dict)  # run id -> why it trains alone
 
+    @property
+    def fused(self) -> list[list[str]]:
+        """The groups of more than one run."""
+        return [g for g in self.groups if len(g) > 1]
 
-def plan_groups(runs: list[tuple[str, dict]], fuse: int) -> FusionPlan:
+
+def one_process_reason(processes: int = 1, gpus: int = 1) -> str | None:
+    """Why a run that asks for ``processes`` processes (DDP ranks: ``--processes``, or a
+    SLURM task's nodes x tasks per node) or ``gpus`` GPUs cannot join a fused group, which
+    trains in one process on one device; None when it can."""
+    if processes > 1:
+        return f"fused groups train in one process ({processes} processes per run asked)"
+    if gpus > 1:
+        return f"fused groups train on one device ({gpus} GPUs per run asked)"
+    return None
+
+
+def plan_groups(runs: list[tuple[str, dict]], fuse: int, *, apart: dict[str, str] | None = None) -> FusionPlan:
     """Runs ``(run id, RunSpec.to_dict())`` in sweep order -> groups of up to ``fuse``
     members that share :func:`shared_settings`, in order of first appearance; a run in a
-    group of one gets the reason (the nearest run's differing shared settings)."""
+    group of one gets the reason (the nearest run's differing shared settings). ``apart``:
+    runs that train alone whatever they share, with why (how they are launched:
+    :func:`one_process_reason`); it applies when ``fuse`` > 1."""
     plan = FusionPlan()
     if fuse < 1:
         raise ValueError(f"fuse must be >= 1, got {fuse}")
-    settings = {rid: shared_settings(d) for rid, d in runs}
+    apart = dict(apart or {}) if fuse > 1 else {}
+    settings = {rid: shared_settings(d) for rid, d in runs if rid not in apart}
     classes: dict[tuple, list[str]] = {}
     for rid, _ in runs:
-        classes.setdefault(tuple(sorted(settings[rid].items())), []).append(rid)
+        if rid in apart:
+            classes[("apart", rid)] = [rid]
+        else:
+            classes.setdefault(tuple(sorted(settings[rid].items())), []).append(rid)
     for members in classes.values():
         for i in range(0, len(members), fuse):
             plan.groups.append(members[i : i + fuse])
     for group in plan.groups:
         if len(group) == 1:
-            plan.alone[group[0]] = _why_alone(group[0], settings, fuse)
+            rid = group[0]
+            plan.alone[rid] = apart[rid] if rid in apart else _why_alone(rid, settings, fuse, bool(apart))
     return plan
 
 
-def _why_alone(rid: str, settings: dict, fuse: int) -> str:
+def _why_alone(rid: str, settings: dict, fuse: int, others_apart: bool = False) -> str:
     if fuse == 1:
         return "fusion is off (fuse = 1)"
     mine = settings[rid]
     others = [o for o in settings if o != rid]
     if not others:
-        return "the only run of the sweep"
+        return "the other runs to train cannot fuse" if others_apart else "the only run to train"
 
     def differing(other: str) -> list[str]:
         theirs = settings[other]
@@ -94,6 +117,6 @@ def _why_alone(rid: str, settings: dict, fuse: int) -> str:
     nearest = min(others, key=lambda o: len(differing(o)))
     keys = differing(nearest)
     if not keys:
-        return "its group filled up (fuse members each) and it is the one left"
+        return f"its group filled up ({fuse} members each) and it is the one left"
     shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
     return f"differs from every other run in what members must share (from {nearest} in {shown})"

@@ -5,6 +5,7 @@ A sweep file is a base run config (the sections of ``RunSpec``) plus a ``[sweep]
     [sweep]
     name = "quick"                 # default: the file's stem
     seeds = [0, 1]                 # one run per seed (sets train.seed)
+    fuse = 4                       # train up to 4 compatible runs as one fused group
     [sweep.product]                # cartesian product of named axes
     train.lr = [1e-3, 2e-4]
     [[sweep.zip]]                  # a group of axes that vary together
@@ -35,7 +36,7 @@ from hpcdiff.config.spec import SECTIONS, SEED_LIMIT, RunSpec, SpecError, check_
 # Completes a validated spec with the registries' knowledge (hpcdiff.resolve.validate_spec).
 Resolver = Callable[[RunSpec], RunSpec]
 
-SWEEP_KEYS = ("name", "seeds", "product", "zip", "cases")
+SWEEP_KEYS = ("name", "seeds", "product", "zip", "cases", "fuse")
 # The sweep name is a directory name and a label lands in file names of the analysis; both
 # also carry suffixes (".tmp<pid>", "-<run id>.png"). 100 characters stays well under the
 # 255-byte NAME_MAX of every common file system, even at 2 bytes per character.
@@ -64,6 +65,8 @@ class Sweep:
     runs: tuple[SweepRun, ...]
     # Dotted key paths whose values differ between runs (the columns worth showing).
     varying: tuple[str, ...] = ()
+    # The most runs trained as one fused group ([sweep] fuse; 1 = off): config/fusion.py.
+    fuse: int = 1
 
 
 def run_id(spec: RunSpec) -> str:
@@ -113,8 +116,10 @@ def parse_overrides(overrides) -> list[tuple[list[str], object]]:
             # An empty value is almost always a shell variable that expanded to nothing.
             raise SpecError(f"--set {key}= has no value (for an empty string write {key}='\"\"')", path=f"--set {key}")
         if parts[0] == "sweep":
-            if len(parts) != 2 or parts[1] not in ("name", "seeds"):
-                raise SpecError(f"only sweep.name and sweep.seeds can be set, got {key!r}", path=f"--set {key}")
+            if len(parts) != 2 or parts[1] not in ("name", "seeds", "fuse"):
+                raise SpecError(
+                    f"only sweep.name, sweep.seeds and sweep.fuse can be set, got {key!r}", path=f"--set {key}"
+                )
         else:
             _check_key_path(key, f"--set {key}")
         parsed.append((parts, tomlio.parse_value(text.strip())))
@@ -134,6 +139,7 @@ def expand(
             sweep_table[parts[1]] = value
     _check_tables(raw, sweep_table)
     name = _sweep_name(sweep_table, name_default)
+    fuse = check_fuse(sweep_table.get("fuse", 1), "sweep.fuse")
     axes = _axes(sweep_table)
     seeds = sweep_table.get("seeds")
     if seeds is not None:
@@ -142,7 +148,16 @@ def expand(
     _check_count(cases, axes)
     runs = _runs(raw, cases, axes, settings, resolve)
     varying = _varying([r.spec for r in runs])
-    return Sweep(name=name, source=str(source or ""), runs=tuple(runs), varying=tuple(varying))
+    return Sweep(name=name, source=str(source or ""), runs=tuple(runs), varying=tuple(varying), fuse=fuse)
+
+
+def check_fuse(value, where: str) -> int:
+    """``[sweep] fuse`` (or ``--fuse``): the most runs per fused group, an integer >= 1."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise SpecError(
+            f"must be an integer >= 1 (the most runs trained as one fused group; 1 = off), got {value!r}", path=where
+        )
+    return value
 
 
 def _check_tables(raw: dict, sweep_table: dict) -> None:

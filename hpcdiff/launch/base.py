@@ -26,5 +26,12 @@ class LaunchReport:
 class Executor:
     name = "base"
 
-    def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+    def launch(self, sweep_dir: Path, run_dirs: list[RunDir], groups: list[list[RunDir]] | None = None) -> LaunchReport:
+        """Train ``run_dirs``; ``groups`` (the same runs, partitioned; None: each alone) says
+        which train as one fused group: one `hpcdiff train DIR1 DIR2 ...` process each."""
         raise NotImplementedError
+
+
+def groups_of(run_dirs: list[RunDir], groups: list[list[RunDir]] | None) -> list[list[RunDir]]:
+    """``groups``, or each run in a group of its own."""
+    return [list(g) for g in groups] if groups is not None else [[rd] for rd in run_dirs]

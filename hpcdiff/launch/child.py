@@ -1,8 +1,9 @@
-"""How a launcher starts a child `hpcdiff train RUN_DIR`: its command line, its environment
-(the variables it must not inherit, its share of the CPU threads, its GPUs, the MPS
-variables) and the job's private directories. The local executor and packed tasks call
-these functions; the sbatch scripts get their shell equivalent from :func:`shell_prelude`
-and :data:`SHELL_PRIVATE_DIR`, and a test runs both on one environment and compares.
+"""How a launcher starts a child `hpcdiff train RUN_DIR` (a fused group: `hpcdiff train DIR1
+DIR2 ...`): its command line, its environment (the variables it must not inherit, its share
+of the CPU threads, its GPUs, the MPS variables) and the job's private directories. The
+local executor and packed tasks call these functions; the sbatch scripts get their shell
+equivalent from :func:`shell_prelude` and :data:`SHELL_PRIVATE_DIR`, and a test runs both
+on one environment and compares.
 """
 
 from __future__ import annotations
@@ -41,8 +42,15 @@ RANK_VARIABLES = (
 def child_command(run_dir, processes: int = 1, hpcdiff: list[str] | None = None) -> list[str]:
     """``hpcdiff train --no-progress RUN_DIR`` (the parent shows progress; the child's output
     goes to a file or a job log), under torchrun for ``processes`` > 1 (it sets RANK,
-    WORLD_SIZE and MASTER_ADDR; Accelerate picks gloo on CPU, NCCL on GPU)."""
+    WORLD_SIZE and MASTER_ADDR; Accelerate picks gloo on CPU, NCCL on GPU). ``run_dir`` may
+    be a list: a fused group, ``hpcdiff train --no-progress DIR1 DIR2 ...``, one process (a
+    list of one is the plain command)."""
+    dirs = [str(d) for d in run_dir] if isinstance(run_dir, (list, tuple)) else [str(run_dir)]
+    if not dirs:
+        raise ValueError("child_command needs at least one run directory")
     if processes > 1:
+        if len(dirs) > 1:
+            raise ValueError(f"a fused group trains in one process, not {processes}")
         return [
             sys.executable,
             "-m",
@@ -53,10 +61,10 @@ def child_command(run_dir, processes: int = 1, hpcdiff: list[str] | None = None)
             "hpcdiff",
             "train",
             "--no-progress",
-            str(run_dir),
+            *dirs,
         ]
     prefix = [sys.executable, "-m", "hpcdiff"] if hpcdiff is None else hpcdiff
-    return [*prefix, "train", "--no-progress", str(run_dir)]
+    return [*prefix, "train", "--no-progress", *dirs]
 
 
 def available_cpus(environ=None) -> int:
@@ -125,7 +133,8 @@ def shell_prelude(runs_var: str = "TASK_RUNS") -> str:
 
 
 def shell_command(hpcdiff: str, run_dir_expr: str = '"$RUN_DIR"') -> str:
-    """The shell form of :func:`child_command` for one process."""
+    """The shell form of :func:`child_command` for one process (``run_dir_expr`` may expand
+    to several words: a fused group's run directories)."""
     return " ".join([hpcdiff, *map(shlex.quote, child_command("RUN_DIR", hpcdiff=[])[:-1]), run_dir_expr])
 
 

@@ -15,7 +15,8 @@ class DebugExecutor(Executor):
     def __init__(self, show_progress: bool = True, **_ignored):
         self.show_progress = show_progress
 
-    def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+    def launch(self, sweep_dir: Path, run_dirs: list[RunDir], groups=None) -> LaunchReport:
+        # Never fused (launch.plan keeps every run alone for this executor): one at a time.
         from hpcdiff.training.loop import train
         from hpcdiff.training.monitor import Diverged
 

@@ -1,4 +1,5 @@
-"""Local execution: each run is a `hpcdiff train RUN_DIR` subprocess, N at a time.
+"""Local execution: each run is a `hpcdiff train RUN_DIR` subprocess, N at a time (a fused
+group is one `hpcdiff train DIR1 DIR2 ...` subprocess; ``-j`` counts groups).
 
 Subprocesses, not threads, so that a crash, a kill or a hung run only affects its own run
 and the same command is what a SLURM job executes. On a machine with several GPUs the
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from hpcdiff.config import tomlio
 from hpcdiff.config.text_table import progress_numbers
-from hpcdiff.launch.base import Executor, LaunchReport
+from hpcdiff.launch.base import Executor, LaunchReport, groups_of
 from hpcdiff.launch.child import child_env, start_child
 from hpcdiff.storage.rundir import RunBusyError, RunDir
 from hpcdiff.storage.runstate import RunState
@@ -60,22 +61,23 @@ class LocalExecutor(Executor):
         self.show_progress = show_progress
         self.processes = max(1, processes)
 
-    def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+    def launch(self, sweep_dir: Path, run_dirs: list[RunDir], groups: list[list[RunDir]] | None = None) -> LaunchReport:
         report = LaunchReport(self.name)
-        queue = list(run_dirs)
-        running: dict[str, tuple[subprocess.Popen, RunDir]] = {}
+        queue = groups_of(run_dirs, groups)
+        # Each process's runs, by the first run's id (a run alone: itself).
+        running: dict[str, tuple[subprocess.Popen, list[RunDir]]] = {}
         # Each child's share of the cores: `concurrency` runs of `processes` ranks each.
         env = child_env(self.concurrency * self.processes)
-        with _SweepProgress(self.show_progress, run_dirs) as progress:
+        with _SweepProgress(self.show_progress, [rd for g in queue for rd in g]) as progress:
             try:
                 self._loop(queue, running, env, report, progress)
             finally:
                 # Ctrl-C (or any error) here: stop the trainings too; SIGTERM makes each
                 # write a checkpoint, so rerunning the sweep resumes them.
-                for proc, _rd in running.values():
+                for proc, _rds in running.values():
                     if proc.poll() is None:
                         proc.terminate()
-                for proc, _rd in running.values():
+                for proc, _rds in running.values():
                     try:
                         proc.wait(timeout=60)
                     except subprocess.TimeoutExpired:
@@ -84,29 +86,22 @@ class LocalExecutor(Executor):
 
     def _loop(self, queue, running, env, report, progress) -> None:
         slots = gpu_slots(env) if self.concurrency > 1 else []
-        gpus: dict[str, list[str]] = {}  # run id -> the GPUs it was given
+        gpus: dict[str, list[str]] = {}  # first run id -> the GPUs its process was given
         while queue or running:
             while queue and len(running) < self.concurrency:
-                rd = queue.pop(0)
+                group = queue.pop(0)
+                key = group[0].run_id
                 if slots:
-                    gpus[rd.run_id] = pick_gpus(slots, [g for ids in gpus.values() for g in ids], self.processes)
-                running[rd.run_id] = (self._start(rd, env, gpus.get(rd.run_id)), rd)
-                report.launched.append(rd.run_id)
-            for run_id, (proc, rd) in list(running.items()):
+                    gpus[key] = pick_gpus(slots, [g for ids in gpus.values() for g in ids], self.processes)
+                running[key] = (self._start(group, env, gpus.get(key)), group)
+                report.launched += [rd.run_id for rd in group]
+            for key, (proc, group) in list(running.items()):
                 code = proc.poll()
                 if code is not None:
-                    del running[run_id]
-                    gpus.pop(run_id, None)
-                    state = rd.state
-                    # A diverged run exits non-zero too, but it is not a crash; nor is a run
-                    # that another process (another sweep of the same file) is training.
-                    report.results[run_id] = (
-                        RunState.BUSY
-                        if code == RunBusyError.exit_code
-                        else state
-                        if code == 0 or state == RunState.DIVERGED
-                        else RunState.FAILED
-                    )
+                    del running[key]
+                    gpus.pop(key, None)
+                    for rd in group:
+                        report.results[rd.run_id] = ended_as(rd, code, fused=len(group) > 1)
             progress.refresh(running, report.results)
             if running:
                 try:
@@ -115,11 +110,29 @@ class LocalExecutor(Executor):
                 except subprocess.TimeoutExpired:
                     pass
 
-    def _start(self, rd: RunDir, env: dict, gpus: list[str] | None) -> subprocess.Popen:
+    def _start(self, group: list[RunDir], env: dict, gpus: list[str] | None) -> subprocess.Popen:
         if gpus:
             env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
-        with open(rd.path / "stdout.txt", "ab") as out:
-            return start_child(rd.path, env, processes=self.processes, stdout=out, new_session=True)
+        first = group[0]
+        for rd in group[1:]:  # one process, one output: the first member's stdout.txt
+            with open(rd.path / "stdout.txt", "a") as out:
+                out.write(f"hpcdiff: trained in a fused group; its output is in {first.path / 'stdout.txt'}\n")
+        with open(first.path / "stdout.txt", "ab") as out:
+            target = first.path if len(group) == 1 else [rd.path for rd in group]
+            return start_child(target, env, processes=self.processes, stdout=out, new_session=True)
+
+
+def ended_as(rd: RunDir, code: int, *, fused: bool = False) -> RunState:
+    """How a run ended, once its process exited with ``code``. A diverged run exits non-zero
+    too, but it is not a crash; nor is a run that another process (another sweep of the same
+    file) is training. A member of a fused group keeps any end state it recorded (its
+    partners may have made the process fail)."""
+    state = rd.state
+    if fused and state.final:
+        return state
+    if code == RunBusyError.exit_code:
+        return RunState.BUSY
+    return state if code == 0 or state == RunState.DIVERGED else RunState.FAILED
 
 
 class _SweepProgress:
@@ -171,7 +184,8 @@ class _SweepProgress:
     def refresh(self, running, results):
         if self._p is None:
             return
-        for run_id, (_proc, rd) in running.items():
+        for _proc, rd in ((proc, rd) for proc, group in running.values() for rd in group):
+            run_id = rd.run_id
             st = rd.read_status()
             done, total, unit = self._numbers(rd, st, ended=False)
             if run_id not in self._tasks:

@@ -12,6 +12,9 @@ handler ignores them (it is started that way) instead of dying, and hears the ne
 Each writes a checkpoint and ends in state "timeout"; then the task hands USR2 on to
 submitit, which requeues it (``PackedTrainJob.checkpoint``).
 
+A fused group (``[sweep] fuse``) is one such process, `hpcdiff train DIR1 DIR2 ...`: the
+task's K processes are then K groups, and each member's end is settled on its own.
+
 Torch-free: the task's own process only starts, signals and waits.
 """
 
@@ -41,22 +44,28 @@ def unfinished(run_dirs: list[str]) -> list[str]:
     return [d for d in run_dirs if not RunDir(Path(d)).state.final]
 
 
-def run_packed(run_dirs: list[str], *, mps: bool = False) -> dict[str, str]:
-    """Train the runs at once, one process each; returns run id -> final state. Raises
-    PackedRunsFailed (after all have ended) when any failed or diverged; on SLURM's USR2
-    warning, requeues the task through submitit once every process has stopped."""
+def run_packed(run_dirs: list[str], *, mps: bool = False, groups: list[list[str]] | None = None) -> dict[str, str]:
+    """Train the runs at once, one process each (or one per fused group of ``groups``, which
+    partition ``run_dirs``); returns run id -> final state. Raises PackedRunsFailed (after
+    all have ended) when any failed or diverged; on SLURM's USR2 warning, requeues the task
+    through submitit once every process has stopped."""
     from hpcdiff.launch.mps import mps_daemon
     from hpcdiff.training.signals import hand_on_to_submitit
 
     job_id = os.environ.get("SLURM_JOB_ID", str(os.getpid()))
+    units = [[d] for d in run_dirs] if groups is None else [list(g) for g in groups]
     with mps_daemon(job_id) if mps else _no_mps() as extra:
-        env = child_env(len(run_dirs), extra=extra)
+        env = child_env(len(units), extra=extra)
         with _forwarding() as forward:
-            procs = [_start(d, env) for d in run_dirs]
+            procs = [_start(unit, env) for unit in units]
             forward.procs = procs
             _wait_all(procs, forward)
         stopped = forward.signum
-    states = {RunDir(Path(d)).run_id: settle(RunDir(Path(d)), p.returncode, stopped) for d, p in zip(run_dirs, procs)}
+    states = {
+        RunDir(Path(d)).run_id: settle(RunDir(Path(d)), p.returncode, stopped, fused=len(unit) > 1)
+        for unit, p in zip(units, procs)
+        for d in unit
+    }
     print(f"hpcdiff: packed runs ended: {states}", flush=True)
     if stopped == signal.SIGUSR2 and RunState.TIMEOUT in states.values():
         hand_on_to_submitit(signal.SIGUSR2)  # checkpoint() -> requeue, then exits
@@ -72,9 +81,10 @@ def _no_mps():
     yield {}
 
 
-def _start(run_dir: str, env: dict) -> subprocess.Popen:
-    proc = start_child(run_dir, env, preexec_fn=_ignore_stop_signals)
-    print(f"hpcdiff: run {Path(run_dir).name}: process {proc.pid}", flush=True)
+def _start(unit: list[str], env: dict) -> subprocess.Popen:
+    proc = start_child(unit[0] if len(unit) == 1 else unit, env, preexec_fn=_ignore_stop_signals)
+    what = f"run {Path(unit[0]).name}" if len(unit) == 1 else "fused group " + " ".join(Path(d).name for d in unit)
+    print(f"hpcdiff: {what}: process {proc.pid}", flush=True)
     return proc
 
 
@@ -129,10 +139,13 @@ def _wait_all(procs: list[subprocess.Popen], forward: _Forwarder) -> None:
             pass
 
 
-def settle(rd: RunDir, code: int, stopped: int | None) -> RunState:
+def settle(rd: RunDir, code: int, stopped: int | None, *, fused: bool = False) -> RunState:
     """A run's end state after its process exited with ``code``: what it recorded, or, when
-    it could not record one (killed, crashed before training), what the task knows."""
+    it could not record one (killed, crashed before training), what the task knows. A
+    member of a fused group keeps the end state it recorded whatever its process's code."""
     state = rd.state
+    if fused and state.final:
+        return state
     if code == RunBusyError.exit_code:
         return RunState.BUSY
     if code == 0 or state.final:

@@ -7,6 +7,10 @@ duplicates or overwrites finished work:
                                  from its last good checkpoint)
     being trained right now   -> skip
     anything else             -> launch (resumes from its latest checkpoint, if any)
+
+With ``fuse`` > 1 (``[sweep] fuse``, ``--fuse``) the runs to launch are grouped
+(config/fusion.py): each group is one `hpcdiff train DIR1 DIR2 ...` process, one array task.
+Finished and skipped runs never join a group.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hpcdiff.config.fusion import FusionPlan, one_process_reason, plan_groups
 from hpcdiff.config.spec import SpecError
-from hpcdiff.config.sweep import Sweep
+from hpcdiff.config.sweep import Sweep, check_fuse
 from hpcdiff.launch import get_executor, resolve_executor_name, slurm
 from hpcdiff.launch.base import LaunchReport
 from hpcdiff.resolve import load_sweep
@@ -56,21 +61,66 @@ class SweepPlan:
     sweep: Sweep
     sweep_dir: Path
     runs: list[PlannedRun] = field(default_factory=list)
+    # The most runs per fused group (1 = off) and the groups of the runs to launch.
+    fuse: int = 1
+    fusion: FusionPlan = field(default_factory=FusionPlan)
 
     @property
     def to_launch(self) -> list[PlannedRun]:
         return [r for r in self.runs if r.action in ("new", "resume", "rerun")]
 
+    def launch_groups(self) -> list[list[RunDir]]:
+        """The runs to launch, group by group (each run its own group when not fused)."""
+        by_id = {pr.run_dir.run_id: pr.run_dir for pr in self.to_launch}
+        grouped = [[by_id[rid] for rid in group if rid in by_id] for group in self.fusion.groups]
+        listed = {rd.run_id for group in grouped for rd in group}
+        return [g for g in grouped if g] + [[rd] for rid, rd in by_id.items() if rid not in listed]
 
-def plan_sweep(sweep_file: str | Path, *, output: str | Path = "runs", overrides=(), force: bool = False) -> SweepPlan:
-    """Validate and expand; touches nothing on disk."""
+
+def plan_sweep(
+    sweep_file: str | Path,
+    *,
+    output: str | Path = "runs",
+    overrides=(),
+    force: bool = False,
+    fuse: int | None = None,
+    executor: str | None = None,
+    processes: int = 1,
+) -> SweepPlan:
+    """Validate and expand; touches nothing on disk. ``fuse`` (``--fuse``) overrides the
+    sweep file's; ``executor`` (a name of launch.CHOICES, resolved here only when fusing;
+    None: not known, every rule applies) and ``processes`` (the local executor's per run)
+    decide which runs cannot fuse because of how they are launched."""
     sweep = load_sweep(sweep_file, overrides)
     sweep_dir = Path(output) / sweep.name
     try:
         check_writable(sweep_dir)
-        return _plan(sweep, sweep_dir, force)
+        plan = _plan(sweep, sweep_dir, force)
     except OSError as err:  # e.g. a path too long, or a directory we may not read
         raise SweepWriteError(sweep_dir, err) from None
+    plan.fuse = sweep.fuse if fuse is None else check_fuse(fuse, "--fuse")
+    _group(plan, executor, processes)
+    return plan
+
+
+def _group(plan: SweepPlan, executor: str | None, processes: int) -> None:
+    """Group the runs to launch (only those: finished and skipped runs never fuse)."""
+    specs = {r.run_id: r.spec for r in plan.sweep.runs}
+    todo = [pr.run_dir.run_id for pr in plan.to_launch]
+    apart: dict[str, str] = {}
+    if plan.fuse > 1 and executor is not None:
+        executor = resolve_executor_name(executor)
+    for rid in todo if plan.fuse > 1 else ():
+        s = specs[rid].slurm
+        if executor == "debug":
+            apart[rid] = "the debug executor trains one run at a time, in its own process"
+            continue
+        on_slurm = (s.nodes * s.tasks, s.nodes * s.gpus_per_node)
+        n, gpus = {"local": (processes, 1), "slurm": on_slurm}.get(executor, (max(processes, on_slurm[0]), on_slurm[1]))
+        reason = one_process_reason(n, gpus)
+        if reason:
+            apart[rid] = reason
+    plan.fusion = plan_groups([(rid, specs[rid].to_dict()) for rid in todo], plan.fuse, apart=apart)
 
 
 def check_writable(sweep_dir: Path) -> None:
@@ -151,7 +201,7 @@ def execute_plan(
     for pr in plan.runs:
         if pr.action == "rerun":
             _archive_previous(pr.run_dir)
-    return backend.launch(plan.sweep_dir, [pr.run_dir for pr in plan.to_launch])
+    return backend.launch(plan.sweep_dir, [pr.run_dir for pr in plan.to_launch], groups=plan.launch_groups())
 
 
 class _Undo:
@@ -220,14 +270,15 @@ class DryRun:
 def dry_run_report(plan: SweepPlan) -> DryRun:
     """The submission script(s) that would be sent, sbatch --test-only's answer where sbatch
     exists, and the GPU-hours asked for (array tasks x nodes x GPUs x time limit, with and
-    without packing several runs per GPU). Submits nothing."""
-    groups: dict = {}
-    for pr in plan.to_launch:
-        run = next(r for r in plan.sweep.runs if r.run_id == pr.run_dir.run_id)
-        groups.setdefault(run.spec.slurm, []).append(run)
+    without fusing runs and packing several groups per GPU). Submits nothing."""
+    sections: dict = {}
+    specs = {r.run_id: r.spec for r in plan.sweep.runs}
+    for group in plan.launch_groups():  # the members of a group share their [slurm] section
+        sections.setdefault(specs[group[0].run_id].slurm, []).append(group)
     report = DryRun([], [], 0.0, len(plan.to_launch))
-    for s, runs in groups.items():
-        tasks = len(slurm.pack(runs, s.runs_per_gpu))
+    for s, groups in sections.items():
+        tasks = len(slurm.pack(groups, s.runs_per_gpu))
+        runs = sum(len(g) for g in groups)
         script = slurm.render_script(
             s,
             job_name=f"hpcdiff-{plan.sweep.name}",
@@ -240,24 +291,32 @@ def dry_run_report(plan: SweepPlan) -> DryRun:
         per_task = s.nodes * s.gpus_per_node * s.time_min / 60
         report.tasks += tasks
         report.gpu_hours += tasks * per_task
-        report.gpu_hours_unpacked += len(runs) * per_task
-        if s.packed:
-            report.packing.append(_packing_line(s, len(runs), tasks))
+        report.gpu_hours_unpacked += runs * per_task
+        if runs > len(groups):
+            report.packing.append(_packing_line(s, runs, tasks, groups=len(groups), fuse=plan.fuse))
+        elif s.packed:
+            report.packing.append(_packing_line(s, runs, tasks))
     return report
 
 
-def _packing_line(s, runs: int, tasks: int) -> str:
-    """How a packed section's runs become tasks, and the GPU-hours (CPU core-hours for a
-    CPU-only section) that saves."""
+def _packing_line(s, runs: int, tasks: int, *, groups: int = 0, fuse: int = 1) -> str:
+    """How a section's runs become tasks (fused into ``groups`` when given, packed by
+    runs_per_gpu), and the GPU-hours (CPU core-hours for a CPU-only section) that saves."""
     unit, per_task = (
         ("GPU-hours", s.nodes * s.gpus_per_node) if s.gpus_per_node else ("CPU core-hours", s.cpus_per_task)
     )
     hours = per_task * s.time_min / 60
-    return (
-        f"packing: {runs} runs -> {tasks} array tasks of up to {s.runs_per_gpu} runs each "
-        f"(slurm.runs_per_gpu{', with MPS' if s.mps else ''}): {tasks * hours:.1f} {unit} instead of "
-        f"{runs * hours:.1f}, {(runs - tasks) * hours:.1f} saved"
-    )
+    packing = f"slurm.runs_per_gpu{', with MPS' if s.mps else ''}"
+    if not groups:
+        how = f"packing: {runs} runs -> {tasks} array tasks of up to {s.runs_per_gpu} runs each ({packing})"
+    elif s.packed:
+        how = (
+            f"fusion and packing: {runs} runs -> {groups} processes (fuse = {fuse}) -> {tasks} array tasks "
+            f"of up to {s.runs_per_gpu} processes each ({packing})"
+        )
+    else:
+        how = f"fusion: {runs} runs -> {tasks} array tasks (fuse = {fuse})"
+    return f"{how}: {tasks * hours:.1f} {unit} instead of {runs * hours:.1f}, {(runs - tasks) * hours:.1f} saved"
 
 
 __all__ = ["dry_run_report", "DryRun", "plan_sweep", "execute_plan", "SweepPlan", "PlannedRun", "resolve_executor_name"]
@@ -293,7 +352,7 @@ def outcome_lines(plan: SweepPlan, report: LaunchReport) -> list[str]:
         tasks = len({j for k, j in report.job_ids.items() if k != "analyze"})
         lines.append(
             f"submitted SLURM job array(s) {', '.join(arrays)}"
-            + (f" ({tasks} tasks: slurm.runs_per_gpu)" if tasks < len(report.launched) else "")
+            + (f" ({tasks} tasks: {_shared_by(plan)})" if tasks < len(report.launched) else "")
             + (f"; analysis job {report.job_ids['analyze']}" if "analyze" in report.job_ids else "")
         )
         lines.append(f"  hpcdiff status {plan.sweep_dir} --watch")
@@ -310,3 +369,11 @@ def outcome_lines(plan: SweepPlan, report: LaunchReport) -> list[str]:
             f"`hpcdiff status {plan.sweep_dir}` follows them."
         )
     return lines
+
+
+def _shared_by(plan: SweepPlan) -> str:
+    """Why a sweep has fewer array tasks than runs."""
+    fused = "fused groups" if plan.fusion.fused else ""
+    specs = {r.run_id: r.spec for r in plan.sweep.runs}
+    packed = "slurm.runs_per_gpu" if any(specs[pr.run_dir.run_id].slurm.packed for pr in plan.to_launch) else ""
+    return " and ".join(w for w in (fused, packed) if w) or "slurm.runs_per_gpu"

@@ -12,11 +12,14 @@ one block per run:
         diffusion.n_T      = 150
         degradation.params = rho_end=0.25 rho_start=0.05
 
-Only the columns whose shown values differ between runs appear.
+Only the columns whose shown values differ between runs appear. With ``fuse`` > 1 a "group"
+column numbers the fused groups ("alone" for a run that trains by itself), and the lines
+under the table say how many processes that makes and why each lone run is alone.
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 
 from hpcdiff.config.text_table import Column, dropped_note, fit, format_value, short_headers, varying_within_labels
@@ -41,21 +44,61 @@ class RunRow:
 def plan_rows(plan) -> list[RunRow]:
     """The rows of a SweepPlan (hpcdiff.launch.plan), one per run, in the plan's order."""
     by_id = {r.run_id: r for r in plan.sweep.runs}
+    groups = group_labels(plan)
     rows = []
     for pr in plan.runs:
         run = by_id[pr.run_dir.run_id]
         values = with_model_name(lookup(run.spec.to_dict(), plan.sweep.varying), run.spec.model)
-        rows.append(RunRow(run.run_id, run.label, values, {"action": pr.action}, model=run.spec.model))
+        after = {"action": pr.action, **({"group": groups.get(run.run_id, "")} if groups else {})}
+        rows.append(RunRow(run.run_id, run.label, values, after, model=run.spec.model))
     return rows
 
 
 def plan_text(plan, width: int, *, long: bool = False) -> str:
-    """What `hpcdiff sweep` prints first: a title and the plan's runs with their action."""
+    """What `hpcdiff sweep` prints first: a title and the plan's runs with their action (and
+    fused group), then how the runs to launch are fused."""
     title = f"sweep {plan.sweep.name}: {len(plan.runs)} runs -> {plan.sweep_dir}"
     if long:
-        return render(title, plan_rows(plan), width)
-    lines, dropped = compact(plan_rows(plan), [Column("action", "action")], width)
-    return "\n".join([title, *lines, *[n for n in [dropped_note(dropped)] if n]])
+        return "\n".join([render(title, plan_rows(plan), width), *fusion_lines(plan, width)])
+    lines, dropped = compact(plan_rows(plan), [Column("action", "action"), Column("group", "group")], width)
+    return "\n".join([title, *lines, *[n for n in [dropped_note(dropped)] if n], *fusion_lines(plan, width)])
+
+
+def group_labels(plan) -> dict[str, str]:
+    """Run id -> its fused group's number ("1", "2", ...; "alone" for a run by itself), for
+    the runs to launch; {} when fusion is off."""
+    if getattr(plan, "fuse", 1) <= 1:
+        return {}
+    labels = {rid: "alone" for group in plan.fusion.groups for rid in group}
+    for number, group in enumerate(plan.fusion.fused, start=1):
+        labels.update({rid: str(number) for rid in group})
+    return labels
+
+
+def fusion_lines(plan, width: int) -> list[str]:
+    """With fuse > 1: the runs to launch, fused into how many processes, and why each run
+    left alone is alone (wrapped to ``width``)."""
+    fusion = plan.fusion
+    if getattr(plan, "fuse", 1) <= 1 or not fusion.groups:
+        return []
+    runs = sum(len(g) for g in fusion.groups)
+    sizes = " + ".join(str(len(g)) for g in fusion.fused)
+    summary = (
+        f"fuse = {plan.fuse}: {_count(runs, 'run')} to train in {_count(len(fusion.groups), 'process', 'es')}: "
+        + (f"{_count(len(fusion.fused), 'fused group')} ({sizes} runs)" if fusion.fused else "no fused group")
+        + (f", {len(fusion.alone)} alone:" if fusion.alone else "")
+    )
+    lines = textwrap.wrap(summary, width, subsequent_indent=INDENT, break_long_words=False, break_on_hyphens=False)
+    for rid, why in fusion.alone.items():
+        lines += textwrap.wrap(
+            f"{rid}{GAP}{why}",
+            width,
+            initial_indent=GAP,
+            subsequent_indent=" " * (len(GAP) * 2 + len(rid)),
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
+    return lines
 
 
 def with_model_name(values: dict, model) -> dict:
@@ -64,6 +107,10 @@ def with_model_name(values: dict, model) -> dict:
     if "model.name" in values and values["model.name"] is None and model is not None:
         values = {**values, "model.name": model.name}
     return values
+
+
+def _count(n: int, noun: str, plural: str = "s") -> str:
+    return f"{n} {noun}{'' if n == 1 else plural}"
 
 
 def compact(rows: list[RunRow], columns: list[Column], width: int) -> tuple[list[str], list[str]]:

@@ -3,7 +3,8 @@
 The same job as the submitit backend, written out: each task runs `hpcdiff train RUN_DIR`;
 SLURM's USR2 warning makes it checkpoint and stop, and the script then requeues itself
 (bounded by max_requeues). With ``slurm.runs_per_gpu = K`` each task trains K runs at
-once as background processes of the batch shell, which takes the warning itself
+once (with ``[sweep] fuse``, K fused groups, each one `hpcdiff train DIR1 DIR2 ...`; a fused
+group alone is a task of one such process) as background processes of the batch shell, which takes the warning itself
 (``--signal=B:USR2``), passes it on, waits for all and requeues when any stopped in state
 "timeout" (hpcdiff.launch.packed does the same for the submitit backend). The files in
 slurm/ are these templates rendered with placeholder values (a test keeps them in step).
@@ -59,24 +60,37 @@ def check_csd3(s: SlurmSpec) -> None:
 
 
 def render(
-    template: str, s: SlurmSpec, *, job_name: str, run_dirs: list[str], log_dir: str, hpcdiff: str | None = None
+    template: str,
+    s: SlurmSpec,
+    *,
+    job_name: str,
+    run_dirs: list[str],
+    log_dir: str,
+    hpcdiff: str | None = None,
+    groups: list[list[str]] | None = None,
 ) -> str:
     """One script: a single run, or a job array over ``run_dirs`` (one per task, or
-    ``slurm.runs_per_gpu`` per task, trained at once)."""
+    ``slurm.runs_per_gpu`` per task, trained at once). ``groups``: ``run_dirs`` partitioned
+    into fused groups (``[sweep] fuse``), each one process of a task, ``slurm.runs_per_gpu``
+    groups per task; groups of one each are the plain runs."""
     if template not in TEMPLATES:
         raise SpecError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
     if template == "csd3-ampere":
         check_csd3(s)
     hpcdiff = hpcdiff or f"{shlex.quote(sys.executable)} -m hpcdiff"
-    tasks = -(-len(run_dirs) // s.runs_per_gpu)
-    lines = _directives(template, s, job_name, tasks, log_dir)
+    if groups is not None and all(len(g) == 1 for g in groups):
+        groups = None
+    if groups is not None:
+        run_dirs = [d for g in groups for d in g]
+    tasks = -(-(len(run_dirs) if groups is None else len(groups)) // s.runs_per_gpu)
+    lines = _directives(template, s, job_name, tasks, log_dir, background=s.packed or groups is not None)
     lines += ["", "set -euo pipefail"]
     if template == "csd3-ampere":
         lines += [". /etc/profile.d/modules.sh", "module purge", "module load rhel8/default-amp"]
     lines += list(s.setup)
     lines.append("")
-    if s.packed:
-        return "\n".join(lines + _packed_body(s, run_dirs, hpcdiff))
+    if s.packed or groups is not None:
+        return "\n".join(lines + _packed_body(s, run_dirs, hpcdiff, groups))
     if len(run_dirs) > 1:
         lines.append("RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")")
         lines.append('RUN_DIR="${RUN_DIRS[$SLURM_ARRAY_TASK_ID]}"')
@@ -91,7 +105,7 @@ def render(
     return "\n".join(lines)
 
 
-def _directives(template: str, s: SlurmSpec, job_name: str, tasks: int, log_dir: str) -> list[str]:
+def _directives(template: str, s: SlurmSpec, job_name: str, tasks: int, log_dir: str, background: bool) -> list[str]:
     lines = ["#!/bin/bash", f"#SBATCH --job-name={shlex.quote(job_name)}"]
     if s.account:
         lines.append(f"#SBATCH --account={s.account}")
@@ -111,10 +125,10 @@ def _directives(template: str, s: SlurmSpec, job_name: str, tasks: int, log_dir:
         lines.append(f"#SBATCH --constraint={shlex.quote(s.constraint)}")
     if s.mail_user:
         lines += [f"#SBATCH --mail-user={s.mail_user}", f"#SBATCH --mail-type={s.mail_type or 'END,FAIL'}"]
-    # Packed runs are the batch shell's own children (no srun step): it takes the warning
-    # (B:) and passes it on.
+    # Packed runs and fused groups are the batch shell's own children (no srun step): it
+    # takes the warning (B:) and passes it on.
     lines += [
-        f"#SBATCH --signal={'B:' if s.packed else ''}USR2@{s.signal_delay_s}",
+        f"#SBATCH --signal={'B:' if background else ''}USR2@{s.signal_delay_s}",
         "#SBATCH --requeue",
         f"#SBATCH --output={shlex.quote(log_dir + '/%x-%A_%a.out' if tasks > 1 else log_dir + '/%x-%j.out')}",
     ]
@@ -138,18 +152,9 @@ trap 'echo quit | nvidia-cuda-mps-control || true; rm -rf "$MPS_DIR"' EXIT
 """
 )
 
-_PACKED = """# {k} runs at once, one process each, sharing this task's GPU and CPUs; one failing does not
-# stop the others. Stop signals are passed on (again every second: a process that has not
-# yet set up its handler ignores them, as it is started ignoring them).
-K={k}
-TASK_RUNS=("${{RUN_DIRS[@]:$(( ${{SLURM_ARRAY_TASK_ID:-0}} * K )):K}}")
-# Each run's environment, as hpcdiff.launch.child.child_env makes it.
-{prelude}{mps}stop=""
+_PACKED = """{select}{prelude}{mps}stop=""
 trap '' USR2 TERM
-for RUN_DIR in "${{TASK_RUNS[@]}}"; do
-    {command} &
-done
-trap 'stop=USR2; kill -USR2 $(jobs -pr) 2>/dev/null || true' USR2
+{loop}trap 'stop=USR2; kill -USR2 $(jobs -pr) 2>/dev/null || true' USR2
 trap 'stop=${{stop:-TERM}}; kill -TERM $(jobs -pr) 2>/dev/null || true' TERM
 while [ -n "$(jobs -pr)" ]; do
     if [ -z "$stop" ]; then wait -n || true; else kill -"$stop" $(jobs -pr) 2>/dev/null || true; sleep 1; fi
@@ -166,17 +171,65 @@ elif [[ " $states " == *" {failed} "* || " $states " == *" {diverged} "* ]]; the
     exit 1
 fi
 """
+# Which runs a packed task trains, and how it starts them: one process per run...
+_RUNS = """# {k} runs at once, one process each, sharing this task's GPU and CPUs; one failing does not
+# stop the others. Stop signals are passed on (again every second: a process that has not
+# yet set up its handler ignores them, as it is started ignoring them).
+K={k}
+TASK_RUNS=("${{RUN_DIRS[@]:$(( ${{SLURM_ARRAY_TASK_ID:-0}} * K )):K}}")
+# Each run's environment, as hpcdiff.launch.child.child_env makes it.
+"""
+_RUNS_LOOP = """for RUN_DIR in "${{TASK_RUNS[@]}}"; do
+    {command} &
+done
+"""
+# ... or one process per fused group: group g is RUN_DIRS[GROUP_START[g]] and the
+# GROUP_SIZE[g] - 1 runs after it, trained by one `hpcdiff train DIR1 DIR2 ...`.
+_GROUPS = """# Up to {k} fused group(s) at once, one `hpcdiff train DIR1 DIR2 ...` process each (its
+# runs trained as one batched model), sharing this task's GPU and CPUs; one failing does not
+# stop the others. Stop signals are passed on (again every second: a process that has not
+# yet set up its handler ignores them, as it is started ignoring them).
+GROUP_START=({starts})
+GROUP_SIZE=({sizes})
+K={k}
+FIRST=$(( ${{SLURM_ARRAY_TASK_ID:-0}} * K ))
+TASK_GROUPS=()
+TASK_RUNS=()
+for (( g = FIRST; g < FIRST + K && g < ${{#GROUP_START[@]}}; g++ )); do
+    TASK_GROUPS+=("$g")
+    TASK_RUNS+=("${{RUN_DIRS[@]:${{GROUP_START[$g]}}:${{GROUP_SIZE[$g]}}}}")
+done
+# Each process's environment, as hpcdiff.launch.child.child_env makes it.
+"""
+_GROUPS_LOOP = """for g in "${{TASK_GROUPS[@]}}"; do
+    {command} &
+done
+"""
 
 
-def _packed_body(s: SlurmSpec, run_dirs: list[str], hpcdiff: str) -> list[str]:
+def _packed_body(s: SlurmSpec, run_dirs: list[str], hpcdiff: str, groups: list[list[str]] | None = None) -> list[str]:
+    """Runs packed ``slurm.runs_per_gpu`` per task, or fused ``groups`` (lists of run
+    directories, in the order of ``run_dirs``) packed that many per task."""
+    if groups is None:
+        select = _RUNS.format(k=s.runs_per_gpu)
+        loop = _RUNS_LOOP.format(command=shell_command(hpcdiff))
+        prelude = shell_prelude()
+    else:
+        starts = [sum(len(g) for g in groups[:i]) for i in range(len(groups))]
+        select = _GROUPS.format(
+            k=s.runs_per_gpu, starts=" ".join(map(str, starts)), sizes=" ".join(str(len(g)) for g in groups)
+        )
+        members = '"${RUN_DIRS[@]:${GROUP_START[$g]}:${GROUP_SIZE[$g]}}"'
+        loop = _GROUPS_LOOP.format(command=shell_command(hpcdiff, members))
+        prelude = shell_prelude("TASK_GROUPS")
     return [
         "RUN_DIRS=(" + " ".join(shlex.quote(d) for d in run_dirs) + ")",
         "",
         _PACKED.format(
             **STATE_NAMES,
-            k=s.runs_per_gpu,
-            prelude=shell_prelude(),
-            command=shell_command(hpcdiff),
+            select=select,
+            loop=loop,
+            prelude=prelude,
             max_requeues=s.max_requeues,
             mps=_MPS + "\n" if s.mps else "",
         ),
@@ -225,14 +278,15 @@ def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path
 
     if template not in TEMPLATES:
         raise SpecError(f"unknown template {template!r}; valid: {', '.join(TEMPLATES)}")
-    plan = plan_sweep(sweep_file, output=output, overrides=overrides)
+    plan = plan_sweep(sweep_file, output=output, overrides=overrides, executor="slurm")
     runs = {r.run_id: r for r in plan.sweep.runs}
-    todo = [pr for pr in plan.runs if pr.action in ("new", "resume")]
-    if not todo:
+    if not plan.to_launch:
         raise SpecError("every run of this sweep is finished or queued: nothing to submit")
-    groups: dict[SlurmSpec, list[str]] = {}
-    for pr in todo:
-        groups.setdefault(runs[pr.run_dir.run_id].spec.slurm, []).append(str(pr.run_dir.path.absolute()))
+    # The runs to submit by [slurm] section, fused group by fused group ([sweep] fuse).
+    groups: dict[SlurmSpec, list[list[str]]] = {}
+    for group in plan.launch_groups():
+        dirs = [str(rd.path.absolute()) for rd in group]
+        groups.setdefault(runs[group[0].run_id].spec.slurm, []).append(dirs)
     if template == "csd3-ampere":  # before anything is written
         for slurm in groups:
             check_csd3(slurm)
@@ -247,10 +301,15 @@ def write_for_sweep(sweep_file: str | Path, *, template: str, output: str | Path
     log_dir = plan.sweep_dir.absolute() / "slurm"
     log_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for k, (slurm, run_dirs) in enumerate(groups.items(), start=1):
+    for k, (slurm, section) in enumerate(groups.items(), start=1):
         suffix = f"-{k}" if len(groups) > 1 else ""
         script = render(
-            template, slurm, job_name=f"hpcdiff-{plan.sweep.name}{suffix}", run_dirs=run_dirs, log_dir=str(log_dir)
+            template,
+            slurm,
+            job_name=f"hpcdiff-{plan.sweep.name}{suffix}",
+            run_dirs=[d for g in section for d in g],
+            log_dir=str(log_dir),
+            groups=section,
         )
         path = plan.sweep_dir / f"{template}{suffix}.sbatch"
         path.write_text(script)

@@ -8,6 +8,9 @@
 - With ``slurm.runs_per_gpu = K`` each task runs ``PackedTrainJob`` over K runs of its
   section (hpcdiff.launch.packed): K processes sharing the task's GPU, all recording the
   task's job id.
+- With ``[sweep] fuse`` a fused group is one unit: one task runs it as one `hpcdiff train
+  DIR1 DIR2 ...` process on its GPU, and runs_per_gpu packs groups (K processes), each
+  member recording the task's job id.
 - The job id of each run is written to its status.json; whether a run is still queued is
   read from ``squeue`` (never ``sacct``: accounting differs between clusters).
 """
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcdiff.config.spec import SlurmSpec
-from hpcdiff.launch.base import Executor, LaunchReport
+from hpcdiff.launch.base import Executor, LaunchReport, groups_of
 from hpcdiff.launch.job import PackedTrainJob, TrainJob, analyze_job
 from hpcdiff.storage.rundir import RunDir
 from hpcdiff.storage.runstate import RunState
@@ -173,30 +176,38 @@ def sbatch_test_only(script: str) -> str:
 
 
 def pack(runs: list, k: int) -> list[list]:
-    """The runs of one [slurm] section in tasks of up to ``k`` (runs_per_gpu), in order."""
+    """The runs (or fused groups) of one [slurm] section in tasks of up to ``k``
+    (runs_per_gpu), in order."""
     k = max(1, k)
     return [runs[i : i + k] for i in range(0, len(runs), k)]
 
 
-def task_job(run_dirs: list[RunDir], s: SlurmSpec):
-    """What one array task runs: one run, or several packed onto its GPU."""
-    if len(run_dirs) == 1:
-        return TrainJob(str(run_dirs[0].path))
-    return PackedTrainJob([str(rd.path) for rd in run_dirs], mps=s.mps)
+def task_job(units: list, s: SlurmSpec):
+    """What one array task runs: one run, several packed onto its GPU, or fused groups.
+    ``units``: run directories (each alone) or fused groups (lists of them)."""
+    groups = [list(u) if isinstance(u, (list, tuple)) else [u] for u in units]
+    if all(len(g) == 1 for g in groups):
+        if len(groups) == 1:
+            return TrainJob(str(groups[0][0].path))
+        return PackedTrainJob([str(g[0].path) for g in groups], mps=s.mps)
+    return PackedTrainJob(
+        [str(rd.path) for g in groups for rd in g], mps=s.mps, groups=[[str(rd.path) for rd in g] for g in groups]
+    )
 
 
 @dataclass
-class _Group:
+class _Section:
     spec: SlurmSpec
-    runs: list[RunDir]
+    groups: list[list[RunDir]]
 
 
-def _groups(run_dirs: list[RunDir]) -> list[_Group]:
-    groups: dict[SlurmSpec, _Group] = {}
-    for rd in run_dirs:
-        s = rd.load_spec().slurm
-        groups.setdefault(s, _Group(s, [])).runs.append(rd)
-    return list(groups.values())
+def _sections(groups: list[list[RunDir]]) -> list[_Section]:
+    """The groups by [slurm] section (the members of a fused group share theirs)."""
+    sections: dict[SlurmSpec, _Section] = {}
+    for group in groups:
+        s = group[0].load_spec().slurm
+        sections.setdefault(s, _Section(s, [])).groups.append(group)
+    return list(sections.values())
 
 
 def submitit_folder(sweep_dir: Path) -> Path:
@@ -211,30 +222,30 @@ class SlurmExecutor(Executor):
             raise SlurmError("the slurm executor needs sbatch on PATH (run on a login node, or use --executor local)")
         self.then_analyze = then_analyze
 
-    def launch(self, sweep_dir: Path, run_dirs: list[RunDir]) -> LaunchReport:
+    def launch(self, sweep_dir: Path, run_dirs: list[RunDir], groups: list[list[RunDir]] | None = None) -> LaunchReport:
         import submitit
 
         report = LaunchReport(self.name)
         limit = max(1, max_array_size() - 1)
         folder = submitit_folder(sweep_dir)
         array_ids = []
-        for group in _groups(run_dirs):
-            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=group.spec.max_requeues)
-            executor.update_parameters(**executor_parameters(group.spec, f"hpcdiff-{Path(sweep_dir).name}"))
-            tasks = pack(group.runs, group.spec.runs_per_gpu)
+        for section in _sections(groups_of(run_dirs, groups)):
+            executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=section.spec.max_requeues)
+            executor.update_parameters(**executor_parameters(section.spec, f"hpcdiff-{Path(sweep_dir).name}"))
+            tasks = pack(section.groups, section.spec.runs_per_gpu)
             for start in range(0, len(tasks), limit):
                 chunk = tasks[start : start + limit]
                 # Before submitting: a task that starts and ends at once must not have its
                 # final state overwritten by this launcher afterwards.
-                for rd in (rd for task in chunk for rd in task):
+                for rd in (rd for task in chunk for group in task for rd in group):
                     rd.write_status(state=RunState.PENDING, submitted=time.time(), error=None, traceback=None)
                 try:
                     with executor.batch():
-                        jobs = [executor.submit(task_job(task, group.spec)) for task in chunk]
+                        jobs = [executor.submit(task_job(task, section.spec)) for task in chunk]
                 except submitit.core.utils.FailedJobError as err:
                     raise SlurmError(f"sbatch refused the array: {err}") from None
                 for task, job in zip(chunk, jobs):
-                    for rd in task:  # the runs packed into one task share its job id
+                    for rd in (rd for group in task for rd in group):  # a task's runs share its job id
                         rd.write_status(job_id=job.job_id)
                         report.launched.append(rd.run_id)
                         report.job_ids[rd.run_id] = job.job_id
