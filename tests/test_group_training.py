@@ -203,3 +203,21 @@ def test_metrics_of_each_member_are_its_run_alones(tiny_sweep, tmp_path, fashion
         scored = [k for k in ("fid", "kid_mean", "inception_score", "ssim") if k in _curves(a)]
         assert scored, sorted(_curves(a))
         _assert_same_curve(f, a, keys=("train_loss", "val_loss", *scored), rtol=1e-3)
+
+
+def test_each_member_logs_to_its_own_trackers(tiny_sweep, tmp_path):
+    """[log] trackers in a group: each member's TensorBoard curves are its own archive's."""
+    pytest.importorskip("tensorboard", reason="missing tensorboard: bash tests/run.sh installs it")
+    from test_trackers import tensorboard_events
+
+    members = {"a": MEMBERS["a"] + '\n[log]\ntrackers = ["tensorboard"]', "b": MEMBERS["b"]}
+    members["b"] += '\n[log]\ntrackers = ["tensorboard"]'
+    fused = _pairs(tiny_sweep, tmp_path, members, N_T)[1]
+    # [log] follows [train] in the written sweep: the member settings above end the file's [train].
+    assert train_group([rd.path for rd in fused]) == ["done", "done"]
+    for rd in fused:
+        events = tensorboard_events(rd.path / "tensorboard")
+        curve = _curves(rd)
+        assert [step for step, _ in events["train_loss"]] == curve["epoch"].tolist()
+        np.testing.assert_allclose([v for _, v in events["train_loss"]], curve["train_loss"], rtol=1e-6)
+        assert (rd.path / "log.txt").read_text().count("train_loss") == len(curve["epoch"])
