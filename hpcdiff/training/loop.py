@@ -202,8 +202,8 @@ def _round(live: list[Member], step, ended: dict, *, alone: bool) -> None:
     """One batch of every live member, then the interval check when one is due."""
     synced = step.synced(live)  # whether this batch ends an accumulation window
     losses = step(live)
-    for m in live:
-        m.loss_sum += losses[m.slot]
+    for m, loss in zip(live, losses):
+        m.loss_sum += loss
         m.session.state.step += 1
         m.session.progress.advance()
         m.batch += 1
@@ -244,7 +244,7 @@ def _check(live: list[Member], step, ended: dict, *, alone: bool) -> None:
         stop_signal = stop_signal or verdict.stop_signal
         if verdict.over_budget:
             # Another rank's clock may be the one past max_minutes: all stop at this step.
-            spent_by[m.slot] = spent or "max_minutes"
+            spent_by[id(m)] = spent or "max_minutes"
     if stop_signal:
         for m in live:
             if m.ended:
@@ -258,8 +258,8 @@ def _check(live: list[Member], step, ended: dict, *, alone: bool) -> None:
             session.accelerator.wait_for_everyone()
         raise StopRequested(stop_signal)
     for m in live:
-        if m.slot in spent_by:
-            m.session.stopped_by = spent_by[m.slot]
+        if id(m) in spent_by:
+            m.session.stopped_by = spent_by[id(m)]
             m.last = m.batch
 
 

@@ -92,10 +92,10 @@ class SoloStep:
     def __init__(self, member: Member):
         self.member = member
 
-    def __call__(self, members: list[Member]) -> dict[int, torch.Tensor]:
+    def __call__(self, members: list[Member]) -> list[torch.Tensor]:
         (m,) = members
         window, sync = m.window()
-        return {m.slot: m.session.step(m.indices(), window, sync)}
+        return [m.session.step(m.indices(), window, sync)]
 
     def synced(self, members: list[Member]) -> bool:
         return members[0].window()[1]
@@ -167,35 +167,41 @@ class GroupStep:
     """K members in one process: one FusedGroup step per round, every member one batch."""
 
     def __init__(self, members: list[Member], mode: str | None = None):
-        from hpcdiff.training.fused import FusedGroup, MemberSettings
-
         sessions = [m.session for m in members]
         problem = session_blocker(sessions)
         if problem:
             raise FusionError(f"these runs cannot train as one fused group: {problem}")
-        self.members = members
-        settings = []
+        self.mode = mode
+        self._build(members)
         for session in sessions:
-            # A resumed member's plateau scheduler may have lowered its learning rate.
-            lr = current_lr(session.state.optimizer)
-            base = MemberSettings.of(session.spec.train)
-            settings.append(MemberSettings(**{**base.__dict__, "lr": lr}))
-        self.group = FusedGroup([s.state.core for s in sessions], settings, mode=mode)
-        for m, session in zip(members, sessions):
-            s = session.state
-            optimizer = raw_optimizer(s.optimizer).state_dict()
-            self.group.load_member(
-                m.slot, s.core.denoiser.state_dict(), optimizer, s.ema.state_dict() if s.ema is not None else None
-            )
-            s.mode = StepMode(EAGER, f"a member of a fused group of {len(members)} ({self.group.net.mode} mode)")
+            reason = f"a member of a fused group of {len(members)} ({self.group.net.mode} mode)"
+            session.state.mode = StepMode(EAGER, reason)
         precision = str(sessions[0].accelerator.mixed_precision)
         device = sessions[0].accelerator.device
         self._autocast = (
             (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else nullcontext
         )
 
-    def __call__(self, members: list[Member]) -> dict[int, torch.Tensor]:
-        stepping = {m.slot: m for m in members}
+    def _build(self, members: list[Member]) -> None:
+        """The FusedGroup of ``members`` (slots in this order), each loaded from its TrainState."""
+        from hpcdiff.training.fused import FusedGroup, MemberSettings
+
+        self.members = list(members)
+        settings = []
+        for slot, m in enumerate(members):
+            m.slot = slot
+            # A resumed member's plateau scheduler may have lowered its learning rate.
+            base = MemberSettings.of(m.session.spec.train)
+            settings.append(MemberSettings(**{**base.__dict__, "lr": current_lr(m.session.state.optimizer)}))
+        self.group = FusedGroup([m.session.state.core for m in members], settings, mode=self.mode)
+        for m in members:
+            s = m.session.state
+            ema = s.ema.state_dict() if s.ema is not None else None
+            self.group.load_member(m.slot, s.core.denoiser.state_dict(), raw_optimizer(s.optimizer).state_dict(), ema)
+
+    def __call__(self, members: list[Member]) -> list[torch.Tensor]:
+        """One batch of each of ``members`` (the group's live members): their losses."""
+        stepping = {m.slot for m in members}
         fill = to_model_range(members[0].session.train_images[members[0].indices()])
         batches, noise = [], []
         for m in self.members:
@@ -203,7 +209,7 @@ class GroupStep:
             noise.append(m.session.noise)
         with self._autocast():
             losses = self.group.step(batches, noise)
-        return {slot: losses[slot] for slot in stepping}
+        return [losses[m.slot] for m in members]
 
     def synced(self, members: list[Member]) -> bool:
         return True  # grad_accumulation is 1 (spec_blocker)
@@ -227,4 +233,14 @@ class GroupStep:
             self.group.set_lr(m.slot, lr)
 
     def end(self, m: Member) -> None:
+        """Member m has ended (done, early-stopped, out of budget, diverged): the group is
+        rebuilt from the members left, in new slots, so that it costs nothing any more (vmap
+        computes every slot). Their state passes through their own TrainStates, a round trip
+        that changes no number (tests/test_fused.py)."""
         self.group.deactivate(m.slot)
+        left = [x for x in self.members if x is not m]
+        if not left:
+            return
+        for x in left:
+            self.sync_out(x)
+        self._build(left)
