@@ -203,6 +203,10 @@ def test_metrics_of_each_member_are_its_run_alones(tiny_sweep, tmp_path, fashion
         scored = [k for k in ("fid", "kid_mean", "inception_score", "ssim") if k in _curves(a)]
         assert scored, sorted(_curves(a))
         _assert_same_curve(f, a, keys=("train_loss", "val_loss", *scored), rtol=1e-3)
+    # Both members' epochs end in the same round: each one's training time is the group's
+    # rounds, not also the other member's evaluation (seconds here), which runs after it.
+    seconds = [_curves(rd)["epoch_seconds"] for rd in fused]
+    assert np.abs(seconds[0] - seconds[1]).max() < 0.1, seconds
 
 
 def test_each_member_logs_to_its_own_trackers(tiny_sweep, tmp_path):

@@ -165,9 +165,12 @@ def _train_locked(todo: list[tuple[RunDir, RunSpec]], ended: dict, show_progress
                 if not live:
                     break
                 _round(live, step, ended, alone=len(members) == 1)
+                # Members whose epochs end in this round end them at one instant: one member's
+                # validation and metrics are not another's training time.
+                toc = time.perf_counter()
                 for m in live:
                     if not m.ended and m.batch >= m.last:
-                        _close_epoch(m, step, ended)
+                        _close_epoch(m, step, ended, toc)
     finally:
         for m in members:
             if not m.ended:
@@ -263,16 +266,17 @@ def _check(live: list[Member], step, ended: dict, *, alone: bool) -> None:
             m.last = m.batch
 
 
-def _close_epoch(m: Member, step, ended: dict) -> None:
+def _close_epoch(m: Member, step, ended: dict, toc: float | None = None) -> None:
+    """End member m's open epoch (its batches up to ``toc``, default now)."""
     with logging_for(m.session.rd.run_id):
-        _close_member_epoch(m, step, ended)
+        _close_member_epoch(m, step, ended, time.perf_counter() if toc is None else toc)
 
 
-def _close_member_epoch(m: Member, step, ended: dict) -> None:
+def _close_member_epoch(m: Member, step, ended: dict, toc: float) -> None:
     session = m.session
     session.batches_done = m.batch
     train_loss = session.accelerator.reduce(m.loss_sum, reduction="mean").item() / m.batch
-    seconds = time.perf_counter() - m.tic
+    seconds = toc - m.tic
     session.state.elapsed += seconds
     m.perm = None
     step.sync_out(m)
