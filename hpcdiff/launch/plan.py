@@ -116,7 +116,12 @@ def _group(plan: SweepPlan, executor: str | None, processes: int) -> None:
             apart[rid] = "the debug executor trains one run at a time, in its own process"
             continue
         on_slurm = (s.nodes * s.tasks, s.nodes * s.gpus_per_node)
-        n, gpus = {"local": (processes, 1), "slurm": on_slurm}.get(executor, (max(processes, on_slurm[0]), on_slurm[1]))
+        if executor == "local":
+            n, gpus = processes, 1
+        elif executor == "slurm":
+            n, gpus = on_slurm
+        else:  # not known yet: either may apply
+            n, gpus = max(processes, on_slurm[0]), on_slurm[1]
         reason = one_process_reason(n, gpus)
         if reason:
             apart[rid] = reason
