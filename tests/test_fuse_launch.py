@@ -240,7 +240,8 @@ def test_the_slurm_dry_run_counts_tasks_by_group(tmp_path):
 FAKE_TRAIN = """#!/bin/bash
 # Stands in for `hpcdiff`: records its arguments, marks each run directory done.
 shift 2  # train --no-progress
-printf '%s|' "$@" >> "{calls}"; echo >> "{calls}"
+# One write per call: the processes of a task run at once, and two writes each would interleave.
+line=$(printf '%s|' "$@"); echo "$line" >> "{calls}"
 for d in "$@"; do echo '{{"state": "done"}}' > "$d/status.json"; done
 """
 
