@@ -102,6 +102,11 @@ def plan_groups(runs: list[tuple[str, dict]], fuse: int, *, apart: dict[str, str
     return plan
 
 
+def differing_keys(mine: dict, theirs: dict) -> list[str]:
+    """The keys of two runs' shared settings (``shared_settings``) whose values differ, sorted."""
+    return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+
+
 def _why_alone(rid: str, settings: dict, fuse: int, others_apart: bool = False) -> str:
     if fuse == 1:
         return "fusion is off (fuse = 1)"
@@ -110,12 +115,8 @@ def _why_alone(rid: str, settings: dict, fuse: int, others_apart: bool = False) 
     if not others:
         return "the other runs to train cannot fuse" if others_apart else "the only run to train"
 
-    def differing(other: str) -> list[str]:
-        theirs = settings[other]
-        return sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-
-    nearest = min(others, key=lambda o: len(differing(o)))
-    keys = differing(nearest)
+    nearest = min(others, key=lambda o: len(differing_keys(mine, settings[o])))
+    keys = differing_keys(mine, settings[nearest])
     if not keys:
         return f"its group filled up ({fuse} members each) and it is the one left"
     shown = ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")

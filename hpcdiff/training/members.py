@@ -122,7 +122,7 @@ def spec_blocker(specs: list, run_ids: list[str]) -> str | None:
     process's environment (before anything is started), or None."""
     import os
 
-    from hpcdiff.config.fusion import shared_settings
+    from hpcdiff.config.fusion import differing_keys, shared_settings
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world > 1:
@@ -137,8 +137,7 @@ def spec_blocker(specs: list, run_ids: list[str]) -> str | None:
         return "a fused group takes an optimiser step every batch (train.grad_accumulation must be 1)"
     mine = shared_settings(first.to_dict())
     for rid, other in zip(run_ids[1:], specs[1:]):
-        theirs = shared_settings(other.to_dict())
-        keys = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+        keys = differing_keys(mine, shared_settings(other.to_dict()))
         if keys:
             return f"{rid} differs from {run_ids[0]} in what members share ({', '.join(keys[:4])})"
     return None
