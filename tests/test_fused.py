@@ -386,7 +386,7 @@ def test_a_members_checkpoint_resumes_alone_with_hpcdiff_train_on_its_runs_curve
 @pytest.mark.parametrize("mode", ["vmap", "loop"])
 @pytest.mark.parametrize("sampler,steps", [("ancestral", 0), ("ancestral", 10), ("ddim", 10)])
 def test_fused_sampling_gives_each_member_the_samples_its_sampler_draws_alone(mode, sampler, steps):
-    from hpcdiff.training.fused import FusedSampling
+    from hpcdiff.science.fused_sampling import FusedProcess
 
     members = [{"train": {"lr": 1e-3, "seed": s}, "diffusion": {"n_T": 40}} for s in (0, 1, 2)]
     specs = _specs("cnn", "gaussian", members)
@@ -394,7 +394,7 @@ def test_fused_sampling_gives_each_member_the_samples_its_sampler_draws_alone(mo
     alone = [copy.deepcopy(p).eval() for p in processes]
     group = FusedGroup(processes, [MemberSettings.of(s.train) for s in specs], mode=mode)
     x_T = torch.stack([torch.randn(6, 1, 28, 28, generator=torch.Generator().manual_seed(10 + k)) for k in range(3)])
-    fused = FusedSampling(group).sample(
+    fused = FusedProcess(group.processes, group.net).sample(
         x_T, [torch.Generator().manual_seed(k) for k in range(3)], sampler=sampler, steps=steps
     )
     for k, process in enumerate(alone):
@@ -402,19 +402,19 @@ def test_fused_sampling_gives_each_member_the_samples_its_sampler_draws_alone(mo
         assert _relative(fused[k], mine) < 1e-5, k
     # Control: another member's generator gives other samples (ancestral draws noise).
     if sampler == "ancestral":
-        wrong = FusedSampling(group).sample(
+        wrong = FusedProcess(group.processes, group.net).sample(
             x_T, [torch.Generator().manual_seed(k) for k in (1, 0, 2)], sampler=sampler, steps=steps
         )
         assert _relative(wrong[0], fused[0]) > 1e-3
 
 
 def test_members_with_other_schedules_sample_apart():
-    from hpcdiff.training.fused import FusedSampling
+    from hpcdiff.science.fused_sampling import FusedProcess
 
     specs = _specs("cnn", "gaussian", MEMBERS[:3])  # n_T 400, 400, 100
     group = FusedGroup([_process(s) for s in specs], [MemberSettings.of(s.train) for s in specs])
     with pytest.raises(ValueError, match=r"sample apart: members differ in n_T \(\[100, 400\]\)"):
-        FusedSampling(group)
+        FusedProcess(group.processes, group.net)
 
 
 @pytest.mark.gpu
