@@ -279,4 +279,3 @@ class FusedGroup:
     def deactivate(self, k: int) -> None:
         """Member k has ended: nothing of it changes from here on."""
         self.active[k] = False
-
