@@ -209,6 +209,37 @@ def test_metrics_of_each_member_are_its_run_alones(tiny_sweep, tmp_path, fashion
     assert np.abs(seconds[0] - seconds[1]).max() < 0.1, seconds
 
 
+@pytest.mark.parametrize("process", ["gaussian", "impulse"])
+def test_members_sharing_a_sampler_draw_their_evaluations_together(tiny_sweep, tmp_path, fashion_classifier, process):
+    """Members with one n_T (a, b) draw their evaluation samples, reconstructions and grids
+    as one (one stacked call per sampling step); c, with another n_T, alone. Every member's
+    scores and grids are its run alone's."""
+    extra = '[degradation]\nname = "impulse"\n' if process == "impulse" else ""
+    n_T = {"a": 20, "b": 20, "c": 30}
+    alone, fused = [], []
+    for name, settings in MEMBERS.items():
+        path = _member_sweep(tiny_sweep, name, settings, n_T[name], 2, metrics=True)
+        if extra:
+            path.write_text(path.read_text() + extra)
+        alone.append(make_run_dir(path, tmp_path / "alone"))
+        fused.append(make_run_dir(path, tmp_path / "fused"))
+    for rd in alone:
+        train(rd.path)
+    assert train_group([rd.path for rd in fused]) == ["done"] * 3
+    for f, a in zip(fused, alone):
+        theirs = _curves(a)
+        scored = [k for k in theirs if k.startswith(("fid", "kid", "inception", "recon_", "class_"))]
+        assert any(k.startswith("recon_") for k in scored) == (process == "impulse"), scored
+        assert len(scored) >= 3, sorted(theirs)
+        _assert_same_curve(f, a, keys=("train_loss", "val_loss", *scored), rtol=1e-3)
+        grids, grids_alone = archive.read(f.archive)["samples"], archive.read(a.archive)["samples"]
+        assert sorted(grids) == sorted(grids_alone) and grids
+        for epoch in grids:
+            np.testing.assert_array_equal(grids[epoch]["images"], grids_alone[epoch]["images"])
+    together = [("drawn with 1 other member" in rd.log.read_text()) for rd in fused]
+    assert together == [True, True, False]
+
+
 def test_each_member_logs_to_its_own_trackers(tiny_sweep, tmp_path):
     """[log] trackers in a group: each member's TensorBoard curves are its own archive's."""
     pytest.importorskip("tensorboard", reason="missing tensorboard: bash tests/run.sh installs it")
@@ -224,7 +255,7 @@ def test_each_member_logs_to_its_own_trackers(tiny_sweep, tmp_path):
         curve = _curves(rd)
         assert [step for step, _ in events["train_loss"]] == curve["epoch"].tolist()
         np.testing.assert_allclose([v for _, v in events["train_loss"]], curve["train_loss"], rtol=1e-6)
-        assert (rd.path / "log.txt").read_text().count("train_loss") == len(curve["epoch"])
+        assert rd.log.read_text().count("train_loss") == len(curve["epoch"])
 
 
 @pytest.mark.gpu

@@ -15,6 +15,7 @@ are also the full-sampler reconstructions of those images: one sampling pass ser
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from contextlib import contextmanager
@@ -37,6 +38,12 @@ HELD_OUT_SEED = 20_221_219
 # on every device and number of processes). 128 is where the starter CNN runs fastest per
 # image on a CPU, and the default 500 samples spread over the 4 GPUs of a node.
 EVAL_CHUNK = 128
+RECONSTRUCTION_KEYS = ("samples", "degraded", "direct")
+
+
+def eval_chunks(n: int) -> list[tuple[int, int, int]]:
+    """(chunk, first draw, draws) of ``n`` evaluation draws."""
+    return [(c, start, min(EVAL_CHUNK, n - start)) for c, start in enumerate(range(0, n, EVAL_CHUNK))]
 
 
 @contextmanager
@@ -100,43 +107,48 @@ class Evaluator:
         """Samples start from maximally degraded held-out images: they are reconstructions."""
         return self._reconstructs and getattr(core, "sample_start", "") == "degraded_test"
 
+    def passes(self, core) -> list[tuple[str, int, bool]]:
+        """The sample sets ``__call__`` draws: (name, how many, whether they are
+        reconstructions of held-out images)."""
+        shared = self._sampling_reconstructs(core)
+        out = []
+        if self.metrics or shared:
+            out.append(("samples", self.spec.eval.samples, shared))
+        if self._reconstructs and not shared:
+            out.append(("reconstructions", min(self.spec.eval.samples, len(self.starts)), True))
+        return out
+
     @torch.no_grad()
-    def __call__(self, core, seed: int) -> dict[str, float]:
-        """Metrics of the current weights (main process; the others return {})."""
+    def __call__(self, core, seed: int, drawn: dict | None = None) -> dict[str, float]:
+        """Metrics of the current weights (main process; the others return {}). ``drawn``:
+        the sample sets of ``passes`` drawn already (a fused group draws its members' at
+        once: ``draw_together``), else they are drawn here."""
         tic = time.perf_counter()
         out: dict[str, float] = {}
-        recon_keys = ("samples", "degraded", "direct")
         with eval_mode(core):
-            shared = self._sampling_reconstructs(core)
-            if self.metrics or shared:
-                drawn = self._draw(
-                    core, seed, self.spec.eval.samples, self._sample_chunk, recon_keys if shared else ("samples",)
+            if drawn is None:
+                drawn = {name: self._draw(core, seed, n, reconstruct) for name, n, reconstruct in self.passes(core)}
+        for name, _n, reconstruct in self.passes(core):
+            if name == "samples" and self.main and self.metrics:
+                ctx = MetricContext(
+                    samples=drawn[name]["samples"],
+                    real=self.real,
+                    real_labels=self.real_labels,
+                    classifier=self.classifier,
+                    device=self.device,
+                    stats_cache=self.stats_cache,
+                    real_id=self.real_id,
+                    seed=seed,
                 )
-                if self.main and self.metrics:
-                    ctx = MetricContext(
-                        samples=drawn["samples"],
-                        real=self.real,
-                        real_labels=self.real_labels,
-                        classifier=self.classifier,
-                        device=self.device,
-                        stats_cache=self.stats_cache,
-                        real_id=self.real_id,
-                        seed=seed,
-                    )
-                    try:
-                        out.update(compute_metrics(self.metrics, ctx))
-                    except NonFiniteSamples as err:
-                        # The weights were finite (training checks them), so this is the
-                        # sampler: recorded and said, and the metrics of this epoch read NaN.
-                        log.warning("evaluation: %s; this epoch's metrics are recorded as NaN", err)
-                        out["nonfinite_samples"] = float(err.n_bad)
-                if self.main and shared:
-                    out.update(self._reconstruction_table(drawn))
-            if self._reconstructs and not shared:
-                n = min(self.spec.eval.samples, len(self.starts))
-                drawn = self._draw(core, seed, n, self._reconstruction_chunk, recon_keys)
-                if self.main:
-                    out.update(self._reconstruction_table(drawn))
+                try:
+                    out.update(compute_metrics(self.metrics, ctx))
+                except NonFiniteSamples as err:
+                    # The weights were finite (training checks them), so this is the
+                    # sampler: recorded and said, and the metrics of this epoch read NaN.
+                    log.warning("evaluation: %s; this epoch's metrics are recorded as NaN", err)
+                    out["nonfinite_samples"] = float(err.n_bad)
+            if reconstruct and self.main:
+                out.update(self._reconstruction_table(drawn[name]))
         if self.main:
             out["eval_seconds"] = time.perf_counter() - tic
         return out
@@ -148,23 +160,25 @@ class Evaluator:
         """The evaluation samples of the current weights, on every process (each draws its
         share): the images the metrics are computed on."""
         with eval_mode(core):
-            return self._draw(core, seed, self.spec.eval.samples, self._sample_chunk, ("samples",))["samples"]
+            return self._draw(core, seed, self.spec.eval.samples, self._sampling_reconstructs(core))["samples"]
 
     def _sample(self, core, x_T, generator):
-        # Metrics score the images a user would see, not the sampler's overshoot.
-        return clamp_to_model_range(
-            core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler, steps=self.spec.eval.steps)
-        )
+        return core.sample(x_T, generator=generator, sampler=self.spec.eval.sampler, steps=self.spec.eval.steps)
 
-    def _draw(self, core, seed: int, n: int, chunk_fn, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Run ``chunk_fn`` over fixed chunks of ``n`` draws, this process taking every
-        world-th chunk, and assemble the results in chunk order on every process."""
-        chunks = [(c, start, min(EVAL_CHUNK, n - start)) for c, start in enumerate(range(0, n, EVAL_CHUNK))]
+    def chunk_generator(self, seed: int, c: int) -> torch.Generator:
+        # One generator per chunk: the same draws whoever computes them, at every epoch.
+        return stream_generator(seed, "eval_chunk", c, device=sampling_device(self.device))
+
+    def _draw(self, core, seed: int, n: int, reconstruct: bool) -> dict[str, torch.Tensor]:
+        """Fixed chunks of ``n`` draws, this process taking every world-th chunk, assembled
+        in chunk order on every process."""
+        chunks = eval_chunks(n)
         mine = {}
         for c, start, k in chunks[self.rank :: self.world]:
-            # One generator per chunk: the same draws whoever computes them, at every epoch.
-            g = stream_generator(seed, "eval_chunk", c, device=sampling_device(self.device))
-            mine[c] = chunk_fn(core, start, k, g)
+            g = self.chunk_generator(seed, c)
+            begun = self.chunk_start(core, start, k, g, reconstruct)
+            mine[c] = self.chunk_end(begun, self._sample(core, begun["x_T"], g))
+        keys = RECONSTRUCTION_KEYS if reconstruct else ("samples",)
         if self.world == 1:
             return {key: torch.cat([mine[c][key] for c, _, _ in chunks]) for key in keys}
         return self._gather(chunks, mine, keys)
@@ -188,21 +202,21 @@ class Evaluator:
         packed = torch.cat(parts)
         return dict(zip(keys, packed.split(shape[0], dim=1)))
 
-    def _sample_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
-        if self._sampling_reconstructs(core):
-            return self._reconstruction_chunk(core, start, k, g)
-        x_T, _ = core.start(k, tuple(self.real.shape[1:]), generator=g, device=self.device, test_images=self.starts)
-        return {"samples": self._sample(core, x_T, g)}
-
-    def _reconstruction_chunk(self, core, start: int, k: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    def chunk_start(self, core, start: int, k: int, g: torch.Generator, reconstruct: bool) -> dict:
+        """Chunk ``start .. start + k``'s starts x_T, drawn from ``g`` (and for reconstructions
+        the degraded held-out images and their one-step restorations)."""
+        if not reconstruct:
+            x_T, _ = core.start(k, tuple(self.real.shape[1:]), generator=g, device=self.device, test_images=self.starts)
+            return {"x_T": x_T}
         # Held-out images in a fixed order (cycled when there are more samples than images).
         idx = torch.arange(start, start + k, device=self.starts.device) % len(self.starts)
         x_T = core.degrade_to_start(self.starts[idx], g)
-        return {
-            "samples": self._sample(core, x_T, g),
-            "degraded": x_T,
-            "direct": clamp_to_model_range(core.reconstruct_direct(x_T, core.n_T)),
-        }
+        return {"x_T": x_T, "degraded": x_T, "direct": clamp_to_model_range(core.reconstruct_direct(x_T, core.n_T))}
+
+    @staticmethod
+    def chunk_end(begun: dict, samples: torch.Tensor) -> dict[str, torch.Tensor]:
+        # Metrics score the images a user would see, not the sampler's overshoot.
+        return {"samples": clamp_to_model_range(samples), **{k: v for k, v in begun.items() if k != "x_T"}}
 
     def _reconstruction_table(self, drawn: dict[str, torch.Tensor]) -> dict[str, float]:
         """Held-out images degraded to level T, restored in one step (direct) and by the
@@ -215,3 +229,33 @@ class Evaluator:
             for metric, value in reconstruction_metrics(drawn[key][:n], x0, labels).items():
                 out[f"recon_{name}_{metric}"] = value
         return out
+
+
+@torch.no_grad()
+def draw_together(members: list[tuple[Evaluator, object, int]], fused) -> list[dict]:
+    """The sample sets of K members' evaluations drawn at once, for ``Evaluator.__call__(...,
+    drawn=)``: ``members`` are (evaluator, process with the weights to evaluate, seed), one
+    process in one piece (no data parallelism), sharing the evaluation settings; ``fused`` is
+    their science.fused_sampling.FusedProcess. Each chunk's starts come from each member's own
+    chunk generator, then one fused sampler runs all members' chunks: every member gets the
+    draws its evaluation alone makes."""
+    first, core0, _ = members[0]
+    plan = first.passes(core0)
+    if any(ev.world > 1 or ev.passes(core) != plan or ev.spec.eval != first.spec.eval for ev, core, _ in members):
+        raise ValueError("members whose evaluations differ are evaluated apart")
+    out: list[dict] = [{} for _ in members]
+    sampler, steps = first.spec.eval.sampler, first.spec.eval.steps
+    with contextlib.ExitStack() as stack:
+        for _, core, _ in members:
+            stack.enter_context(eval_mode(core))
+        for name, n, reconstruct in plan:
+            parts: list[list[dict]] = [[] for _ in members]
+            for c, start, k in eval_chunks(n):
+                gens = [ev.chunk_generator(seed, c) for ev, _, seed in members]
+                begun = [ev.chunk_start(core, start, k, g, reconstruct) for (ev, core, _), g in zip(members, gens)]
+                x = fused.sample(torch.stack([b["x_T"] for b in begun]), gens, sampler=sampler, steps=steps)
+                for i, b in enumerate(begun):
+                    parts[i].append(Evaluator.chunk_end(b, x[i]))
+            for i, chunks in enumerate(parts):
+                out[i][name] = {key: torch.cat([p[key] for p in chunks]) for key in chunks[0]}
+    return out

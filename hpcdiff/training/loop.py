@@ -7,8 +7,9 @@ resumed from its checkpoint), puts each in a Member with the step that moves the
 (``SoloStep`` for a run alone, ``GroupStep`` for a fused group: training/members.py) and runs
 rounds: every live member opens its next epoch when it has none open (its own batch order),
 all take one batch, the interval checks look at each, and a member whose batches are done
-closes its epoch (``end_epoch``, training/epoch_end.py: validation, schedulers, metrics,
-samples, archive row, checkpoint, status). A member ends when its epochs are done, early
+closes its epoch (training/epoch_end.py: validation, schedulers, metrics,
+samples, archive row, checkpoint, status; members closing in one round draw their samples
+together). A member ends when its epochs are done, early
 stopping or a budget ends it, or, in a group, when it diverges: the others go on. Members
 may be at different epochs and batches (one resumed from an older checkpoint than another).
 Everything a restarted process needs is in each run's checkpoint (training/state.py).
@@ -29,7 +30,7 @@ from hpcdiff.storage.rundir import RunDir
 from hpcdiff.storage.runstate import RunState
 from hpcdiff.training.distributed import env_from_slurm, process_rank
 from hpcdiff.training.environment import NoGpuError, attach_log, detach_log, fold_archive, logging_for, record_state
-from hpcdiff.training.epoch_end import due, end_epoch
+from hpcdiff.training.epoch_end import EpochEnd, begin_epoch_end, draw_together, due, finish_epoch_end
 from hpcdiff.training.members import FusionError, GroupStep, Member, SoloStep, member_noise, spec_blocker
 from hpcdiff.training.monitor import Diverged, divergence_hints
 from hpcdiff.training.session import Session, start_session
@@ -167,10 +168,9 @@ def _train_locked(todo: list[tuple[RunDir, RunSpec]], ended: dict, show_progress
                 _round(live, step, ended, alone=len(members) == 1)
                 # Members whose epochs end in this round end them at one instant: one member's
                 # validation and metrics are not another's training time.
-                toc = time.perf_counter()
-                for m in live:
-                    if not m.ended and m.batch >= m.last:
-                        _close_epoch(m, step, ended, toc)
+                closing = [m for m in live if not m.ended and m.batch >= m.last]
+                if closing:
+                    _close_epochs(closing, step, ended, time.perf_counter())
     finally:
         for m in members:
             if not m.ended:
@@ -198,7 +198,7 @@ def _open_next(m: Member, step, ended: dict) -> None:
         return
     m.open_epoch(epoch, first)
     if m.batch >= m.last:
-        _close_epoch(m, step, ended)
+        _close_epochs([m], step, ended)
 
 
 def _round(live: list[Member], step, ended: dict, *, alone: bool) -> None:
@@ -266,13 +266,26 @@ def _check(live: list[Member], step, ended: dict, *, alone: bool) -> None:
             m.last = m.batch
 
 
-def _close_epoch(m: Member, step, ended: dict, toc: float | None = None) -> None:
-    """End member m's open epoch (its batches up to ``toc``, default now)."""
-    with logging_for(m.session.rd.run_id):
-        _close_member_epoch(m, step, ended, time.perf_counter() if toc is None else toc)
+def _close_epochs(closing: list[Member], step, ended: dict, toc: float | None = None) -> None:
+    """End the open epochs of ``closing`` (their batches up to ``toc``, default now): each
+    member's validation and schedulers, then the samples of members that draw together
+    (training/epoch_end.draw_together), then each one's metrics, grid, archive row,
+    checkpoint and status."""
+    toc = time.perf_counter() if toc is None else toc
+    ends = []
+    for m in closing:
+        with logging_for(m.session.rd.run_id):
+            ends.append(_begin_close(m, step, toc))
+    if len(closing) > 1:
+        draw_together([(m.session, end) for m, end in zip(closing, ends)], step.mode)
+    for m, end in zip(closing, ends):
+        with logging_for(m.session.rd.run_id):
+            stop = finish_epoch_end(m.session, end)
+            if stop or m.epoch >= m.session.spec.train.epochs:
+                _finish(m, step, ended)
 
 
-def _close_member_epoch(m: Member, step, ended: dict, toc: float) -> None:
+def _begin_close(m: Member, step, toc: float) -> EpochEnd:
     session = m.session
     session.batches_done = m.batch
     train_loss = session.accelerator.reduce(m.loss_sum, reduction="mean").item() / m.batch
@@ -280,10 +293,11 @@ def _close_member_epoch(m: Member, step, ended: dict, toc: float) -> None:
     session.state.elapsed += seconds
     m.perm = None
     step.sync_out(m)
-    stop = end_epoch(session, m.epoch, train_loss, seconds, m.first)
+    end = begin_epoch_end(session, m.epoch, train_loss, seconds, m.first)
+    # The plateau scheduler's learning rate goes back into the group now: another member's
+    # end may rebuild the group from the TrainStates before this one finishes its epoch.
     step.sync_in(m)
-    if stop or m.epoch >= session.spec.train.epochs:
-        _finish(m, step, ended)
+    return end
 
 
 def _finish(m: Member, step, ended: dict) -> None:

@@ -89,6 +89,8 @@ class Member:
 class SoloStep:
     """A run alone: its TrainStep, with the interface of GroupStep."""
 
+    mode = None  # no stacked networks
+
     def __init__(self, member: Member):
         self.member = member
 
