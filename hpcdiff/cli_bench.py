@@ -184,14 +184,22 @@ def bench_archive(at, directory):
 @click.option("--steps", default=3, show_default=True, type=click.IntRange(min=1), help="Timed steps per run.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-processes", is_flag=True, help="Skip the K-processes measurement.")
-def bench_fused(models, ks, batch, steps, device, no_processes):
-    """Aggregate images/s of K runs trained as one fused group, against the same K runs one
-    after another and as K processes sharing the device, in one process run."""
+@click.option(
+    "--part",
+    type=click.Choice(["train", "sample"]),
+    default="train",
+    show_default=True,
+    help="Training steps, or DDIM sampling (50 steps) as evaluations and grids draw it.",
+)
+def bench_fused(models, ks, batch, steps, device, no_processes, part):
+    """Aggregate images/s of K runs trained (or sampling, --part sample) as one fused group,
+    against the same K runs one after another and as K processes sharing the device, in one
+    process run."""
     from hpcdiff.bench.fused import benchmark_fused
 
     def show(r):
         click.echo(
-            f"{r['model']:11s} K={r['k']:<3d} {r['method']:18s} {r['images/s']:9.0f} images/s  "
+            f"{r['part']:6s} {r['model']:11s} K={r['k']:<3d} {r['method']:18s} {r['images/s']:9.0f} images/s  "
             f"({r['ratio']:.2f}x one after another)"
         )
 
@@ -202,5 +210,6 @@ def bench_fused(models, ks, batch, steps, device, no_processes):
         steps=steps,
         device=device,
         processes=not no_processes,
+        part=part,
         on_row=show,
     )

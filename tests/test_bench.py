@@ -21,3 +21,16 @@ def test_bench_sample_times_both_samplers_and_their_denoiser_calls():
     r = benchmark_sample(samples=4, ancestral_steps=5, ddim_steps=3)
     assert [row["sampler"] for row in r["rows"]] == ["ancestral, 5 steps", "ddim, 3 steps"]
     assert all(row["seconds"] > 0 and row["denoiser_seconds"] > 0 for row in r["rows"])
+
+
+def test_bench_fused_measures_training_and_sampling_against_one_after_another(monkeypatch):
+    from hpcdiff.bench import fused
+
+    monkeypatch.setattr(fused, "SAMPLE_STEPS", 3)  # a smaller measurement of the same code
+    for part in ("train", "sample"):
+        rows = fused.benchmark_fused(("starter-cnn",), (1, 2), batch=4, steps=1, processes=False, part=part)
+        assert [(r["k"], r["method"]) for r in rows] == [
+            (k, m) for k in (1, 2) for m in ("one after another", "fused (vmap)", "fused (loop)")
+        ]
+        assert all(r["part"] == part and r["images/s"] > 0 for r in rows)
+        assert [r["ratio"] for r in rows if r["method"] == "one after another"] == [1.0, 1.0]

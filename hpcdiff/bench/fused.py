@@ -7,6 +7,10 @@ device without it, all measured in one process run on the device given:
   device (what ``slurm.runs_per_gpu`` does), the CPU threads split between them;
 - ``fused``: one group of K members, one batched forward and backward per step.
 
+With ``part="sample"`` the same comparison for sampling (what evaluations and sample grids
+cost): K members' DDIM samplers on ``SAMPLE_STEPS`` steps one after another against one
+fused sampler (science/fused_sampling.py), one stacked network call per step.
+
 Each training step is the trainer's own: the run's process and network, Adam, real digits
 (the shipped mnist-5k), the quick sweep's UNet recipe or the starter CNN. Reported as
 aggregate images per second and as ratios against one after another.
@@ -105,6 +109,46 @@ def _fused(model, k, batch, steps, warmup, device, images, mode=None) -> float:
     return time.perf_counter() - tic
 
 
+#: DDIM steps of the sampling measurement: the evaluation default (eval.steps).
+SAMPLE_STEPS = 50
+
+
+def _starts(k: int, batch: int, device: torch.device) -> list[torch.Tensor]:
+    return [torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(i)).to(device) for i in range(k)]
+
+
+@torch.no_grad()
+def _sample_one_after_another(model, k, batch, steps, warmup, device, images) -> float:
+    processes = [_member(model, i, device)[1].eval() for i in range(k)]
+    x_T = _starts(k, batch, device)
+
+    def once():
+        for p, x in zip(processes, x_T):
+            p.sample(x, sampler="ddim", steps=SAMPLE_STEPS)
+
+    return _timed(once, steps, warmup, device)
+
+
+@torch.no_grad()
+def _sample_fused(model, k, batch, steps, warmup, device, images, mode=None) -> float:
+    from hpcdiff.science.fused_sampling import FusedProcess
+
+    fused = FusedProcess.of([_member(model, i, device)[1].eval() for i in range(k)], mode)
+    x_T = torch.stack(_starts(k, batch, device))
+    return _timed(lambda: fused.sample(x_T, [None] * k, sampler="ddim", steps=SAMPLE_STEPS), steps, warmup, device)
+
+
+def _timed(once, steps, warmup, device) -> float:
+    for _ in range(warmup):
+        once()
+    _sync(device)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        once()
+    _sync(device)
+    return time.perf_counter() - tic
+
+
 def _process_worker(model, i, batch, steps, warmup, device_name, threads, barrier, out):
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -147,26 +191,32 @@ def benchmark_fused(
     device: str = "cpu",
     processes: bool = True,
     modes=("vmap", "loop"),
+    part: str = "train",
     on_row=None,
 ) -> list[dict]:
     """Rows {model, k, method, seconds, images/s, ratio} (ratio: images/s over one after
-    another's at the same K)."""
+    another's at the same K). ``part``: "train" (training steps) or "sample" (DDIM sampling
+    on SAMPLE_STEPS steps, ``steps`` timed samplings of ``batch`` images per member)."""
+    if part not in ("train", "sample"):
+        raise ValueError(f"part must be 'train' or 'sample', not {part!r}")
     dev = torch.device(device)
     images = _images(dev)
     rows = []
     for model in models:
         for k in ks:
             base = None
-            methods = [("one after another", _one_after_another, (images,))]
-            if processes and k > 1:
+            sampling = part == "sample"
+            methods = [("one after another", _sample_one_after_another if sampling else _one_after_another, (images,))]
+            if processes and k > 1 and not sampling:
                 methods.append((f"{k} processes", _k_processes, ()))
             for mode in modes:
-                methods.append((f"fused ({mode})", _fused, (images, mode)))
+                methods.append((f"fused ({mode})", _sample_fused if sampling else _fused, (images, mode)))
             for name, run, extra in methods:
                 seconds = run(model, k, batch, steps, warmup, dev, *extra)
                 rate = k * batch * steps / seconds
                 base = rate if base is None else base
                 row = {
+                    "part": part,
                     "model": model,
                     "k": k,
                     "method": name,
