@@ -193,6 +193,19 @@ def test_runs_that_cannot_fuse_are_refused_before_anything_is_written(tiny_sweep
         assert not rd.archive.exists() and rd.read_status().get("state") in (None, "pending")
 
 
+def test_a_group_asked_for_cuda_graphs_says_it_steps_eagerly(tiny_sweep, tmp_path):
+    rds = []
+    for name in ("a", "b"):
+        path = _member_sweep(tiny_sweep, name, MEMBERS[name], epochs=1)
+        path.write_text(path.read_text().replace("seed = ", 'compile = "graph"\nseed = ', 1))
+        rds.append(make_run_dir(path, tmp_path / "runs"))
+    assert train_group([rd.path for rd in rds]) == ["done", "done"]
+    for rd in rds:
+        assert 'train.compile = "graph" does not apply here: a fused group' in rd.log.read_text()
+        attrs = archive.read(rd.archive)["attrs"]
+        assert attrs["step_mode"] == "none" and "fused group of 2" in attrs["step_mode_reason"]
+
+
 def test_metrics_of_each_member_are_its_run_alones(tiny_sweep, tmp_path, fashion_classifier):
     """The user's path: the default metrics on. Each member's scores equal its run alone's."""
     alone, fused = _pairs(tiny_sweep, tmp_path, {"a": MEMBERS["a"], "b": MEMBERS["b"]}, N_T, metrics=True)

@@ -15,6 +15,7 @@ both; what differs is the step:
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from hpcdiff.data import to_model_range
 from hpcdiff.science.streams import generator
 from hpcdiff.training.session import Session
 from hpcdiff.training.step import EAGER, StepMode, current_lr, load_optimizer_state, raw_optimizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -174,9 +177,15 @@ class GroupStep:
             raise FusionError(f"these runs cannot train as one fused group: {problem}")
         self.mode = mode
         self._build(members)
+        reason = f"a member of a fused group of {len(members)} ({self.group.net.mode} mode)"
         for session in sessions:
-            reason = f"a member of a fused group of {len(members)} ({self.group.net.mode} mode)"
             session.state.mode = StepMode(EAGER, reason)
+        if any(s.spec.train.compile == "graph" for s in sessions):
+            # The rule of train.compile: a step that cannot be graphed says why and runs eagerly.
+            log.warning(
+                'train.compile = "graph" does not apply here: a fused group\'s step is not captured in a CUDA graph; '
+                "training eagerly"
+            )
         precision = str(sessions[0].accelerator.mixed_precision)
         device = sessions[0].accelerator.device
         self._autocast = (
