@@ -82,6 +82,12 @@ class FusedGroup:
         self.net = StackedNetworks([p.denoiser for p in processes], mode)
         first = self.net.parameters()[0]
         self.active = torch.ones(self.k, dtype=torch.bool, device=first.device)
+        # Host-side facts of the group, so a step neither reads the device back nor computes
+        # what no member uses (a weight decay or a clip of 0, a mask with every member on).
+        self.live = [True] * self.k
+        self._decays = any(m.weight_decay for m in settings)
+        self._clips = any(m.grad_clip for m in settings)
+        self._ema_everyone = all(m.ema_decay for m in settings)
         s = settings
         self.lr = _per_member((m.lr for m in s), first)
         self.beta1 = _per_member((m.beta1 for m in s), first, torch.float64)
@@ -126,7 +132,7 @@ class FusedGroup:
         member draws from its generator, active or not, so a member's draws never depend
         on whether another one is still training."""
         inputs, levels, targets = self._pairs(batches, generators)
-        members = [k for k in range(self.k) if self.active[k]]
+        members = [k for k in range(self.k) if self.live[k]]
         losses = self.net.backward(
             inputs,
             levels,
@@ -154,8 +160,9 @@ class FusedGroup:
 
     @torch.no_grad()
     def optimizer_step(self) -> None:
-        self.clip_gradients()
-        active = self.active
+        if self._clips:
+            self.clip_gradients()
+        active, everyone = self.active, all(self.live)
         self.steps += active.to(self.steps.dtype)
         step = self.steps.clamp(min=1)
         bias1 = 1 - self.beta1**step
@@ -164,19 +171,25 @@ class FusedGroup:
         b1, b2, one_minus_b2 = (1 - self.beta1).float(), self.beta2.float(), (1 - self.beta2).float()
         decay = (1 - self.lr.double() * self.weight_decay.double()).float()  # AdamW's, as torch rounds it
         for p, m, v in zip(self.net.parameters(), self.exp_avg, self.exp_avg_sq):
-            g = p.grad
-            on = _view(active, p)
-            wd = _view(self.weight_decay, p)
-            coupled = _view(~self.decoupled, p)
-            g = torch.where(coupled & (wd != 0), g + wd * p, g)
-            decayed = torch.where(~coupled & (wd != 0), p * _view(decay, p), p)
+            g, decayed = p.grad, p
+            if self._decays:
+                wd = _view(self.weight_decay, p)
+                coupled = _view(~self.decoupled, p)
+                g = torch.where(coupled & (wd != 0), g + wd * p, g)
+                decayed = torch.where(~coupled & (wd != 0), p * _view(decay, p), p)
             m_new = torch.lerp(m, g, _view(b1, p))
             v_new = v * _view(b2, p) + _view(one_minus_b2, p) * g * g
             denom = v_new.sqrt() / _view(bias2_sqrt.float(), p) + _view(self.eps, p)
             p_new = decayed - _view(step_size, p) * (m_new / denom)
-            p.copy_(torch.where(on, p_new, p))
-            m.copy_(torch.where(on, m_new, m))
-            v.copy_(torch.where(on, v_new, v))
+            if everyone:
+                p.copy_(p_new)
+                m.copy_(m_new)
+                v.copy_(v_new)
+            else:
+                on = _view(active, p)
+                p.copy_(torch.where(on, p_new, p))
+                m.copy_(torch.where(on, m_new, m))
+                v.copy_(torch.where(on, v_new, v))
             p.grad = None
         self._update_ema()
 
@@ -185,14 +198,16 @@ class FusedGroup:
         if self.ema is None:
             return
         current = self.net.state_tensors()
+        everyone = self._ema_everyone and all(self.live)
         for name, shadow in self.ema.items():
             value = current[name].detach()
-            on = _view(self.active & (self.ema_decay > 0), shadow)
             if value.dtype.is_floating_point:
                 new = torch.lerp(shadow, value.float(), _view(1 - self.ema_decay, shadow))
             else:
                 new = value.to(shadow.dtype)
-            shadow.copy_(torch.where(on, new, shadow))
+            shadow.copy_(
+                new if everyone else torch.where(_view(self.active & (self.ema_decay > 0), shadow), new, shadow)
+            )
 
     # ------------------------------------------------------------------ members
 
@@ -279,3 +294,4 @@ class FusedGroup:
     def deactivate(self, k: int) -> None:
         """Member k has ended: nothing of it changes from here on."""
         self.active[k] = False
+        self.live[k] = False
