@@ -25,6 +25,7 @@ import time
 
 import torch
 
+from hpcdiff.bench.train import sync_device, timed
 from hpcdiff.config.spec import DataSpec, RunSpec
 from hpcdiff.data import load_splits, to_model_range
 from hpcdiff.resolve import validate_spec
@@ -56,11 +57,6 @@ def _images(device: torch.device) -> torch.Tensor:
     return to_model_range(load_splits(DataSpec(name="mnist-5k")).train.images, device)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _batches(images: torch.Tensor, batch: int, steps: int, seed: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [images[torch.randint(0, len(images), (batch,), generator=g).to(images.device)] for _ in range(steps)]
@@ -82,31 +78,27 @@ def _solo_step(process, opt, x) -> None:
 
 def _one_after_another(model, k, batch, steps, warmup, device, images) -> float:
     runs = [_solo(model, i, device, images, batch, steps + warmup) for i in range(k)]
-    for process, opt, xs in runs:
-        for x in xs[:warmup]:
-            _solo_step(process, opt, x)
-    _sync(device)
-    tic = time.perf_counter()
-    for j in range(warmup, warmup + steps):
+    nxt = iter(range(steps + warmup))
+
+    def once():
+        j = next(nxt)
         for process, opt, xs in runs:
             _solo_step(process, opt, xs[j])
-    _sync(device)
-    return time.perf_counter() - tic
+
+    return timed(once, steps, warmup, device)
 
 
 def _fused(model, k, batch, steps, warmup, device, images, mode=None) -> float:
     members = [_member(model, i, device) for i in range(k)]
     group = FusedGroup([p for _, p in members], [MemberSettings.of(s.train) for s, _ in members], mode=mode)
     xs = [_batches(images, batch, steps + warmup, i) for i in range(k)]
-    generators = [None] * k
-    for j in range(warmup):
-        group.step([x[j] for x in xs], generators)
-    _sync(device)
-    tic = time.perf_counter()
-    for j in range(warmup, warmup + steps):
-        group.step([x[j] for x in xs], generators)
-    _sync(device)
-    return time.perf_counter() - tic
+    nxt = iter(range(steps + warmup))
+
+    def once():
+        j = next(nxt)
+        group.step([x[j] for x in xs], [None] * k)
+
+    return timed(once, steps, warmup, device)
 
 
 #: DDIM steps of the sampling measurement: the evaluation default (eval.steps).
@@ -126,7 +118,7 @@ def _sample_one_after_another(model, k, batch, steps, warmup, device, images) ->
         for p, x in zip(processes, x_T):
             p.sample(x, sampler="ddim", steps=SAMPLE_STEPS)
 
-    return _timed(once, steps, warmup, device)
+    return timed(once, steps, warmup, device)
 
 
 @torch.no_grad()
@@ -135,18 +127,7 @@ def _sample_fused(model, k, batch, steps, warmup, device, images, mode=None) -> 
 
     fused = FusedProcess.of([_member(model, i, device)[1].eval() for i in range(k)], mode)
     x_T = torch.stack(_starts(k, batch, device))
-    return _timed(lambda: fused.sample(x_T, [None] * k, sampler="ddim", steps=SAMPLE_STEPS), steps, warmup, device)
-
-
-def _timed(once, steps, warmup, device) -> float:
-    for _ in range(warmup):
-        once()
-    _sync(device)
-    tic = time.perf_counter()
-    for _ in range(steps):
-        once()
-    _sync(device)
-    return time.perf_counter() - tic
+    return timed(lambda: fused.sample(x_T, [None] * k, sampler="ddim", steps=SAMPLE_STEPS), steps, warmup, device)
 
 
 def _process_worker(model, i, batch, steps, warmup, device_name, threads, barrier, out):
@@ -155,12 +136,12 @@ def _process_worker(model, i, batch, steps, warmup, device_name, threads, barrie
     process, opt, xs = _solo(model, i, device, _images(device), batch, steps + warmup)
     for x in xs[:warmup]:
         _solo_step(process, opt, x)
-    _sync(device)
+    sync_device(device)
     barrier.wait()
     tic = time.perf_counter()
     for x in xs[warmup:]:
         _solo_step(process, opt, x)
-    _sync(device)
+    sync_device(device)
     out.put((tic, time.perf_counter()))
 
 

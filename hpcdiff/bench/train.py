@@ -48,15 +48,21 @@ def sync_device(device):
         torch.cuda.synchronize(device)
 
 
-def _time_steps(step, steps: int, warmup: int, batch: int, device) -> BenchResult:
+def timed(once, steps: int, warmup: int, device) -> float:
+    """Seconds of ``steps`` calls of ``once()`` after ``warmup`` untimed ones, the device's
+    queued work included."""
     for _ in range(warmup):
-        step()
+        once()
     sync_device(device)
     tic = time.perf_counter()
     for _ in range(steps):
-        step()
+        once()
     sync_device(device)
-    seconds = time.perf_counter() - tic
+    return time.perf_counter() - tic
+
+
+def _time_steps(step, steps: int, warmup: int, batch: int, device) -> BenchResult:
+    seconds = timed(step, steps, warmup, device)
     return BenchResult("", steps * batch / seconds, seconds, steps)
 
 
