@@ -3,6 +3,8 @@ Each parses its options, calls one function of hpcdiff.bench and prints its tabl
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from hpcdiff.config.spec import SpecError
@@ -191,11 +193,30 @@ def bench_archive(at, directory):
     show_default=True,
     help="Training steps, or DDIM sampling (50 steps) as evaluations and grids draw it.",
 )
-def bench_fused(models, ks, batch, steps, device, no_processes, part):
+@click.option(
+    "--profile",
+    "profile_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Instead of the throughput: profile the training step of one run alone and of the largest K fused "
+    "(time per step, kernels per step and device busy share on a GPU, top operators); Chrome traces go to DIR.",
+)
+def bench_fused(models, ks, batch, steps, device, no_processes, part, profile_dir):
     """Aggregate images/s of K runs trained (or sampling, --part sample) as one fused group,
     against the same K runs one after another and as K processes sharing the device, in one
     process run."""
     from hpcdiff.bench.fused import benchmark_fused
+
+    if profile_dir is not None:
+        from hpcdiff.bench.fused_profile import profile_step
+
+        for model in models.split(","):
+            for k in (0, max(int(k) for k in ks.split(","))):
+                report = profile_step(model, k, batch=batch, steps=steps, device=device, trace_dir=profile_dir)
+                click.echo(report.summary())
+                click.echo(report.table)
+                click.echo(f"trace: {report.trace}")
+        return
 
     def show(r):
         click.echo(
