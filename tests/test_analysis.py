@@ -546,3 +546,26 @@ def test_a_sweep_scored_by_several_classifiers_says_which_runs_each_scored(tmp_p
     warnings.clear()
     check_classifiers(runs[1:], warnings)
     assert warnings == []
+
+
+@pytest.mark.parametrize("epochs", [[4], [1, 2, 3, 10]])
+def test_epoch_axes_show_whole_epochs_even_when_one_epoch_was_scored(epochs):
+    """Metrics scored only at the last epoch (the default) put one point per run on the
+    epoch axis: its ticks must be that epoch, not 3.80, 3.85, ..."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hpcdiff.analysis.figures import _integer_ticks
+
+    fig, ax = plt.subplots()
+    ax.plot(epochs, [1.0] * len(epochs), "o")
+    ax.xaxis.set_major_locator(_integer_ticks())
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    visible = [float(t) for t in ax.get_xticks() if lo <= t <= hi]
+    plt.close(fig)
+    assert visible and all(t.is_integer() for t in visible)
+    if len(epochs) == 1:
+        assert visible == epochs

@@ -218,7 +218,8 @@ def _run_samples(fw: Figures, r: Run, varying) -> None:
 def _integer_ticks():
     from matplotlib.ticker import MaxNLocator
 
-    return MaxNLocator(integer=True)
+    # min_n_ticks=1: an axis holding one epoch shows that epoch, not fractions of it.
+    return MaxNLocator(integer=True, min_n_ticks=1)
 
 
 def _legend(ax, n: int) -> None:
