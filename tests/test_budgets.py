@@ -130,3 +130,35 @@ def test_rows_from_before_the_series_get_derived_steps():
     run = Run("r", {}, config, {"epoch": np.array([1, 2, 3]), "optimizer_steps": np.array([np.nan, 8.0, 12.0])}, {})
     np.testing.assert_array_equal(axis_values(run, "optimizer_steps"), [4, 8, 12])
     assert axis_values(Run("r", {}, config, {"epoch": np.array([1])}, {}), "elapsed_seconds") is None
+
+
+@pytest.mark.parametrize("every", [0.0, float("inf")])
+def test_a_running_run_writes_its_steps_to_status_between_epoch_ends(tiny_sweep, tmp_path, monkeypatch, every):
+    """`hpcdiff status` reads a running run's steps from status.json: the interval checks
+    (every 10 optimiser steps) write them there at most every STATUS_EVERY seconds, so a
+    long epoch shows progress before it ends. With the interval infinite only the epoch
+    ends write (the control)."""
+    from hpcdiff.storage.rundir import RunDir
+    from hpcdiff.training import loop
+
+    monkeypatch.setattr(loop, "STATUS_EVERY", every)
+    writes = []
+    real = RunDir.write_status
+
+    def recording(self, **fields):
+        writes.append(dict(fields))
+        return real(self, **fields)
+
+    monkeypatch.setattr(RunDir, "write_status", recording)
+    path = _budget_sweep(tiny_sweep, "", epochs=2, subset=1600)  # 20 batches per epoch
+    rd = make_run_dir(path, tmp_path / "runs")
+    assert train(rd.path) == "done"
+    steps = [w["steps"] for w in writes if "steps" in w]
+    live = [w for w in writes if "steps" in w and "state" not in w]
+    if every == 0.0:
+        assert steps == [10, 20, 20, 30, 40, 40]  # checks at 10, 20 (epoch end), 30, 40; epoch ends at 20, 40
+        assert all(w["elapsed"] > 0 for w in live)
+        assert [w["elapsed"] for w in live] == sorted(w["elapsed"] for w in live)
+    else:
+        assert steps == [20, 40] and not live
+    assert rd.read_status()["steps"] == 40

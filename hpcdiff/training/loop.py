@@ -38,6 +38,11 @@ from hpcdiff.training.signals import StopRequested, hand_on_to_submitit, stop_on
 
 log = logging.getLogger(__name__)
 
+# Seconds between the live progress writes of a training process to status.json (optimiser
+# steps and training time, at an interval check, which has just waited for the device), so
+# `hpcdiff status` shows a long epoch moving without one status write per check.
+STATUS_EVERY = 30.0
+
 __all__ = ["due", "run_epoch", "train", "train_group"]
 
 
@@ -264,6 +269,11 @@ def _check(live: list[Member], step, ended: dict, *, alone: bool) -> None:
         if id(m) in spent_by:
             m.session.stopped_by = spent_by[id(m)]
             m.last = m.batch
+    now = time.perf_counter()
+    for m in live:
+        if not m.ended and m.session.main and now - m.status_written > STATUS_EVERY:
+            m.session.rd.write_status(steps=m.optimizer_steps(), elapsed=m.seconds())
+            m.status_written = now
 
 
 def _close_epochs(closing: list[Member], step, ended: dict, toc: float | None = None) -> None:

@@ -46,6 +46,7 @@ class Member:
     loss_sum: torch.Tensor | None = None
     tic: float = 0.0
     ended: bool = False
+    status_written: float = float("-inf")  # when the live progress last went to status.json
 
     @property
     def open(self) -> bool:
