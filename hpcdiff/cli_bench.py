@@ -207,11 +207,12 @@ def bench_fused(models, ks, batch, steps, device, no_processes, part, profile_di
     process run."""
     from hpcdiff.bench.fused import benchmark_fused
 
+    sizes = tuple(int(k) for k in ks.split(","))
     if profile_dir is not None:
         from hpcdiff.bench.fused_profile import profile_step
 
         for model in models.split(","):
-            for k in (0, max(int(k) for k in ks.split(","))):
+            for k in (0, max(sizes)):
                 report = profile_step(model, k, batch=batch, steps=steps, device=device, trace_dir=profile_dir)
                 click.echo(report.summary())
                 click.echo(report.table)
@@ -226,7 +227,7 @@ def bench_fused(models, ks, batch, steps, device, no_processes, part, profile_di
 
     benchmark_fused(
         tuple(models.split(",")),
-        tuple(int(k) for k in ks.split(",")),
+        sizes,
         batch=batch,
         steps=steps,
         device=device,

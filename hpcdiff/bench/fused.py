@@ -76,28 +76,40 @@ def _solo_step(process, opt, x) -> None:
     opt.zero_grad(set_to_none=True)
 
 
-def _one_after_another(model, k, batch, steps, warmup, device, images) -> float:
-    runs = [_solo(model, i, device, images, batch, steps + warmup) for i in range(k)]
-    nxt = iter(range(steps + warmup))
+def steps_one_after_another(model, k, batch, n, device, images):
+    """A callable doing the next of n training steps of runs 0..k-1, one after another."""
+    runs = [_solo(model, i, device, images, batch, n) for i in range(k)]
+    nxt = iter(range(n))
 
     def once():
         j = next(nxt)
         for process, opt, xs in runs:
             _solo_step(process, opt, xs[j])
 
-    return timed(once, steps, warmup, device)
+    return once
 
 
-def _fused(model, k, batch, steps, warmup, device, images, mode=None) -> float:
+def fused_steps(model, k, batch, n, device, images, mode=None):
+    """(a callable doing the next of n training steps of members 0..k-1 as one fused group,
+    the group)."""
     members = [_member(model, i, device) for i in range(k)]
     group = FusedGroup([p for _, p in members], [MemberSettings.of(s.train) for s, _ in members], mode=mode)
-    xs = [_batches(images, batch, steps + warmup, i) for i in range(k)]
-    nxt = iter(range(steps + warmup))
+    xs = [_batches(images, batch, n, i) for i in range(k)]
+    nxt = iter(range(n))
 
     def once():
         j = next(nxt)
         group.step([x[j] for x in xs], [None] * k)
 
+    return once, group
+
+
+def _one_after_another(model, k, batch, steps, warmup, device, images) -> float:
+    return timed(steps_one_after_another(model, k, batch, steps + warmup, device, images), steps, warmup, device)
+
+
+def _fused(model, k, batch, steps, warmup, device, images, mode=None) -> float:
+    once, _ = fused_steps(model, k, batch, steps + warmup, device, images, mode)
     return timed(once, steps, warmup, device)
 
 

@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from hpcdiff.bench.fused import _batches, _images, _member, _solo, _solo_step
+from hpcdiff.bench.fused import _images, fused_steps, steps_one_after_another
 from hpcdiff.bench.train import sync_device
-from hpcdiff.training.fused import FusedGroup, MemberSettings
 
 #: Operators listed in the table, by the time they took themselves.
 TOP_OPERATORS = 15
@@ -55,21 +54,11 @@ class StepProfile:
 
 
 def _step_of(model: str, k: int, batch: int, n: int, device: torch.device, mode: str | None):
-    """A callable doing the next of n steps: run 0 alone (k = 0), or k members fused."""
+    """(a callable doing the next of n steps: run 0 alone (k = 0), or k members fused; the mode)."""
     images = _images(device)
     if k == 0:
-        process, opt, xs = _solo(model, 0, device, images, batch, n)
-        steps = iter(xs)
-        return lambda: _solo_step(process, opt, next(steps)), "alone"
-    members = [_member(model, i, device) for i in range(k)]
-    group = FusedGroup([p for _, p in members], [MemberSettings.of(s.train) for s, _ in members], mode=mode)
-    xs = [_batches(images, batch, n, i) for i in range(k)]
-    steps = iter(range(n))
-
-    def once():
-        j = next(steps)
-        group.step([x[j] for x in xs], [None] * k)
-
+        return steps_one_after_another(model, 1, batch, n, device, images), "alone"
+    once, group = fused_steps(model, k, batch, n, device, images, mode)
     return once, group.net.mode
 
 
